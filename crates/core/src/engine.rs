@@ -1,0 +1,1911 @@
+//! The engine: channels as MLS groups, driven by inputs, producing outputs.
+//!
+//! # Order of calls
+//!
+//! Every input — a command ([`Engine::create_channel`], [`Engine::send_text`], ...),
+//! bytes that arrived ([`Engine::handle_incoming`]) or the passing of time
+//! ([`Engine::handle_timeout`]) — takes the current time and runs in one storage
+//! transaction: it is applied entirely or not at all. After each input, drain
+//! [`Engine::poll_output`] until it returns `None`, send every [`Transmit`], show every
+//! [`Event`], and call [`Engine::handle_timeout`] no later than
+//! [`Engine::poll_timeout`]. Outputs of an input appear only once its transaction has
+//! committed, so nothing is sent that the store does not remember having sent.
+//!
+//! The engine reads no clock and opens no socket; randomness comes from the OpenMLS
+//! provider.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use backchannel_proto::addr::MailboxAddr;
+use backchannel_proto::envelope::{BLOB_LEN, Fragment};
+use backchannel_proto::member::{
+    CHANNEL_POLICY_EXTENSION, ChannelPolicy, MEMBER_INFO_EXTENSION, MemberInfo, check_name,
+};
+use backchannel_proto::payload::{Payload, PayloadKind};
+use openmls::framing::errors::{MessageDecryptionError, SecretTreeError};
+use openmls::prelude::*;
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_traits::OpenMlsProvider;
+use openmls_traits::random::OpenMlsRand;
+use openmls_traits::storage::{CURRENT_VERSION, StorageProvider};
+use tls_codec::{Deserialize as _, Serialize as _};
+
+use crate::derive::{self, MemberId, chain_hash, member_id};
+use crate::event::{Alert, Event, ReceivedMessage};
+use crate::mls::{self, Backend, MAX_PAST_EPOCHS, Suite};
+use crate::seal;
+use crate::sequence::Arrival;
+use crate::store::{
+    ChannelRecord, ChannelStatus, EngineStore, EpochKey, Intent, KeyPackageRecord, MemberRecord,
+    MessageKind, MessageRecord, PendingItem, SenderState,
+};
+use crate::{ChannelId, Timestamp};
+
+/// A storage provider the engine can run on: OpenMLS's storage plus ours.
+pub trait Storage: StorageProvider<CURRENT_VERSION> + EngineStore {}
+impl<T: StorageProvider<CURRENT_VERSION> + EngineStore> Storage for T {}
+
+/// Tunables of the engine.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// How long a gap in a sender's sequence may stay open before it is reported as
+    /// withheld messages.
+    pub gap_grace_ms: u64,
+    /// How long an input that cannot be processed yet (an unknown epoch, missing
+    /// fragments) is kept before it is reported and dropped.
+    pub pending_grace_ms: u64,
+    /// Most inputs kept waiting per channel.
+    pub max_pending: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            gap_grace_ms: 2 * 60 * 1000,
+            pending_grace_ms: 10 * 60 * 1000,
+            max_pending: 4096,
+        }
+    }
+}
+
+/// What the engine asks its driver to do.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Output {
+    /// Send a blob into a mailbox.
+    Transmit(Transmit),
+    /// Tell the person.
+    Event(Event),
+}
+
+/// One blob for one mailbox.
+#[derive(Clone, Debug)]
+pub struct Transmit {
+    /// The channel it belongs to.
+    pub channel: ChannelId,
+    /// The recipient's mailbox.
+    pub to: MailboxAddr,
+    /// Exactly [`BLOB_LEN`] bytes.
+    pub blob: Vec<u8>,
+}
+
+/// Why a command failed. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CommandError {
+    /// No channel by that name or identifier.
+    #[error("there is no channel called '{0}'")]
+    UnknownChannel(String),
+    /// A channel by that name exists already.
+    #[error("a channel called '{0}' exists already")]
+    NameTaken(String),
+    /// The name is not acceptable.
+    #[error("invalid name: {0}")]
+    InvalidName(&'static str),
+    /// Only the channel's administrator may do this.
+    #[error("only the channel's administrator can do that")]
+    NotAdmin,
+    /// No member by that name.
+    #[error("there is no member called '{0}' in this channel")]
+    UnknownMember(String),
+    /// A member by that name is in the channel already.
+    #[error("someone called '{0}' is in this channel already")]
+    MemberNameTaken(String),
+    /// The operation cannot target ourselves.
+    #[error("you cannot do that to yourself; use leave")]
+    IsSelf,
+    /// We are no longer a member of the channel, or are leaving it.
+    #[error("you are no longer an active member of this channel")]
+    NotActive,
+    /// The key package is malformed, badly signed, or not a Backchannel one.
+    #[error("the key package is not valid: {0}")]
+    InvalidKeyPackage(String),
+    /// The key package is for another ciphersuite than the channel's.
+    #[error("the key package is for ciphersuite {0}, the channel uses {1}")]
+    SuiteMismatch(String, &'static str),
+    /// The welcome is malformed or breaks our policy.
+    #[error("the invitation is not valid: {0}")]
+    InvalidWelcome(String),
+    /// The welcome is for a key package this profile did not make (or used already).
+    #[error("this invitation was not made for this profile, or was used already")]
+    NotForUs,
+    /// The text is too long.
+    #[error("the message is too long ({0} bytes); the limit is about 64 KiB")]
+    TooLong(usize),
+    /// The store failed.
+    #[error("the local store failed: {0}")]
+    Store(Box<dyn std::error::Error + Send + Sync>),
+    /// A bug: OpenMLS or our own code hit an impossible state.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn internal(e: impl std::fmt::Display) -> CommandError {
+    CommandError::Internal(e.to_string())
+}
+
+fn store_err(e: impl std::error::Error + Send + Sync + 'static) -> CommandError {
+    CommandError::Store(Box::new(e))
+}
+
+/// A channel as held in memory.
+struct Channel {
+    record: ChannelRecord,
+    /// `None` once the channel is closed and its keys erased.
+    live: Option<Live>,
+    members: Vec<MemberRecord>,
+    senders: BTreeMap<MemberId, SenderState>,
+    pending: Vec<(u64, PendingItem)>,
+}
+
+struct Live {
+    group: MlsGroup,
+    signer: SignatureKeyPair,
+}
+
+/// The Backchannel client engine. See the module documentation for the order of
+/// calls.
+pub struct Engine<S: Storage> {
+    backend: Backend<S>,
+    config: EngineConfig,
+    channels: BTreeMap<ChannelId, Channel>,
+    outputs: VecDeque<Output>,
+    staged: Vec<Output>,
+}
+
+/// A summary of a channel for listing.
+#[derive(Clone, Debug)]
+pub struct ChannelSummary {
+    /// The identifier.
+    pub id: ChannelId,
+    /// The local name.
+    pub name: String,
+    /// The ciphersuite.
+    pub suite: Suite,
+    /// Active, leaving or closed.
+    pub status: ChannelStatus,
+    /// The current MLS epoch (0 when closed).
+    pub epoch: u64,
+    /// The members as of the current epoch.
+    pub members: Vec<MemberRecord>,
+    /// Whether we administer it.
+    pub admin: bool,
+    /// The channel's rules (None when closed).
+    pub policy: Option<ChannelPolicy>,
+}
+
+impl<S: Storage> Engine<S> {
+    /// Loads every channel from the store.
+    pub fn load(storage: S, config: EngineConfig) -> Result<Self, CommandError> {
+        let backend = Backend::new(storage).map_err(internal)?;
+        let mut engine = Self {
+            backend,
+            config,
+            channels: BTreeMap::new(),
+            outputs: VecDeque::new(),
+            staged: Vec::new(),
+        };
+        engine.reload()?;
+        Ok(engine)
+    }
+
+    /// The storage provider.
+    pub fn store(&self) -> &S {
+        self.backend.store()
+    }
+
+    /// The next output, if any. Drain after every input.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When [`Engine::handle_timeout`] must be called next, if at all.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        let grace_gap = self.config.gap_grace_ms;
+        let grace_pending = self.config.pending_grace_ms;
+        self.channels
+            .values()
+            .flat_map(|ch| {
+                let gaps = ch
+                    .senders
+                    .values()
+                    .filter_map(move |s| s.deadline(grace_gap));
+                let pending = ch
+                    .pending
+                    .iter()
+                    .map(move |(_, p)| p.received_at().plus_ms(grace_pending));
+                gaps.chain(pending)
+            })
+            .min()
+    }
+
+    /// Every channel, by name.
+    pub fn channels(&self) -> Vec<ChannelSummary> {
+        self.channels.values().map(|ch| self.summary(ch)).collect()
+    }
+
+    /// One channel by local name.
+    pub fn channel(&self, name: &str) -> Result<ChannelSummary, CommandError> {
+        let id = self.channel_id(name)?;
+        let ch = self
+            .channels
+            .get(&id)
+            .ok_or_else(|| CommandError::UnknownChannel(name.into()))?;
+        Ok(self.summary(ch))
+    }
+
+    /// The identifier of the channel with this local name.
+    pub fn channel_id(&self, name: &str) -> Result<ChannelId, CommandError> {
+        self.channels
+            .values()
+            .find(|ch| ch.record.name == name)
+            .map(|ch| ch.record.id)
+            .ok_or_else(|| CommandError::UnknownChannel(name.into()))
+    }
+
+    /// A channel's history, in arrival order, after store position `after`.
+    pub fn history(
+        &self,
+        name: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>, CommandError> {
+        let id = self.channel_id(name)?;
+        self.store().messages(&id, after, limit).map_err(store_err)
+    }
+
+    /// The epoch authenticator of a channel's current epoch: equal for every member
+    /// in the same epoch with the same history of commits.
+    pub fn epoch_authenticator(&self, name: &str) -> Result<Vec<u8>, CommandError> {
+        let id = self.channel_id(name)?;
+        let live = self.live(&id)?;
+        Ok(live.group.epoch_authenticator().as_slice().to_vec())
+    }
+
+    fn summary(&self, ch: &Channel) -> ChannelSummary {
+        let policy = ch.live.as_ref().and_then(|l| policy_of(&l.group));
+        ChannelSummary {
+            id: ch.record.id,
+            name: ch.record.name.clone(),
+            suite: ch.record.suite,
+            status: ch.record.status,
+            epoch: ch
+                .live
+                .as_ref()
+                .map(|l| l.group.epoch().as_u64())
+                .unwrap_or(0),
+            members: ch.members.clone(),
+            admin: policy
+                .as_ref()
+                .is_some_and(|p| p.admin == ch.record.signature_key),
+            policy,
+        }
+    }
+
+    fn live(&self, id: &ChannelId) -> Result<&Live, CommandError> {
+        self.channels
+            .get(id)
+            .and_then(|ch| ch.live.as_ref())
+            .ok_or(CommandError::NotActive)
+    }
+
+    // ----- Commands ---------------------------------------------------------------
+
+    /// Creates a channel with us as its only member and administrator.
+    pub fn create_channel(
+        &mut self,
+        now: Timestamp,
+        name: &str,
+        own_name: &str,
+        suite: Suite,
+        mailbox: MailboxAddr,
+    ) -> Result<ChannelId, CommandError> {
+        self.check_local_name(name)?;
+        check_name(own_name).map_err(CommandError::InvalidName)?;
+        self.transact(|engine| {
+            let provider = &engine.backend;
+            let signer = new_signer(provider)?;
+            let credential = credential_for(&signer);
+            let info = MemberInfo {
+                name: own_name.to_owned(),
+                mailbox: mailbox.clone(),
+            };
+            let policy = ChannelPolicy {
+                admin: signer.public().to_vec(),
+                disappearing_secs: 0,
+                expires_at: 0,
+            };
+            let config =
+                mls::create_config(suite, leaf_extensions(&info)?, group_extensions(&policy)?)
+                    .map_err(internal)?;
+            let group_id: [u8; 16] = provider.rand().random_array().map_err(internal)?;
+            let group = MlsGroup::new_with_group_id(
+                provider,
+                &signer,
+                &config,
+                GroupId::from_slice(&group_id),
+                credential,
+            )
+            .map_err(internal)?;
+            let id = ChannelId(group_id);
+            let record = ChannelRecord {
+                id,
+                name: name.to_owned(),
+                suite,
+                own_member: member_id(signer.public()),
+                signature_key: signer.public().to_vec(),
+                mailbox,
+                joined_at: now,
+                own_seq: 0,
+                own_last_hash: [0; 32],
+                status: ChannelStatus::Active,
+                intent: None,
+                epoch_keys: Vec::new(),
+                recent_fragmented: Vec::new(),
+            };
+            let mut channel = Channel {
+                record,
+                live: Some(Live { group, signer }),
+                members: Vec::new(),
+                senders: BTreeMap::new(),
+                pending: Vec::new(),
+            };
+            let mut ctx = engine.ctx(now);
+            channel.enter_epoch(&mut ctx)?;
+            engine.channels.insert(id, channel);
+            Ok(id)
+        })
+    }
+
+    /// Makes a single-use key package with a fresh identity: hand it to a channel's
+    /// administrator to be added. `name` is how we will appear in that channel and
+    /// `mailbox` where its members will send to us.
+    pub fn key_package(
+        &mut self,
+        now: Timestamp,
+        name: &str,
+        suite: Suite,
+        mailbox: MailboxAddr,
+    ) -> Result<Vec<u8>, CommandError> {
+        check_name(name).map_err(CommandError::InvalidName)?;
+        self.transact(|engine| {
+            let provider = &engine.backend;
+            let signer = new_signer(provider)?;
+            let info = MemberInfo {
+                name: name.to_owned(),
+                mailbox: mailbox.clone(),
+            };
+            let bundle = KeyPackage::builder()
+                .leaf_node_capabilities(mls::capabilities(suite))
+                .leaf_node_extensions(leaf_extensions(&info)?)
+                .build(
+                    suite.ciphersuite(),
+                    provider,
+                    &signer,
+                    credential_for(&signer),
+                )
+                .map_err(internal)?;
+            provider
+                .store()
+                .save_key_package_record(&KeyPackageRecord {
+                    signature_key: signer.public().to_vec(),
+                    name: name.to_owned(),
+                    mailbox,
+                    suite,
+                    created_at: now,
+                })
+                .map_err(store_err)?;
+            MlsMessageOut::from(bundle.key_package().clone())
+                .tls_serialize_detached()
+                .map_err(internal)
+        })
+    }
+
+    /// Joins a channel from a welcome made for one of our key packages, under the
+    /// local name `name`.
+    pub fn join(
+        &mut self,
+        now: Timestamp,
+        name: &str,
+        welcome: &[u8],
+    ) -> Result<ChannelId, CommandError> {
+        self.check_local_name(name)?;
+        let invalid = |e: &dyn std::fmt::Display| CommandError::InvalidWelcome(e.to_string());
+        let message = MlsMessageIn::tls_deserialize_exact(welcome).map_err(|e| invalid(&e))?;
+        let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
+            return Err(CommandError::InvalidWelcome(
+                "it is not an MLS welcome".into(),
+            ));
+        };
+        self.transact(|engine| {
+            let provider = &engine.backend;
+            let staged =
+                StagedWelcome::new_from_welcome(provider, &mls::join_config(), welcome, None)
+                    .map_err(|e| match e {
+                        WelcomeError::NoMatchingKeyPackage
+                        | WelcomeError::NoMatchingEncryptionKey => CommandError::NotForUs,
+                        other => invalid(&other),
+                    })?;
+            if staged.group_context().group_id().as_slice().len() != 16 {
+                return Err(CommandError::InvalidWelcome(
+                    "unexpected channel identifier".into(),
+                ));
+            }
+            let policy = staged
+                .group_context()
+                .extensions()
+                .unknown(CHANNEL_POLICY_EXTENSION)
+                .ok_or_else(|| CommandError::InvalidWelcome("it has no Backchannel policy".into()))
+                .and_then(|ext| ChannelPolicy::decode(&ext.0).map_err(|e| invalid(&e)))?;
+            let inviter = staged.welcome_sender().map_err(internal)?;
+            if inviter.signature_key().as_slice() != policy.admin.as_slice() {
+                return Err(CommandError::InvalidWelcome(
+                    "it was made by someone who does not administer the channel".into(),
+                ));
+            }
+            let inviter_name = check_leaf(inviter).map(|i| i.name).unwrap_or_default();
+            let own_key = staged
+                .own_leaf_node()
+                .ok_or_else(|| internal("welcome without own leaf"))?
+                .signature_key()
+                .as_slice()
+                .to_vec();
+            let kp = provider
+                .store()
+                .key_package_records()
+                .map_err(store_err)?
+                .into_iter()
+                .find(|kp| kp.signature_key == own_key)
+                .ok_or(CommandError::NotForUs)?;
+            let signer = SignatureKeyPair::read(
+                provider.storage(),
+                &own_key,
+                kp.suite.ciphersuite().signature_algorithm(),
+            )
+            .ok_or(CommandError::NotForUs)?;
+            let group = staged.into_group(provider).map_err(|e| invalid(&e))?;
+            // Every leaf must be a valid Backchannel member with a unique name. (On
+            // failure the transaction rolls back what `into_group` stored.)
+            let mut names = Vec::new();
+            for member in group.members() {
+                let leaf = group
+                    .public_group()
+                    .leaf(member.index)
+                    .ok_or_else(|| CommandError::InvalidWelcome("a member has no leaf".into()))?;
+                let info = check_leaf(leaf).map_err(|e| invalid(&e))?;
+                if names.contains(&info.name) {
+                    return Err(CommandError::InvalidWelcome(format!(
+                        "two members are called '{}'",
+                        info.name
+                    )));
+                }
+                names.push(info.name);
+            }
+            provider
+                .store()
+                .delete_key_package_record(&own_key)
+                .map_err(store_err)?;
+            let id = ChannelId(group_id_bytes(&group)?);
+            if engine.channels.contains_key(&id) {
+                return Err(CommandError::InvalidWelcome(
+                    "you are in this channel already".into(),
+                ));
+            }
+            let record = ChannelRecord {
+                id,
+                name: name.to_owned(),
+                suite: kp.suite,
+                own_member: member_id(&own_key),
+                signature_key: own_key,
+                mailbox: kp.mailbox,
+                joined_at: now,
+                own_seq: 0,
+                own_last_hash: [0; 32],
+                status: ChannelStatus::Active,
+                intent: None,
+                epoch_keys: Vec::new(),
+                recent_fragmented: Vec::new(),
+            };
+            let mut channel = Channel {
+                record,
+                live: Some(Live { group, signer }),
+                members: Vec::new(),
+                senders: BTreeMap::new(),
+                pending: Vec::new(),
+            };
+            let mut ctx = engine.ctx(now);
+            channel.enter_epoch(&mut ctx)?;
+            ctx.event(Event::Joined {
+                channel: id,
+                by: inviter_name,
+            });
+            engine.channels.insert(id, channel);
+            Ok(id)
+        })
+    }
+
+    /// Adds the owner of a key package to a channel we administer. Returns the welcome
+    /// to hand to them.
+    pub fn add_member(
+        &mut self,
+        now: Timestamp,
+        name: &str,
+        key_package: &[u8],
+    ) -> Result<Vec<u8>, CommandError> {
+        let id = self.channel_id(name)?;
+        self.transact(|engine| {
+            let (ch, mut ctx) = engine.channel_ctx(&id, now)?;
+            ch.add_member(&mut ctx, key_package)
+        })
+    }
+
+    /// Removes a member from a channel we administer.
+    pub fn remove_member(
+        &mut self,
+        now: Timestamp,
+        name: &str,
+        member: &str,
+    ) -> Result<(), CommandError> {
+        let id = self.channel_id(name)?;
+        self.transact(|engine| {
+            let (ch, mut ctx) = engine.channel_ctx(&id, now)?;
+            ch.remove_member(&mut ctx, member)
+        })
+    }
+
+    /// Replaces our keys in a channel (post-compromise security). The administrator
+    /// commits at once; another member proposes, and the administrator's client
+    /// commits the proposal when it arrives.
+    pub fn self_update(&mut self, now: Timestamp, name: &str) -> Result<(), CommandError> {
+        let id = self.channel_id(name)?;
+        self.transact(|engine| {
+            let (ch, mut ctx) = engine.channel_ctx(&id, now)?;
+            ch.self_update(&mut ctx)
+        })
+    }
+
+    /// Leaves a channel. An administrator first hands the role to the member who has
+    /// been in the channel longest.
+    pub fn leave(&mut self, now: Timestamp, name: &str) -> Result<(), CommandError> {
+        let id = self.channel_id(name)?;
+        self.transact(|engine| {
+            let (ch, mut ctx) = engine.channel_ctx(&id, now)?;
+            ch.leave(&mut ctx)
+        })
+    }
+
+    /// Sends a text message to every other member.
+    pub fn send_text(
+        &mut self,
+        now: Timestamp,
+        name: &str,
+        text: &str,
+    ) -> Result<MessageRecord, CommandError> {
+        let id = self.channel_id(name)?;
+        self.transact(|engine| {
+            let (ch, mut ctx) = engine.channel_ctx(&id, now)?;
+            ch.send_payload(&mut ctx, PayloadKind::Text, text.as_bytes().to_vec())
+        })
+    }
+
+    // ----- Inputs -----------------------------------------------------------------
+
+    /// A blob arrived in the inbound mailbox of a channel. Problems with the blob
+    /// become alerts; `Err` means only that the store failed (nothing was changed and
+    /// the blob must not be acknowledged).
+    pub fn handle_incoming(
+        &mut self,
+        now: Timestamp,
+        channel: &ChannelId,
+        blob: &[u8],
+    ) -> Result<(), CommandError> {
+        if !self.channels.contains_key(channel) {
+            return Err(CommandError::UnknownChannel(channel.to_string()));
+        }
+        self.transact(|engine| {
+            let Some(ch) = engine.channels.get_mut(channel) else {
+                return Ok(());
+            };
+            let mut ctx = Ctx {
+                backend: &engine.backend,
+                config: &engine.config,
+                staged: &mut engine.staged,
+                now,
+            };
+            ch.receive_blob(&mut ctx, blob.to_vec())?;
+            ch.drain_pending(&mut ctx)
+        })
+    }
+
+    /// Time has passed: report gaps and inputs that waited too long.
+    pub fn handle_timeout(&mut self, now: Timestamp) -> Result<(), CommandError> {
+        if self.poll_timeout().is_none_or(|t| t > now) {
+            return Ok(());
+        }
+        self.transact(|engine| {
+            let Engine {
+                backend,
+                config,
+                channels,
+                staged,
+                ..
+            } = engine;
+            for ch in channels.values_mut() {
+                let mut ctx = Ctx {
+                    backend,
+                    config,
+                    staged,
+                    now,
+                };
+                ch.expire(&mut ctx)?;
+            }
+            Ok(())
+        })
+    }
+
+    // ----- Plumbing ---------------------------------------------------------------
+
+    fn ctx(&mut self, now: Timestamp) -> Ctx<'_, S> {
+        Ctx {
+            backend: &self.backend,
+            config: &self.config,
+            staged: &mut self.staged,
+            now,
+        }
+    }
+
+    fn channel_ctx(
+        &mut self,
+        id: &ChannelId,
+        now: Timestamp,
+    ) -> Result<(&mut Channel, Ctx<'_, S>), CommandError> {
+        let ch = self
+            .channels
+            .get_mut(id)
+            .ok_or_else(|| CommandError::UnknownChannel(id.to_string()))?;
+        Ok((
+            ch,
+            Ctx {
+                backend: &self.backend,
+                config: &self.config,
+                staged: &mut self.staged,
+                now,
+            },
+        ))
+    }
+
+    fn check_local_name(&self, name: &str) -> Result<(), CommandError> {
+        check_name(name).map_err(CommandError::InvalidName)?;
+        if self.channels.values().any(|ch| ch.record.name == name) {
+            return Err(CommandError::NameTaken(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Runs `f` in one store transaction. On success the staged outputs are released;
+    /// on failure the store is rolled back and the in-memory state reloaded from it.
+    fn transact<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<T, CommandError>,
+    ) -> Result<T, CommandError> {
+        self.store().begin().map_err(store_err)?;
+        let result = f(self).and_then(|value| {
+            self.store().commit().map_err(store_err)?;
+            Ok(value)
+        });
+        match result {
+            Ok(value) => {
+                self.outputs.extend(self.staged.drain(..));
+                Ok(value)
+            }
+            Err(error) => {
+                self.staged.clear();
+                let _ = self.store().rollback();
+                self.reload()?;
+                Err(error)
+            }
+        }
+    }
+
+    /// Rebuilds the in-memory state from the store.
+    fn reload(&mut self) -> Result<(), CommandError> {
+        let store = self.backend.store();
+        let mut channels = BTreeMap::new();
+        for record in store.channels().map_err(store_err)? {
+            let id = record.id;
+            let live = if record.status == ChannelStatus::Closed {
+                None
+            } else {
+                let group = MlsGroup::load(self.backend.storage(), &GroupId::from_slice(&id.0))
+                    .map_err(|e| internal(format!("{e:?}")))?
+                    .ok_or_else(|| internal("a channel's MLS state is missing"))?;
+                let signer = SignatureKeyPair::read(
+                    self.backend.storage(),
+                    &record.signature_key,
+                    record.suite.ciphersuite().signature_algorithm(),
+                )
+                .ok_or_else(|| internal("a channel's signature key is missing"))?;
+                Some(Live { group, signer })
+            };
+            let members = store.members(&id).map_err(store_err)?;
+            let senders = store
+                .senders(&id)
+                .map_err(store_err)?
+                .into_iter()
+                .map(|s| (s.member, s))
+                .collect();
+            let pending = store.pending(&id).map_err(store_err)?;
+            channels.insert(
+                id,
+                Channel {
+                    record,
+                    live,
+                    members,
+                    senders,
+                    pending,
+                },
+            );
+        }
+        self.channels = channels;
+        Ok(())
+    }
+}
+
+/// What a channel operation needs besides the channel.
+struct Ctx<'a, S: Storage> {
+    backend: &'a Backend<S>,
+    config: &'a EngineConfig,
+    staged: &'a mut Vec<Output>,
+    now: Timestamp,
+}
+
+impl<S: Storage> Ctx<'_, S> {
+    fn store(&self) -> &S {
+        self.backend.store()
+    }
+
+    fn event(&mut self, event: Event) {
+        self.staged.push(Output::Event(event));
+    }
+
+    fn alert(&mut self, channel: ChannelId, alert: Alert) {
+        self.event(Event::Alert { channel, alert });
+    }
+}
+
+impl Channel {
+    fn live(&self) -> Result<&Live, CommandError> {
+        match (&self.live, self.record.status) {
+            (Some(live), ChannelStatus::Active) => Ok(live),
+            _ => Err(CommandError::NotActive),
+        }
+    }
+
+    fn live_mut(&mut self) -> Result<&mut Live, CommandError> {
+        match (&mut self.live, self.record.status) {
+            (Some(live), ChannelStatus::Active) => Ok(live),
+            _ => Err(CommandError::NotActive),
+        }
+    }
+
+    fn is_admin(&self) -> bool {
+        self.members.iter().any(|m| m.is_self && m.admin)
+    }
+
+    fn name_of(&self, member: &MemberId) -> String {
+        self.members
+            .iter()
+            .find(|m| &m.member == member)
+            .map(|m| m.name.clone())
+            .or_else(|| self.senders.get(member).map(|s| s.name.clone()))
+            .unwrap_or_else(|| "a former member".to_owned())
+    }
+
+    /// Mailboxes of every member but us.
+    fn others(&self) -> Vec<MailboxAddr> {
+        self.members
+            .iter()
+            .filter(|m| !m.is_self)
+            .map(|m| m.mailbox.clone())
+            .collect()
+    }
+
+    fn current_key(&self) -> Result<[u8; 32], CommandError> {
+        self.record
+            .epoch_keys
+            .last()
+            .map(|k| k.key)
+            .ok_or_else(|| internal("no envelope key"))
+    }
+
+    fn save<S: Storage>(&self, ctx: &Ctx<'_, S>) -> Result<(), CommandError> {
+        ctx.store().save_channel(&self.record).map_err(store_err)
+    }
+
+    // ----- Sending ----------------------------------------------------------------
+
+    /// Serializes an MLS message, fragments it, and seals a copy for each target
+    /// with a fresh nonce (so that no two mailboxes hold the same bytes).
+    fn transmit<S: Storage>(
+        &self,
+        ctx: &mut Ctx<'_, S>,
+        message: &MlsMessageOut,
+        targets: &[MailboxAddr],
+        key: &[u8; 32],
+    ) -> Result<(), CommandError> {
+        let bytes = message.tls_serialize_detached().map_err(internal)?;
+        let rand = ctx.backend.rand();
+        let message_id: [u8; 16] = rand.random_array().map_err(internal)?;
+        let fragments = Fragment::split(message_id, &bytes).map_err(internal)?;
+        for to in targets {
+            for fragment in &fragments {
+                let nonce = rand.random_array().map_err(internal)?;
+                let blob = seal::seal(key, nonce, &fragment.encode())
+                    .ok_or_else(|| internal("sealing failed"))?;
+                ctx.staged.push(Output::Transmit(Transmit {
+                    channel: self.record.id,
+                    to: to.clone(),
+                    blob,
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    fn send_payload<S: Storage>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        kind: PayloadKind,
+        body: Vec<u8>,
+    ) -> Result<MessageRecord, CommandError> {
+        let payload = Payload {
+            kind,
+            seq: self.record.own_seq + 1,
+            prev_hash: self.record.own_last_hash,
+            sent_at: ctx.now.0,
+            body,
+            heads: Vec::new(),
+        };
+        let unpadded = payload
+            .encode_unpadded()
+            .map_err(|_| CommandError::TooLong(payload.body.len()))?;
+        let padded = payload
+            .encode()
+            .map_err(|_| CommandError::TooLong(payload.body.len()))?;
+        let key = self.current_key()?;
+        let targets = self.others();
+        let live = self.live_mut()?;
+        let message = live
+            .group
+            .create_message(ctx.backend, &live.signer, &padded)
+            .map_err(internal)?;
+        self.transmit(ctx, &message, &targets, &key)?;
+        let hash = chain_hash(&unpadded);
+        self.record.own_seq = payload.seq;
+        self.record.own_last_hash = hash;
+        self.save(ctx)?;
+        let mut record = MessageRecord {
+            position: 0,
+            channel: self.record.id,
+            sender: self.record.own_member,
+            sender_name: self.name_of(&self.record.own_member),
+            seq: payload.seq,
+            kind: match kind {
+                PayloadKind::Control => MessageKind::Control,
+                _ => MessageKind::Text,
+            },
+            sent_at: ctx.now,
+            received_at: ctx.now,
+            body: payload.body,
+            prev_hash: payload.prev_hash,
+            hash,
+            late: false,
+        };
+        ctx.store().append_message(&record).map_err(store_err)?;
+        record.position = 0;
+        Ok(record)
+    }
+
+    /// Sends one of our commits to `targets` under the current epoch's key, merges
+    /// it, and enters the new epoch.
+    fn commit_and_merge<S: Storage>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        commit: &MlsMessageOut,
+        targets: &[MailboxAddr],
+    ) -> Result<(), CommandError> {
+        let key = self.current_key()?;
+        self.transmit(ctx, commit, targets, &key)?;
+        let before = self.members.clone();
+        let own = self.record.own_member;
+        let live = self.live_mut()?;
+        live.group
+            .merge_pending_commit(ctx.backend)
+            .map_err(internal)?;
+        self.enter_epoch(ctx)?;
+        self.report_membership(ctx, &before, &own);
+        Ok(())
+    }
+
+    fn add_member<S: Storage>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        key_package: &[u8],
+    ) -> Result<Vec<u8>, CommandError> {
+        self.live()?;
+        if !self.is_admin() {
+            return Err(CommandError::NotAdmin);
+        }
+        let bad = |e: &dyn std::fmt::Display| CommandError::InvalidKeyPackage(e.to_string());
+        let message = MlsMessageIn::tls_deserialize_exact(key_package).map_err(|e| bad(&e))?;
+        let MlsMessageBodyIn::KeyPackage(kp) = message.extract() else {
+            return Err(CommandError::InvalidKeyPackage(
+                "it is not an MLS key package".into(),
+            ));
+        };
+        let kp = kp
+            .validate(ctx.backend.crypto(), ProtocolVersion::Mls10)
+            .map_err(|e| bad(&e))?;
+        if kp.ciphersuite() != self.record.suite.ciphersuite() {
+            return Err(CommandError::SuiteMismatch(
+                format!("{:?}", kp.ciphersuite()),
+                self.record.suite.name(),
+            ));
+        }
+        let info = check_leaf(kp.leaf_node()).map_err(|e| bad(&e))?;
+        if self.members.iter().any(|m| m.name == info.name) {
+            return Err(CommandError::MemberNameTaken(info.name));
+        }
+        let targets = self.others();
+        let live = self.live_mut()?;
+        let (commit, welcome, _) = live
+            .group
+            .add_members(ctx.backend, &live.signer, &[kp])
+            .map_err(internal)?;
+        self.commit_and_merge(ctx, &commit, &targets)?;
+        welcome.tls_serialize_detached().map_err(internal)
+    }
+
+    fn remove_member<S: Storage>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        member: &str,
+    ) -> Result<(), CommandError> {
+        self.live()?;
+        if !self.is_admin() {
+            return Err(CommandError::NotAdmin);
+        }
+        let target = self
+            .members
+            .iter()
+            .find(|m| m.name == member)
+            .ok_or_else(|| CommandError::UnknownMember(member.to_owned()))?;
+        if target.is_self {
+            return Err(CommandError::IsSelf);
+        }
+        let leaf = LeafNodeIndex::new(target.leaf);
+        // The removed member gets the commit too, so that it learns of its removal.
+        let targets = self.others();
+        let live = self.live_mut()?;
+        let (commit, _, _) = live
+            .group
+            .remove_members(ctx.backend, &live.signer, &[leaf])
+            .map_err(internal)?;
+        self.commit_and_merge(ctx, &commit, &targets)
+    }
+
+    fn self_update<S: Storage>(&mut self, ctx: &mut Ctx<'_, S>) -> Result<(), CommandError> {
+        self.live()?;
+        let targets = self.others();
+        if self.is_admin() {
+            let live = self.live_mut()?;
+            let bundle = live
+                .group
+                .self_update(ctx.backend, &live.signer, LeafNodeParameters::default())
+                .map_err(internal)?;
+            self.commit_and_merge(ctx, bundle.commit(), &targets)
+        } else {
+            self.record.intent = Some(Intent::Update);
+            self.propose_intent(ctx)
+        }
+    }
+
+    fn leave<S: Storage>(&mut self, ctx: &mut Ctx<'_, S>) -> Result<(), CommandError> {
+        self.live()?;
+        let targets = self.others();
+        if targets.is_empty() {
+            // Alone: nobody to tell.
+            return self.close(ctx, None);
+        }
+        if self.is_admin() {
+            // Hand the administrator role to the longest-standing other member.
+            let successor = self
+                .members
+                .iter()
+                .filter(|m| !m.is_self)
+                .min_by_key(|m| m.leaf)
+                .map(|m| m.signature_key.clone())
+                .ok_or_else(|| internal("no successor"))?;
+            let live = self.live_mut()?;
+            let mut policy = policy_of(&live.group).ok_or_else(|| internal("no policy"))?;
+            policy.admin = successor;
+            let extensions = group_extensions(&policy)?;
+            let (commit, _, _) = live
+                .group
+                .update_group_context_extensions(ctx.backend, extensions, &live.signer)
+                .map_err(internal)?;
+            self.commit_and_merge(ctx, &commit, &targets)?;
+        }
+        self.record.intent = Some(Intent::Leave);
+        self.propose_intent(ctx)?;
+        self.record.status = ChannelStatus::Leaving;
+        self.save(ctx)
+    }
+
+    /// Sends the proposal for our outstanding intent (in the current epoch).
+    fn propose_intent<S: Storage>(&mut self, ctx: &mut Ctx<'_, S>) -> Result<(), CommandError> {
+        let Some(intent) = self.record.intent else {
+            return Ok(());
+        };
+        let key = self.current_key()?;
+        let targets = self.others();
+        let Some(live) = self.live.as_mut() else {
+            return Ok(());
+        };
+        let proposal = match intent {
+            Intent::Update => {
+                live.group
+                    .propose_self_update(ctx.backend, &live.signer, LeafNodeParameters::default())
+                    .map_err(internal)?
+                    .0
+            }
+            Intent::Leave => live
+                .group
+                .leave_group(ctx.backend, &live.signer)
+                .map_err(internal)?,
+        };
+        self.transmit(ctx, &proposal, &targets, &key)?;
+        self.save(ctx)
+    }
+
+    /// After creating, joining or merging: refresh members, derive this epoch's
+    /// envelope key, persist.
+    fn enter_epoch<S: Storage>(&mut self, ctx: &mut Ctx<'_, S>) -> Result<(), CommandError> {
+        let Some(live) = self.live.as_ref() else {
+            return Ok(());
+        };
+        let epoch = live.group.epoch().as_u64();
+        let secret = live
+            .group
+            .export_secret(
+                ctx.backend.crypto(),
+                derive::CHANNEL_EXPORTER_LABEL,
+                &[],
+                32,
+            )
+            .map_err(internal)?;
+        let secret: [u8; 32] = secret
+            .as_slice()
+            .try_into()
+            .map_err(|_| internal("exporter length"))?;
+        let key = derive::envelope_key(&secret);
+        self.record.epoch_keys.retain(|k| k.epoch != epoch);
+        self.record.epoch_keys.push(EpochKey { epoch, key: *key });
+        let excess = self
+            .record
+            .epoch_keys
+            .len()
+            .saturating_sub(MAX_PAST_EPOCHS + 1);
+        self.record.epoch_keys.drain(..excess);
+        self.members = members_of(&live.group, &self.record.signature_key);
+        ctx.store()
+            .save_members(&self.record.id, &self.members)
+            .map_err(store_err)?;
+        self.save(ctx)
+    }
+
+    fn report_membership<S: Storage>(
+        &self,
+        ctx: &mut Ctx<'_, S>,
+        before: &[MemberRecord],
+        by: &MemberId,
+    ) {
+        let by = before
+            .iter()
+            .find(|m| &m.member == by)
+            .map(|m| m.name.clone())
+            .unwrap_or_default();
+        let channel = self.record.id;
+        for m in &self.members {
+            if !before.iter().any(|b| b.member == m.member) {
+                ctx.event(Event::MemberAdded {
+                    channel,
+                    member: m.name.clone(),
+                    by: by.clone(),
+                });
+            }
+        }
+        for b in before {
+            if !self.members.iter().any(|m| m.member == b.member) {
+                ctx.event(Event::MemberRemoved {
+                    channel,
+                    member: b.name.clone(),
+                    by: by.clone(),
+                });
+            }
+        }
+    }
+
+    /// We are no longer a member: erase the MLS state and keys, keep the history.
+    fn close<S: Storage>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        by: Option<String>,
+    ) -> Result<(), CommandError> {
+        if let Some(mut live) = self.live.take() {
+            live.group.delete(ctx.backend.storage()).map_err(internal)?;
+            SignatureKeyPair::delete(
+                ctx.backend.storage(),
+                live.signer.public(),
+                live.signer.signature_scheme(),
+            )
+            .map_err(internal)?;
+        }
+        self.record.status = ChannelStatus::Closed;
+        self.record.intent = None;
+        self.record.epoch_keys.clear();
+        for (id, _) in self.pending.drain(..) {
+            ctx.store()
+                .remove_pending(&self.record.id, id)
+                .map_err(store_err)?;
+        }
+        self.save(ctx)?;
+        ctx.event(Event::Closed {
+            channel: self.record.id,
+            by: by.unwrap_or_else(|| "you".to_owned()),
+        });
+        Ok(())
+    }
+
+    // ----- Receiving --------------------------------------------------------------
+
+    fn receive_blob<S: Storage>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        blob: Vec<u8>,
+    ) -> Result<(), CommandError> {
+        if self.live.is_none() {
+            return Ok(());
+        }
+        if blob.len() != BLOB_LEN {
+            ctx.alert(
+                self.record.id,
+                Alert::Undecryptable {
+                    count: 1,
+                    detail: format!("a record of {} bytes instead of {BLOB_LEN}", blob.len()),
+                },
+            );
+            return Ok(());
+        }
+        let opened = self
+            .record
+            .epoch_keys
+            .iter()
+            .rev()
+            .find_map(|k| seal::open(&k.key, &blob));
+        match opened {
+            Some(fragment) => self.receive_fragment(ctx, fragment),
+            None => self.park(
+                ctx,
+                PendingItem::Sealed {
+                    received_at: ctx.now,
+                    blob,
+                },
+            ),
+        }
+    }
+
+    fn receive_fragment<S: Storage>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        bytes: Vec<u8>,
+    ) -> Result<(), CommandError> {
+        let fragment = match Fragment::decode(&bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                ctx.alert(
+                    self.record.id,
+                    Alert::Undecryptable {
+                        count: 1,
+                        detail: format!("malformed envelope: {e}"),
+                    },
+                );
+                return Ok(());
+            }
+        };
+        if fragment.count == 1 {
+            return self.receive_mls(ctx, &fragment.chunk);
+        }
+        if self.record.recent_fragmented.contains(&fragment.message_id) {
+            ctx.alert(
+                self.record.id,
+                Alert::Replayed {
+                    from: None,
+                    seq: None,
+                },
+            );
+            return Ok(());
+        }
+        let mut siblings = vec![fragment.clone()];
+        let mut ids = Vec::new();
+        for (id, item) in &self.pending {
+            if let PendingItem::Fragment {
+                fragment: other, ..
+            } = item
+            {
+                let Ok(other) = Fragment::decode(other) else {
+                    continue;
+                };
+                if other.message_id == fragment.message_id {
+                    if other.index == fragment.index {
+                        ctx.alert(
+                            self.record.id,
+                            Alert::Replayed {
+                                from: None,
+                                seq: None,
+                            },
+                        );
+                        return Ok(());
+                    }
+                    siblings.push(other);
+                    ids.push(*id);
+                }
+            }
+        }
+        if siblings.len() < usize::from(fragment.count) {
+            return self.park(
+                ctx,
+                PendingItem::Fragment {
+                    received_at: ctx.now,
+                    fragment: bytes,
+                },
+            );
+        }
+        for id in ids {
+            self.unpark(ctx, id)?;
+        }
+        self.record.recent_fragmented.push(fragment.message_id);
+        let excess = self.record.recent_fragmented.len().saturating_sub(1024);
+        self.record.recent_fragmented.drain(..excess);
+        match Fragment::join(&siblings) {
+            Ok(message) => self.receive_mls(ctx, &message),
+            Err(e) => {
+                ctx.alert(
+                    self.record.id,
+                    Alert::Undecryptable {
+                        count: siblings.len(),
+                        detail: format!("inconsistent fragments: {e}"),
+                    },
+                );
+                Ok(())
+            }
+        }
+    }
+
+    fn park<S: Storage>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        item: PendingItem,
+    ) -> Result<(), CommandError> {
+        while self.pending.len() >= ctx.config.max_pending {
+            let (id, _) = self.pending.remove(0);
+            ctx.store()
+                .remove_pending(&self.record.id, id)
+                .map_err(store_err)?;
+            ctx.alert(
+                self.record.id,
+                Alert::Undecryptable {
+                    count: 1,
+                    detail: "too many messages were waiting; the oldest was dropped".into(),
+                },
+            );
+        }
+        let id = ctx
+            .store()
+            .push_pending(&self.record.id, &item)
+            .map_err(store_err)?;
+        self.pending.push((id, item));
+        Ok(())
+    }
+
+    fn unpark<S: Storage>(&mut self, ctx: &mut Ctx<'_, S>, id: u64) -> Result<(), CommandError> {
+        self.pending.retain(|(i, _)| *i != id);
+        ctx.store()
+            .remove_pending(&self.record.id, id)
+            .map_err(store_err)
+    }
+
+    /// Retries waiting inputs until none makes progress.
+    fn drain_pending<S: Storage>(&mut self, ctx: &mut Ctx<'_, S>) -> Result<(), CommandError> {
+        loop {
+            let Some(live) = self.live.as_ref() else {
+                return Ok(());
+            };
+            let epoch = live.group.epoch().as_u64();
+            let ready = self.pending.iter().find_map(|(id, item)| match item {
+                PendingItem::Sealed { blob, .. } => self
+                    .record
+                    .epoch_keys
+                    .iter()
+                    .rev()
+                    .find_map(|k| seal::open(&k.key, blob))
+                    .map(|f| (*id, Ready::Fragment(f))),
+                PendingItem::Message {
+                    epoch: e, message, ..
+                } if *e <= epoch => Some((*id, Ready::Message(message.clone()))),
+                _ => None,
+            });
+            let Some((id, ready)) = ready else {
+                return Ok(());
+            };
+            self.unpark(ctx, id)?;
+            match ready {
+                Ready::Fragment(f) => self.receive_fragment(ctx, f)?,
+                Ready::Message(m) => self.receive_mls(ctx, &m)?,
+            }
+        }
+    }
+
+    fn receive_mls<S: Storage>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        bytes: &[u8],
+    ) -> Result<(), CommandError> {
+        let channel = self.record.id;
+        let undecryptable = |detail: String| Alert::Undecryptable { count: 1, detail };
+        let message = match MlsMessageIn::tls_deserialize_exact(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                ctx.alert(
+                    channel,
+                    undecryptable(format!("malformed MLS message: {e:?}")),
+                );
+                return Ok(());
+            }
+        };
+        let protocol = match message.try_into_protocol_message() {
+            Ok(p) if p.wire_format() == WireFormat::PrivateMessage => p,
+            _ => {
+                ctx.alert(
+                    channel,
+                    undecryptable("not an encrypted group message".into()),
+                );
+                return Ok(());
+            }
+        };
+        if protocol.group_id().as_slice() != channel.0 {
+            ctx.alert(
+                channel,
+                undecryptable("a message of another channel".into()),
+            );
+            return Ok(());
+        }
+        let Some(live) = self.live.as_mut() else {
+            return Ok(());
+        };
+        let epoch = protocol.epoch().as_u64();
+        if epoch > live.group.epoch().as_u64() {
+            return self.park(
+                ctx,
+                PendingItem::Message {
+                    received_at: ctx.now,
+                    epoch,
+                    message: bytes.to_vec(),
+                },
+            );
+        }
+        let processed = match live.group.process_message(ctx.backend, protocol) {
+            Ok(p) => p,
+            Err(e) => {
+                let alert = classify_failure(&e, epoch < live.group.epoch().as_u64());
+                ctx.alert(channel, alert);
+                return Ok(());
+            }
+        };
+        let sender_leaf = match processed.sender() {
+            Sender::Member(leaf) => *leaf,
+            _ => {
+                ctx.alert(
+                    channel,
+                    undecryptable("a message from outside the channel".into()),
+                );
+                return Ok(());
+            }
+        };
+        let Some(sender) = credential_member(processed.credential()) else {
+            ctx.alert(
+                channel,
+                undecryptable("a sender without a Backchannel identity".into()),
+            );
+            return Ok(());
+        };
+        match processed.into_content() {
+            ProcessedMessageContent::ApplicationMessage(app) => {
+                self.receive_payload(ctx, sender, &app.into_bytes())
+            }
+            ProcessedMessageContent::ProposalMessage(proposal) => {
+                self.receive_proposal(ctx, sender, sender_leaf, *proposal)
+            }
+            ProcessedMessageContent::StagedCommitMessage(commit) => {
+                self.receive_commit(ctx, sender, *commit)
+            }
+            _ => {
+                ctx.alert(
+                    channel,
+                    undecryptable("an unsupported kind of message".into()),
+                );
+                Ok(())
+            }
+        }
+    }
+
+    fn receive_payload<S: Storage>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        sender: MemberId,
+        bytes: &[u8],
+    ) -> Result<(), CommandError> {
+        let channel = self.record.id;
+        let from = self.name_of(&sender);
+        let (payload, unpadded) = match Payload::decode(bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                ctx.alert(
+                    channel,
+                    Alert::Undecryptable {
+                        count: 1,
+                        detail: format!("a malformed message from {from}: {e}"),
+                    },
+                );
+                return Ok(());
+            }
+        };
+        let hash = chain_hash(bytes.get(..unpadded).unwrap_or_default());
+        let backend = ctx.backend;
+        let store = backend.store();
+        if let Some(existing) = store
+            .message(&channel, &sender, payload.seq)
+            .map_err(store_err)?
+        {
+            let alert = if existing.hash == hash {
+                Alert::Replayed {
+                    from: Some(from),
+                    seq: Some(payload.seq),
+                }
+            } else {
+                Alert::Conflicting {
+                    from,
+                    seq: payload.seq,
+                }
+            };
+            ctx.alert(channel, alert);
+            return Ok(());
+        }
+        let state = self.senders.entry(sender).or_insert_with(|| SenderState {
+            member: sender,
+            ..SenderState::default()
+        });
+        state.name = from.clone();
+        let arrival = state.record(payload.seq, ctx.now);
+        if arrival == Arrival::Duplicate {
+            // The state says we have it but the store does not: the store is the truth.
+            return Err(internal("sequence state and history disagree"));
+        }
+        store.save_sender(&channel, state).map_err(store_err)?;
+
+        // The chain: this message must follow the previous one, and the next one (if
+        // it came first) must follow this one.
+        let chained_back = if payload.seq == 1 {
+            Some(payload.prev_hash == [0; 32])
+        } else {
+            store
+                .message(&channel, &sender, payload.seq - 1)
+                .map_err(store_err)?
+                .map(|prev| prev.hash == payload.prev_hash)
+        };
+        let chained_forward = store
+            .message(&channel, &sender, payload.seq + 1)
+            .map_err(store_err)?
+            .map(|next| next.prev_hash == hash);
+        if chained_back == Some(false) {
+            ctx.alert(
+                channel,
+                Alert::BrokenChain {
+                    from: from.clone(),
+                    seq: payload.seq,
+                },
+            );
+        }
+        if chained_forward == Some(false) {
+            ctx.alert(
+                channel,
+                Alert::BrokenChain {
+                    from: from.clone(),
+                    seq: payload.seq + 1,
+                },
+            );
+        }
+        let kind = match payload.kind {
+            PayloadKind::Control => MessageKind::Control,
+            _ => MessageKind::Text,
+        };
+        let record = MessageRecord {
+            position: 0,
+            channel,
+            sender,
+            sender_name: from.clone(),
+            seq: payload.seq,
+            kind,
+            sent_at: Timestamp(payload.sent_at),
+            received_at: ctx.now,
+            body: payload.body,
+            prev_hash: payload.prev_hash,
+            hash,
+            late: arrival == Arrival::Late,
+        };
+        store.append_message(&record).map_err(store_err)?;
+        if kind == MessageKind::Text {
+            ctx.event(Event::Message(ReceivedMessage {
+                channel,
+                member: sender,
+                from,
+                seq: record.seq,
+                text: String::from_utf8_lossy(&record.body).into_owned(),
+                sent_at: record.sent_at,
+                received_at: record.received_at,
+                late: record.late,
+            }));
+        }
+        Ok(())
+    }
+
+    fn receive_proposal<S: Storage>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        sender: MemberId,
+        sender_leaf: LeafNodeIndex,
+        proposal: QueuedProposal,
+    ) -> Result<(), CommandError> {
+        let channel = self.record.id;
+        let by = self.name_of(&sender);
+        let refused = match proposal.proposal() {
+            Proposal::Update(update) => check_leaf(update.leaf_node())
+                .err()
+                .map(|e| format!("update their keys with an invalid leaf ({e})")),
+            Proposal::Remove(remove) if remove.removed() == sender_leaf => None,
+            Proposal::Remove(_) => Some("remove another member".to_owned()),
+            Proposal::Add(_) => Some("add a member".to_owned()),
+            _ => Some("make an unsupported change to the channel".to_owned()),
+        };
+        if let Some(what) = refused {
+            ctx.alert(channel, Alert::RefusedChange { by, what });
+            return Ok(());
+        }
+        let is_update = matches!(proposal.proposal(), Proposal::Update(_));
+        let Some(live) = self.live.as_mut() else {
+            return Ok(());
+        };
+        live.group
+            .store_pending_proposal(ctx.backend.storage(), proposal)
+            .map_err(internal)?;
+        if !self.is_admin() || self.record.status != ChannelStatus::Active {
+            return Ok(());
+        }
+        // The administrator carries out members' proposals at once.
+        let targets = self.others();
+        let Some(live) = self.live.as_mut() else {
+            return Ok(());
+        };
+        let (commit, _, _) = live
+            .group
+            .commit_to_pending_proposals(ctx.backend, &live.signer)
+            .map_err(internal)?;
+        self.commit_and_merge(ctx, &commit, &targets)?;
+        if is_update {
+            ctx.event(Event::KeysUpdated {
+                channel,
+                member: self.name_of(&sender),
+            });
+        }
+        Ok(())
+    }
+
+    fn receive_commit<S: Storage>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        committer: MemberId,
+        commit: StagedCommit,
+    ) -> Result<(), CommandError> {
+        let channel = self.record.id;
+        let by = self.name_of(&committer);
+        let admin = self.members.iter().find(|m| m.admin).map(|m| m.member);
+        if admin != Some(committer) {
+            ctx.alert(
+                channel,
+                Alert::RefusedChange {
+                    by,
+                    what: "change the channel although only its administrator may".into(),
+                },
+            );
+            return Ok(());
+        }
+        if let Err(what) = check_commit(&commit, &self.members) {
+            ctx.alert(channel, Alert::RefusedChange { by, what });
+            return Ok(());
+        }
+        let updated: Vec<MemberId> = commit
+            .update_proposals()
+            .filter_map(|u| credential_member(u.update_proposal().leaf_node().credential()))
+            .collect();
+        let self_removed = commit.self_removed();
+        let before = self.members.clone();
+        let Some(live) = self.live.as_mut() else {
+            return Ok(());
+        };
+        live.group
+            .merge_staged_commit(ctx.backend, commit)
+            .map_err(internal)?;
+        if self_removed {
+            self.members.retain(|m| !m.is_self);
+            return self.close(ctx, Some(by));
+        }
+        self.enter_epoch(ctx)?;
+        self.report_membership(ctx, &before, &committer);
+        for member in updated {
+            if member == self.record.own_member && self.record.intent == Some(Intent::Update) {
+                self.record.intent = None;
+                self.save(ctx)?;
+            }
+            ctx.event(Event::KeysUpdated {
+                channel,
+                member: self.name_of(&member),
+            });
+        }
+        // Anything we asked for that this commit did not carry out is asked again.
+        self.propose_intent(ctx)
+    }
+
+    fn expire<S: Storage>(&mut self, ctx: &mut Ctx<'_, S>) -> Result<(), CommandError> {
+        let channel = self.record.id;
+        for state in self.senders.values_mut() {
+            if let Some(missing) = state.expire(ctx.now, ctx.config.gap_grace_ms) {
+                ctx.store()
+                    .save_sender(&channel, state)
+                    .map_err(store_err)?;
+                ctx.event(Event::Alert {
+                    channel,
+                    alert: Alert::Withheld {
+                        from: state.name.clone(),
+                        missing,
+                    },
+                });
+            }
+        }
+        let deadline = ctx.now.0.saturating_sub(ctx.config.pending_grace_ms);
+        let expired: Vec<(u64, PendingItem)> = self
+            .pending
+            .iter()
+            .filter(|(_, item)| item.received_at().0 <= deadline)
+            .cloned()
+            .collect();
+        if expired.is_empty() {
+            return Ok(());
+        }
+        let mut sealed = 0;
+        let mut fragments = 0;
+        let mut future = 0;
+        for (id, item) in &expired {
+            self.unpark(ctx, *id)?;
+            match item {
+                PendingItem::Sealed { .. } => sealed += 1,
+                PendingItem::Fragment { .. } => fragments += 1,
+                PendingItem::Message { .. } => future += 1,
+            }
+        }
+        let mut details = Vec::new();
+        if sealed > 0 {
+            details.push(format!("{sealed} that no key of this channel opens"));
+        }
+        if fragments > 0 {
+            details.push(format!(
+                "{fragments} pieces of messages whose other pieces never came"
+            ));
+        }
+        if future > 0 {
+            details.push(format!("{future} from a channel update that never arrived"));
+        }
+        ctx.alert(
+            channel,
+            Alert::Undecryptable {
+                count: expired.len(),
+                detail: details.join(", "),
+            },
+        );
+        Ok(())
+    }
+}
+
+enum Ready {
+    Fragment(Vec<u8>),
+    Message(Vec<u8>),
+}
+
+// ----- Helpers over OpenMLS types ----------------------------------------------------
+
+fn new_signer<S: Storage>(provider: &Backend<S>) -> Result<SignatureKeyPair, CommandError> {
+    let signer = SignatureKeyPair::new(SignatureScheme::ED25519).map_err(internal)?;
+    signer.store(provider.storage()).map_err(internal)?;
+    Ok(signer)
+}
+
+/// The credential binds the member identifier to the signature key.
+fn credential_for(signer: &SignatureKeyPair) -> CredentialWithKey {
+    let id = member_id(signer.public());
+    CredentialWithKey {
+        credential: BasicCredential::new(id.0.to_vec()).into(),
+        signature_key: signer.public().into(),
+    }
+}
+
+fn credential_member(credential: &Credential) -> Option<MemberId> {
+    let basic = BasicCredential::try_from(credential.clone()).ok()?;
+    let bytes: [u8; 32] = basic.identity().try_into().ok()?;
+    Some(MemberId(bytes))
+}
+
+fn leaf_extensions(info: &MemberInfo) -> Result<Extensions<LeafNode>, CommandError> {
+    Extensions::single(Extension::Unknown(
+        MEMBER_INFO_EXTENSION,
+        UnknownExtension(info.encode()),
+    ))
+    .map_err(internal)
+}
+
+fn group_extensions(policy: &ChannelPolicy) -> Result<Extensions<GroupContext>, CommandError> {
+    let required =
+        RequiredCapabilitiesExtension::new(&mls::extension_types(), &[], &[CredentialType::Basic]);
+    Extensions::from_vec(vec![
+        Extension::RequiredCapabilities(required),
+        Extension::Unknown(CHANNEL_POLICY_EXTENSION, UnknownExtension(policy.encode())),
+    ])
+    .map_err(internal)
+}
+
+fn policy_of(group: &MlsGroup) -> Option<ChannelPolicy> {
+    let ext = group.extensions().unknown(CHANNEL_POLICY_EXTENSION)?;
+    ChannelPolicy::decode(&ext.0).ok()
+}
+
+fn group_id_bytes(group: &MlsGroup) -> Result<[u8; 16], CommandError> {
+    group
+        .group_id()
+        .as_slice()
+        .try_into()
+        .map_err(|_| internal("group identifier length"))
+}
+
+/// A leaf is acceptable if its credential names the member identifier of its
+/// signature key and it carries a valid [`MemberInfo`].
+fn check_leaf(leaf: &LeafNode) -> Result<MemberInfo, String> {
+    let expected = member_id(leaf.signature_key().as_slice());
+    if credential_member(leaf.credential()) != Some(expected) {
+        return Err("its credential does not match its signature key".into());
+    }
+    let ext = leaf
+        .extensions()
+        .unknown(MEMBER_INFO_EXTENSION)
+        .ok_or("it carries no Backchannel member information")?;
+    MemberInfo::decode(&ext.0).map_err(|e| format!("its member information is malformed: {e}"))
+}
+
+/// Our policy for a commit by the administrator: every new or changed leaf must be
+/// valid, names stay unique, and only the proposal types we use appear.
+fn check_commit(commit: &StagedCommit, members: &[MemberRecord]) -> Result<(), String> {
+    let mut names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+    for queued in commit.queued_proposals() {
+        match queued.proposal() {
+            Proposal::Add(add) => {
+                let info = check_leaf(add.key_package().leaf_node())
+                    .map_err(|e| format!("add a member whose key package is invalid ({e})"))?;
+                if names.contains(&info.name) {
+                    return Err(format!("add a second member called '{}'", info.name));
+                }
+                names.push(info.name);
+            }
+            Proposal::Update(update) => {
+                check_leaf(update.leaf_node())
+                    .map_err(|e| format!("accept an invalid key update ({e})"))?;
+            }
+            Proposal::Remove(_) => {}
+            Proposal::GroupContextExtensions(gce) => {
+                let ext = gce
+                    .extensions()
+                    .unknown(CHANNEL_POLICY_EXTENSION)
+                    .ok_or("remove the channel's rules")?;
+                ChannelPolicy::decode(&ext.0).map_err(|_| "set malformed channel rules")?;
+            }
+            _ => return Err("make a kind of change Backchannel does not use".into()),
+        }
+    }
+    if let Some(leaf) = commit.update_path_leaf_node() {
+        check_leaf(leaf).map_err(|e| format!("update their keys with an invalid leaf ({e})"))?;
+    }
+    Ok(())
+}
+
+fn members_of(group: &MlsGroup, own_key: &[u8]) -> Vec<MemberRecord> {
+    let admin = policy_of(group).map(|p| p.admin).unwrap_or_default();
+    group
+        .members()
+        .filter_map(|m| {
+            let leaf = group.public_group().leaf(m.index)?;
+            let info = check_leaf(leaf).ok()?;
+            Some(MemberRecord {
+                member: member_id(&m.signature_key),
+                signature_key: m.signature_key.clone(),
+                name: info.name,
+                mailbox: info.mailbox,
+                leaf: m.index.u32(),
+                admin: m.signature_key == admin,
+                is_self: m.signature_key == own_key,
+            })
+        })
+        .collect()
+}
+
+/// Turns an OpenMLS processing failure into what it means for the person.
+fn classify_failure<E: std::fmt::Debug>(error: &ProcessMessageError<E>, old_epoch: bool) -> Alert {
+    use ProcessMessageError as P;
+    use ValidationError as V;
+    match error {
+        P::ValidationError(V::UnableToDecrypt(MessageDecryptionError::SecretTreeError(
+            SecretTreeError::SecretReuseError,
+        ))) => Alert::Replayed {
+            from: None,
+            seq: None,
+        },
+        P::ValidationError(V::UnableToDecrypt(MessageDecryptionError::SecretTreeError(
+            SecretTreeError::RatchetTypeError,
+        ))) => Alert::Reflected,
+        P::ValidationError(V::WrongEpoch) | P::ValidationError(V::NoPastEpochData) if old_epoch => {
+            Alert::Replayed {
+                from: None,
+                seq: None,
+            }
+        }
+        other => Alert::Undecryptable {
+            count: 1,
+            detail: format!("{other:?}"),
+        },
+    }
+}

@@ -1,0 +1,248 @@
+//! What the engine tells the person: events and integrity alerts.
+
+use std::fmt;
+
+use crate::derive::MemberId;
+use crate::{ChannelId, Timestamp};
+
+/// Something the person should know about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A text message arrived.
+    Message(ReceivedMessage),
+    /// We joined a channel.
+    Joined {
+        /// The channel.
+        channel: ChannelId,
+        /// Who added us.
+        by: String,
+    },
+    /// Someone joined the channel.
+    MemberAdded {
+        /// The channel.
+        channel: ChannelId,
+        /// Who joined.
+        member: String,
+        /// Who added them.
+        by: String,
+    },
+    /// Someone left or was removed.
+    MemberRemoved {
+        /// The channel.
+        channel: ChannelId,
+        /// Who is gone.
+        member: String,
+        /// Who committed the removal.
+        by: String,
+    },
+    /// A member replaced their keys (post-compromise security).
+    KeysUpdated {
+        /// The channel.
+        channel: ChannelId,
+        /// Whose keys changed.
+        member: String,
+    },
+    /// We are no longer a member: removed, or our leave was committed.
+    Closed {
+        /// The channel.
+        channel: ChannelId,
+        /// Who committed it.
+        by: String,
+    },
+    /// Something is wrong: see [`Alert`].
+    Alert {
+        /// The channel.
+        channel: ChannelId,
+        /// What happened.
+        alert: Alert,
+    },
+}
+
+/// A text message as delivered to the person.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceivedMessage {
+    /// The channel.
+    pub channel: ChannelId,
+    /// The sender's identifier.
+    pub member: MemberId,
+    /// The sender's name.
+    pub from: String,
+    /// The sender's sequence number.
+    pub seq: u64,
+    /// The text.
+    pub text: String,
+    /// The sender's clock.
+    pub sent_at: Timestamp,
+    /// Our clock on arrival.
+    pub received_at: Timestamp,
+    /// It arrived after it had been reported missing.
+    pub late: bool,
+}
+
+/// An integrity alert: an attack or a fault that the person must see.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Alert {
+    /// Messages of a sender never arrived although later ones did.
+    Withheld {
+        /// The sender.
+        from: String,
+        /// The missing sequence numbers (may be long; see `Display`).
+        missing: Vec<u64>,
+    },
+    /// A message arrived again.
+    Replayed {
+        /// The sender, if the copy could be attributed.
+        from: Option<String>,
+        /// Its sequence number, if known.
+        seq: Option<u64>,
+    },
+    /// A sender sent two different messages under one sequence number.
+    Conflicting {
+        /// The sender.
+        from: String,
+        /// The sequence number.
+        seq: u64,
+    },
+    /// A message does not chain to the sender's previous one.
+    BrokenChain {
+        /// The sender.
+        from: String,
+        /// The message's sequence number.
+        seq: u64,
+    },
+    /// Our own message came back to us.
+    Reflected,
+    /// Data arrived that could not be decrypted or made sense of.
+    Undecryptable {
+        /// How many inputs.
+        count: usize,
+        /// What was wrong, for the curious.
+        detail: String,
+    },
+    /// A change to the channel was refused by our policy.
+    RefusedChange {
+        /// Who tried.
+        by: String,
+        /// What was refused.
+        what: String,
+    },
+}
+
+impl fmt::Display for Alert {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Alert::Withheld { from, missing } => {
+                let n = missing.len();
+                let list = describe_numbers(missing);
+                let plural = if n == 1 { "" } else { "s" };
+                write!(
+                    f,
+                    "{n} message{plural} from {from} never arrived ({list}) although later ones did: \
+                     the relay or the network may be withholding them"
+                )
+            }
+            Alert::Replayed { from, seq } => {
+                let who = from.as_deref().unwrap_or("an unknown sender");
+                match seq {
+                    Some(seq) => write!(
+                        f,
+                        "message #{seq} from {who} arrived a second time and was not shown again: \
+                         someone is replaying old messages"
+                    ),
+                    None => write!(
+                        f,
+                        "a message from {who} arrived a second time and was not shown again: \
+                         someone is replaying old messages"
+                    ),
+                }
+            }
+            Alert::Conflicting { from, seq } => write!(
+                f,
+                "{from} sent two different messages numbered #{seq}: {from}'s device may have been \
+                 cloned or restored from an old copy; only the first is shown"
+            ),
+            Alert::BrokenChain { from, seq } => write!(
+                f,
+                "message #{seq} from {from} does not follow from {from}'s previous message: \
+                 {from}'s history has been altered or forked"
+            ),
+            Alert::Reflected => f.write_str(
+                "one of your own messages was sent back to you: the relay is reflecting messages",
+            ),
+            Alert::Undecryptable { count, detail } => {
+                let plural = if *count == 1 { "" } else { "s" };
+                write!(
+                    f,
+                    "{count} message{plural} could not be read and {}: they may have been \
+                     tampered with or injected ({detail})",
+                    if *count == 1 {
+                        "was dropped"
+                    } else {
+                        "were dropped"
+                    }
+                )
+            }
+            Alert::RefusedChange { by, what } => write!(
+                f,
+                "{by} tried to {what}, which the channel's rules do not allow; the change was refused"
+            ),
+        }
+    }
+}
+
+/// "#3", "#3-5", "#3, #7-9" — at most a few ranges, then "and N more".
+fn describe_numbers(numbers: &[u64]) -> String {
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for &n in numbers {
+        match ranges.last_mut() {
+            Some((_, end)) if *end + 1 == n => *end = n,
+            _ => ranges.push((n, n)),
+        }
+    }
+    let shown: Vec<String> = ranges
+        .iter()
+        .take(4)
+        .map(|&(a, b)| {
+            if a == b {
+                format!("#{a}")
+            } else {
+                format!("#{a}-{b}")
+            }
+        })
+        .collect();
+    let mut out = shown.join(", ");
+    if ranges.len() > 4 {
+        out.push_str(&format!(" and {} more ranges", ranges.len() - 4));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alerts_read_plainly() {
+        let a = Alert::Withheld {
+            from: "bob".into(),
+            missing: vec![3, 4, 5, 9],
+        };
+        assert_eq!(
+            a.to_string(),
+            "4 messages from bob never arrived (#3-5, #9) although later ones did: \
+             the relay or the network may be withholding them"
+        );
+        let r = Alert::Replayed {
+            from: Some("ann".into()),
+            seq: Some(2),
+        };
+        assert!(
+            r.to_string()
+                .starts_with("message #2 from ann arrived a second time")
+        );
+        let many: Vec<u64> = (0..20).map(|i| i * 3).collect();
+        assert!(describe_numbers(&many).ends_with("and 16 more ranges"));
+    }
+}

@@ -1,0 +1,76 @@
+//! The Backchannel client engine: channels as MLS groups, sans-IO.
+//!
+//! The engine takes inputs — commands from the person, blobs that arrived from a
+//! relay, the current time — and returns outputs: blobs to send into mailboxes,
+//! events for the person, and when it next needs to be woken. It opens no socket,
+//! reads no clock and starts no thread, so every protocol path can be driven
+//! deterministically in tests (see the `backchannel-sim` crate). The async
+//! `backchannel-client` crate pumps it against real relays.
+//!
+//! A channel is an MLS group (RFC 9420, OpenMLS with the libcrux provider; X-Wing
+//! post-quantum by default). Every membership has its own signature key. Messages
+//! carry a per-sender sequence number and a hash of the sender's previous message, so
+//! that a withheld, replayed or altered message raises an [`Alert`]. Everything on the
+//! wire is sealed into fixed-size blobs under a key only members hold.
+//!
+//! The engine does not store anything itself: its storage provider (the
+//! `backchannel-store` crate in production) implements OpenMLS's `StorageProvider`
+//! and our [`store::EngineStore`].
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod derive;
+mod engine;
+mod event;
+pub mod mls;
+mod seal;
+mod sequence;
+pub mod store;
+
+pub use engine::{ChannelSummary, CommandError, Engine, EngineConfig, Output, Storage, Transmit};
+pub use event::{Alert, Event, ReceivedMessage};
+
+use std::fmt;
+
+/// A channel's identifier: its 16-byte MLS group identifier.
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct ChannelId(pub [u8; 16]);
+
+impl fmt::Display for ChannelId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for ChannelId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ChannelId({})", hex::encode(&self.0[..4]))
+    }
+}
+
+/// A point in time: milliseconds since the Unix epoch. The engine never reads a
+/// clock; its driver passes the time in.
+#[derive(
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Debug,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+pub struct Timestamp(pub u64);
+
+impl Timestamp {
+    /// This time plus `ms` milliseconds (saturating).
+    pub fn plus_ms(self, ms: u64) -> Self {
+        Self(self.0.saturating_add(ms))
+    }
+}

@@ -1,0 +1,286 @@
+//! What the engine keeps between runs, and the storage contract it needs.
+//!
+//! The engine's storage provider implements two traits: OpenMLS's
+//! `StorageProvider` for group state and keys, and [`EngineStore`] for the rest.
+//! Both must write into the same transaction: the engine brackets every input with
+//! [`EngineStore::begin`] and [`EngineStore::commit`] (or `rollback` on failure), so
+//! that an input is applied entirely or not at all.
+//!
+//! Contract: `Ok(None)` or an empty list means absent; `Err` means the store
+//! failed. A delete is irrevocable.
+
+use std::collections::BTreeSet;
+
+use backchannel_proto::addr::MailboxAddr;
+use serde::{Deserialize, Serialize};
+
+use crate::derive::MemberId;
+use crate::mls::Suite;
+use crate::{ChannelId, Timestamp};
+
+/// The engine's own tables.
+pub trait EngineStore {
+    /// The store's error.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Starts a transaction covering everything written until `commit`.
+    fn begin(&self) -> Result<(), Self::Error>;
+    /// Makes the transaction durable.
+    fn commit(&self) -> Result<(), Self::Error>;
+    /// Undoes everything written since `begin`.
+    fn rollback(&self) -> Result<(), Self::Error>;
+
+    /// Every channel.
+    fn channels(&self) -> Result<Vec<ChannelRecord>, Self::Error>;
+    /// Inserts or replaces a channel.
+    fn save_channel(&self, channel: &ChannelRecord) -> Result<(), Self::Error>;
+    /// Erases a channel and everything under it: members, sender states, messages,
+    /// pending inputs.
+    fn delete_channel(&self, id: &ChannelId) -> Result<(), Self::Error>;
+
+    /// The members of a channel as of its current epoch.
+    fn members(&self, channel: &ChannelId) -> Result<Vec<MemberRecord>, Self::Error>;
+    /// Replaces the member list of a channel.
+    fn save_members(
+        &self,
+        channel: &ChannelId,
+        members: &[MemberRecord],
+    ) -> Result<(), Self::Error>;
+
+    /// Sequence state of every sender of a channel.
+    fn senders(&self, channel: &ChannelId) -> Result<Vec<SenderState>, Self::Error>;
+    /// Inserts or replaces one sender's sequence state.
+    fn save_sender(&self, channel: &ChannelId, sender: &SenderState) -> Result<(), Self::Error>;
+
+    /// Appends a message to a channel's history.
+    fn append_message(&self, message: &MessageRecord) -> Result<(), Self::Error>;
+    /// One message by sender and sequence number.
+    fn message(
+        &self,
+        channel: &ChannelId,
+        sender: &MemberId,
+        seq: u64,
+    ) -> Result<Option<MessageRecord>, Self::Error>;
+    /// A channel's history in the order it was stored, from position `after`
+    /// (exclusive; 0 for the beginning), at most `limit` messages.
+    fn messages(
+        &self,
+        channel: &ChannelId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>, Self::Error>;
+
+    /// Stores an input that cannot be processed yet; returns its identifier.
+    fn push_pending(&self, channel: &ChannelId, item: &PendingItem) -> Result<u64, Self::Error>;
+    /// Every pending input of a channel, oldest first.
+    fn pending(&self, channel: &ChannelId) -> Result<Vec<(u64, PendingItem)>, Self::Error>;
+    /// Removes a pending input.
+    fn remove_pending(&self, channel: &ChannelId, id: u64) -> Result<(), Self::Error>;
+
+    /// Remembers the identity behind a key package until its welcome arrives.
+    fn save_key_package_record(&self, record: &KeyPackageRecord) -> Result<(), Self::Error>;
+    /// Every key package not yet used.
+    fn key_package_records(&self) -> Result<Vec<KeyPackageRecord>, Self::Error>;
+    /// Forgets a key package (used or abandoned).
+    fn delete_key_package_record(&self, signature_key: &[u8]) -> Result<(), Self::Error>;
+}
+
+/// Where a channel stands for this member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ChannelStatus {
+    /// A member, sending and receiving.
+    Active,
+    /// Asked to leave; waiting for the administrator to commit it.
+    Leaving,
+    /// No longer a member (removed or left); the history stays readable.
+    Closed,
+}
+
+/// An intent that must be carried out by the administrator's next commit, and is
+/// proposed again in each new epoch until it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Intent {
+    /// Replace our leaf keys (post-compromise security).
+    Update,
+    /// Leave the channel.
+    Leave,
+}
+
+/// One channel as this member sees it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ChannelRecord {
+    /// The MLS group identifier, shared by all members.
+    pub id: ChannelId,
+    /// This member's local name for the channel (unique in the profile).
+    pub name: String,
+    /// The MLS ciphersuite.
+    pub suite: Suite,
+    /// Our member identifier in this channel.
+    pub own_member: MemberId,
+    /// Our signature public key in this channel (identities are per channel).
+    pub signature_key: Vec<u8>,
+    /// Our inbound mailbox for this channel.
+    pub mailbox: MailboxAddr,
+    /// When we created or joined the channel.
+    pub joined_at: Timestamp,
+    /// Sequence number of our last payload (0 before the first).
+    pub own_seq: u64,
+    /// Chain hash of our last payload.
+    pub own_last_hash: [u8; 32],
+    /// Where the channel stands.
+    pub status: ChannelStatus,
+    /// Something we asked for that is not committed yet.
+    pub intent: Option<Intent>,
+    /// Envelope keys of the current and recent epochs, newest last.
+    pub epoch_keys: Vec<EpochKey>,
+    /// Identifiers of recently completed multi-fragment messages, to recognise a
+    /// fragment that arrives again.
+    pub recent_fragmented: Vec<[u8; 16]>,
+}
+
+/// The envelope key of one epoch.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct EpochKey {
+    /// The MLS epoch.
+    pub epoch: u64,
+    /// The key ([`crate::derive::envelope_key`]).
+    pub key: [u8; 32],
+}
+
+impl std::fmt::Debug for EpochKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EpochKey({})", self.epoch)
+    }
+}
+
+impl Drop for EpochKey {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
+}
+
+/// One member of a channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    /// The member's identifier.
+    pub member: MemberId,
+    /// The member's signature public key.
+    pub signature_key: Vec<u8>,
+    /// The name the member goes by.
+    pub name: String,
+    /// Where to send to the member.
+    pub mailbox: MailboxAddr,
+    /// The member's position in the MLS tree.
+    pub leaf: u32,
+    /// Whether the member administers the channel.
+    pub admin: bool,
+    /// Whether this is us.
+    pub is_self: bool,
+}
+
+/// What we know of one sender's sequence numbers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SenderState {
+    /// The sender.
+    pub member: MemberId,
+    /// The sender's name when last seen.
+    pub name: String,
+    /// Every sequence number up to this one was received or reported missing.
+    pub contiguous: u64,
+    /// Sequence numbers received above `contiguous + 1`.
+    pub beyond: BTreeSet<u64>,
+    /// When the oldest gap still open was first seen.
+    pub gap_since: Option<Timestamp>,
+}
+
+/// Whether a stored message is for people or for the clients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MessageKind {
+    /// Text for people.
+    Text,
+    /// A control message.
+    Control,
+}
+
+/// One message in a channel's history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    /// Position in the store (assigned by the store; 0 before it is stored).
+    pub position: u64,
+    /// The channel.
+    pub channel: ChannelId,
+    /// Who sent it.
+    pub sender: MemberId,
+    /// The sender's name when it was received.
+    pub sender_name: String,
+    /// The sender's sequence number.
+    pub seq: u64,
+    /// Text or control.
+    pub kind: MessageKind,
+    /// Sender's clock.
+    pub sent_at: Timestamp,
+    /// Our clock when it arrived (when we sent it, for our own).
+    pub received_at: Timestamp,
+    /// The body (UTF-8 text for text messages).
+    pub body: Vec<u8>,
+    /// The chain hash the payload carried (of the sender's previous payload).
+    pub prev_hash: [u8; 32],
+    /// Chain hash of the payload (what the sender's next message must carry).
+    pub hash: [u8; 32],
+    /// The message arrived after it had been reported missing.
+    pub late: bool,
+}
+
+/// An input that cannot be processed yet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PendingItem {
+    /// A blob no current key opens: it may belong to an epoch we have not reached.
+    Sealed {
+        /// When it arrived.
+        received_at: Timestamp,
+        /// The blob.
+        blob: Vec<u8>,
+    },
+    /// One fragment of a message whose other fragments have not all arrived.
+    Fragment {
+        /// When it arrived.
+        received_at: Timestamp,
+        /// The encoded fragment plaintext.
+        fragment: Vec<u8>,
+    },
+    /// A whole MLS message for an epoch we have not reached.
+    Message {
+        /// When it arrived.
+        received_at: Timestamp,
+        /// The epoch it belongs to.
+        epoch: u64,
+        /// The serialized MLS message.
+        message: Vec<u8>,
+    },
+}
+
+impl PendingItem {
+    /// When the input arrived.
+    pub fn received_at(&self) -> Timestamp {
+        match self {
+            PendingItem::Sealed { received_at, .. }
+            | PendingItem::Fragment { received_at, .. }
+            | PendingItem::Message { received_at, .. } => *received_at,
+        }
+    }
+}
+
+/// The identity behind a key package we handed out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyPackageRecord {
+    /// The new signature public key (identities are per channel).
+    pub signature_key: Vec<u8>,
+    /// The name we gave.
+    pub name: String,
+    /// The mailbox we gave.
+    pub mailbox: MailboxAddr,
+    /// The suite of the key package.
+    pub suite: Suite,
+    /// When it was made.
+    pub created_at: Timestamp,
+}

@@ -1,0 +1,190 @@
+//! Data Backchannel puts into MLS extensions.
+//!
+//! - [`MemberInfo`] is a leaf-node extension: where to reach this member.
+//! - [`ChannelPolicy`] is a group-context extension: who administers the channel
+//!   and its life-cycle settings. Only the administrator's commits may change it.
+//!
+//! Both are authenticated by MLS (leaf signatures, the group context), so a relay
+//! cannot redirect a member's mail or change a channel's rules.
+
+use crate::DecodeError;
+use crate::addr::MailboxAddr;
+use crate::codec::{Reader, Writer};
+
+/// MLS extension type of [`MemberInfo`] (private-use range).
+pub const MEMBER_INFO_EXTENSION: u16 = 0xF0B1;
+
+/// MLS extension type of [`ChannelPolicy`] (private-use range).
+pub const CHANNEL_POLICY_EXTENSION: u16 = 0xF0B2;
+
+const MEMBER_INFO_VERSION: u8 = 1;
+const CHANNEL_POLICY_VERSION: u8 = 1;
+
+/// Longest display name, in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// A member's leaf-node extension. (The MLS credential carries the member's
+/// identifier; this carries what people and clients need to reach them.)
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// The name the member goes by in this channel.
+    pub name: String,
+    /// The member's inbound mailbox for this channel.
+    pub mailbox: MailboxAddr,
+}
+
+impl MemberInfo {
+    /// Encodes the extension body.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.u8(MEMBER_INFO_VERSION);
+        w.bytes8(self.name.as_bytes());
+        self.mailbox.encode(&mut w);
+        w.bytes
+    }
+
+    /// Decodes the extension body strictly.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let version = r.u8()?;
+        if version != MEMBER_INFO_VERSION {
+            return Err(DecodeError::UnknownVersion(version));
+        }
+        let name = r.str8(MAX_NAME_LEN)?;
+        check_name(name).map_err(|_| DecodeError::InvalidValue("member name"))?;
+        let mailbox = MailboxAddr::decode(&mut r)?;
+        r.finish()?;
+        Ok(Self {
+            name: name.to_owned(),
+            mailbox,
+        })
+    }
+}
+
+/// A channel's rules, in its MLS group context.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelPolicy {
+    /// Signature public key of the member allowed to commit changes.
+    pub admin: Vec<u8>,
+    /// Messages are erased this many seconds after they were sent; 0 keeps them.
+    pub disappearing_secs: u64,
+    /// The channel ends at this time (milliseconds since the Unix epoch); 0 never.
+    pub expires_at: u64,
+}
+
+impl ChannelPolicy {
+    /// Encodes the extension body.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.u8(CHANNEL_POLICY_VERSION);
+        w.bytes8(&self.admin);
+        w.u64(self.disappearing_secs);
+        w.u64(self.expires_at);
+        w.bytes
+    }
+
+    /// Decodes the extension body strictly.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let version = r.u8()?;
+        if version != CHANNEL_POLICY_VERSION {
+            return Err(DecodeError::UnknownVersion(version));
+        }
+        let admin = r.bytes8(255)?.to_vec();
+        if admin.is_empty() {
+            return Err(DecodeError::InvalidValue("administrator key"));
+        }
+        let disappearing_secs = r.u64()?;
+        let expires_at = r.u64()?;
+        r.finish()?;
+        Ok(Self {
+            admin,
+            disappearing_secs,
+            expires_at,
+        })
+    }
+}
+
+/// Checks a display name: 1 to [`MAX_NAME_LEN`] bytes, no control characters, not
+/// only spaces.
+pub fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.trim().is_empty() {
+        return Err("a name cannot be empty");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err("a name can have at most 64 bytes");
+    }
+    if name.chars().any(char::is_control) {
+        return Err("a name cannot contain control characters");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::addr::{Fingerprint, MailboxId, RelayAddr};
+    use proptest::prelude::*;
+
+    fn info() -> MemberInfo {
+        MemberInfo {
+            name: "bo".into(),
+            mailbox: MailboxAddr {
+                relay: RelayAddr::new(Fingerprint([3; 32]), "r.example", 7443).unwrap(),
+                send_id: MailboxId([4; 16]),
+            },
+        }
+    }
+
+    #[test]
+    fn member_info_known_encoding() {
+        let bytes = info().encode();
+        let mut expected = vec![1, 2, b'b', b'o'];
+        expected.extend([3; 32]);
+        expected.push(9);
+        expected.extend(b"r.example");
+        expected.extend(7443u16.to_be_bytes());
+        expected.extend([4; 16]);
+        assert_eq!(bytes, expected);
+        assert_eq!(MemberInfo::decode(&bytes).unwrap(), info());
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert_eq!(
+            MemberInfo::decode(&trailing),
+            Err(DecodeError::TrailingBytes)
+        );
+    }
+
+    #[test]
+    fn policy_known_encoding() {
+        let policy = ChannelPolicy {
+            admin: vec![8; 32],
+            disappearing_secs: 3600,
+            expires_at: 0,
+        };
+        let bytes = policy.encode();
+        assert_eq!(bytes.len(), 1 + 1 + 32 + 8 + 8);
+        assert_eq!(&bytes[..2], &[1, 32]);
+        assert_eq!(ChannelPolicy::decode(&bytes).unwrap(), policy);
+        assert!(
+            ChannelPolicy::decode(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err()
+        );
+    }
+
+    #[test]
+    fn names() {
+        assert!(check_name("alice").is_ok());
+        assert!(check_name("Zoë Ω").is_ok());
+        assert!(check_name("  ").is_err());
+        assert!(check_name("a\nb").is_err());
+        assert!(check_name(&"x".repeat(65)).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = MemberInfo::decode(&bytes);
+            let _ = ChannelPolicy::decode(&bytes);
+        }
+    }
+}

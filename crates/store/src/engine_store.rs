@@ -1,0 +1,248 @@
+//! The engine's own tables: channels, members, sender states, messages, pending
+//! inputs and key-package identities. Records are stored as JSON inside the
+//! encrypted database, with the columns needed for lookups beside them.
+
+use backchannel_core::ChannelId;
+use backchannel_core::derive::MemberId;
+use backchannel_core::store::{
+    ChannelRecord, EngineStore, KeyPackageRecord, MemberRecord, MessageRecord, PendingItem,
+    SenderState,
+};
+use rusqlite::{OptionalExtension as _, params};
+
+use crate::{Store, StoreError};
+
+impl EngineStore for Store {
+    type Error = StoreError;
+
+    fn begin(&self) -> Result<(), StoreError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE")?;
+        Ok(())
+    }
+
+    fn commit(&self) -> Result<(), StoreError> {
+        self.conn.execute_batch("COMMIT")?;
+        Ok(())
+    }
+
+    fn rollback(&self) -> Result<(), StoreError> {
+        if !self.conn.is_autocommit() {
+            self.conn.execute_batch("ROLLBACK")?;
+        }
+        Ok(())
+    }
+
+    fn channels(&self) -> Result<Vec<ChannelRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT record FROM channels ORDER BY name")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(serde_json::from_str(&row?)?);
+        }
+        Ok(out)
+    }
+
+    fn save_channel(&self, channel: &ChannelRecord) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO channels (id, name, record) VALUES (?1, ?2, ?3)
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, record = excluded.record",
+            params![
+                &channel.id.0[..],
+                channel.name,
+                serde_json::to_string(channel)?
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn delete_channel(&self, id: &ChannelId) -> Result<(), StoreError> {
+        let id = &id.0[..];
+        for table in ["members", "senders", "messages", "pending"] {
+            self.conn
+                .execute(&format!("DELETE FROM {table} WHERE channel = ?1"), [id])?;
+        }
+        self.conn
+            .execute("DELETE FROM channels WHERE id = ?1", [id])?;
+        Ok(())
+    }
+
+    fn members(&self, channel: &ChannelId) -> Result<Vec<MemberRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT record FROM members WHERE channel = ?1")?;
+        let rows = stmt.query_map([&channel.0[..]], |r| r.get::<_, String>(0))?;
+        let mut out: Vec<MemberRecord> = Vec::new();
+        for row in rows {
+            out.push(serde_json::from_str(&row?)?);
+        }
+        out.sort_by_key(|m| m.leaf);
+        Ok(out)
+    }
+
+    fn save_members(
+        &self,
+        channel: &ChannelId,
+        members: &[MemberRecord],
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM members WHERE channel = ?1", [&channel.0[..]])?;
+        let mut stmt = self
+            .conn
+            .prepare("INSERT INTO members (channel, member, record) VALUES (?1, ?2, ?3)")?;
+        for m in members {
+            stmt.execute(params![
+                &channel.0[..],
+                &m.member.0[..],
+                serde_json::to_string(m)?
+            ])?;
+        }
+        Ok(())
+    }
+
+    fn senders(&self, channel: &ChannelId) -> Result<Vec<SenderState>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT state FROM senders WHERE channel = ?1")?;
+        let rows = stmt.query_map([&channel.0[..]], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(serde_json::from_str(&row?)?);
+        }
+        Ok(out)
+    }
+
+    fn save_sender(&self, channel: &ChannelId, sender: &SenderState) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO senders (channel, member, state) VALUES (?1, ?2, ?3)
+             ON CONFLICT (channel, member) DO UPDATE SET state = excluded.state",
+            params![
+                &channel.0[..],
+                &sender.member.0[..],
+                serde_json::to_string(sender)?
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn append_message(&self, message: &MessageRecord) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO messages (channel, sender, seq, record) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                &message.channel.0[..],
+                &message.sender.0[..],
+                message.seq as i64,
+                serde_json::to_string(message)?
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn message(
+        &self,
+        channel: &ChannelId,
+        sender: &MemberId,
+        seq: u64,
+    ) -> Result<Option<MessageRecord>, StoreError> {
+        let row: Option<(i64, String)> = self
+            .conn
+            .query_row(
+                "SELECT position, record FROM messages WHERE channel = ?1 AND sender = ?2 AND seq = ?3",
+                params![&channel.0[..], &sender.0[..], seq as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        row.map(|(position, record)| with_position(position, &record))
+            .transpose()
+    }
+
+    fn messages(
+        &self,
+        channel: &ChannelId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT position, record FROM messages WHERE channel = ?1 AND position > ?2
+             ORDER BY position LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                &channel.0[..],
+                after as i64,
+                limit.min(i64::MAX as usize) as i64
+            ],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)),
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (position, record) = row?;
+            out.push(with_position(position, &record)?);
+        }
+        Ok(out)
+    }
+
+    fn push_pending(&self, channel: &ChannelId, item: &PendingItem) -> Result<u64, StoreError> {
+        self.conn.execute(
+            "INSERT INTO pending (channel, item) VALUES (?1, ?2)",
+            params![&channel.0[..], serde_json::to_string(item)?],
+        )?;
+        Ok(self.conn.last_insert_rowid() as u64)
+    }
+
+    fn pending(&self, channel: &ChannelId) -> Result<Vec<(u64, PendingItem)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, item FROM pending WHERE channel = ?1 ORDER BY id")?;
+        let rows = stmt.query_map([&channel.0[..]], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, item) = row?;
+            out.push((id as u64, serde_json::from_str(&item)?));
+        }
+        Ok(out)
+    }
+
+    fn remove_pending(&self, channel: &ChannelId, id: u64) -> Result<(), StoreError> {
+        self.conn.execute(
+            "DELETE FROM pending WHERE channel = ?1 AND id = ?2",
+            params![&channel.0[..], id as i64],
+        )?;
+        Ok(())
+    }
+
+    fn save_key_package_record(&self, record: &KeyPackageRecord) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO key_packages (signature_key, record) VALUES (?1, ?2)",
+            params![record.signature_key, serde_json::to_string(record)?],
+        )?;
+        Ok(())
+    }
+
+    fn key_package_records(&self) -> Result<Vec<KeyPackageRecord>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT record FROM key_packages")?;
+        let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(serde_json::from_str(&row?)?);
+        }
+        Ok(out)
+    }
+
+    fn delete_key_package_record(&self, signature_key: &[u8]) -> Result<(), StoreError> {
+        self.conn.execute(
+            "DELETE FROM key_packages WHERE signature_key = ?1",
+            [signature_key],
+        )?;
+        Ok(())
+    }
+}
+
+fn with_position(position: i64, record: &str) -> Result<MessageRecord, StoreError> {
+    let mut message: MessageRecord = serde_json::from_str(record)?;
+    message.position = position as u64;
+    Ok(message)
+}

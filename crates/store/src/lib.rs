@@ -1,0 +1,356 @@
+//! The Backchannel client's state at rest.
+//!
+//! A profile is a directory with two files: `profile.json`, a small plaintext header
+//! (format version, Argon2id parameters and salt, a key-check value), and
+//! `profile.db`, a SQLCipher database (AES-256 pages, HMAC-SHA512 per page) keyed by
+//! Argon2id over the passphrase. The [`Store`] implements OpenMLS's storage provider
+//! and the engine's [`EngineStore`](backchannel_core::store::EngineStore) over one
+//! connection, so one transaction covers both.
+//!
+//! What it guarantees:
+//! - a wrong passphrase is recognised from the header's key check and reported as
+//!   such; the database is not opened, let alone written;
+//! - any altered byte in the database is detected (SQLCipher's page HMACs, checked in
+//!   full when the profile is opened) and reported as damage, never read as data;
+//! - deleted rows are overwritten (`secure_delete`), and every commit is durable
+//!   (`synchronous = FULL`).
+//!
+//! It does not hide that a profile exists, nor its approximate size.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod engine_store;
+mod kdf;
+mod mls_storage;
+mod schema;
+
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use rand::RngCore as _;
+use rusqlite::{Connection, OpenFlags, OptionalExtension as _};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+pub use kdf::{KEY_CHECK_LABEL, KdfParams};
+pub use schema::SCHEMA_VERSION;
+
+/// File name of the plaintext header.
+pub const HEADER_FILE: &str = "profile.json";
+/// File name of the encrypted database.
+pub const DATABASE_FILE: &str = "profile.db";
+
+const HEADER_FORMAT: u32 = 1;
+
+/// Why a profile could not be opened or created.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// There is no profile in the directory.
+    #[error("there is no profile at {0}")]
+    NotFound(PathBuf),
+    /// A profile exists already where one was to be created.
+    #[error("a profile exists already at {0}")]
+    AlreadyExists(PathBuf),
+    /// The passphrase does not open this profile. Nothing was changed.
+    #[error("wrong passphrase")]
+    WrongPassphrase,
+    /// The header is unreadable or has values no Backchannel writes.
+    #[error("the profile header is damaged: {0}")]
+    HeaderDamaged(String),
+    /// The passphrase is right but the database fails its integrity check: it was
+    /// altered or damaged on disk.
+    #[error("the profile database has been altered or damaged: {0}")]
+    Damaged(String),
+    /// The profile was written by a newer Backchannel.
+    #[error("the profile was written by a newer version of Backchannel (schema {0})")]
+    TooNew(u32),
+    /// A file could not be read or written.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// SQLite failed.
+    #[error("database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+}
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// SQLite failed (including an integrity failure of a page).
+    #[error("database error: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// A stored value could not be decoded.
+    #[error("a stored value is malformed: {0}")]
+    Malformed(#[from] serde_json::Error),
+    /// A value that another refers to is missing.
+    #[error("a stored {0} is missing")]
+    Missing(&'static str),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    format: u32,
+    kdf: KdfHeader,
+    #[serde(with = "hex::serde")]
+    key_check: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KdfHeader {
+    algorithm: String,
+    #[serde(flatten)]
+    params: KdfParams,
+    #[serde(with = "hex::serde")]
+    salt: Vec<u8>,
+}
+
+/// An open profile.
+pub struct Store {
+    conn: Connection,
+    dir: PathBuf,
+}
+
+impl Store {
+    /// Whether `dir` holds a profile.
+    pub fn exists(dir: &Path) -> bool {
+        dir.join(HEADER_FILE).exists()
+    }
+
+    /// Creates a new profile in `dir` (created if missing), protected by `passphrase`.
+    pub fn create(dir: &Path, passphrase: &[u8]) -> Result<Self, OpenError> {
+        if Self::exists(dir) || dir.join(DATABASE_FILE).exists() {
+            return Err(OpenError::AlreadyExists(dir.to_owned()));
+        }
+        fs::create_dir_all(dir)?;
+        restrict_permissions(dir);
+        let mut salt = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut salt);
+        let params = KdfParams::DEFAULT;
+        let key = kdf::derive_key(passphrase, &salt, params)
+            .map_err(|e| OpenError::HeaderDamaged(e.to_string()))?;
+        let conn = open_database(&dir.join(DATABASE_FILE), &key, true)?;
+        let store = Self {
+            conn,
+            dir: dir.to_owned(),
+        };
+        store.migrate()?;
+        let header = Header {
+            format: HEADER_FORMAT,
+            kdf: KdfHeader {
+                algorithm: "argon2id".into(),
+                params,
+                salt: salt.to_vec(),
+            },
+            key_check: kdf::key_check(&key).to_vec(),
+        };
+        // The header is written last: a profile without a header does not exist.
+        write_atomically(
+            &dir.join(HEADER_FILE),
+            &serde_json::to_vec_pretty(&header)
+                .map_err(|e| OpenError::HeaderDamaged(e.to_string()))?,
+        )?;
+        Ok(store)
+    }
+
+    /// Opens the profile in `dir`. A wrong passphrase is reported before the database
+    /// is opened; the whole database is integrity-checked before it is used.
+    pub fn open(dir: &Path, passphrase: &[u8]) -> Result<Self, OpenError> {
+        let header_path = dir.join(HEADER_FILE);
+        let bytes = match fs::read(&header_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(OpenError::NotFound(dir.to_owned()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let header: Header =
+            serde_json::from_slice(&bytes).map_err(|e| OpenError::HeaderDamaged(e.to_string()))?;
+        if header.format != HEADER_FORMAT {
+            return Err(OpenError::HeaderDamaged(format!(
+                "unknown format {}",
+                header.format
+            )));
+        }
+        if header.kdf.algorithm != "argon2id" {
+            return Err(OpenError::HeaderDamaged("unknown key derivation".into()));
+        }
+        header.kdf.params.check().map_err(|what| {
+            OpenError::HeaderDamaged(format!("key derivation {what} out of range"))
+        })?;
+        if !(16..=64).contains(&header.kdf.salt.len()) || header.key_check.len() != 32 {
+            return Err(OpenError::HeaderDamaged("bad salt or key check".into()));
+        }
+        let key = kdf::derive_key(passphrase, &header.kdf.salt, header.kdf.params)
+            .map_err(|e| OpenError::HeaderDamaged(e.to_string()))?;
+        if !kdf::key_check_matches(&key, &header.key_check) {
+            return Err(OpenError::WrongPassphrase);
+        }
+        let path = dir.join(DATABASE_FILE);
+        if !path.exists() {
+            return Err(OpenError::Damaged("the database file is missing".into()));
+        }
+        let conn = open_database(&path, &key, false).map_err(|e| match e {
+            OpenError::Sql(e) => damaged(e),
+            other => other,
+        })?;
+        let store = Self {
+            conn,
+            dir: dir.to_owned(),
+        };
+        store.integrity_check()?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The profile directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The schema version of the open database.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?)
+    }
+
+    /// A profile setting.
+    pub fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM settings WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Sets a profile setting.
+    pub fn set_setting(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO settings (key, value) VALUES (?1, ?2)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [key, value],
+        )?;
+        Ok(())
+    }
+
+    /// Moves everything from the write-ahead log into the database and truncates the
+    /// log, so that no old page image lingers in it.
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+
+    /// Checks every page's HMAC.
+    fn integrity_check(&self) -> Result<(), OpenError> {
+        let mut stmt = self
+            .conn
+            .prepare("PRAGMA cipher_integrity_check")
+            .map_err(damaged)?;
+        let problems: Vec<String> = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(damaged)?
+            .collect::<Result<_, _>>()
+            .map_err(damaged)?;
+        if let Some(first) = problems.first() {
+            return Err(OpenError::Damaged(format!(
+                "{} page(s) fail their integrity check ({first})",
+                problems.len()
+            )));
+        }
+        let ok: String = self
+            .conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(damaged)?;
+        if ok != "ok" {
+            return Err(OpenError::Damaged(ok));
+        }
+        Ok(())
+    }
+
+    fn migrate(&self) -> Result<(), OpenError> {
+        let version: u32 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(OpenError::TooNew(version));
+        }
+        for (from, sql) in schema::MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = self.conn.unchecked_transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", from as u32 + 1)?;
+            tx.commit()?;
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    fn connection(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let _ = self.checkpoint();
+    }
+}
+
+fn damaged(e: rusqlite::Error) -> OpenError {
+    OpenError::Damaged(e.to_string())
+}
+
+fn open_database(path: &Path, key: &[u8; 32], create: bool) -> Result<Connection, OpenError> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let conn = Connection::open_with_flags(path, flags)?;
+    // Failures are reported through our errors; SQLCipher's own log would print
+    // to stderr.
+    conn.execute_batch("PRAGMA cipher_log_level = NONE;")?;
+    let pragma = Zeroizing::new(format!("PRAGMA key = \"x'{}'\";", hex::encode(key)));
+    conn.execute_batch(&pragma)?;
+    // The first read decrypts page 1: with a key that passed the key check, a
+    // failure here means the file itself is damaged.
+    conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
+    conn.execute_batch(
+        "PRAGMA cipher_memory_security = ON;
+         PRAGMA secure_delete = ON;
+         PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA temp_store = MEMORY;",
+    )?;
+    Ok(conn)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    if let Some(parent) = path.parent() {
+        fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn restrict_permissions(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let _ = fs::set_permissions(dir, fs::Permissions::from_mode(0o700));
+}
+
+#[cfg(not(unix))]
+fn restrict_permissions(_dir: &Path) {}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,216 @@
+use super::*;
+use backchannel_core::store::EngineStore;
+
+const PASS: &[u8] = b"correct horse battery staple";
+
+fn files(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+#[test]
+fn create_then_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("p");
+    {
+        let store = Store::create(&dir, PASS).unwrap();
+        store.set_setting("name", "alice").unwrap();
+        assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    }
+    let store = Store::open(&dir, PASS).unwrap();
+    assert_eq!(store.setting("name").unwrap().as_deref(), Some("alice"));
+    assert!(matches!(
+        Store::create(&dir, PASS),
+        Err(OpenError::AlreadyExists(_))
+    ));
+    assert!(matches!(
+        Store::open(&tmp.path().join("missing"), PASS),
+        Err(OpenError::NotFound(_))
+    ));
+}
+
+#[test]
+fn database_is_encrypted() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let store = Store::create(tmp.path(), PASS).unwrap();
+        store
+            .set_setting("marker", "plaintext-marker-4242")
+            .unwrap();
+    }
+    let db = fs::read(tmp.path().join(DATABASE_FILE)).unwrap();
+    assert!(
+        !db.starts_with(b"SQLite format 3"),
+        "the file has a plaintext header"
+    );
+    let needle = b"plaintext-marker-4242";
+    assert!(
+        !db.windows(needle.len()).any(|w| w == needle),
+        "plaintext on disk"
+    );
+    assert!(
+        !db.windows(8).any(|w| w == b"settings"),
+        "schema in the clear"
+    );
+}
+
+#[test]
+fn wrong_passphrase_is_reported_and_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    drop(Store::create(tmp.path(), PASS).unwrap());
+    let before = files(tmp.path());
+    for attempt in [&b"wrong"[..], b"", b"correct horse battery stapl"] {
+        assert!(matches!(
+            Store::open(tmp.path(), attempt),
+            Err(OpenError::WrongPassphrase)
+        ));
+    }
+    assert_eq!(
+        files(tmp.path()),
+        before,
+        "a failed open touched the profile"
+    );
+    assert!(Store::open(tmp.path(), PASS).is_ok());
+}
+
+#[test]
+fn every_flipped_byte_is_detected() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let store = Store::create(tmp.path(), PASS).unwrap();
+        for i in 0..200 {
+            store
+                .set_setting(&format!("k{i}"), &"v".repeat(100))
+                .unwrap();
+        }
+    }
+    let path = tmp.path().join(DATABASE_FILE);
+    let pristine = fs::read(&path).unwrap();
+    assert!(pristine.len() >= 4096 * 3, "want several pages");
+    // One byte in the first page, one in the middle, one in the last page's
+    // reserved HMAC area: each must be caught.
+    for offset in [100, pristine.len() / 2, pristine.len() - 10] {
+        let mut damaged = pristine.clone();
+        damaged[offset] ^= 0x01;
+        fs::write(&path, &damaged).unwrap();
+        match Store::open(tmp.path(), PASS) {
+            Err(OpenError::Damaged(_)) => {}
+            Err(other) => panic!("byte {offset}: wrong error {other}"),
+            Ok(_) => panic!("byte {offset}: a flipped byte went unnoticed"),
+        }
+    }
+    fs::write(&path, &pristine).unwrap();
+    assert!(Store::open(tmp.path(), PASS).is_ok());
+}
+
+#[test]
+fn tampered_header_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    drop(Store::create(tmp.path(), PASS).unwrap());
+    let path = tmp.path().join(HEADER_FILE);
+    let original = fs::read_to_string(&path).unwrap();
+    let weakened = original.replace("\"memory_kib\": 65536", "\"memory_kib\": 8");
+    assert_ne!(weakened, original);
+    fs::write(&path, weakened).unwrap();
+    assert!(matches!(
+        Store::open(tmp.path(), PASS),
+        Err(OpenError::HeaderDamaged(_))
+    ));
+    fs::write(&path, "{not json").unwrap();
+    assert!(matches!(
+        Store::open(tmp.path(), PASS),
+        Err(OpenError::HeaderDamaged(_))
+    ));
+}
+
+#[test]
+fn newer_schema_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let store = Store::create(tmp.path(), PASS).unwrap();
+        store
+            .connection()
+            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+    }
+    assert!(
+        matches!(Store::open(tmp.path(), PASS), Err(OpenError::TooNew(v)) if v == SCHEMA_VERSION + 1)
+    );
+}
+
+#[test]
+fn migration_from_an_empty_database_reaches_the_current_schema() {
+    // A version-0 database (what an interrupted first start leaves) is migrated
+    // step by step to the current version, each step in its own transaction.
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let store = Store::create(tmp.path(), PASS).unwrap();
+        let conn = store.connection();
+        for table in [
+            "settings",
+            "mls_kv",
+            "channels",
+            "members",
+            "senders",
+            "messages",
+            "pending",
+            "key_packages",
+        ] {
+            conn.execute_batch(&format!("DROP TABLE {table}")).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 0).unwrap();
+    }
+    let store = Store::open(tmp.path(), PASS).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    store.set_setting("after", "migration").unwrap();
+}
+
+#[test]
+fn deleted_rows_are_overwritten() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::create(tmp.path(), PASS).unwrap();
+    let secure: i64 = store
+        .connection()
+        .query_row("PRAGMA secure_delete", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(secure, 1);
+    // Fill a page with a marker, delete it, and look at every decrypted page of the
+    // database through SQLite's page-level view.
+    let marker = "erase-me-".repeat(300);
+    store.set_setting("secret", &marker).unwrap();
+    store
+        .connection()
+        .execute("DELETE FROM settings WHERE key = 'secret'", [])
+        .unwrap();
+    store.checkpoint().unwrap();
+    let pages: Vec<Vec<u8>> = {
+        let mut stmt = store
+            .connection()
+            .prepare("SELECT data FROM sqlite_dbpage")
+            .unwrap();
+        stmt.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert!(!pages.is_empty());
+    let needle = b"erase-me-erase-me-";
+    for page in &pages {
+        assert!(
+            !page.windows(needle.len()).any(|w| w == needle),
+            "deleted text remains in a page"
+        );
+    }
+    // And the engine's channel erasure goes through the same path.
+    assert!(store.channels().unwrap().is_empty());
+}
