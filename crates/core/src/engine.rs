@@ -1663,10 +1663,14 @@ impl Channel {
             ctx.alert(channel, Alert::RefusedChange { by, what });
             return Ok(());
         }
-        let updated: Vec<MemberId> = commit
+        let mut updated: Vec<MemberId> = commit
             .update_proposals()
             .filter_map(|u| credential_member(u.update_proposal().leaf_node().credential()))
             .collect();
+        if commit.queued_proposals().next().is_none() && commit.update_path_leaf_node().is_some() {
+            // A commit with nothing but a path: the committer's own key update.
+            updated.push(committer);
+        }
         let self_removed = commit.self_removed();
         let before = self.members.clone();
         let Some(live) = self.live.as_mut() else {

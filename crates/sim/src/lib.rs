@@ -168,6 +168,24 @@ impl Sim {
         self.nodes[node].engine = Engine::load(store, EngineConfig::default()).unwrap();
     }
 
+    /// Copies a node's profile as it is on disk now (what a thief imaging the device
+    /// would get). Load it with [`Sim::load_copy`].
+    pub fn copy_profile(&mut self, node: usize) -> tempfile::TempDir {
+        let copy = tempfile::tempdir().unwrap();
+        self.nodes[node].engine.store().checkpoint().unwrap();
+        for entry in std::fs::read_dir(self.nodes[node].dir.path()).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), copy.path().join(entry.file_name())).unwrap();
+        }
+        copy
+    }
+
+    /// An engine over a copied profile, outside the simulation.
+    pub fn load_copy(copy: &tempfile::TempDir) -> Engine<Store> {
+        let store = Store::open(copy.path(), PASSPHRASE).unwrap();
+        Engine::load(store, EngineConfig::default()).unwrap()
+    }
+
     /// A new mailbox for `node` (not yet bound to a channel).
     pub fn new_mailbox(&mut self, node: usize) -> MailboxAddr {
         let send_id = MailboxId(self.rng.r#gen());
