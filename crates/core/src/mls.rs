@@ -20,6 +20,9 @@ pub const OUT_OF_ORDER_TOLERANCE: u32 = 1000;
 /// How far ahead of the last message of a sender a message may be.
 pub const MAXIMUM_FORWARD_DISTANCE: u32 = 10_000;
 
+/// Resumption PSKs kept per group (RFC 9420 section 8.6).
+pub const NUMBER_OF_RESUMPTION_PSKS: usize = 16;
+
 /// A channel's MLS ciphersuite.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Suite {
@@ -136,15 +139,23 @@ pub(crate) fn capabilities(suite: Suite) -> Capabilities {
 
 /// The join configuration every member uses.
 pub fn join_config() -> MlsGroupJoinConfig {
-    MlsGroupJoinConfig::builder()
+    join_config_builder()
         .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
+        .build()
+}
+
+/// Everything of [`join_config`] but the wire-format policy, which the IETF test
+/// vectors must relax (their commits are plaintext `PublicMessage`s, which
+/// Backchannel never sends nor accepts).
+pub fn join_config_builder() -> MlsGroupJoinConfigBuilder {
+    MlsGroupJoinConfig::builder()
         .use_ratchet_tree_extension(true)
         .max_past_epochs(MAX_PAST_EPOCHS)
+        .number_of_resumption_psks(NUMBER_OF_RESUMPTION_PSKS)
         .sender_ratchet_configuration(SenderRatchetConfiguration::new(
             OUT_OF_ORDER_TOLERANCE,
             MAXIMUM_FORWARD_DISTANCE,
         ))
-        .build()
 }
 
 /// The creation configuration of a new channel.
@@ -158,6 +169,7 @@ pub(crate) fn create_config(
         .wire_format_policy(PURE_CIPHERTEXT_WIRE_FORMAT_POLICY)
         .use_ratchet_tree_extension(true)
         .max_past_epochs(MAX_PAST_EPOCHS)
+        .number_of_resumption_psks(NUMBER_OF_RESUMPTION_PSKS)
         .sender_ratchet_configuration(SenderRatchetConfiguration::new(
             OUT_OF_ORDER_TOLERANCE,
             MAXIMUM_FORWARD_DISTANCE,
