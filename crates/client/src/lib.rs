@@ -1,1 +1,14 @@
-//! placeholder
+//! The Backchannel client driver.
+//!
+//! This crate does the I/O the sans-IO engine (`backchannel-core`) does not:
+//! connections to relays ([`relay::RelayClient`]: TLS 1.3 pinned to the certificate
+//! fingerprint in the relay's address, WebSocket, fixed-size frames), and — built on
+//! them — the outbox, reconnection and delivery loop that pump the engine.
+//!
+//! Certificate verification cannot be turned off: a relay is reached only through an
+//! address that names its certificate.
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+pub mod relay;

@@ -552,10 +552,20 @@ impl<S: Storage> Engine<S> {
         name: &str,
         key_package: &[u8],
     ) -> Result<Vec<u8>, CommandError> {
+        self.add_members(now, name, &[key_package])
+    }
+
+    /// Adds several people in one commit. Returns one welcome that serves them all.
+    pub fn add_members(
+        &mut self,
+        now: Timestamp,
+        name: &str,
+        key_packages: &[&[u8]],
+    ) -> Result<Vec<u8>, CommandError> {
         let id = self.channel_id(name)?;
         self.transact(|engine| {
             let (ch, mut ctx) = engine.channel_ctx(&id, now)?;
-            ch.add_member(&mut ctx, key_package)
+            ch.add_members(&mut ctx, key_packages)
         })
     }
 
@@ -947,40 +957,49 @@ impl Channel {
         Ok(())
     }
 
-    fn add_member<S: Storage>(
+    fn add_members<S: Storage>(
         &mut self,
         ctx: &mut Ctx<'_, S>,
-        key_package: &[u8],
+        key_packages: &[&[u8]],
     ) -> Result<Vec<u8>, CommandError> {
         self.live()?;
         if !self.is_admin() {
             return Err(CommandError::NotAdmin);
         }
-        let bad = |e: &dyn std::fmt::Display| CommandError::InvalidKeyPackage(e.to_string());
-        let message = MlsMessageIn::tls_deserialize_exact(key_package).map_err(|e| bad(&e))?;
-        let MlsMessageBodyIn::KeyPackage(kp) = message.extract() else {
-            return Err(CommandError::InvalidKeyPackage(
-                "it is not an MLS key package".into(),
-            ));
-        };
-        let kp = kp
-            .validate(ctx.backend.crypto(), ProtocolVersion::Mls10)
-            .map_err(|e| bad(&e))?;
-        if kp.ciphersuite() != self.record.suite.ciphersuite() {
-            return Err(CommandError::SuiteMismatch(
-                format!("{:?}", kp.ciphersuite()),
-                self.record.suite.name(),
-            ));
+        if key_packages.is_empty() {
+            return Err(CommandError::InvalidKeyPackage("none given".into()));
         }
-        let info = check_leaf(kp.leaf_node()).map_err(|e| bad(&e))?;
-        if self.members.iter().any(|m| m.name == info.name) {
-            return Err(CommandError::MemberNameTaken(info.name));
+        let bad = |e: &dyn std::fmt::Display| CommandError::InvalidKeyPackage(e.to_string());
+        let mut names: Vec<String> = self.members.iter().map(|m| m.name.clone()).collect();
+        let mut valid = Vec::with_capacity(key_packages.len());
+        for bytes in key_packages {
+            let message = MlsMessageIn::tls_deserialize_exact(bytes).map_err(|e| bad(&e))?;
+            let MlsMessageBodyIn::KeyPackage(kp) = message.extract() else {
+                return Err(CommandError::InvalidKeyPackage(
+                    "it is not an MLS key package".into(),
+                ));
+            };
+            let kp = kp
+                .validate(ctx.backend.crypto(), ProtocolVersion::Mls10)
+                .map_err(|e| bad(&e))?;
+            if kp.ciphersuite() != self.record.suite.ciphersuite() {
+                return Err(CommandError::SuiteMismatch(
+                    format!("{:?}", kp.ciphersuite()),
+                    self.record.suite.name(),
+                ));
+            }
+            let info = check_leaf(kp.leaf_node()).map_err(|e| bad(&e))?;
+            if names.contains(&info.name) {
+                return Err(CommandError::MemberNameTaken(info.name));
+            }
+            names.push(info.name);
+            valid.push(kp);
         }
         let targets = self.others();
         let live = self.live_mut()?;
         let (commit, welcome, _) = live
             .group
-            .add_members(ctx.backend, &live.signer, &[kp])
+            .add_members(ctx.backend, &live.signer, &valid)
             .map_err(internal)?;
         self.commit_and_merge(ctx, &commit, &targets)?;
         welcome.tls_serialize_detached().map_err(internal)

@@ -16,6 +16,7 @@ mod codec;
 
 pub mod addr;
 pub mod envelope;
+pub mod frame;
 pub mod member;
 pub mod payload;
 

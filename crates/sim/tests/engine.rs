@@ -15,7 +15,9 @@ fn texts_seen(events: &[Event]) -> Vec<String> {
         .collect()
 }
 
-fn drain_texts(engine: &mut backchannel_core::Engine<backchannel_store::Store>) -> (Vec<String>, Vec<Alert>) {
+fn drain_texts(
+    engine: &mut backchannel_core::Engine<backchannel_store::Store>,
+) -> (Vec<String>, Vec<Alert>) {
     let mut texts = Vec::new();
     let mut alerts = Vec::new();
     while let Some(out) = engine.poll_output() {
@@ -31,7 +33,11 @@ fn drain_texts(engine: &mut backchannel_core::Engine<backchannel_store::Store>) 
 #[test]
 fn three_members_converge_on_one_history_under_reordering_and_delay() {
     let mut sim = Sim::new(7);
-    let nodes = [sim.add_node("alice"), sim.add_node("bob"), sim.add_node("carol")];
+    let nodes = [
+        sim.add_node("alice"),
+        sim.add_node("bob"),
+        sim.add_node("carol"),
+    ];
     sim.create_channel(nodes[0], "ops");
     sim.add(nodes[0], "ops", nodes[1]);
     sim.add(nodes[0], "ops", nodes[2]);
@@ -56,14 +62,22 @@ fn three_members_converge_on_one_history_under_reordering_and_delay() {
         assert_eq!(sim.history(n, "ops"), reference, "node {n} diverged");
     }
     for &n in &nodes {
-        assert!(sim.nodes[n].alerts().is_empty(), "node {n}: {:?}", sim.nodes[n].alerts());
+        assert!(
+            sim.nodes[n].alerts().is_empty(),
+            "node {n}: {:?}",
+            sim.nodes[n].alerts()
+        );
     }
 }
 
 #[test]
 fn a_removed_member_reads_nothing_sent_after_removal() {
     let mut sim = Sim::new(11);
-    let (alice, bob, carol) = (sim.add_node("alice"), sim.add_node("bob"), sim.add_node("carol"));
+    let (alice, bob, carol) = (
+        sim.add_node("alice"),
+        sim.add_node("bob"),
+        sim.add_node("carol"),
+    );
     let channel = sim.create_channel(alice, "ops");
     sim.add(alice, "ops", bob);
     sim.add(alice, "ops", carol);
@@ -75,13 +89,24 @@ fn a_removed_member_reads_nothing_sent_after_removal() {
     // withholds the removal from her: the strongest position a removed member has.
     let carol_copy = sim.copy_profile(carol);
     let now = sim.now;
-    sim.nodes[alice].engine.remove_member(now, "ops", "carol").unwrap();
+    sim.nodes[alice]
+        .engine
+        .remove_member(now, "ops", "carol")
+        .unwrap();
     sim.collect(alice);
     sim.run();
-    assert!(sim.nodes[carol].events.iter().any(|e| matches!(e, Event::Closed { .. })));
-    assert!(sim.nodes[bob].events.iter().any(
-        |e| matches!(e, Event::MemberRemoved { member, .. } if member == "carol")
-    ));
+    assert!(
+        sim.nodes[carol]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::Closed { .. }))
+    );
+    assert!(
+        sim.nodes[bob]
+            .events
+            .iter()
+            .any(|e| matches!(e, Event::MemberRemoved { member, .. } if member == "carol"))
+    );
 
     let first_after = sim.delivered.len();
     sim.send(alice, "ops", "after removal");
@@ -99,16 +124,27 @@ fn a_removed_member_reads_nothing_sent_after_removal() {
     }
     // And her live profile too.
     for (_, _, blob) in &blobs {
-        sim.nodes[carol].engine.handle_incoming(now, &channel, blob).unwrap();
+        sim.nodes[carol]
+            .engine
+            .handle_incoming(now, &channel, blob)
+            .unwrap();
     }
     sim.collect(carol);
     let (texts, _) = drain_texts(&mut old_carol);
     assert!(texts.is_empty(), "the removed member read {texts:?}");
-    assert!(!texts_seen(&sim.nodes[carol].events).iter().any(|t| t.contains("after")));
-    old_carol.handle_timeout(now.plus_ms(60 * 60 * 1000)).unwrap();
+    assert!(
+        !texts_seen(&sim.nodes[carol].events)
+            .iter()
+            .any(|t| t.contains("after"))
+    );
+    old_carol
+        .handle_timeout(now.plus_ms(60 * 60 * 1000))
+        .unwrap();
     let (_, alerts) = drain_texts(&mut old_carol);
     assert!(
-        alerts.iter().any(|a| matches!(a, Alert::Undecryptable { .. })),
+        alerts
+            .iter()
+            .any(|a| matches!(a, Alert::Undecryptable { .. })),
         "the old copy should report what it could not read: {alerts:?}"
     );
 }
@@ -141,11 +177,16 @@ fn an_old_copy_of_a_member_cannot_read_after_its_self_update() {
             "{label}: the update was not committed"
         );
         let epoch_now = sim.nodes[other].engine.channel("ops").unwrap().epoch;
-        assert_eq!(sim.nodes[updater].engine.channel("ops").unwrap().epoch, epoch_now);
+        assert_eq!(
+            sim.nodes[updater].engine.channel("ops").unwrap().epoch,
+            epoch_now
+        );
 
         sim.send(other, "ops", "secret after the update");
         sim.run();
-        assert!(texts_seen(&sim.nodes[updater].events).contains(&"secret after the update".to_owned()));
+        assert!(
+            texts_seen(&sim.nodes[updater].events).contains(&"secret after the update".to_owned())
+        );
 
         // The thief has the old state and every blob anyone received since, the
         // update's commit and proposal included.
@@ -157,14 +198,22 @@ fn an_old_copy_of_a_member_cannot_read_after_its_self_update() {
             thief.handle_incoming(now, &channel, &blob).unwrap();
         }
         let (texts, _) = drain_texts(&mut thief);
-        assert_eq!(texts, vec!["old epoch"], "{label}: the old copy read after the update");
+        assert_eq!(
+            texts,
+            vec!["old epoch"],
+            "{label}: the old copy read after the update"
+        );
     }
 }
 
 #[test]
 fn a_message_withheld_from_one_member_alerts_that_member_only() {
     let mut sim = Sim::new(5);
-    let (alice, bob, carol) = (sim.add_node("alice"), sim.add_node("bob"), sim.add_node("carol"));
+    let (alice, bob, carol) = (
+        sim.add_node("alice"),
+        sim.add_node("bob"),
+        sim.add_node("carol"),
+    );
     sim.create_channel(alice, "ops");
     sim.add(alice, "ops", bob);
     sim.add(alice, "ops", carol);
@@ -204,11 +253,18 @@ fn a_message_withheld_from_one_member_alerts_that_member_only() {
             missing: vec![2],
         }]
     );
-    assert!(carol_alerts[0].to_string().contains("1 message from bob never arrived (#2)"));
+    assert!(
+        carol_alerts[0]
+            .to_string()
+            .contains("1 message from bob never arrived (#2)")
+    );
     assert!(sim.nodes[alice].alerts().is_empty());
     assert!(sim.nodes[bob].alerts().is_empty());
     assert_eq!(texts_seen(&sim.nodes[carol].events), vec!["one", "three"]);
-    assert_eq!(texts_seen(&sim.nodes[alice].events), vec!["one", "two", "three"]);
+    assert_eq!(
+        texts_seen(&sim.nodes[alice].events),
+        vec!["one", "two", "three"]
+    );
 }
 
 #[test]

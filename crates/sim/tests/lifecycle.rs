@@ -38,7 +38,11 @@ fn both_suites_carry_messages() {
 #[test]
 fn a_member_leaves_and_the_administrator_commits_it() {
     let mut sim = Sim::new(4);
-    let (alice, bob, carol) = (sim.add_node("alice"), sim.add_node("bob"), sim.add_node("carol"));
+    let (alice, bob, carol) = (
+        sim.add_node("alice"),
+        sim.add_node("bob"),
+        sim.add_node("carol"),
+    );
     sim.create_channel(alice, "ops");
     sim.add(alice, "ops", bob);
     sim.add(alice, "ops", carol);
@@ -46,9 +50,15 @@ fn a_member_leaves_and_the_administrator_commits_it() {
     let now = sim.now;
     sim.nodes[carol].engine.leave(now, "ops").unwrap();
     sim.collect(carol);
-    assert_eq!(sim.nodes[carol].engine.channel("ops").unwrap().status, ChannelStatus::Leaving);
+    assert_eq!(
+        sim.nodes[carol].engine.channel("ops").unwrap().status,
+        ChannelStatus::Leaving
+    );
     sim.run();
-    assert_eq!(sim.nodes[carol].engine.channel("ops").unwrap().status, ChannelStatus::Closed);
+    assert_eq!(
+        sim.nodes[carol].engine.channel("ops").unwrap().status,
+        ChannelStatus::Closed
+    );
     for n in [alice, bob] {
         let members: Vec<String> = sim.nodes[n]
             .engine
@@ -69,7 +79,11 @@ fn a_member_leaves_and_the_administrator_commits_it() {
 #[test]
 fn the_administrator_hands_over_before_leaving() {
     let mut sim = Sim::new(8);
-    let (alice, bob, carol) = (sim.add_node("alice"), sim.add_node("bob"), sim.add_node("carol"));
+    let (alice, bob, carol) = (
+        sim.add_node("alice"),
+        sim.add_node("bob"),
+        sim.add_node("carol"),
+    );
     sim.create_channel(alice, "ops");
     sim.add(alice, "ops", bob);
     sim.add(alice, "ops", carol);
@@ -78,9 +92,15 @@ fn the_administrator_hands_over_before_leaving() {
     sim.nodes[alice].engine.leave(now, "ops").unwrap();
     sim.collect(alice);
     sim.run();
-    assert_eq!(sim.nodes[alice].engine.channel("ops").unwrap().status, ChannelStatus::Closed);
+    assert_eq!(
+        sim.nodes[alice].engine.channel("ops").unwrap().status,
+        ChannelStatus::Closed
+    );
     let bob_view = sim.nodes[bob].engine.channel("ops").unwrap();
-    assert!(bob_view.admin, "bob, the longest-standing member, is the new administrator");
+    assert!(
+        bob_view.admin,
+        "bob, the longest-standing member, is the new administrator"
+    );
     assert_eq!(bob_view.members.len(), 2);
     // The new administrator can change membership.
     let dave = sim.add_node("dave");
@@ -89,7 +109,12 @@ fn the_administrator_hands_over_before_leaving() {
     sim.run();
     assert_eq!(texts(&sim, carol), vec!["hello"]);
     // A former administrator cannot.
-    assert!(sim.nodes[alice].engine.remove_member(sim.now, "ops", "bob").is_err());
+    assert!(
+        sim.nodes[alice]
+            .engine
+            .remove_member(sim.now, "ops", "bob")
+            .is_err()
+    );
 }
 
 #[test]
@@ -99,11 +124,23 @@ fn only_the_administrator_changes_membership() {
     sim.create_channel(alice, "ops");
     sim.add(alice, "ops", bob);
     let now = sim.now;
-    let err = sim.nodes[bob].engine.remove_member(now, "ops", "alice").unwrap_err();
-    assert_eq!(err.to_string(), "only the channel's administrator can do that");
-    let err = sim.nodes[alice].engine.remove_member(now, "ops", "alice").unwrap_err();
+    let err = sim.nodes[bob]
+        .engine
+        .remove_member(now, "ops", "alice")
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "only the channel's administrator can do that"
+    );
+    let err = sim.nodes[alice]
+        .engine
+        .remove_member(now, "ops", "alice")
+        .unwrap_err();
     assert!(err.to_string().contains("yourself"));
-    let err = sim.nodes[alice].engine.remove_member(now, "ops", "zed").unwrap_err();
+    let err = sim.nodes[alice]
+        .engine
+        .remove_member(now, "ops", "zed")
+        .unwrap_err();
     assert!(err.to_string().contains("no member called 'zed'"));
 }
 
@@ -135,7 +172,11 @@ fn restarts_lose_nothing() {
     sim.run();
     assert_eq!(sim.history(alice, "ops").len(), 60);
     assert_eq!(sim.history(alice, "ops"), sim.history(bob, "ops"));
-    assert!(sim.nodes[bob].alerts().is_empty(), "{:?}", sim.nodes[bob].alerts());
+    assert!(
+        sim.nodes[bob].alerts().is_empty(),
+        "{:?}",
+        sim.nodes[bob].alerts()
+    );
 }
 
 #[test]
@@ -156,14 +197,26 @@ fn long_messages_and_large_commits_are_fragmented_and_reassembled() {
     let long: String = "Ω".repeat(15_000);
     sim.send(others[3], "big", &long);
     let now = sim.now;
-    sim.nodes[admin].engine.remove_member(now, "big", "m0").unwrap();
+    sim.nodes[admin]
+        .engine
+        .remove_member(now, "big", "m0")
+        .unwrap();
     sim.collect(admin);
     sim.send(others[5], "big", "after removal");
     sim.run();
     for &m in &others[1..] {
-        assert!(texts(&sim, m).contains(&long) || m == others[3], "node {m} missed the long message: {:?} {:?}", sim.nodes[m].alerts(), texts(&sim, m));
+        assert!(
+            texts(&sim, m).contains(&long) || m == others[3],
+            "node {m} missed the long message: {:?} {:?}",
+            sim.nodes[m].alerts(),
+            texts(&sim, m)
+        );
         assert!(texts(&sim, m).contains(&"after removal".to_owned()) || m == others[5]);
-        assert!(sim.nodes[m].alerts().is_empty(), "{:?}", sim.nodes[m].alerts());
+        assert!(
+            sim.nodes[m].alerts().is_empty(),
+            "{:?}",
+            sim.nodes[m].alerts()
+        );
     }
 }
 
@@ -174,13 +227,25 @@ fn garbage_is_reported_after_the_grace_period_and_blocks_nothing() {
     let channel = sim.create_channel(alice, "ops");
     sim.add(alice, "ops", bob);
     sim.run();
-    sim.inject(bob, channel, vec![0x42; backchannel_proto::envelope::BLOB_LEN]);
+    sim.inject(
+        bob,
+        channel,
+        vec![0x42; backchannel_proto::envelope::BLOB_LEN],
+    );
     sim.inject(bob, channel, vec![1, 2, 3]);
     sim.send(alice, "ops", "still flowing");
     sim.run();
     assert_eq!(texts(&sim, bob), vec!["still flowing"]);
     let alerts = sim.nodes[bob].alerts();
     assert_eq!(alerts.len(), 2, "{alerts:?}");
-    assert!(alerts.iter().all(|a| matches!(a, Alert::Undecryptable { count: 1, .. })));
-    assert!(alerts[1].to_string().contains("no key of this channel opens"));
+    assert!(
+        alerts
+            .iter()
+            .all(|a| matches!(a, Alert::Undecryptable { count: 1, .. }))
+    );
+    assert!(
+        alerts[1]
+            .to_string()
+            .contains("no key of this channel opens")
+    );
 }

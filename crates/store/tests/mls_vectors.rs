@@ -130,9 +130,10 @@ fn run_passive_client(vector: &PassiveClient) -> Result<bool, String> {
     // member is added, which the vectors do not test; so the key package is taken as
     // is (a serde conversion, since OpenMLS converts without checks only in its own
     // tests). The welcome below proves it matches the private keys.
-    let MlsMessageBodyIn::KeyPackage(key_package) = MlsMessageIn::tls_deserialize_exact(&vector.key_package)
-        .map_err(|e| format!("key package: {e:?}"))?
-        .extract()
+    let MlsMessageBodyIn::KeyPackage(key_package) =
+        MlsMessageIn::tls_deserialize_exact(&vector.key_package)
+            .map_err(|e| format!("key package: {e:?}"))?
+            .extract()
     else {
         return Err("key package: not a key package".into());
     };
@@ -141,7 +142,9 @@ fn run_passive_client(vector: &PassiveClient) -> Result<bool, String> {
         .map_err(|e| format!("key package: {e}"))?;
     let init = HpkePrivateKey::from(vector.init_priv.clone());
     let encryption = HpkePrivateKey::from(vector.encryption_priv.clone());
-    let hash_ref = key_package.hash_ref(provider.crypto()).map_err(|e| e.to_string())?;
+    let hash_ref = key_package
+        .hash_ref(provider.crypto())
+        .map_err(|e| e.to_string())?;
     let storage = provider.storage();
     storage
         .write_key_package(
@@ -284,7 +287,9 @@ struct Messages {
 }
 
 /// Decodes `bytes` as `T` and encodes it again.
-fn round_trip<T: tls_codec::Deserialize + tls_codec::Serialize>(bytes: &[u8]) -> Result<Vec<u8>, String> {
+fn round_trip<T: tls_codec::Deserialize + tls_codec::Serialize>(
+    bytes: &[u8],
+) -> Result<Vec<u8>, String> {
     let value = T::tls_deserialize_exact(bytes).map_err(|e| format!("{e:?}"))?;
     value.tls_serialize_detached().map_err(|e| format!("{e:?}"))
 }
@@ -301,12 +306,17 @@ fn messages_decode_and_reencode_byte_for_byte() {
         for (field, hex_value) in &vector.fields {
             let bytes = hex::decode(hex_value).unwrap();
             let result = match field.as_str() {
-                "mls_welcome" | "mls_group_info" | "mls_key_package" | "public_message_application"
-                | "public_message_proposal" | "public_message_commit" | "private_message" => {
-                    round_trip::<MlsMessageIn>(&bytes)
-                }
+                "mls_welcome"
+                | "mls_group_info"
+                | "mls_key_package"
+                | "public_message_application"
+                | "public_message_proposal"
+                | "public_message_commit"
+                | "private_message" => round_trip::<MlsMessageIn>(&bytes),
                 "ratchet_tree" => round_trip::<RatchetTreeIn>(&bytes),
-                "add_proposal" => round_trip::<openmls::messages::proposals_in::AddProposalIn>(&bytes),
+                "add_proposal" => {
+                    round_trip::<openmls::messages::proposals_in::AddProposalIn>(&bytes)
+                }
                 "update_proposal" => {
                     round_trip::<openmls::messages::proposals_in::UpdateProposalIn>(&bytes)
                 }
@@ -314,9 +324,9 @@ fn messages_decode_and_reencode_byte_for_byte() {
                 "pre_shared_key_proposal" => round_trip::<PreSharedKeyProposal>(&bytes),
                 "re_init_proposal" => round_trip::<ReInitProposal>(&bytes),
                 "external_init_proposal" => round_trip::<ExternalInitProposal>(&bytes),
-                "group_context_extensions_proposal" => {
-                    round_trip::<openmls::messages::proposals_in::GroupContextExtensionProposalIn>(&bytes)
-                }
+                "group_context_extensions_proposal" => round_trip::<
+                    openmls::messages::proposals_in::GroupContextExtensionProposalIn,
+                >(&bytes),
                 other => {
                     *skipped.entry(other.to_owned()).or_default() += 1;
                     continue;
@@ -328,7 +338,10 @@ fn messages_decode_and_reencode_byte_for_byte() {
                 // The generator fills ReInit's extension list with random extension
                 // types; OpenMLS refuses a RatchetTree extension in a group context,
                 // as RFC 9420 (section 12.1) allows it only in GroupInfo.
-                Err(e) if field == "re_init_proposal" && e.contains("RatchetTree that is not allowed") => {
+                Err(e)
+                    if field == "re_init_proposal"
+                        && e.contains("RatchetTree that is not allowed") =>
+                {
                     *refused.entry(field.clone()).or_default() += 1;
                 }
                 Err(e) => failures.push(format!("#{i} {field}: {e}")),

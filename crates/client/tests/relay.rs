@@ -1,0 +1,569 @@
+//! The relay, running for real on a loopback socket over TLS, driven by the real
+//! client connection: protocol behaviour, defences, limits, storage failure.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use backchannel_client::relay::{RelayClient, RelayClientError};
+use backchannel_proto::addr::{MailboxId, RelayAddr};
+use backchannel_proto::envelope::BLOB_LEN;
+use backchannel_proto::frame::{
+    Blob, ClientFrame, ErrorCode, FRAME_LEN, KIND_SUBSCRIBE, Request, auth_message,
+};
+use backchannel_relay::{RelayConfig, RunningRelay};
+use ed25519_dalek::{Signer as _, SigningKey};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+const T: Duration = Duration::from_secs(10);
+
+fn key() -> SigningKey {
+    SigningKey::generate(&mut rand::rngs::OsRng)
+}
+
+fn blob(n: u32) -> Blob {
+    let mut b = Box::new([0u8; BLOB_LEN]);
+    b[..4].copy_from_slice(&n.to_be_bytes());
+    b[BLOB_LEN - 1] = 0xee;
+    b
+}
+
+fn number(b: &Blob) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+async fn relay_with(dir: &std::path::Path, tweak: impl FnOnce(&mut RelayConfig)) -> RunningRelay {
+    let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.to_owned());
+    tweak(&mut config);
+    backchannel_relay::start(config).await.unwrap()
+}
+
+async fn connect(relay: &RunningRelay) -> RelayClient {
+    RelayClient::connect(&relay.address, T).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn store_subscribe_deliver_in_order_and_delete_on_ack() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = relay_with(tmp.path(), |_| {}).await;
+    let sender = connect(&relay).await;
+    let mut reader = connect(&relay).await;
+    let owner = key();
+    let (send_id, read_id) = reader.create_mailbox(&owner).await.unwrap();
+    assert_ne!(send_id, read_id);
+    for n in 0..5 {
+        sender.send(send_id, blob(n)).await.unwrap();
+    }
+    let mut deliveries = reader.deliveries().unwrap();
+    reader.subscribe(read_id, &owner).await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let d = tokio::time::timeout(T, deliveries.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.read_id, read_id);
+        seen.push((number(&d.blob), d.message_id));
+    }
+    assert_eq!(
+        seen.iter().map(|s| s.0).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3, 4]
+    );
+    // Pushed as they arrive, after the subscription.
+    sender.send(send_id, blob(5)).await.unwrap();
+    let d = tokio::time::timeout(T, deliveries.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(number(&d.blob), 5);
+    // Acknowledge the first three; a new subscription gets only the rest.
+    for (_, id) in &seen[..3] {
+        reader.ack(read_id, *id).await.unwrap();
+    }
+    drop(deliveries);
+    drop(reader);
+    let mut again = connect(&relay).await;
+    let mut deliveries = again.deliveries().unwrap();
+    again.subscribe(read_id, &owner).await.unwrap();
+    let mut rest = Vec::new();
+    for _ in 0..3 {
+        let d = tokio::time::timeout(T, deliveries.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        rest.push(number(&d.blob));
+    }
+    assert_eq!(rest, vec![3, 4, 5]);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), deliveries.recv())
+            .await
+            .is_err()
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn authorisation_is_bound_to_the_key_and_the_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = relay_with(tmp.path(), |_| {}).await;
+    let a = connect(&relay).await;
+    let owner = key();
+    let (send_id, read_id) = a.create_mailbox(&owner).await.unwrap();
+
+    // A wrong key.
+    let err = a.subscribe(read_id, &key()).await.unwrap_err();
+    assert!(
+        matches!(err, RelayClientError::Refused(ErrorCode::Unauthorized)),
+        "{err}"
+    );
+    // The send identifier does not read.
+    let err = a.subscribe(send_id, &owner).await.unwrap_err();
+    assert!(
+        matches!(err, RelayClientError::Refused(ErrorCode::UnknownMailbox)),
+        "{err}"
+    );
+    // An unknown mailbox.
+    let err = a.send(MailboxId([7; 16]), blob(0)).await.unwrap_err();
+    assert!(
+        matches!(err, RelayClientError::Refused(ErrorCode::UnknownMailbox)),
+        "{err}"
+    );
+    // Acknowledging without a subscription.
+    let err = a.ack(read_id, 1).await.unwrap_err();
+    assert!(
+        matches!(err, RelayClientError::Refused(ErrorCode::Unauthorized)),
+        "{err}"
+    );
+
+    // A signature captured from connection A, replayed on connection B.
+    let request_id = 77;
+    let signature = owner
+        .sign(&auth_message(
+            a.nonce(),
+            KIND_SUBSCRIBE,
+            request_id,
+            &read_id,
+        ))
+        .to_bytes();
+    let b = connect(&relay).await;
+    let replayed = b
+        .request(Request::Subscribe { read_id, signature })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(replayed, RelayClientError::Refused(ErrorCode::Unauthorized)),
+        "{replayed}"
+    );
+    // The owner, signing for B's nonce, is fine; nothing above changed anything.
+    b.subscribe(read_id, &owner).await.unwrap();
+    a.ping().await.unwrap();
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_frame_closes_only_its_own_connection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = relay_with(tmp.path(), |_| {}).await;
+    let healthy = connect(&relay).await;
+    let owner = key();
+    let (send_id, _) = healthy.create_mailbox(&owner).await.unwrap();
+
+    let good = ClientFrame {
+        request_id: 1,
+        request: Request::Ping,
+    }
+    .encode();
+    let mut bad_version = good.clone();
+    bad_version[0] = 9;
+    let mut bad_padding = good.clone();
+    bad_padding[FRAME_LEN - 1] = 1;
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("truncated", good[..100].to_vec()),
+        ("oversized", vec![1u8; FRAME_LEN + 1]),
+        ("far too large", vec![1u8; 1 << 20]),
+        ("unknown version", bad_version),
+        ("non-zero padding", bad_padding),
+        ("empty", Vec::new()),
+    ];
+    for (what, bytes) in cases {
+        let victim = connect(&relay).await;
+        victim.send_raw(bytes).await.unwrap();
+        // The connection is closed: further requests fail.
+        let after = victim.ping().await;
+        assert!(after.is_err(), "{what}: the connection survived");
+        // Everyone else is unaffected.
+        healthy
+            .ping()
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        healthy.send(send_id, blob(1)).await.unwrap();
+    }
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quotas_and_rate_limits_refuse_politely() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = relay_with(tmp.path(), |c| {
+        c.quota_messages = 3;
+        c.limits.requests_per_second = 20;
+    })
+    .await;
+    let client = connect(&relay).await;
+    let (send_id, _) = client.create_mailbox(&key()).await.unwrap();
+    for n in 0..3 {
+        client.send(send_id, blob(n)).await.unwrap();
+    }
+    let err = client.send(send_id, blob(3)).await.unwrap_err();
+    assert!(
+        matches!(err, RelayClientError::Refused(ErrorCode::QuotaExceeded)),
+        "{err}"
+    );
+
+    let mut limited = 0;
+    for _ in 0..100 {
+        match client.ping().await {
+            Ok(()) => {}
+            Err(RelayClientError::Refused(ErrorCode::RateLimited)) => limited += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(
+        limited > 0,
+        "a burst of 100 requests at 20/s was never limited"
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client.ping().await.unwrap();
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_stops_acknowledgements_and_loses_nothing_acknowledged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = relay_with(tmp.path(), |c| {
+        c.max_db_bytes = Some(256 * 1024);
+        c.quota_messages = u64::MAX;
+        c.quota_bytes = u64::MAX;
+    })
+    .await;
+    let client = connect(&relay).await;
+    let owner = key();
+    let (send_id, read_id) = client.create_mailbox(&owner).await.unwrap();
+    let mut acknowledged = Vec::new();
+    let mut refused = 0;
+    for n in 0..200 {
+        match client.send(send_id, blob(n)).await {
+            Ok(()) => acknowledged.push(n),
+            Err(RelayClientError::Refused(ErrorCode::Unavailable)) => refused += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(refused > 0, "the disk never filled");
+    assert!(!acknowledged.is_empty());
+    let addr = relay.address.clone();
+    relay.shutdown().await;
+
+    // After a restart, everything acknowledged is there, and nothing else.
+    let relay = relay_with(tmp.path(), |c| {
+        c.listen = SocketAddr::from(([127, 0, 0, 1], addr.port))
+    })
+    .await;
+    let mut reader = connect(&relay).await;
+    let mut deliveries = reader.deliveries().unwrap();
+    reader.subscribe(read_id, &owner).await.unwrap();
+    let mut got = Vec::new();
+    while let Ok(Some(d)) =
+        tokio::time::timeout(Duration::from_millis(500), deliveries.recv()).await
+    {
+        got.push(number(&d.blob));
+        reader.ack(read_id, d.message_id).await.unwrap();
+    }
+    assert_eq!(got, acknowledged);
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_expire() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = relay_with(tmp.path(), |c| {
+        c.message_ttl = Duration::from_millis(300);
+        c.sweep_interval = Duration::from_millis(100);
+    })
+    .await;
+    let mut client = connect(&relay).await;
+    let owner = key();
+    let (send_id, read_id) = client.create_mailbox(&owner).await.unwrap();
+    client.send(send_id, blob(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let mut deliveries = client.deliveries().unwrap();
+    client.subscribe(read_id, &owner).await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), deliveries.recv())
+            .await
+            .is_err()
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_mailbox_needs_its_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = relay_with(tmp.path(), |_| {}).await;
+    let client = connect(&relay).await;
+    let owner = key();
+    let (send_id, read_id) = client.create_mailbox(&owner).await.unwrap();
+    assert!(client.delete_mailbox(read_id, &key()).await.is_err());
+    client.send(send_id, blob(1)).await.unwrap();
+    client.delete_mailbox(read_id, &owner).await.unwrap();
+    let err = client.send(send_id, blob(2)).await.unwrap_err();
+    assert!(matches!(
+        err,
+        RelayClientError::Refused(ErrorCode::UnknownMailbox)
+    ));
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_certificate_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = relay_with(tmp.path(), |_| {}).await;
+    let mut wrong: RelayAddr = relay.address.clone();
+    wrong.fingerprint.0[0] ^= 1;
+    let err = RelayClient::connect(&wrong, T)
+        .await
+        .err()
+        .expect("connected to the wrong relay");
+    assert!(matches!(err, RelayClientError::Tls(_)), "{err}");
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_answers_what_is_in_flight_then_refuses() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = relay_with(tmp.path(), |_| {}).await;
+    let client = std::sync::Arc::new(connect(&relay).await);
+    let (send_id, _) = client.create_mailbox(&key()).await.unwrap();
+    let sends: Vec<_> = (0..50)
+        .map(|n| {
+            let c = client.clone();
+            tokio::spawn(async move { c.send(send_id, blob(n)).await })
+        })
+        .collect();
+    let address = relay.address.clone();
+    relay.shutdown().await;
+    for s in sends {
+        match s.await.unwrap() {
+            Ok(()) | Err(RelayClientError::Refused(ErrorCode::ShuttingDown)) => {}
+            Err(RelayClientError::Closed) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(
+        RelayClient::connect(&address, Duration::from_secs(2))
+            .await
+            .is_err()
+    );
+}
+
+/// Reads TLS records from a stream and returns the lengths of application-data
+/// records.
+async fn record_lengths(
+    mut stream: tokio::net::tcp::OwnedReadHalf,
+    mut forward: tokio::net::tcp::OwnedWriteHalf,
+) -> Vec<usize> {
+    let mut lengths = Vec::new();
+    let mut header = [0u8; 5];
+    loop {
+        if stream.read_exact(&mut header).await.is_err() {
+            break;
+        }
+        let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        let mut body = vec![0u8; len];
+        if stream.read_exact(&mut body).await.is_err() {
+            break;
+        }
+        if header[0] == 0x17 {
+            lengths.push(len);
+        }
+        if forward.write_all(&header).await.is_err() || forward.write_all(&body).await.is_err() {
+            break;
+        }
+    }
+    lengths
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_frame_on_the_wire_has_one_size() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = relay_with(tmp.path(), |_| {}).await;
+    // A proxy that measures every TLS record in both directions.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = proxy.local_addr().unwrap();
+    let upstream = relay.local_addr;
+    let measure = tokio::spawn(async move {
+        let (client, _) = proxy.accept().await.unwrap();
+        let server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+        let (cr, cw) = client.into_split();
+        let (sr, sw) = server.into_split();
+        let up = tokio::spawn(record_lengths(cr, sw));
+        let down = tokio::spawn(record_lengths(sr, cw));
+        (up.await.unwrap(), down.await.unwrap())
+    });
+    let mut via_proxy = relay.address.clone();
+    via_proxy.port = proxy_addr.port();
+    let mut client = RelayClient::connect(&via_proxy, T).await.unwrap();
+    let owner = key();
+    let (send_id, read_id) = client.create_mailbox(&owner).await.unwrap();
+    client.ping().await.unwrap();
+    client.send(send_id, blob(1)).await.unwrap();
+    let _ = client.send(MailboxId([1; 16]), blob(2)).await; // an error answer
+    let mut deliveries = client.deliveries().unwrap();
+    client.subscribe(read_id, &owner).await.unwrap();
+    let d = tokio::time::timeout(T, deliveries.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    client.ack(read_id, d.message_id).await.unwrap();
+    drop(deliveries);
+    drop(client);
+    let (up, down) = tokio::time::timeout(T, measure).await.unwrap().unwrap();
+    // Each direction: the end of the TLS handshake (encrypted, so also
+    // application-data records), the WebSocket upgrade (one HTTP request, one
+    // response), then frames, then the WebSocket close. Records carrying frames are all one size per
+    // direction (client frames carry the 4-byte WebSocket mask on top), and there
+    // is exactly one per frame: none smaller slipped through.
+    let (frames_up, other_up): (Vec<usize>, Vec<usize>) =
+        up.into_iter().partition(|&l| l > FRAME_LEN);
+    let (frames_down, other_down): (Vec<usize>, Vec<usize>) =
+        down.into_iter().partition(|&l| l > FRAME_LEN);
+    // Up: create, ping, send, failed send, subscribe, ack.
+    assert_eq!(frames_up.len(), 6, "{frames_up:?} / {other_up:?}");
+    // Down: hello, six answers, one delivery.
+    assert_eq!(frames_down.len(), 8, "{frames_down:?} / {other_down:?}");
+    assert!(
+        other_up.len() <= 3 && other_down.len() <= 3,
+        "{other_up:?} {other_down:?}"
+    );
+    assert!(
+        frames_up.iter().all(|&l| l == frames_up[0]),
+        "client records vary: {frames_up:?}"
+    );
+    assert!(
+        frames_down.iter().all(|&l| l == frames_down[0]),
+        "relay records vary: {frames_down:?}"
+    );
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_flood_does_not_starve_a_real_client() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = relay_with(tmp.path(), |c| {
+        c.limits.max_connections_per_ip = 40;
+        c.limits.max_connections = 400;
+        c.handshake_timeout = Duration::from_secs(2);
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let target = relay.local_addr;
+    // The attacker, from another loopback address: hundreds of connections that
+    // never start TLS, and some that complete it and then sit idle.
+    let attacker: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..300 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(attacker, 0)).unwrap();
+        if let Ok(stream) = socket.connect(target).await {
+            held.push(stream);
+        }
+    }
+    // The real client, from its own address, is served promptly.
+    let started = std::time::Instant::now();
+    let client = RelayClient::connect(&relay.address, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let owner = key();
+    let (send_id, read_id) = client.create_mailbox(&owner).await.unwrap();
+    client.send(send_id, blob(1)).await.unwrap();
+    let mut client = client;
+    let mut deliveries = client.deliveries().unwrap();
+    client.subscribe(read_id, &owner).await.unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(5), deliveries.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(number(&d.blob), 1);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // The flood was held to its address's share.
+    let metrics = http_get(relay.metrics_addr.unwrap(), "/metrics").await;
+    let refused: u64 = metric(&metrics, "backchannel_relay_connections_refused_total");
+    assert!(refused >= 250, "only {refused} refused");
+    drop(held);
+    relay.shutdown().await;
+}
+
+async fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut out = String::new();
+    stream.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_and_metrics_carry_no_identifiers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = relay_with(tmp.path(), |c| {
+        c.metrics_listen = Some("127.0.0.1:0".parse().unwrap())
+    })
+    .await;
+    let client = connect(&relay).await;
+    let (send_id, read_id) = client.create_mailbox(&key()).await.unwrap();
+    client.send(send_id, blob(1)).await.unwrap();
+    let health = http_get(relay.metrics_addr.unwrap(), "/health").await;
+    assert!(
+        health.starts_with("HTTP/1.1 200") && health.ends_with("ok\n"),
+        "{health}"
+    );
+    let metrics = http_get(relay.metrics_addr.unwrap(), "/metrics").await;
+    assert_eq!(
+        metric(&metrics, "backchannel_relay_messages_stored_total"),
+        1
+    );
+    assert_eq!(
+        metric(&metrics, "backchannel_relay_mailboxes_created_total"),
+        1
+    );
+    assert!(metrics.contains("backchannel_relay_commit_seconds_bucket"));
+    for id in [send_id, read_id] {
+        for form in forms_of(&id.0) {
+            assert!(!metrics.contains(&form), "an identifier in the metrics");
+        }
+    }
+    assert!(!metrics.contains("127.0.0.1"));
+    relay.shutdown().await;
+}
+
+/// Ways an identifier could be written out.
+fn forms_of(bytes: &[u8]) -> Vec<String> {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    vec![
+        hex.clone(),
+        hex.to_uppercase(),
+        backchannel_proto::addr::base32_encode(bytes),
+        format!("{bytes:?}"),
+    ]
+}

@@ -1,0 +1,595 @@
+//! The relay protocol: fixed-size frames between a client and a relay.
+//!
+//! Every frame on the wire is exactly [`FRAME_LEN`] bytes, in both directions, acks
+//! and errors included, so that a network observer learns nothing from sizes. A frame
+//! is `u8 version || u8 kind || fields || zero padding`; decoding checks the length,
+//! the version, every field, and that the padding is zero.
+//!
+//! The relay opens every connection with [`ServerFrame::Hello`], carrying a random
+//! nonce. Requests that need the mailbox owner's authority ([`Request::Subscribe`],
+//! [`Request::DeleteMailbox`]) carry an Ed25519 signature over
+//! [`auth_message`] — a label, that nonce, the request kind, its identifier and the
+//! mailbox — so a captured request is worthless on any other connection. Once a
+//! connection has subscribed to a mailbox, it may acknowledge (delete) that mailbox's
+//! messages.
+//!
+//! Mailbox identifiers: the recipient creates a mailbox by registering an
+//! authorisation key, and gets two unrelated random identifiers, one to hand to
+//! senders and one to read with.
+
+use crate::DecodeError;
+use crate::addr::MailboxId;
+use crate::codec::{Reader, Writer};
+use crate::envelope::BLOB_LEN;
+
+/// Size of every frame, in both directions.
+pub const FRAME_LEN: usize = 4096;
+
+/// Protocol version carried by every frame.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Label of the signed authorisation message.
+pub const AUTH_LABEL: &[u8] = b"backchannel/v1/relay-auth";
+
+/// A blob: exactly [`BLOB_LEN`] bytes.
+pub type Blob = Box<[u8; BLOB_LEN]>;
+
+/// A request from a client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Request {
+    /// Keep-alive; answered with [`Response::Pong`].
+    Ping,
+    /// Create a mailbox owned by `auth_key` (Ed25519 public key).
+    CreateMailbox {
+        /// The key whose signatures authorise reading and deleting.
+        auth_key: [u8; 32],
+    },
+    /// Put a blob into a mailbox. Answered with [`Response::Stored`] once durable.
+    Send {
+        /// The mailbox's send identifier.
+        send_id: MailboxId,
+        /// The blob.
+        blob: Blob,
+    },
+    /// Receive a mailbox's messages on this connection: every stored one, oldest
+    /// first, then each new one as it arrives.
+    Subscribe {
+        /// The mailbox's read identifier.
+        read_id: MailboxId,
+        /// Signature by the mailbox's key over [`auth_message`].
+        signature: [u8; 64],
+    },
+    /// Delete a delivered message (the client has stored it).
+    Ack {
+        /// The mailbox's read identifier (subscribed on this connection).
+        read_id: MailboxId,
+        /// The message.
+        message_id: u64,
+    },
+    /// Delete a mailbox and everything in it.
+    DeleteMailbox {
+        /// The mailbox's read identifier.
+        read_id: MailboxId,
+        /// Signature by the mailbox's key over [`auth_message`].
+        signature: [u8; 64],
+    },
+}
+
+/// A request with the identifier its response will carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientFrame {
+    /// Chosen by the client; echoed in the response.
+    pub request_id: u32,
+    /// The request.
+    pub request: Request,
+}
+
+/// An answer to one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Response {
+    /// Answer to [`Request::Ping`].
+    Pong,
+    /// The mailbox exists.
+    MailboxCreated {
+        /// Give this to senders.
+        send_id: MailboxId,
+        /// Read with this.
+        read_id: MailboxId,
+    },
+    /// The blob is durable.
+    Stored,
+    /// Subscribed; deliveries follow.
+    Subscribed,
+    /// The message is deleted (or was already gone).
+    Acked,
+    /// The mailbox is deleted.
+    Deleted,
+    /// The request failed.
+    Error(ErrorCode),
+}
+
+/// Why a request failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorCode {
+    /// The frame could not be decoded.
+    Malformed,
+    /// No such mailbox.
+    UnknownMailbox,
+    /// The signature does not verify, or the connection is not subscribed.
+    Unauthorized,
+    /// The mailbox is full.
+    QuotaExceeded,
+    /// Too many requests; slow down.
+    RateLimited,
+    /// The relay cannot store anything right now; nothing was stored.
+    Unavailable,
+    /// Too many subscriptions on this connection.
+    TooManySubscriptions,
+    /// The relay is shutting down.
+    ShuttingDown,
+}
+
+impl ErrorCode {
+    fn code(self) -> u8 {
+        match self {
+            ErrorCode::Malformed => 1,
+            ErrorCode::UnknownMailbox => 2,
+            ErrorCode::Unauthorized => 3,
+            ErrorCode::QuotaExceeded => 4,
+            ErrorCode::RateLimited => 5,
+            ErrorCode::Unavailable => 6,
+            ErrorCode::TooManySubscriptions => 7,
+            ErrorCode::ShuttingDown => 8,
+        }
+    }
+
+    fn from_code(code: u8) -> Result<Self, DecodeError> {
+        Ok(match code {
+            1 => ErrorCode::Malformed,
+            2 => ErrorCode::UnknownMailbox,
+            3 => ErrorCode::Unauthorized,
+            4 => ErrorCode::QuotaExceeded,
+            5 => ErrorCode::RateLimited,
+            6 => ErrorCode::Unavailable,
+            7 => ErrorCode::TooManySubscriptions,
+            8 => ErrorCode::ShuttingDown,
+            other => return Err(DecodeError::UnknownKind(other)),
+        })
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ErrorCode::Malformed => "the relay could not decode the request",
+            ErrorCode::UnknownMailbox => "the relay has no such mailbox",
+            ErrorCode::Unauthorized => "the relay refused: not authorised for this mailbox",
+            ErrorCode::QuotaExceeded => "the mailbox is full",
+            ErrorCode::RateLimited => "the relay is rate-limiting this connection",
+            ErrorCode::Unavailable => "the relay cannot store messages right now",
+            ErrorCode::TooManySubscriptions => "too many mailboxes on one connection",
+            ErrorCode::ShuttingDown => "the relay is shutting down",
+        })
+    }
+}
+
+/// A frame from the relay.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ServerFrame {
+    /// The first frame of every connection.
+    Hello {
+        /// Random; signatures on this connection cover it.
+        nonce: [u8; 32],
+        /// Most deliveries the relay sends per subscription before acknowledgements.
+        window: u16,
+    },
+    /// The answer to a request.
+    Response {
+        /// The request's identifier.
+        request_id: u32,
+        /// The answer.
+        response: Response,
+    },
+    /// A message from a subscribed mailbox.
+    Deliver {
+        /// The mailbox.
+        read_id: MailboxId,
+        /// The relay's identifier of the message, increasing within a mailbox.
+        message_id: u64,
+        /// The blob.
+        blob: Blob,
+    },
+}
+
+/// The bytes an authorisation signature covers.
+pub fn auth_message(nonce: &[u8; 32], kind: u8, request_id: u32, read_id: &MailboxId) -> Vec<u8> {
+    let mut w = Writer::with_capacity(AUTH_LABEL.len() + 32 + 1 + 4 + 16);
+    w.put(AUTH_LABEL);
+    w.put(nonce);
+    w.u8(kind);
+    w.u32(request_id);
+    w.put(&read_id.0);
+    w.bytes
+}
+
+/// Kind byte of [`Request::Subscribe`], as covered by its signature.
+pub const KIND_SUBSCRIBE: u8 = 4;
+/// Kind byte of [`Request::DeleteMailbox`], as covered by its signature.
+pub const KIND_DELETE_MAILBOX: u8 = 6;
+
+fn finish_frame(mut w: Writer) -> Vec<u8> {
+    w.bytes.resize(FRAME_LEN, 0);
+    w.bytes
+}
+
+fn start_frame(r: &mut Reader<'_>, bytes: &[u8]) -> Result<(), DecodeError> {
+    if bytes.len() != FRAME_LEN {
+        return Err(DecodeError::WrongSize);
+    }
+    let version = r.u8()?;
+    if version != PROTOCOL_VERSION {
+        return Err(DecodeError::UnknownVersion(version));
+    }
+    Ok(())
+}
+
+fn end_frame(mut r: Reader<'_>) -> Result<(), DecodeError> {
+    r.zero_padding()?;
+    r.finish()
+}
+
+fn read_blob(r: &mut Reader<'_>) -> Result<Blob, DecodeError> {
+    let mut blob = Box::new([0u8; BLOB_LEN]);
+    blob.copy_from_slice(r.take(BLOB_LEN)?);
+    Ok(blob)
+}
+
+impl ClientFrame {
+    /// Encodes to exactly [`FRAME_LEN`] bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(FRAME_LEN);
+        w.u8(PROTOCOL_VERSION);
+        match &self.request {
+            Request::Ping => {
+                w.u8(1);
+                w.u32(self.request_id);
+            }
+            Request::CreateMailbox { auth_key } => {
+                w.u8(2);
+                w.u32(self.request_id);
+                w.put(auth_key);
+            }
+            Request::Send { send_id, blob } => {
+                w.u8(3);
+                w.u32(self.request_id);
+                w.put(&send_id.0);
+                w.put(&blob[..]);
+            }
+            Request::Subscribe { read_id, signature } => {
+                w.u8(KIND_SUBSCRIBE);
+                w.u32(self.request_id);
+                w.put(&read_id.0);
+                w.put(signature);
+            }
+            Request::Ack {
+                read_id,
+                message_id,
+            } => {
+                w.u8(5);
+                w.u32(self.request_id);
+                w.put(&read_id.0);
+                w.u64(*message_id);
+            }
+            Request::DeleteMailbox { read_id, signature } => {
+                w.u8(KIND_DELETE_MAILBOX);
+                w.u32(self.request_id);
+                w.put(&read_id.0);
+                w.put(signature);
+            }
+        }
+        finish_frame(w)
+    }
+
+    /// Decodes a frame strictly.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        start_frame(&mut r, bytes)?;
+        let kind = r.u8()?;
+        let request_id = r.u32()?;
+        let request = match kind {
+            1 => Request::Ping,
+            2 => Request::CreateMailbox {
+                auth_key: r.array()?,
+            },
+            3 => Request::Send {
+                send_id: MailboxId(r.array()?),
+                blob: read_blob(&mut r)?,
+            },
+            KIND_SUBSCRIBE => Request::Subscribe {
+                read_id: MailboxId(r.array()?),
+                signature: r.array()?,
+            },
+            5 => Request::Ack {
+                read_id: MailboxId(r.array()?),
+                message_id: r.u64()?,
+            },
+            KIND_DELETE_MAILBOX => Request::DeleteMailbox {
+                read_id: MailboxId(r.array()?),
+                signature: r.array()?,
+            },
+            other => return Err(DecodeError::UnknownKind(other)),
+        };
+        end_frame(r)?;
+        Ok(Self {
+            request_id,
+            request,
+        })
+    }
+}
+
+impl ServerFrame {
+    /// Encodes to exactly [`FRAME_LEN`] bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::with_capacity(FRAME_LEN);
+        w.u8(PROTOCOL_VERSION);
+        match self {
+            ServerFrame::Hello { nonce, window } => {
+                w.u8(1);
+                w.put(nonce);
+                w.u16(*window);
+            }
+            ServerFrame::Response {
+                request_id,
+                response,
+            } => {
+                w.u8(2);
+                w.u32(*request_id);
+                match response {
+                    Response::Pong => w.u8(1),
+                    Response::MailboxCreated { send_id, read_id } => {
+                        w.u8(2);
+                        w.put(&send_id.0);
+                        w.put(&read_id.0);
+                    }
+                    Response::Stored => w.u8(3),
+                    Response::Subscribed => w.u8(4),
+                    Response::Acked => w.u8(5),
+                    Response::Deleted => w.u8(6),
+                    Response::Error(code) => {
+                        w.u8(7);
+                        w.u8(code.code());
+                    }
+                }
+            }
+            ServerFrame::Deliver {
+                read_id,
+                message_id,
+                blob,
+            } => {
+                w.u8(3);
+                w.put(&read_id.0);
+                w.u64(*message_id);
+                w.put(&blob[..]);
+            }
+        }
+        finish_frame(w)
+    }
+
+    /// Decodes a frame strictly.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(bytes);
+        start_frame(&mut r, bytes)?;
+        let frame = match r.u8()? {
+            1 => ServerFrame::Hello {
+                nonce: r.array()?,
+                window: r.u16()?,
+            },
+            2 => {
+                let request_id = r.u32()?;
+                let response = match r.u8()? {
+                    1 => Response::Pong,
+                    2 => Response::MailboxCreated {
+                        send_id: MailboxId(r.array()?),
+                        read_id: MailboxId(r.array()?),
+                    },
+                    3 => Response::Stored,
+                    4 => Response::Subscribed,
+                    5 => Response::Acked,
+                    6 => Response::Deleted,
+                    7 => Response::Error(ErrorCode::from_code(r.u8()?)?),
+                    other => return Err(DecodeError::UnknownKind(other)),
+                };
+                ServerFrame::Response {
+                    request_id,
+                    response,
+                }
+            }
+            3 => ServerFrame::Deliver {
+                read_id: MailboxId(r.array()?),
+                message_id: r.u64()?,
+                blob: read_blob(&mut r)?,
+            },
+            other => return Err(DecodeError::UnknownKind(other)),
+        };
+        end_frame(r)?;
+        Ok(frame)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn blob(b: u8) -> Blob {
+        Box::new([b; BLOB_LEN])
+    }
+
+    fn requests() -> Vec<Request> {
+        vec![
+            Request::Ping,
+            Request::CreateMailbox { auth_key: [1; 32] },
+            Request::Send {
+                send_id: MailboxId([2; 16]),
+                blob: blob(3),
+            },
+            Request::Subscribe {
+                read_id: MailboxId([4; 16]),
+                signature: [5; 64],
+            },
+            Request::Ack {
+                read_id: MailboxId([6; 16]),
+                message_id: 77,
+            },
+            Request::DeleteMailbox {
+                read_id: MailboxId([8; 16]),
+                signature: [9; 64],
+            },
+        ]
+    }
+
+    fn server_frames() -> Vec<ServerFrame> {
+        let mut out = vec![
+            ServerFrame::Hello {
+                nonce: [1; 32],
+                window: 64,
+            },
+            ServerFrame::Deliver {
+                read_id: MailboxId([2; 16]),
+                message_id: u64::MAX,
+                blob: blob(0xaa),
+            },
+        ];
+        let responses = [
+            Response::Pong,
+            Response::MailboxCreated {
+                send_id: MailboxId([3; 16]),
+                read_id: MailboxId([4; 16]),
+            },
+            Response::Stored,
+            Response::Subscribed,
+            Response::Acked,
+            Response::Deleted,
+            Response::Error(ErrorCode::Malformed),
+            Response::Error(ErrorCode::UnknownMailbox),
+            Response::Error(ErrorCode::Unauthorized),
+            Response::Error(ErrorCode::QuotaExceeded),
+            Response::Error(ErrorCode::RateLimited),
+            Response::Error(ErrorCode::Unavailable),
+            Response::Error(ErrorCode::TooManySubscriptions),
+            Response::Error(ErrorCode::ShuttingDown),
+        ];
+        for (i, response) in responses.into_iter().enumerate() {
+            out.push(ServerFrame::Response {
+                request_id: i as u32,
+                response,
+            });
+        }
+        out
+    }
+
+    #[test]
+    fn every_frame_has_one_size_and_round_trips() {
+        for (i, request) in requests().into_iter().enumerate() {
+            let frame = ClientFrame {
+                request_id: 1000 + i as u32,
+                request,
+            };
+            let bytes = frame.encode();
+            assert_eq!(bytes.len(), FRAME_LEN);
+            assert_eq!(ClientFrame::decode(&bytes).unwrap(), frame);
+        }
+        for frame in server_frames() {
+            let bytes = frame.encode();
+            assert_eq!(bytes.len(), FRAME_LEN);
+            assert_eq!(ServerFrame::decode(&bytes).unwrap(), frame);
+        }
+    }
+
+    #[test]
+    fn known_encodings() {
+        let ping = ClientFrame {
+            request_id: 0x01020304,
+            request: Request::Ping,
+        }
+        .encode();
+        assert_eq!(&ping[..6], &[1, 1, 1, 2, 3, 4]);
+        assert!(ping[6..].iter().all(|&b| b == 0));
+        let stored = ServerFrame::Response {
+            request_id: 9,
+            response: Response::Stored,
+        }
+        .encode();
+        assert_eq!(&stored[..7], &[1, 2, 0, 0, 0, 9, 3]);
+        let auth = auth_message(&[7; 32], KIND_SUBSCRIBE, 5, &MailboxId([8; 16]));
+        let mut expected = AUTH_LABEL.to_vec();
+        expected.extend([7; 32]);
+        expected.extend([4, 0, 0, 0, 5]);
+        expected.extend([8; 16]);
+        assert_eq!(auth, expected);
+    }
+
+    #[test]
+    fn strict_decoding() {
+        let good = ClientFrame {
+            request_id: 1,
+            request: Request::Ping,
+        }
+        .encode();
+        assert_eq!(
+            ClientFrame::decode(&good[..FRAME_LEN - 1]),
+            Err(DecodeError::WrongSize)
+        );
+        let mut long = good.clone();
+        long.push(0);
+        assert_eq!(ClientFrame::decode(&long), Err(DecodeError::WrongSize));
+        let mut bad = good.clone();
+        bad[0] = 2;
+        assert_eq!(
+            ClientFrame::decode(&bad),
+            Err(DecodeError::UnknownVersion(2))
+        );
+        let mut bad = good.clone();
+        bad[1] = 99;
+        assert_eq!(ClientFrame::decode(&bad), Err(DecodeError::UnknownKind(99)));
+        let mut bad = good.clone();
+        bad[FRAME_LEN - 1] = 1;
+        assert_eq!(ClientFrame::decode(&bad), Err(DecodeError::BadPadding));
+        let mut bad = ServerFrame::Response {
+            request_id: 1,
+            response: Response::Error(ErrorCode::Malformed),
+        }
+        .encode();
+        bad[7] = 200;
+        assert!(ServerFrame::decode(&bad).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn send_frames_round_trip(id in any::<u32>(), mailbox in any::<[u8; 16]>(), fill in any::<u8>()) {
+            let frame = ClientFrame {
+                request_id: id,
+                request: Request::Send { send_id: MailboxId(mailbox), blob: blob(fill) },
+            };
+            prop_assert_eq!(ClientFrame::decode(&frame.encode()).unwrap(), frame);
+        }
+
+        #[test]
+        fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64), kind in any::<u8>()) {
+            let mut frame = vec![0u8; FRAME_LEN];
+            frame[0] = PROTOCOL_VERSION;
+            frame[1] = kind;
+            for (i, b) in bytes.iter().enumerate() {
+                frame[2 + i] = *b;
+            }
+            let _ = ClientFrame::decode(&frame);
+            let _ = ServerFrame::decode(&frame);
+            let _ = ClientFrame::decode(&bytes);
+            let _ = ServerFrame::decode(&bytes);
+        }
+    }
+}

@@ -1,0 +1,278 @@
+//! The storage thread: one writer that owns the database and batches appends
+//! into group commits.
+//!
+//! Requests arrive over a channel. The thread takes everything queued (up to a
+//! batch limit), stores all appends of the batch in one transaction, and answers
+//! each sender only after that transaction is durable. While the disk is slow,
+//! requests queue up and the next batch is larger: throughput comes from batching,
+//! never from skipping the fsync.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use backchannel_proto::addr::MailboxId;
+use backchannel_proto::frame::Blob;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::storage::{
+    Append, AppendOutcome, Mailbox, MailboxKey, Quota, RelayStorage, StorageError,
+};
+
+/// What the storage thread does for the rest of the relay.
+pub(crate) enum Command {
+    Create {
+        send_id: MailboxId,
+        read_id: MailboxId,
+        auth_key: [u8; 32],
+        now: u64,
+        reply: oneshot::Sender<Result<(), StorageError>>,
+    },
+    Lookup {
+        read_id: MailboxId,
+        reply: oneshot::Sender<Result<Option<Mailbox>, StorageError>>,
+    },
+    Append {
+        append: Append,
+        reply: oneshot::Sender<Result<AppendOutcome, ()>>,
+    },
+    Fetch {
+        mailbox: MailboxKey,
+        after: u64,
+        limit: usize,
+        reply: oneshot::Sender<Result<Vec<(u64, Blob)>, StorageError>>,
+    },
+    Delete {
+        mailbox: MailboxKey,
+        message_id: u64,
+        reply: oneshot::Sender<Result<(), StorageError>>,
+    },
+    DeleteMailbox {
+        mailbox: MailboxKey,
+        reply: oneshot::Sender<Result<(), StorageError>>,
+    },
+    Expire {
+        now: u64,
+    },
+}
+
+/// A handle to the storage thread.
+#[derive(Clone)]
+pub(crate) struct StorageHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+/// The storage thread is gone (it only stops at shutdown).
+#[derive(Debug)]
+pub(crate) struct Gone;
+
+impl From<oneshot::error::RecvError> for Gone {
+    fn from(_: oneshot::error::RecvError) -> Self {
+        Gone
+    }
+}
+
+impl StorageHandle {
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Gone> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| Gone)?;
+        Ok(rx.await?)
+    }
+
+    pub(crate) async fn create(
+        &self,
+        send_id: MailboxId,
+        read_id: MailboxId,
+        auth_key: [u8; 32],
+        now: u64,
+    ) -> Result<Result<(), StorageError>, Gone> {
+        self.call(|reply| Command::Create {
+            send_id,
+            read_id,
+            auth_key,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    pub(crate) async fn lookup(
+        &self,
+        read_id: MailboxId,
+    ) -> Result<Result<Option<Mailbox>, StorageError>, Gone> {
+        self.call(|reply| Command::Lookup { read_id, reply }).await
+    }
+
+    /// Resolves once the blob is durable (or refused).
+    pub(crate) async fn append(&self, append: Append) -> Result<Result<AppendOutcome, ()>, Gone> {
+        self.call(|reply| Command::Append { append, reply }).await
+    }
+
+    pub(crate) async fn fetch(
+        &self,
+        mailbox: MailboxKey,
+        after: u64,
+        limit: usize,
+    ) -> Result<Result<Vec<(u64, Blob)>, StorageError>, Gone> {
+        self.call(|reply| Command::Fetch {
+            mailbox,
+            after,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    pub(crate) async fn delete(
+        &self,
+        mailbox: MailboxKey,
+        message_id: u64,
+    ) -> Result<Result<(), StorageError>, Gone> {
+        self.call(|reply| Command::Delete {
+            mailbox,
+            message_id,
+            reply,
+        })
+        .await
+    }
+
+    pub(crate) async fn delete_mailbox(
+        &self,
+        mailbox: MailboxKey,
+    ) -> Result<Result<(), StorageError>, Gone> {
+        self.call(|reply| Command::DeleteMailbox { mailbox, reply })
+            .await
+    }
+
+    pub(crate) async fn expire(&self, now: u64) {
+        let _ = self.tx.send(Command::Expire { now }).await;
+    }
+}
+
+/// Starts the storage thread. It ends when every handle is dropped, after
+/// finishing what was queued.
+pub(crate) fn spawn<S: RelayStorage>(
+    mut storage: S,
+    quota: Quota,
+    batch_max: usize,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<(StorageHandle, std::thread::JoinHandle<()>)> {
+    let (tx, mut rx) = mpsc::channel::<Command>(65_536);
+    let thread = std::thread::Builder::new()
+        .name("relay-storage".into())
+        .spawn(move || {
+            let mut batch = Vec::with_capacity(batch_max);
+            while let Some(first) = rx.blocking_recv() {
+                batch.push(first);
+                while batch.len() < batch_max {
+                    match rx.try_recv() {
+                        Ok(cmd) => batch.push(cmd),
+                        Err(_) => break,
+                    }
+                }
+                metrics.queue_depth.set(rx.len() as u64);
+                run_batch(&mut storage, &mut batch, quota, &hub, &metrics);
+            }
+        })?;
+    Ok((StorageHandle { tx }, thread))
+}
+
+fn run_batch<S: RelayStorage>(
+    storage: &mut S,
+    batch: &mut Vec<Command>,
+    quota: Quota,
+    hub: &Hub,
+    metrics: &Metrics,
+) {
+    let mut appends = Vec::new();
+    let mut replies = Vec::new();
+    for cmd in batch.drain(..) {
+        match cmd {
+            Command::Append { append, reply } => {
+                appends.push(append);
+                replies.push(reply);
+            }
+            Command::Create {
+                send_id,
+                read_id,
+                auth_key,
+                now,
+                reply,
+            } => {
+                let result = storage.create_mailbox(&send_id, &read_id, &auth_key, now);
+                note_failure(&result, metrics);
+                let _ = reply.send(result);
+            }
+            Command::Lookup { read_id, reply } => {
+                let _ = reply.send(storage.mailbox_by_read(&read_id));
+            }
+            Command::Fetch {
+                mailbox,
+                after,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(storage.fetch(mailbox, after, limit));
+            }
+            Command::Delete {
+                mailbox,
+                message_id,
+                reply,
+            } => {
+                let result = storage.delete_message(mailbox, message_id);
+                note_failure(&result, metrics);
+                let _ = reply.send(result);
+            }
+            Command::DeleteMailbox { mailbox, reply } => {
+                let result = storage.delete_mailbox(mailbox);
+                note_failure(&result, metrics);
+                let _ = reply.send(result);
+            }
+            Command::Expire { now } => match storage.expire(now) {
+                Ok(n) => metrics.expired.add(n),
+                Err(e) => {
+                    tracing::warn!(error = %e, "expiry sweep failed");
+                    metrics.storage_failures.inc();
+                }
+            },
+        }
+    }
+    if appends.is_empty() {
+        return;
+    }
+    let started = Instant::now();
+    match storage.append_batch(&appends, quota) {
+        Ok(outcomes) => {
+            metrics
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+            metrics.batch_size.observe(appends.len() as f64);
+            metrics.healthy.set(1);
+            for (outcome, reply) in outcomes.into_iter().zip(replies) {
+                if let AppendOutcome::Stored { mailbox, .. } = outcome {
+                    metrics.stored.inc();
+                    hub.notify(mailbox);
+                }
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+        Err(e) => {
+            // Nothing of the batch is stored: every sender is told so, and will retry.
+            tracing::error!(error = %e, count = appends.len(), "storing a batch failed; refusing it");
+            metrics.storage_failures.inc();
+            metrics.healthy.set(0);
+            for reply in replies {
+                let _ = reply.send(Err(()));
+            }
+        }
+    }
+}
+
+fn note_failure<T>(result: &Result<T, StorageError>, metrics: &Metrics) {
+    if let Err(e) = result {
+        tracing::error!(error = %e, "storage operation failed");
+        metrics.storage_failures.inc();
+    }
+}

@@ -1,0 +1,419 @@
+//! One client connection: frames in, frames out, after the WebSocket upgrade.
+//!
+//! A malformed or oversized frame ends this connection and nothing else. Sends are
+//! pipelined: each is answered when its group commit is durable, in whatever order
+//! the commits finish. Deliveries are pushed to subscribed mailboxes, at most
+//! `window` unacknowledged per mailbox.
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::extract::ws::{Message, WebSocket};
+use backchannel_proto::addr::MailboxId;
+use backchannel_proto::frame::{
+    ClientFrame, ErrorCode, FRAME_LEN, KIND_DELETE_MAILBOX, KIND_SUBSCRIBE, Request, Response,
+    ServerFrame, auth_message,
+};
+use ed25519_dalek::{Signature, VerifyingKey};
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
+use rand::RngCore as _;
+use tokio::sync::watch;
+
+use crate::actor::StorageHandle;
+use crate::hub::{Hub, Waker};
+use crate::limits::{Admitted, Bucket, Limits};
+use crate::metrics::Metrics;
+use crate::storage::{Append, AppendOutcome, MailboxKey};
+
+/// What every connection shares.
+pub(crate) struct Shared {
+    pub(crate) storage: StorageHandle,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) limits: Limits,
+    pub(crate) window: u16,
+    pub(crate) idle_timeout: Duration,
+    pub(crate) message_ttl: Duration,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+struct Subscription {
+    mailbox: MailboxKey,
+    cursor: u64,
+    in_flight: BTreeSet<u64>,
+}
+
+type Pending = Pin<Box<dyn Future<Output = ServerFrame> + Send>>;
+
+/// Why a connection ends; only counted, never logged with details.
+enum End {
+    Closed,
+    Malformed,
+    Idle,
+    Shutdown,
+    StorageGone,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub(crate) async fn serve(mut ws: WebSocket, shared: Arc<Shared>, admitted: Admitted) {
+    let mut nonce = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let mut conn = Connection {
+        shared: shared.clone(),
+        admitted,
+        nonce,
+        subs: HashMap::new(),
+        waker: Arc::new(Waker::default()),
+        bucket: Bucket::new(
+            shared.limits.requests_per_second,
+            shared.limits.requests_per_second.saturating_mul(2),
+        ),
+    };
+    let end = conn.run(&mut ws).await;
+    for sub in conn.subs.values() {
+        shared.hub.unsubscribe(sub.mailbox, &conn.waker);
+    }
+    match end {
+        End::Malformed => shared.metrics.malformed.inc(),
+        End::Closed | End::Idle | End::Shutdown | End::StorageGone => {}
+    }
+    let _ = ws.send(Message::Close(None)).await;
+    tracing::debug!("connection ended");
+}
+
+struct Connection {
+    shared: Arc<Shared>,
+    admitted: Admitted,
+    nonce: [u8; 32],
+    subs: HashMap<MailboxId, Subscription>,
+    waker: Arc<Waker>,
+    bucket: Bucket,
+}
+
+impl Connection {
+    async fn run(&mut self, ws: &mut WebSocket) -> End {
+        let hello = ServerFrame::Hello {
+            nonce: self.nonce,
+            window: self.shared.window,
+        };
+        if self.send(ws, &hello).await.is_err() {
+            return End::Closed;
+        }
+        let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
+        let mut shutdown = self.shared.shutdown.clone();
+        let mut deadline = tokio::time::Instant::now() + self.shared.idle_timeout;
+        let end = loop {
+            tokio::select! {
+                message = ws.recv() => {
+                    let bytes = match message {
+                        Some(Ok(Message::Binary(bytes))) => bytes,
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break End::Closed,
+                        // Text, or anything that is not one binary frame: not ours.
+                        Some(Ok(_)) => break End::Malformed,
+                    };
+                    self.shared.metrics.frames_in.inc();
+                    deadline = tokio::time::Instant::now() + self.shared.idle_timeout;
+                    let Ok(frame) = ClientFrame::decode(&bytes) else {
+                        let _ = self.respond(ws, 0, Response::Error(ErrorCode::Malformed)).await;
+                        break End::Malformed;
+                    };
+                    match self.handle(ws, frame, &mut pending).await {
+                        Ok(()) => {}
+                        Err(end) => break end,
+                    }
+                }
+                Some(frame) = pending.next(), if !pending.is_empty() => {
+                    if self.send(ws, &frame).await.is_err() {
+                        break End::Closed;
+                    }
+                }
+                () = self.waker.woken() => {
+                    if let Err(end) = self.deliver(ws).await {
+                        break end;
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => break End::Idle,
+                _ = shutdown.changed() => break End::Shutdown,
+            }
+        };
+        // Finish what is in flight: every send gets its answer.
+        while let Some(frame) = pending.next().await {
+            if self.send(ws, &frame).await.is_err() {
+                break;
+            }
+        }
+        end
+    }
+
+    async fn send(&self, ws: &mut WebSocket, frame: &ServerFrame) -> Result<(), ()> {
+        let bytes = frame.encode();
+        debug_assert_eq!(bytes.len(), FRAME_LEN);
+        ws.send(Message::Binary(bytes.into()))
+            .await
+            .map_err(|_| ())?;
+        self.shared.metrics.frames_out.inc();
+        Ok(())
+    }
+
+    async fn respond(
+        &self,
+        ws: &mut WebSocket,
+        request_id: u32,
+        response: Response,
+    ) -> Result<(), End> {
+        let frame = ServerFrame::Response {
+            request_id,
+            response,
+        };
+        self.send(ws, &frame).await.map_err(|()| End::Closed)
+    }
+
+    async fn handle(
+        &mut self,
+        ws: &mut WebSocket,
+        frame: ClientFrame,
+        pending: &mut FuturesUnordered<Pending>,
+    ) -> Result<(), End> {
+        let id = frame.request_id;
+        if !self.bucket.take(Instant::now()) || !self.admitted.allow_request() {
+            self.shared.metrics.rate_limited.inc();
+            return self
+                .respond(ws, id, Response::Error(ErrorCode::RateLimited))
+                .await;
+        }
+        let response = match frame.request {
+            Request::Ping => Response::Pong,
+            Request::CreateMailbox { auth_key } => self.create(auth_key).await?,
+            Request::Send { send_id, blob } => {
+                let storage = self.shared.storage.clone();
+                let metrics = self.shared.metrics.clone();
+                let ttl = self.shared.message_ttl.as_millis() as u64;
+                let started = Instant::now();
+                pending.push(Box::pin(async move {
+                    let append = Append {
+                        send_id,
+                        blob,
+                        expires_at: now_ms().saturating_add(ttl),
+                    };
+                    let response = match storage.append(append).await {
+                        Ok(Ok(AppendOutcome::Stored { .. })) => {
+                            metrics
+                                .store_seconds
+                                .observe(started.elapsed().as_secs_f64());
+                            Response::Stored
+                        }
+                        Ok(Ok(AppendOutcome::UnknownMailbox)) => {
+                            Response::Error(ErrorCode::UnknownMailbox)
+                        }
+                        Ok(Ok(AppendOutcome::QuotaExceeded)) => {
+                            metrics.refused_full.inc();
+                            Response::Error(ErrorCode::QuotaExceeded)
+                        }
+                        Ok(Err(())) => Response::Error(ErrorCode::Unavailable),
+                        Err(_) => Response::Error(ErrorCode::ShuttingDown),
+                    };
+                    ServerFrame::Response {
+                        request_id: id,
+                        response,
+                    }
+                }));
+                return Ok(());
+            }
+            Request::Subscribe { read_id, signature } => {
+                self.subscribe(id, read_id, signature).await?
+            }
+            Request::Ack {
+                read_id,
+                message_id,
+            } => self.ack(read_id, message_id).await?,
+            Request::DeleteMailbox { read_id, signature } => {
+                self.delete_mailbox(id, read_id, signature).await?
+            }
+            _ => Response::Error(ErrorCode::Malformed),
+        };
+        self.respond(ws, id, response).await
+    }
+
+    async fn create(&mut self, auth_key: [u8; 32]) -> Result<Response, End> {
+        if !self.admitted.allow_creation() {
+            self.shared.metrics.rate_limited.inc();
+            return Ok(Response::Error(ErrorCode::RateLimited));
+        }
+        if VerifyingKey::from_bytes(&auth_key).is_err() {
+            return Ok(Response::Error(ErrorCode::Malformed));
+        }
+        let mut send_id = [0u8; 16];
+        let mut read_id = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut send_id);
+        rand::rngs::OsRng.fill_bytes(&mut read_id);
+        let (send_id, read_id) = (MailboxId(send_id), MailboxId(read_id));
+        match self
+            .shared
+            .storage
+            .create(send_id, read_id, auth_key, now_ms())
+            .await
+        {
+            Ok(Ok(())) => {
+                self.shared.metrics.mailboxes_created.inc();
+                Ok(Response::MailboxCreated { send_id, read_id })
+            }
+            Ok(Err(_)) => Ok(Response::Error(ErrorCode::Unavailable)),
+            Err(_) => Err(End::StorageGone),
+        }
+    }
+
+    /// Checks the owner's signature over this connection's nonce.
+    async fn authorise(
+        &self,
+        kind: u8,
+        request_id: u32,
+        read_id: MailboxId,
+        signature: [u8; 64],
+    ) -> Result<Result<MailboxKey, ErrorCode>, End> {
+        let mailbox = match self.shared.storage.lookup(read_id).await {
+            Ok(Ok(Some(m))) => m,
+            Ok(Ok(None)) => return Ok(Err(ErrorCode::UnknownMailbox)),
+            Ok(Err(_)) => return Ok(Err(ErrorCode::Unavailable)),
+            Err(_) => return Err(End::StorageGone),
+        };
+        let message = auth_message(&self.nonce, kind, request_id, &read_id);
+        let valid = VerifyingKey::from_bytes(&mailbox.auth_key)
+            .map(|key| {
+                key.verify_strict(&message, &Signature::from_bytes(&signature))
+                    .is_ok()
+            })
+            .unwrap_or(false);
+        if valid {
+            Ok(Ok(mailbox.key))
+        } else {
+            self.shared.metrics.unauthorized.inc();
+            Ok(Err(ErrorCode::Unauthorized))
+        }
+    }
+
+    async fn subscribe(
+        &mut self,
+        request_id: u32,
+        read_id: MailboxId,
+        signature: [u8; 64],
+    ) -> Result<Response, End> {
+        if self.subs.len() >= self.shared.limits.max_subscriptions
+            && !self.subs.contains_key(&read_id)
+        {
+            return Ok(Response::Error(ErrorCode::TooManySubscriptions));
+        }
+        let mailbox = match self
+            .authorise(KIND_SUBSCRIBE, request_id, read_id, signature)
+            .await?
+        {
+            Ok(m) => m,
+            Err(code) => return Ok(Response::Error(code)),
+        };
+        // Subscribing again starts over: everything unacknowledged is delivered anew.
+        self.subs.insert(
+            read_id,
+            Subscription {
+                mailbox,
+                cursor: 0,
+                in_flight: BTreeSet::new(),
+            },
+        );
+        self.shared.hub.subscribe(mailbox, &self.waker);
+        self.waker.wake(mailbox);
+        Ok(Response::Subscribed)
+    }
+
+    async fn ack(&mut self, read_id: MailboxId, message_id: u64) -> Result<Response, End> {
+        let Some(sub) = self.subs.get_mut(&read_id) else {
+            self.shared.metrics.unauthorized.inc();
+            return Ok(Response::Error(ErrorCode::Unauthorized));
+        };
+        let mailbox = sub.mailbox;
+        match self.shared.storage.delete(mailbox, message_id).await {
+            Ok(Ok(())) => {
+                sub.in_flight.remove(&message_id);
+                self.shared.metrics.acked.inc();
+                self.waker.wake(mailbox);
+                Ok(Response::Acked)
+            }
+            Ok(Err(_)) => Ok(Response::Error(ErrorCode::Unavailable)),
+            Err(_) => Err(End::StorageGone),
+        }
+    }
+
+    async fn delete_mailbox(
+        &mut self,
+        request_id: u32,
+        read_id: MailboxId,
+        signature: [u8; 64],
+    ) -> Result<Response, End> {
+        let mailbox = match self
+            .authorise(KIND_DELETE_MAILBOX, request_id, read_id, signature)
+            .await?
+        {
+            Ok(m) => m,
+            Err(code) => return Ok(Response::Error(code)),
+        };
+        match self.shared.storage.delete_mailbox(mailbox).await {
+            Ok(Ok(())) => {
+                if let Some(sub) = self.subs.remove(&read_id) {
+                    self.shared.hub.unsubscribe(sub.mailbox, &self.waker);
+                }
+                Ok(Response::Deleted)
+            }
+            Ok(Err(_)) => Ok(Response::Error(ErrorCode::Unavailable)),
+            Err(_) => Err(End::StorageGone),
+        }
+    }
+
+    /// Pushes new messages of every mailbox with news, within the window.
+    async fn deliver(&mut self, ws: &mut WebSocket) -> Result<(), End> {
+        let dirty = self.waker.take();
+        let window = usize::from(self.shared.window);
+        let read_ids: Vec<MailboxId> = self
+            .subs
+            .iter()
+            .filter(|(_, s)| dirty.contains(&s.mailbox))
+            .map(|(id, _)| *id)
+            .collect();
+        for read_id in read_ids {
+            let Some(sub) = self.subs.get(&read_id) else {
+                continue;
+            };
+            let room = window.saturating_sub(sub.in_flight.len());
+            if room == 0 {
+                continue;
+            }
+            let (mailbox, cursor) = (sub.mailbox, sub.cursor);
+            let messages = match self.shared.storage.fetch(mailbox, cursor, room).await {
+                Ok(Ok(m)) => m,
+                Ok(Err(_)) => continue,
+                Err(_) => return Err(End::StorageGone),
+            };
+            for (message_id, blob) in messages {
+                if let Some(sub) = self.subs.get_mut(&read_id) {
+                    sub.cursor = message_id;
+                    sub.in_flight.insert(message_id);
+                }
+                let frame = ServerFrame::Deliver {
+                    read_id,
+                    message_id,
+                    blob,
+                };
+                self.send(ws, &frame).await.map_err(|()| End::Closed)?;
+                self.shared.metrics.delivered.inc();
+            }
+        }
+        Ok(())
+    }
+}

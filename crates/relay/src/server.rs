@@ -1,0 +1,317 @@
+//! Accepting connections: caps, TLS, the WebSocket upgrade, metrics, shutdown.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Extension, State, WebSocketUpgrade};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use backchannel_proto::addr::RelayAddr;
+use backchannel_proto::frame::FRAME_LEN;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::actor::{self, StorageHandle};
+use crate::config::RelayConfig;
+use crate::conn::{self, Shared};
+use crate::hub::Hub;
+use crate::identity::{Identity, IdentityError};
+use crate::limits::{self, Admission, Admitted};
+use crate::metrics::Metrics;
+use crate::storage::sqlite::SqliteStorage;
+use crate::storage::{Quota, StorageError};
+
+/// File name of the relay database in the data directory.
+pub const DATABASE_FILE: &str = "relay.db";
+
+/// Why a relay could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RelayError {
+    /// The TLS identity could not be loaded or made.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The database could not be opened.
+    #[error("cannot open the relay database: {0}")]
+    Storage(#[from] StorageError),
+    /// A listening socket could not be opened.
+    #[error("cannot listen on {0}: {1}")]
+    Listen(SocketAddr, std::io::Error),
+    /// Something else in the operating system failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The public host does not make a valid relay address.
+    #[error("the public host is not valid: {0}")]
+    Address(String),
+}
+
+/// A relay that is running.
+pub struct RunningRelay {
+    /// Its address, with the certificate fingerprint.
+    pub address: RelayAddr,
+    /// The socket address it listens on.
+    pub local_addr: SocketAddr,
+    /// The metrics socket address, if serving metrics.
+    pub metrics_addr: Option<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl RunningRelay {
+    /// Stops accepting, lets connections finish what is in flight (up to the grace
+    /// period), flushes storage, and returns when all is done.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Returns when the relay has stopped (after [`RunningRelay::shutdown`] from
+    /// elsewhere, or on a fatal error).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+
+    /// A handle that triggers the shutdown.
+    pub fn shutdown_handle(&self) -> watch::Sender<bool> {
+        self.shutdown.clone()
+    }
+}
+
+/// Computes the relay's address from its certificate and configuration, without
+/// starting it (`backchannel relay address`).
+pub fn address(config: &RelayConfig) -> Result<RelayAddr, RelayError> {
+    let identity = Identity::load_or_create(&config.data_dir)?;
+    relay_address(config, &identity, config.listen)
+}
+
+fn relay_address(
+    config: &RelayConfig,
+    identity: &Identity,
+    local: SocketAddr,
+) -> Result<RelayAddr, RelayError> {
+    let host = match &config.public_host {
+        Some(host) => host.clone(),
+        None if local.ip().is_unspecified() => IpAddr::from([127, 0, 0, 1]).to_string(),
+        None => local.ip().to_string(),
+    };
+    RelayAddr::new(identity.fingerprint(), &host, local.port())
+        .map_err(|e| RelayError::Address(e.to_string()))
+}
+
+/// Starts a relay and returns once it listens.
+pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let identity = Identity::load_or_create(&config.data_dir)?;
+    let tls = TlsAcceptor::from(identity.server_config()?);
+    let storage = SqliteStorage::open(&config.data_dir.join(DATABASE_FILE), config.max_db_bytes)?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| RelayError::Listen(config.listen, e))?;
+    let local_addr = listener.local_addr()?;
+    let address = relay_address(&config, &identity, local_addr)?;
+
+    let metrics = Arc::new(Metrics::default());
+    let hub = Arc::new(Hub::default());
+    let quota = Quota {
+        messages: config.quota_messages,
+        bytes: config.quota_bytes,
+    };
+    let (storage, storage_thread) = actor::spawn(
+        storage,
+        quota,
+        config.batch_max,
+        hub.clone(),
+        metrics.clone(),
+    )?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let metrics_addr = match config.metrics_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| RelayError::Listen(addr, e))?;
+            let local = listener.local_addr()?;
+            let app = Router::new()
+                .route("/metrics", get(metrics_page))
+                .route("/health", get(health_page))
+                .with_state(metrics.clone());
+            let mut stop = shutdown_rx.clone();
+            tokio::spawn(async move {
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.changed().await;
+                    })
+                    .await;
+            });
+            Some(local)
+        }
+        None => None,
+    };
+
+    let shared = Arc::new(Shared {
+        storage: storage.clone(),
+        hub,
+        metrics: metrics.clone(),
+        limits: config.limits,
+        window: config.window,
+        idle_timeout: config.idle_timeout,
+        message_ttl: config.message_ttl,
+        shutdown: shutdown_rx.clone(),
+    });
+    let sweeper = spawn_sweeper(storage.clone(), config.sweep_interval, shutdown_rx.clone());
+    let task = tokio::spawn(accept_loop(
+        listener,
+        tls,
+        shared,
+        config.clone(),
+        shutdown_rx,
+        storage,
+        storage_thread,
+        sweeper,
+    ));
+    tracing::info!("relay listening");
+    Ok(RunningRelay {
+        address,
+        local_addr,
+        metrics_addr,
+        shutdown: shutdown_tx,
+        task,
+    })
+}
+
+fn spawn_sweeper(
+    storage: StorageHandle,
+    every: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => storage.expire(conn::now_ms()).await,
+                _ = shutdown.changed() => break,
+            }
+        }
+    })
+}
+
+/// Slot for the connection's admission, taken by the WebSocket handler.
+type Slot = Arc<Mutex<Option<Admitted>>>;
+
+#[allow(clippy::too_many_arguments)]
+async fn accept_loop(
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    shared: Arc<Shared>,
+    config: RelayConfig,
+    mut shutdown: watch::Receiver<bool>,
+    storage: StorageHandle,
+    storage_thread: std::thread::JoinHandle<()>,
+    sweeper: JoinHandle<()>,
+) {
+    let admission = Admission::new(config.limits);
+    let app = Router::new()
+        .route("/v1", get(upgrade))
+        .with_state(shared.clone());
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let Some(admitted) = limits::admit(&admission, peer.ip(), &shared.metrics) else {
+            shared.metrics.connections_refused.inc();
+            drop(tcp);
+            continue;
+        };
+        shared.metrics.connections_accepted.inc();
+        let _ = tcp.set_nodelay(true);
+        let tls = tls.clone();
+        let slot: Slot = Arc::new(Mutex::new(Some(admitted)));
+        let service = app.clone().layer(Extension(slot));
+        let metrics = shared.metrics.clone();
+        let handshake_timeout = config.handshake_timeout;
+        tokio::spawn(async move {
+            let Ok(Ok(stream)) = tokio::time::timeout(handshake_timeout, tls.accept(tcp)).await
+            else {
+                metrics.handshake_failures.inc();
+                return;
+            };
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(handshake_timeout)
+                .max_buf_size(16 * 1024);
+            let served = builder
+                .serve_connection_with_upgrades(
+                    TokioIo::new(stream),
+                    TowerToHyperService::new(service),
+                )
+                .await;
+            if served.is_err() {
+                metrics.handshake_failures.inc();
+            }
+        });
+    }
+    tracing::info!("relay stopping: no longer accepting connections");
+    drop(listener);
+    // Connections see the shutdown signal, answer what is in flight and close.
+    let deadline = tokio::time::Instant::now() + config.shutdown_grace;
+    while shared.metrics.connections_open.get() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = sweeper.await;
+    // The storage thread ends once every handle is gone, after its queue is done.
+    drop(storage);
+    drop(shared);
+    drop(app);
+    let _ = tokio::task::spawn_blocking(move || storage_thread.join()).await;
+    tracing::info!("relay stopped");
+}
+
+async fn upgrade(
+    ws: WebSocketUpgrade,
+    State(shared): State<Arc<Shared>>,
+    Extension(slot): Extension<Slot>,
+) -> Response {
+    let admitted = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+    let Some(admitted) = admitted else {
+        return StatusCode::TOO_MANY_REQUESTS.into_response();
+    };
+    if *shared.shutdown.borrow() {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    ws.max_message_size(FRAME_LEN)
+        .max_frame_size(FRAME_LEN)
+        .on_upgrade(move |socket| conn::serve(socket, shared, admitted))
+}
+
+async fn metrics_page(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        metrics.render(),
+    )
+}
+
+async fn health_page(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    if metrics.healthy.get() == 1 {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "storage failing\n")
+    }
+}

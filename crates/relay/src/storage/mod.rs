@@ -1,0 +1,119 @@
+//! The relay's storage contract, and its SQLite implementation.
+//!
+//! The contract is written for one writer thread that batches appends (group
+//! commit): [`RelayStorage::append_batch`] stores a whole batch in one durable
+//! transaction, and returns only once it is on disk. A PostgreSQL implementation
+//! fits the same contract (one transaction per batch, `synchronous_commit = on`).
+//!
+//! Contract: `Ok(None)` means absent; `Err` means the store failed and nothing of the
+//! failed call was stored; a delete is irrevocable.
+
+pub mod sqlite;
+
+use backchannel_proto::addr::MailboxId;
+use backchannel_proto::frame::Blob;
+
+/// The relay's internal key of a mailbox.
+pub type MailboxKey = i64;
+
+/// A mailbox as stored.
+#[derive(Clone, Debug)]
+pub struct Mailbox {
+    /// Internal key.
+    pub key: MailboxKey,
+    /// The recipient's Ed25519 public key.
+    pub auth_key: [u8; 32],
+    /// Messages held now.
+    pub count: u64,
+}
+
+/// A message to store.
+pub struct Append {
+    /// The mailbox's send identifier.
+    pub send_id: MailboxId,
+    /// The blob.
+    pub blob: Blob,
+    /// When the message expires (milliseconds since the Unix epoch).
+    pub expires_at: u64,
+}
+
+/// What happened to one append of a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Stored under this message identifier, in this mailbox.
+    Stored {
+        /// The mailbox.
+        mailbox: MailboxKey,
+        /// The message.
+        message_id: u64,
+    },
+    /// No mailbox has this send identifier.
+    UnknownMailbox,
+    /// The mailbox is at its quota.
+    QuotaExceeded,
+}
+
+/// Limits per mailbox.
+#[derive(Clone, Copy, Debug)]
+pub struct Quota {
+    /// Most messages held.
+    pub messages: u64,
+    /// Most bytes held (messages are all one size; this caps them too).
+    pub bytes: u64,
+}
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// SQLite failed (disk full, read-only, I/O error, ...).
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// Stored data is not what it should be.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(&'static str),
+}
+
+/// Counts for metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counts {
+    /// Mailboxes.
+    pub mailboxes: u64,
+    /// Messages held.
+    pub messages: u64,
+}
+
+/// The relay's storage.
+pub trait RelayStorage: Send + 'static {
+    /// Registers a mailbox.
+    fn create_mailbox(
+        &mut self,
+        send_id: &MailboxId,
+        read_id: &MailboxId,
+        auth_key: &[u8; 32],
+        now: u64,
+    ) -> Result<(), StorageError>;
+    /// A mailbox by its read identifier.
+    fn mailbox_by_read(&mut self, read_id: &MailboxId) -> Result<Option<Mailbox>, StorageError>;
+    /// Stores a batch in one durable transaction; one outcome per append, in order.
+    fn append_batch(
+        &mut self,
+        batch: &[Append],
+        quota: Quota,
+    ) -> Result<Vec<AppendOutcome>, StorageError>;
+    /// Messages of a mailbox with identifiers above `after`, oldest first.
+    fn fetch(
+        &mut self,
+        mailbox: MailboxKey,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Blob)>, StorageError>;
+    /// Deletes one message (no error if it is gone already).
+    fn delete_message(&mut self, mailbox: MailboxKey, message_id: u64) -> Result<(), StorageError>;
+    /// Deletes a mailbox and its messages.
+    fn delete_mailbox(&mut self, mailbox: MailboxKey) -> Result<(), StorageError>;
+    /// Deletes every message that expired at or before `now`; returns how many.
+    fn expire(&mut self, now: u64) -> Result<u64, StorageError>;
+    /// Counts for metrics.
+    fn counts(&mut self) -> Result<Counts, StorageError>;
+}

@@ -1,0 +1,308 @@
+//! SQLite storage: WAL journal, `synchronous = FULL` (every commit is fsynced),
+//! `secure_delete` (deleted blobs are overwritten).
+
+use std::path::Path;
+
+use backchannel_proto::addr::MailboxId;
+use backchannel_proto::envelope::BLOB_LEN;
+use backchannel_proto::frame::Blob;
+use rusqlite::{Connection, OptionalExtension as _, params};
+
+use super::{
+    Append, AppendOutcome, Counts, Mailbox, MailboxKey, Quota, RelayStorage, StorageError,
+};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS mailboxes (
+    key INTEGER PRIMARY KEY,
+    send_id BLOB NOT NULL UNIQUE,
+    read_id BLOB NOT NULL UNIQUE,
+    auth_key BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    count INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    mailbox INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL,
+    blob BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS messages_by_mailbox ON messages (mailbox, id);
+CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages (expires_at);
+";
+
+/// The SQLite store.
+pub struct SqliteStorage {
+    conn: Connection,
+}
+
+impl SqliteStorage {
+    /// Opens (creating if needed) the database at `path`. `max_bytes`, if set, caps
+    /// the database size: past it, writes fail as on a full disk.
+    pub fn open(path: &Path, max_bytes: Option<u64>) -> Result<Self, StorageError> {
+        let conn = Connection::open(path)?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;
+             PRAGMA secure_delete = ON;
+             PRAGMA foreign_keys = ON;",
+        )?;
+        if let Some(max) = max_bytes {
+            let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+            let pages = (max / page_size.max(512) as u64).max(16);
+            conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
+        }
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self { conn })
+    }
+}
+
+fn to_blob(bytes: Vec<u8>) -> Result<Blob, StorageError> {
+    let array: [u8; BLOB_LEN] = bytes
+        .try_into()
+        .map_err(|_| StorageError::Corrupt("a stored blob has the wrong size"))?;
+    Ok(Box::new(array))
+}
+
+impl RelayStorage for SqliteStorage {
+    fn create_mailbox(
+        &mut self,
+        send_id: &MailboxId,
+        read_id: &MailboxId,
+        auth_key: &[u8; 32],
+        now: u64,
+    ) -> Result<(), StorageError> {
+        self.conn.execute(
+            "INSERT INTO mailboxes (send_id, read_id, auth_key, created_at) VALUES (?1, ?2, ?3, ?4)",
+            params![&send_id.0[..], &read_id.0[..], &auth_key[..], now as i64],
+        )?;
+        Ok(())
+    }
+
+    fn mailbox_by_read(&mut self, read_id: &MailboxId) -> Result<Option<Mailbox>, StorageError> {
+        let row: Option<(i64, Vec<u8>, i64)> = self
+            .conn
+            .query_row(
+                "SELECT key, auth_key, count FROM mailboxes WHERE read_id = ?1",
+                [&read_id.0[..]],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        row.map(|(key, auth_key, count)| {
+            Ok(Mailbox {
+                key,
+                auth_key: auth_key.try_into().map_err(|_| {
+                    StorageError::Corrupt("an authorisation key has the wrong size")
+                })?,
+                count: count.max(0) as u64,
+            })
+        })
+        .transpose()
+    }
+
+    fn append_batch(
+        &mut self,
+        batch: &[Append],
+        quota: Quota,
+    ) -> Result<Vec<AppendOutcome>, StorageError> {
+        let tx = self.conn.transaction()?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        {
+            let mut find =
+                tx.prepare_cached("SELECT key, count FROM mailboxes WHERE send_id = ?1")?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO messages (mailbox, expires_at, blob) VALUES (?1, ?2, ?3)",
+            )?;
+            let mut bump =
+                tx.prepare_cached("UPDATE mailboxes SET count = count + 1 WHERE key = ?1")?;
+            let max_messages = quota.messages.min(quota.bytes / BLOB_LEN as u64);
+            for append in batch {
+                let found: Option<(i64, i64)> = find
+                    .query_row([&append.send_id.0[..]], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                let Some((mailbox, count)) = found else {
+                    outcomes.push(AppendOutcome::UnknownMailbox);
+                    continue;
+                };
+                if count.max(0) as u64 >= max_messages {
+                    outcomes.push(AppendOutcome::QuotaExceeded);
+                    continue;
+                }
+                insert.execute(params![mailbox, append.expires_at as i64, &append.blob[..]])?;
+                let message_id = tx.last_insert_rowid() as u64;
+                bump.execute([mailbox])?;
+                outcomes.push(AppendOutcome::Stored {
+                    mailbox,
+                    message_id,
+                });
+            }
+        }
+        // With synchronous = FULL this returns after the WAL is fsynced.
+        tx.commit()?;
+        Ok(outcomes)
+    }
+
+    fn fetch(
+        &mut self,
+        mailbox: MailboxKey,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Blob)>, StorageError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, blob FROM messages WHERE mailbox = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![mailbox, after as i64, limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, blob) = row?;
+            out.push((id as u64, to_blob(blob)?));
+        }
+        Ok(out)
+    }
+
+    fn delete_message(&mut self, mailbox: MailboxKey, message_id: u64) -> Result<(), StorageError> {
+        let tx = self.conn.transaction()?;
+        let deleted = tx.execute(
+            "DELETE FROM messages WHERE mailbox = ?1 AND id = ?2",
+            params![mailbox, message_id as i64],
+        )?;
+        if deleted > 0 {
+            tx.execute(
+                "UPDATE mailboxes SET count = count - ?1 WHERE key = ?2",
+                params![deleted as i64, mailbox],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn delete_mailbox(&mut self, mailbox: MailboxKey) -> Result<(), StorageError> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM messages WHERE mailbox = ?1", [mailbox])?;
+        tx.execute("DELETE FROM mailboxes WHERE key = ?1", [mailbox])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn expire(&mut self, now: u64) -> Result<u64, StorageError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE mailboxes SET count = count - (
+                 SELECT count(*) FROM messages WHERE messages.mailbox = mailboxes.key AND expires_at <= ?1)
+             WHERE key IN (SELECT mailbox FROM messages WHERE expires_at <= ?1)",
+            [now as i64],
+        )?;
+        let deleted = tx.execute("DELETE FROM messages WHERE expires_at <= ?1", [now as i64])?;
+        tx.commit()?;
+        Ok(deleted as u64)
+    }
+
+    fn counts(&mut self) -> Result<Counts, StorageError> {
+        let mailboxes: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM mailboxes", [], |r| r.get(0))?;
+        let messages: i64 =
+            self.conn
+                .query_row("SELECT coalesce(sum(count), 0) FROM mailboxes", [], |r| {
+                    r.get(0)
+                })?;
+        Ok(Counts {
+            mailboxes: mailboxes.max(0) as u64,
+            messages: messages.max(0) as u64,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn blob(b: u8) -> Blob {
+        Box::new([b; BLOB_LEN])
+    }
+
+    const QUOTA: Quota = Quota {
+        messages: 3,
+        bytes: u64::MAX,
+    };
+
+    #[test]
+    fn append_fetch_delete_expire() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = SqliteStorage::open(&tmp.path().join("r.db"), None).unwrap();
+        let (send, read) = (MailboxId([1; 16]), MailboxId([2; 16]));
+        s.create_mailbox(&send, &read, &[3; 32], 0).unwrap();
+        let mb = s.mailbox_by_read(&read).unwrap().unwrap();
+        assert_eq!(mb.auth_key, [3; 32]);
+        assert!(
+            s.mailbox_by_read(&send).unwrap().is_none(),
+            "send id does not read"
+        );
+
+        let batch: Vec<Append> = (0..4)
+            .map(|i| Append {
+                send_id: send,
+                blob: blob(i),
+                expires_at: 100 + u64::from(i),
+            })
+            .chain([Append {
+                send_id: MailboxId([9; 16]),
+                blob: blob(9),
+                expires_at: 0,
+            }])
+            .collect();
+        let out = s.append_batch(&batch, QUOTA).unwrap();
+        assert!(matches!(out[0], AppendOutcome::Stored { .. }));
+        assert!(matches!(out[2], AppendOutcome::Stored { .. }));
+        assert_eq!(out[3], AppendOutcome::QuotaExceeded);
+        assert_eq!(out[4], AppendOutcome::UnknownMailbox);
+
+        let msgs = s.fetch(mb.key, 0, 10).unwrap();
+        assert_eq!(msgs.len(), 3);
+        assert!(msgs.windows(2).all(|w| w[0].0 < w[1].0), "in order");
+        assert_eq!(msgs[1].1[0], 1);
+        s.delete_message(mb.key, msgs[0].0).unwrap();
+        s.delete_message(mb.key, msgs[0].0).unwrap();
+        assert_eq!(s.fetch(mb.key, 0, 10).unwrap().len(), 2);
+        assert_eq!(s.counts().unwrap().messages, 2);
+        assert_eq!(s.expire(101).unwrap(), 1);
+        assert_eq!(s.counts().unwrap().messages, 1);
+        s.delete_mailbox(mb.key).unwrap();
+        assert!(s.mailbox_by_read(&read).unwrap().is_none());
+        assert_eq!(s.counts().unwrap().messages, 0);
+    }
+
+    #[test]
+    fn a_full_database_fails_the_batch_and_stores_nothing_of_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = SqliteStorage::open(&tmp.path().join("r.db"), Some(128 * 1024)).unwrap();
+        let send = MailboxId([1; 16]);
+        s.create_mailbox(&send, &MailboxId([2; 16]), &[3; 32], 0)
+            .unwrap();
+        let quota = Quota {
+            messages: u64::MAX,
+            bytes: u64::MAX,
+        };
+        let mut stored = 0;
+        let error = loop {
+            let batch: Vec<Append> = (0..5)
+                .map(|i| Append {
+                    send_id: send,
+                    blob: blob(i),
+                    expires_at: u64::MAX / 2,
+                })
+                .collect();
+            match s.append_batch(&batch, quota) {
+                Ok(out) => stored += out.len(),
+                Err(e) => break e,
+            }
+            assert!(stored < 1000, "the cap never took effect");
+        };
+        assert!(error.to_string().contains("full"), "{error}");
+        let mb = s.mailbox_by_read(&MailboxId([2; 16])).unwrap().unwrap();
+        assert_eq!(s.fetch(mb.key, 0, 10_000).unwrap().len(), stored);
+    }
+}
