@@ -78,9 +78,13 @@ pub enum Output {
     Event(Event),
 }
 
-/// One blob for one mailbox.
-#[derive(Clone, Debug)]
+/// One blob for one mailbox. It is in the store's outbox (under `id`) from the
+/// moment the input that produced it commits; remove it once the relay has stored
+/// it ([`EngineStore::remove_transmit`]).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Transmit {
+    /// Its place in the outbox.
+    pub id: u64,
     /// The channel it belongs to.
     pub channel: ChannelId,
     /// The recipient's mailbox.
@@ -332,6 +336,7 @@ impl<S: Storage> Engine<S> {
             };
             let policy = ChannelPolicy {
                 admin: signer.public().to_vec(),
+                title: name.to_owned(),
                 disappearing_secs: 0,
                 expires_at: 0,
             };
@@ -422,14 +427,16 @@ impl<S: Storage> Engine<S> {
     }
 
     /// Joins a channel from a welcome made for one of our key packages, under the
-    /// local name `name`.
+    /// local name `name` (by default the title its creator gave it).
     pub fn join(
         &mut self,
         now: Timestamp,
-        name: &str,
+        name: Option<&str>,
         welcome: &[u8],
     ) -> Result<ChannelId, CommandError> {
-        self.check_local_name(name)?;
+        if let Some(name) = name {
+            self.check_local_name(name)?;
+        }
         let invalid = |e: &dyn std::fmt::Display| CommandError::InvalidWelcome(e.to_string());
         let message = MlsMessageIn::tls_deserialize_exact(welcome).map_err(|e| invalid(&e))?;
         let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
@@ -457,6 +464,13 @@ impl<S: Storage> Engine<S> {
                 .unknown(CHANNEL_POLICY_EXTENSION)
                 .ok_or_else(|| CommandError::InvalidWelcome("it has no Backchannel policy".into()))
                 .and_then(|ext| ChannelPolicy::decode(&ext.0).map_err(|e| invalid(&e)))?;
+            let name = match name {
+                Some(name) => name.to_owned(),
+                None => {
+                    engine.check_local_name(&policy.title)?;
+                    policy.title.clone()
+                }
+            };
             let inviter = staged.welcome_sender().map_err(internal)?;
             if inviter.signature_key().as_slice() != policy.admin.as_slice() {
                 return Err(CommandError::InvalidWelcome(
@@ -513,7 +527,7 @@ impl<S: Storage> Engine<S> {
             }
             let record = ChannelRecord {
                 id,
-                name: name.to_owned(),
+                name,
                 suite: kp.suite,
                 own_member: member_id(&own_key),
                 signature_key: own_key,
@@ -537,6 +551,7 @@ impl<S: Storage> Engine<S> {
             channel.enter_epoch(&mut ctx)?;
             ctx.event(Event::Joined {
                 channel: id,
+                title: policy.title.clone(),
                 by: inviter_name,
             });
             engine.channels.insert(id, channel);
@@ -629,21 +644,34 @@ impl<S: Storage> Engine<S> {
         channel: &ChannelId,
         blob: &[u8],
     ) -> Result<(), CommandError> {
+        self.handle_incoming_then(now, channel, blob, |_| Ok(()))
+    }
+
+    /// Like [`Engine::handle_incoming`], and runs `also` in the same transaction: the
+    /// driver records there that it has processed this delivery, so that a crash
+    /// cannot leave the blob applied but unrecorded, or recorded but unapplied.
+    pub fn handle_incoming_then(
+        &mut self,
+        now: Timestamp,
+        channel: &ChannelId,
+        blob: &[u8],
+        also: impl FnOnce(&S) -> Result<(), <S as EngineStore>::Error>,
+    ) -> Result<(), CommandError> {
         if !self.channels.contains_key(channel) {
             return Err(CommandError::UnknownChannel(channel.to_string()));
         }
         self.transact(|engine| {
-            let Some(ch) = engine.channels.get_mut(channel) else {
-                return Ok(());
-            };
-            let mut ctx = Ctx {
-                backend: &engine.backend,
-                config: &engine.config,
-                staged: &mut engine.staged,
-                now,
-            };
-            ch.receive_blob(&mut ctx, blob.to_vec())?;
-            ch.drain_pending(&mut ctx)
+            if let Some(ch) = engine.channels.get_mut(channel) {
+                let mut ctx = Ctx {
+                    backend: &engine.backend,
+                    config: &engine.config,
+                    staged: &mut engine.staged,
+                    now,
+                };
+                ch.receive_blob(&mut ctx, blob.to_vec())?;
+                ch.drain_pending(&mut ctx)?;
+            }
+            also(engine.backend.store()).map_err(store_err)
         })
     }
 
@@ -720,6 +748,13 @@ impl<S: Storage> Engine<S> {
     ) -> Result<T, CommandError> {
         self.store().begin().map_err(store_err)?;
         let result = f(self).and_then(|value| {
+            // Whatever is to be sent goes into the outbox in the same transaction.
+            let store = self.backend.store();
+            for output in &mut self.staged {
+                if let Output::Transmit(t) = output {
+                    t.id = store.enqueue_transmit(t).map_err(store_err)?;
+                }
+            }
             self.store().commit().map_err(store_err)?;
             Ok(value)
         });
@@ -873,6 +908,7 @@ impl Channel {
                 let blob = seal::seal(key, nonce, &fragment.encode())
                     .ok_or_else(|| internal("sealing failed"))?;
                 ctx.staged.push(Output::Transmit(Transmit {
+                    id: 0,
                     channel: self.record.id,
                     to: to.clone(),
                     blob,

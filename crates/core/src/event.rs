@@ -15,6 +15,8 @@ pub enum Event {
     Joined {
         /// The channel.
         channel: ChannelId,
+        /// The channel's title, as its creator named it.
+        title: String,
         /// Who added us.
         by: String,
     },

@@ -77,6 +77,13 @@ pub trait EngineStore {
     /// Removes a pending input.
     fn remove_pending(&self, channel: &ChannelId, id: u64) -> Result<(), Self::Error>;
 
+    /// Puts a blob to send into the outbox; returns its identifier.
+    fn enqueue_transmit(&self, transmit: &crate::Transmit) -> Result<u64, Self::Error>;
+    /// Everything in the outbox, oldest first.
+    fn outbox(&self) -> Result<Vec<crate::Transmit>, Self::Error>;
+    /// Removes a blob from the outbox (the relay has stored it).
+    fn remove_transmit(&self, id: u64) -> Result<(), Self::Error>;
+
     /// Remembers the identity behind a key package until its welcome arrives.
     fn save_key_package_record(&self, record: &KeyPackageRecord) -> Result<(), Self::Error>;
     /// Every key package not yet used.

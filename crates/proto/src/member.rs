@@ -66,6 +66,9 @@ impl MemberInfo {
 pub struct ChannelPolicy {
     /// Signature public key of the member allowed to commit changes.
     pub admin: Vec<u8>,
+    /// The channel's title, as its creator named it (members may name it otherwise
+    /// locally).
+    pub title: String,
     /// Messages are erased this many seconds after they were sent; 0 keeps them.
     pub disappearing_secs: u64,
     /// The channel ends at this time (milliseconds since the Unix epoch); 0 never.
@@ -78,6 +81,7 @@ impl ChannelPolicy {
         let mut w = Writer::default();
         w.u8(CHANNEL_POLICY_VERSION);
         w.bytes8(&self.admin);
+        w.bytes8(self.title.as_bytes());
         w.u64(self.disappearing_secs);
         w.u64(self.expires_at);
         w.bytes
@@ -94,11 +98,14 @@ impl ChannelPolicy {
         if admin.is_empty() {
             return Err(DecodeError::InvalidValue("administrator key"));
         }
+        let title = r.str8(MAX_NAME_LEN)?;
+        check_name(title).map_err(|_| DecodeError::InvalidValue("channel title"))?;
         let disappearing_secs = r.u64()?;
         let expires_at = r.u64()?;
         r.finish()?;
         Ok(Self {
             admin,
+            title: title.to_owned(),
             disappearing_secs,
             expires_at,
         })

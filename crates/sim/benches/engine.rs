@@ -325,7 +325,7 @@ fn bench_messages(c: &mut Criterion, suite: Suite) {
         .key_package(Timestamp(0), "bob", suite, mailbox(2))
         .unwrap();
     let welcome = alice.add_member(Timestamp(0), "c", &kp).unwrap();
-    let channel = bob.join(Timestamp(0), "c", &welcome).unwrap();
+    let channel = bob.join(Timestamp(0), Some("c"), &welcome).unwrap();
     drain(&mut alice);
     drain(&mut bob);
     let (sa, sb) = (sqlcipher(), sqlcipher());

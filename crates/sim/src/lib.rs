@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 
 use backchannel_core::mls::Suite;
+use backchannel_core::store::EngineStore as _;
 use backchannel_core::{
     Alert, ChannelId, Engine, EngineConfig, Event, Output, Timestamp, Transmit,
 };
@@ -238,7 +239,7 @@ impl Sim {
         self.collect(admin);
         let id = self.nodes[joiner]
             .engine
-            .join(now, channel, &welcome)
+            .join(now, Some(channel), &welcome)
             .unwrap();
         self.bind(&mailbox, id);
         self.collect(joiner);
@@ -259,7 +260,11 @@ impl Sim {
     pub fn collect(&mut self, node: usize) {
         while let Some(output) = self.nodes[node].engine.poll_output() {
             match output {
-                Output::Transmit(transmit) => self.enqueue(node, transmit),
+                Output::Transmit(transmit) => {
+                    // The simulated network takes it at once: out of the outbox.
+                    self.nodes[node].engine.store().remove_transmit(transmit.id).unwrap();
+                    self.enqueue(node, transmit);
+                }
                 Output::Event(event) => self.nodes[node].events.push(event),
                 _ => {}
             }

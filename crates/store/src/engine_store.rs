@@ -2,7 +2,7 @@
 //! inputs and key-package identities. Records are stored as JSON inside the
 //! encrypted database, with the columns needed for lookups beside them.
 
-use backchannel_core::ChannelId;
+use backchannel_core::{ChannelId, Transmit};
 use backchannel_core::derive::MemberId;
 use backchannel_core::store::{
     ChannelRecord, EngineStore, KeyPackageRecord, MemberRecord, MessageRecord, PendingItem,
@@ -211,6 +211,32 @@ impl EngineStore for Store {
             "DELETE FROM pending WHERE channel = ?1 AND id = ?2",
             params![&channel.0[..], id as i64],
         )?;
+        Ok(())
+    }
+
+    fn enqueue_transmit(&self, transmit: &Transmit) -> Result<u64, StoreError> {
+        self.conn.execute(
+            "INSERT INTO outbox (record) VALUES (?1)",
+            [serde_json::to_string(transmit)?],
+        )?;
+        Ok(self.conn.last_insert_rowid() as u64)
+    }
+
+    fn outbox(&self) -> Result<Vec<Transmit>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT id, record FROM outbox ORDER BY id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, record) = row?;
+            let mut transmit: Transmit = serde_json::from_str(&record)?;
+            transmit.id = id as u64;
+            out.push(transmit);
+        }
+        Ok(out)
+    }
+
+    fn remove_transmit(&self, id: u64) -> Result<(), StoreError> {
+        self.conn.execute("DELETE FROM outbox WHERE id = ?1", [id as i64])?;
         Ok(())
     }
 

@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod client_tables;
 mod engine_store;
 mod kdf;
 mod mls_storage;
@@ -34,6 +35,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension as _};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+pub use client_tables::{AlertRecord, MailboxRecord};
 pub use kdf::{KEY_CHECK_LABEL, KdfParams};
 pub use schema::SCHEMA_VERSION;
 

@@ -5,7 +5,7 @@
 //! version. A database newer than this build is refused, never downgraded.
 
 /// Migrations, in order; `MIGRATIONS[n]` takes version `n` to `n + 1`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The version this build writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -55,5 +55,30 @@ CREATE INDEX pending_by_channel ON pending (channel, id);
 CREATE TABLE key_packages (
     signature_key BLOB PRIMARY KEY,
     record TEXT NOT NULL
+);
+";
+
+/// Version 2: the client driver's tables — the outbox of blobs to send, our inbound
+/// mailboxes with their keys, and alerts not yet shown.
+const V2: &str = "
+CREATE TABLE outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    record TEXT NOT NULL
+);
+CREATE TABLE mailboxes (
+    read_id BLOB PRIMARY KEY,
+    send_id BLOB NOT NULL UNIQUE,
+    relay TEXT NOT NULL,
+    auth_seed BLOB NOT NULL,
+    channel BLOB,
+    last_processed INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE alerts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel BLOB NOT NULL,
+    created_at INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    shown INTEGER NOT NULL DEFAULT 0
 );
 ";

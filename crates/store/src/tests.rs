@@ -165,6 +165,9 @@ fn migration_from_an_empty_database_reaches_the_current_schema() {
             "messages",
             "pending",
             "key_packages",
+            "outbox",
+            "mailboxes",
+            "alerts",
         ] {
             conn.execute_batch(&format!("DROP TABLE {table}")).unwrap();
         }
