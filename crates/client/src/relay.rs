@@ -291,11 +291,12 @@ impl RelayClient {
     }
 
     /// Subscribes to a mailbox: its messages arrive on [`RelayClient::deliveries`].
+    /// Returns how many messages the mailbox held (they are delivered first).
     pub async fn subscribe(
         &self,
         read_id: MailboxId,
         key: &SigningKey,
-    ) -> Result<(), RelayClientError> {
+    ) -> Result<u64, RelayClientError> {
         let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let signature = key
             .sign(&auth_message(
@@ -305,10 +306,13 @@ impl RelayClient {
                 &read_id,
             ))
             .to_bytes();
-        let response = self
+        match self
             .request_with_id(request_id, Request::Subscribe { read_id, signature })
-            .await?;
-        expect(response, |r| matches!(r, Response::Subscribed))
+            .await?
+        {
+            Response::Subscribed { backlog } => Ok(backlog),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// Deletes a delivered message.

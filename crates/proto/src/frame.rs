@@ -100,8 +100,12 @@ pub enum Response {
     },
     /// The blob is durable.
     Stored,
-    /// Subscribed; deliveries follow.
-    Subscribed,
+    /// Subscribed; deliveries follow, starting with the `backlog` messages the
+    /// mailbox held at that moment.
+    Subscribed {
+        /// Messages held when the subscription started.
+        backlog: u64,
+    },
     /// The message is deleted (or was already gone).
     Acked,
     /// The mailbox is deleted.
@@ -356,7 +360,10 @@ impl ServerFrame {
                         w.put(&read_id.0);
                     }
                     Response::Stored => w.u8(3),
-                    Response::Subscribed => w.u8(4),
+                    Response::Subscribed { backlog } => {
+                        w.u8(4);
+                        w.u64(*backlog);
+                    }
                     Response::Acked => w.u8(5),
                     Response::Deleted => w.u8(6),
                     Response::Error(code) => {
@@ -397,7 +404,9 @@ impl ServerFrame {
                         read_id: MailboxId(r.array()?),
                     },
                     3 => Response::Stored,
-                    4 => Response::Subscribed,
+                    4 => Response::Subscribed {
+                        backlog: r.u64()?,
+                    },
                     5 => Response::Acked,
                     6 => Response::Deleted,
                     7 => Response::Error(ErrorCode::from_code(r.u8()?)?),
@@ -471,7 +480,7 @@ mod tests {
                 read_id: MailboxId([4; 16]),
             },
             Response::Stored,
-            Response::Subscribed,
+            Response::Subscribed { backlog: 12 },
             Response::Acked,
             Response::Deleted,
             Response::Error(ErrorCode::Malformed),

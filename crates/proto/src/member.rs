@@ -166,16 +166,21 @@ mod tests {
     fn policy_known_encoding() {
         let policy = ChannelPolicy {
             admin: vec![8; 32],
+            title: "ops".into(),
             disappearing_secs: 3600,
             expires_at: 0,
         };
         let bytes = policy.encode();
-        assert_eq!(bytes.len(), 1 + 1 + 32 + 8 + 8);
+        assert_eq!(bytes.len(), 1 + 1 + 32 + 1 + 3 + 8 + 8);
         assert_eq!(&bytes[..2], &[1, 32]);
+        assert_eq!(&bytes[34..38], &[3, b'o', b'p', b's']);
         assert_eq!(ChannelPolicy::decode(&bytes).unwrap(), policy);
-        assert!(
-            ChannelPolicy::decode(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).is_err()
-        );
+        let mut no_admin = vec![1, 0];
+        no_admin.extend([0; 17]);
+        assert!(ChannelPolicy::decode(&no_admin).is_err());
+        let mut no_title = bytes.clone();
+        no_title[34] = 0;
+        assert!(ChannelPolicy::decode(&no_title).is_err());
     }
 
     #[test]

@@ -206,7 +206,7 @@ impl Connection {
                         expires_at: now_ms().saturating_add(ttl),
                     };
                     let response = match storage.append(append).await {
-                        Ok(Ok(AppendOutcome::Stored { .. })) => {
+                        Ok(Ok(AppendOutcome::Stored { .. } | AppendOutcome::Duplicate { .. })) => {
                             metrics
                                 .store_seconds
                                 .observe(started.elapsed().as_secs_f64());
@@ -279,7 +279,7 @@ impl Connection {
         request_id: u32,
         read_id: MailboxId,
         signature: [u8; 64],
-    ) -> Result<Result<MailboxKey, ErrorCode>, End> {
+    ) -> Result<Result<crate::storage::Mailbox, ErrorCode>, End> {
         let mailbox = match self.shared.storage.lookup(read_id).await {
             Ok(Ok(Some(m))) => m,
             Ok(Ok(None)) => return Ok(Err(ErrorCode::UnknownMailbox)),
@@ -294,7 +294,7 @@ impl Connection {
             })
             .unwrap_or(false);
         if valid {
-            Ok(Ok(mailbox.key))
+            Ok(Ok(mailbox))
         } else {
             self.shared.metrics.unauthorized.inc();
             Ok(Err(ErrorCode::Unauthorized))
@@ -312,11 +312,11 @@ impl Connection {
         {
             return Ok(Response::Error(ErrorCode::TooManySubscriptions));
         }
-        let mailbox = match self
+        let (mailbox, backlog) = match self
             .authorise(KIND_SUBSCRIBE, request_id, read_id, signature)
             .await?
         {
-            Ok(m) => m,
+            Ok(m) => (m.key, m.count),
             Err(code) => return Ok(Response::Error(code)),
         };
         // Subscribing again starts over: everything unacknowledged is delivered anew.
@@ -330,7 +330,7 @@ impl Connection {
         );
         self.shared.hub.subscribe(mailbox, &self.waker);
         self.waker.wake(mailbox);
-        Ok(Response::Subscribed)
+        Ok(Response::Subscribed { backlog })
     }
 
     async fn ack(&mut self, read_id: MailboxId, message_id: u64) -> Result<Response, End> {
@@ -361,7 +361,7 @@ impl Connection {
             .authorise(KIND_DELETE_MAILBOX, request_id, read_id, signature)
             .await?
         {
-            Ok(m) => m,
+            Ok(m) => m.key,
             Err(code) => return Ok(Response::Error(code)),
         };
         match self.shared.storage.delete_mailbox(mailbox).await {

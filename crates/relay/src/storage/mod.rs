@@ -47,6 +47,13 @@ pub enum AppendOutcome {
         /// The message.
         message_id: u64,
     },
+    /// This very blob was stored before (a retransmission); nothing new stored.
+    Duplicate {
+        /// The mailbox.
+        mailbox: MailboxKey,
+        /// The earlier message (0 if already delivered and deleted).
+        message_id: u64,
+    },
     /// No mailbox has this send identifier.
     UnknownMailbox,
     /// The mailbox is at its quota.

@@ -7,6 +7,7 @@ use backchannel_proto::addr::MailboxId;
 use backchannel_proto::envelope::BLOB_LEN;
 use backchannel_proto::frame::Blob;
 use rusqlite::{Connection, OptionalExtension as _, params};
+use sha2::{Digest as _, Sha256};
 
 use super::{
     Append, AppendOutcome, Counts, Mailbox, MailboxKey, Quota, RelayStorage, StorageError,
@@ -25,8 +26,19 @@ CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     mailbox INTEGER NOT NULL,
     expires_at INTEGER NOT NULL,
-    blob BLOB NOT NULL
+    digest BLOB NOT NULL,
+    blob BLOB NOT NULL,
+    UNIQUE (mailbox, digest)
 );
+-- Digests of delivered (deleted) messages, kept until they would have expired, so
+-- that a sender retrying a blob the relay already took is not stored twice.
+CREATE TABLE IF NOT EXISTS delivered (
+    mailbox INTEGER NOT NULL,
+    digest BLOB NOT NULL,
+    expires_at INTEGER NOT NULL,
+    PRIMARY KEY (mailbox, digest)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS delivered_by_expiry ON delivered (expires_at);
 CREATE INDEX IF NOT EXISTS messages_by_mailbox ON messages (mailbox, id);
 CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages (expires_at);
 ";
@@ -55,6 +67,15 @@ impl SqliteStorage {
         conn.execute_batch(SCHEMA)?;
         Ok(Self { conn })
     }
+}
+
+/// What recognises a retransmitted blob: blobs carry a random nonce, so two
+/// equal blobs are one blob sent twice.
+fn digest(blob: &Blob) -> [u8; 16] {
+    let full = Sha256::digest(&blob[..]);
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&full[..16]);
+    out
 }
 
 fn to_blob(bytes: Vec<u8>) -> Result<Blob, StorageError> {
@@ -111,7 +132,11 @@ impl RelayStorage for SqliteStorage {
             let mut find =
                 tx.prepare_cached("SELECT key, count FROM mailboxes WHERE send_id = ?1")?;
             let mut insert = tx.prepare_cached(
-                "INSERT INTO messages (mailbox, expires_at, blob) VALUES (?1, ?2, ?3)",
+                "INSERT INTO messages (mailbox, expires_at, digest, blob) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            let mut seen = tx.prepare_cached(
+                "SELECT id FROM messages WHERE mailbox = ?1 AND digest = ?2
+                 UNION ALL SELECT 0 FROM delivered WHERE mailbox = ?1 AND digest = ?2",
             )?;
             let mut bump =
                 tx.prepare_cached("UPDATE mailboxes SET count = count + 1 WHERE key = ?1")?;
@@ -124,11 +149,24 @@ impl RelayStorage for SqliteStorage {
                     outcomes.push(AppendOutcome::UnknownMailbox);
                     continue;
                 };
+                let digest = digest(&append.blob);
+                let earlier: Option<i64> = seen
+                    .query_row(params![mailbox, &digest[..]], |r| r.get(0))
+                    .optional()?;
+                if let Some(id) = earlier {
+                    // A retransmission of a blob already taken (the sender did not
+                    // see our acknowledgement): acknowledge again, store nothing.
+                    outcomes.push(AppendOutcome::Duplicate {
+                        mailbox,
+                        message_id: id.max(0) as u64,
+                    });
+                    continue;
+                }
                 if count.max(0) as u64 >= max_messages {
                     outcomes.push(AppendOutcome::QuotaExceeded);
                     continue;
                 }
-                insert.execute(params![mailbox, append.expires_at as i64, &append.blob[..]])?;
+                insert.execute(params![mailbox, append.expires_at as i64, &digest[..], &append.blob[..]])?;
                 let message_id = tx.last_insert_rowid() as u64;
                 bump.execute([mailbox])?;
                 outcomes.push(AppendOutcome::Stored {
@@ -164,6 +202,11 @@ impl RelayStorage for SqliteStorage {
 
     fn delete_message(&mut self, mailbox: MailboxKey, message_id: u64) -> Result<(), StorageError> {
         let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT OR IGNORE INTO delivered (mailbox, digest, expires_at)
+             SELECT mailbox, digest, expires_at FROM messages WHERE mailbox = ?1 AND id = ?2",
+            params![mailbox, message_id as i64],
+        )?;
         let deleted = tx.execute(
             "DELETE FROM messages WHERE mailbox = ?1 AND id = ?2",
             params![mailbox, message_id as i64],
@@ -181,6 +224,7 @@ impl RelayStorage for SqliteStorage {
     fn delete_mailbox(&mut self, mailbox: MailboxKey) -> Result<(), StorageError> {
         let tx = self.conn.transaction()?;
         tx.execute("DELETE FROM messages WHERE mailbox = ?1", [mailbox])?;
+        tx.execute("DELETE FROM delivered WHERE mailbox = ?1", [mailbox])?;
         tx.execute("DELETE FROM mailboxes WHERE key = ?1", [mailbox])?;
         tx.commit()?;
         Ok(())
@@ -195,6 +239,7 @@ impl RelayStorage for SqliteStorage {
             [now as i64],
         )?;
         let deleted = tx.execute("DELETE FROM messages WHERE expires_at <= ?1", [now as i64])?;
+        tx.execute("DELETE FROM delivered WHERE expires_at <= ?1", [now as i64])?;
         tx.commit()?;
         Ok(deleted as u64)
     }
@@ -276,6 +321,33 @@ mod tests {
     }
 
     #[test]
+    fn a_retransmitted_blob_is_stored_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = SqliteStorage::open(&tmp.path().join("r.db"), None).unwrap();
+        let (send, read) = (MailboxId([1; 16]), MailboxId([2; 16]));
+        s.create_mailbox(&send, &read, &[3; 32], 0).unwrap();
+        let append = || Append {
+            send_id: send,
+            blob: blob(7),
+            expires_at: 1000,
+        };
+        let quota = Quota {
+            messages: 100,
+            bytes: u64::MAX,
+        };
+        let first = s.append_batch(&[append()], quota).unwrap()[0];
+        let AppendOutcome::Stored { mailbox, message_id } = first else { panic!("{first:?}") };
+        let again = s.append_batch(&[append(), append()], quota).unwrap();
+        assert_eq!(again, vec![AppendOutcome::Duplicate { mailbox, message_id }; 2]);
+        // Still a duplicate after delivery and deletion, until it would have expired.
+        s.delete_message(mailbox, message_id).unwrap();
+        assert!(matches!(s.append_batch(&[append()], quota).unwrap()[0], AppendOutcome::Duplicate { .. }));
+        assert!(s.fetch(mailbox, 0, 10).unwrap().is_empty());
+        s.expire(1000).unwrap();
+        assert!(matches!(s.append_batch(&[append()], quota).unwrap()[0], AppendOutcome::Stored { .. }));
+    }
+
+    #[test]
     fn a_full_database_fails_the_batch_and_stores_nothing_of_it() {
         let tmp = tempfile::tempdir().unwrap();
         let mut s = SqliteStorage::open(&tmp.path().join("r.db"), Some(128 * 1024)).unwrap();
@@ -288,11 +360,15 @@ mod tests {
         };
         let mut stored = 0;
         let error = loop {
-            let batch: Vec<Append> = (0..5)
-                .map(|i| Append {
-                    send_id: send,
-                    blob: blob(i),
-                    expires_at: u64::MAX / 2,
+            let batch: Vec<Append> = (0..5u32)
+                .map(|i| {
+                    let mut b = blob(0);
+                    b[..4].copy_from_slice(&(stored as u32 * 5 + i).to_be_bytes());
+                    Append {
+                        send_id: send,
+                        blob: b,
+                        expires_at: u64::MAX / 2,
+                    }
                 })
                 .collect();
             match s.append_batch(&batch, quota) {
