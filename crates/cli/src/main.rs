@@ -1,1 +1,265 @@
-fn main() {}
+//! `backchannel`: the command a person runs.
+//!
+//! Profiles, channels, invitations, messages, relays, the end-to-end demo and the
+//! benchmarks. Exit codes: 0 success; 1 an error, explained in one line with what
+//! to do; 2 a usage error; 3 a security alert (tampering detected).
+
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod bench;
+mod commands;
+mod demo;
+mod output;
+mod profile;
+mod relay_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// A secure channel between people who trust neither the network, nor the relays,
+/// nor each other's facilities.
+#[derive(Parser, Debug)]
+#[command(name = "backchannel", version, about, long_about = None)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every command takes.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct Global {
+    /// The profile directory (default: $BACKCHANNEL_HOME, or the platform's data
+    /// directory).
+    #[arg(long, global = true, value_name = "DIR")]
+    home: Option<PathBuf>,
+    /// Machine-readable output: JSON (one object per line where there are several).
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create your profile (asks for a passphrase, or reads $BACKCHANNEL_PASSPHRASE).
+    Init {
+        /// The name others see by default.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Create, list and inspect channels, and add members.
+    #[command(subcommand)]
+    Channel(ChannelCommand),
+    /// Make a key package, to be added to a channel by its administrator (the offline
+    /// invitation).
+    KeyPackage {
+        /// The relay that will hold your mailbox for that channel.
+        #[arg(long, value_name = "ADDR")]
+        relay: String,
+        /// Where to write the key package.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// The name to go by in that channel (default: your profile name).
+        #[arg(long)]
+        name: Option<String>,
+        /// The channel's ciphersuite: xwing (default) or classic.
+        #[arg(long, default_value = "xwing")]
+        suite: String,
+    },
+    /// Join a channel.
+    Join {
+        /// A one-time code from `backchannel invite` (not available yet: use --welcome).
+        code: Option<String>,
+        /// A welcome file from `backchannel channel add`.
+        #[arg(long, value_name = "FILE")]
+        welcome: Option<PathBuf>,
+        /// A relay for your mailbox (used with codes).
+        #[arg(long, value_name = "ADDR")]
+        relay: Option<String>,
+        /// Your local name for the channel (default: the name its creator gave it).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Send a message.
+    Send {
+        /// The channel.
+        name: String,
+        /// The text.
+        text: String,
+    },
+    /// Show new messages (and any security alert).
+    Read {
+        /// The channel.
+        name: String,
+        /// Keep running and show messages as they arrive.
+        #[arg(long)]
+        follow: bool,
+        /// Show the whole history, not only what is new.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Remove a member from a channel you administer.
+    Remove {
+        /// The channel.
+        name: String,
+        /// The member's name.
+        member: String,
+    },
+    /// Leave a channel.
+    Leave {
+        /// The channel.
+        name: String,
+    },
+    /// Replace your keys in a channel (heals the channel after a compromise).
+    Update {
+        /// The channel.
+        name: String,
+    },
+    /// Run or inspect a relay.
+    #[command(subcommand)]
+    Relay(relay_cmd::RelayCommand),
+    /// The whole story end to end, on two embedded relays.
+    Demo,
+    /// Load generators and measurements.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ChannelCommand {
+    /// Create a channel; you administer it.
+    Create {
+        /// Your local name for it (also its title for those who join).
+        name: String,
+        /// The relay that will hold your mailbox for this channel.
+        #[arg(long, value_name = "ADDR")]
+        relay: String,
+        /// xwing (post-quantum, default) or classic.
+        #[arg(long, default_value = "xwing")]
+        suite: String,
+    },
+    /// List your channels.
+    List,
+    /// Show a channel and its members.
+    Show {
+        /// The channel.
+        name: String,
+    },
+    /// Add the owner of a key package; writes the welcome to hand to them.
+    Add {
+        /// The channel.
+        name: String,
+        /// Their key package.
+        #[arg(long, value_name = "FILE")]
+        key_package: PathBuf,
+        /// Where to write the welcome.
+        #[arg(long, value_name = "FILE")]
+        welcome_out: PathBuf,
+    },
+}
+
+/// An error for the person: what happened, and what to do.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) message: String,
+    pub(crate) hint: Option<String>,
+    pub(crate) code: u8,
+}
+
+impl Failure {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            hint: None,
+            code: 1,
+        }
+    }
+
+    pub(crate) fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// The exit code for a detected attack.
+    pub(crate) fn alert(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            hint: None,
+            code: 3,
+        }
+    }
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure::new(e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build();
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            if failure.code != 3 || !failure.message.is_empty() {
+                eprintln!("error: {}", failure.message);
+            }
+            if let Some(hint) = failure.hint {
+                eprintln!("hint: {hint}");
+            }
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let g = cli.global;
+    match cli.command {
+        Command::Init { name } => commands::init(&g, name).await,
+        Command::Channel(ChannelCommand::Create { name, relay, suite }) => {
+            commands::channel_create(&g, &name, &relay, &suite).await
+        }
+        Command::Channel(ChannelCommand::List) => commands::channel_list(&g).await,
+        Command::Channel(ChannelCommand::Show { name }) => commands::channel_show(&g, &name).await,
+        Command::Channel(ChannelCommand::Add {
+            name,
+            key_package,
+            welcome_out,
+        }) => commands::channel_add(&g, &name, &key_package, &welcome_out).await,
+        Command::KeyPackage {
+            relay,
+            out,
+            name,
+            suite,
+        } => commands::key_package(&g, &relay, &out, name, &suite).await,
+        Command::Join {
+            code,
+            welcome,
+            relay: _,
+            name,
+        } => commands::join(&g, code, welcome, name).await,
+        Command::Send { name, text } => commands::send(&g, &name, &text).await,
+        Command::Read { name, follow, all } => commands::read(&g, &name, follow, all).await,
+        Command::Remove { name, member } => commands::remove(&g, &name, &member).await,
+        Command::Leave { name } => commands::leave(&g, &name).await,
+        Command::Update { name } => commands::update(&g, &name).await,
+        Command::Relay(cmd) => relay_cmd::run(&g, cmd).await,
+        Command::Demo => demo::run(&g).await,
+        Command::Bench(cmd) => bench::run(&g, cmd).await,
+    }
+}

@@ -11,4 +11,9 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod driver;
+mod link;
 pub mod relay;
+
+pub use driver::{Client, ClientConfig, ClientError, now};
+pub use link::LinkTiming;

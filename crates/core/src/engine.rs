@@ -326,7 +326,7 @@ impl<S: Storage> Engine<S> {
     ) -> Result<ChannelId, CommandError> {
         self.check_local_name(name)?;
         check_name(own_name).map_err(CommandError::InvalidName)?;
-        self.transact(|engine| {
+        self.transact(now, |engine| {
             let provider = &engine.backend;
             let signer = new_signer(provider)?;
             let credential = credential_for(&signer);
@@ -393,7 +393,7 @@ impl<S: Storage> Engine<S> {
         mailbox: MailboxAddr,
     ) -> Result<Vec<u8>, CommandError> {
         check_name(name).map_err(CommandError::InvalidName)?;
-        self.transact(|engine| {
+        self.transact(now, |engine| {
             let provider = &engine.backend;
             let signer = new_signer(provider)?;
             let info = MemberInfo {
@@ -444,7 +444,7 @@ impl<S: Storage> Engine<S> {
                 "it is not an MLS welcome".into(),
             ));
         };
-        self.transact(|engine| {
+        self.transact(now, |engine| {
             let provider = &engine.backend;
             let staged =
                 StagedWelcome::new_from_welcome(provider, &mls::join_config(), welcome, None)
@@ -578,7 +578,7 @@ impl<S: Storage> Engine<S> {
         key_packages: &[&[u8]],
     ) -> Result<Vec<u8>, CommandError> {
         let id = self.channel_id(name)?;
-        self.transact(|engine| {
+        self.transact(now, |engine| {
             let (ch, mut ctx) = engine.channel_ctx(&id, now)?;
             ch.add_members(&mut ctx, key_packages)
         })
@@ -592,7 +592,7 @@ impl<S: Storage> Engine<S> {
         member: &str,
     ) -> Result<(), CommandError> {
         let id = self.channel_id(name)?;
-        self.transact(|engine| {
+        self.transact(now, |engine| {
             let (ch, mut ctx) = engine.channel_ctx(&id, now)?;
             ch.remove_member(&mut ctx, member)
         })
@@ -603,7 +603,7 @@ impl<S: Storage> Engine<S> {
     /// commits the proposal when it arrives.
     pub fn self_update(&mut self, now: Timestamp, name: &str) -> Result<(), CommandError> {
         let id = self.channel_id(name)?;
-        self.transact(|engine| {
+        self.transact(now, |engine| {
             let (ch, mut ctx) = engine.channel_ctx(&id, now)?;
             ch.self_update(&mut ctx)
         })
@@ -613,7 +613,7 @@ impl<S: Storage> Engine<S> {
     /// been in the channel longest.
     pub fn leave(&mut self, now: Timestamp, name: &str) -> Result<(), CommandError> {
         let id = self.channel_id(name)?;
-        self.transact(|engine| {
+        self.transact(now, |engine| {
             let (ch, mut ctx) = engine.channel_ctx(&id, now)?;
             ch.leave(&mut ctx)
         })
@@ -627,7 +627,7 @@ impl<S: Storage> Engine<S> {
         text: &str,
     ) -> Result<MessageRecord, CommandError> {
         let id = self.channel_id(name)?;
-        self.transact(|engine| {
+        self.transact(now, |engine| {
             let (ch, mut ctx) = engine.channel_ctx(&id, now)?;
             ch.send_payload(&mut ctx, PayloadKind::Text, text.as_bytes().to_vec())
         })
@@ -660,7 +660,7 @@ impl<S: Storage> Engine<S> {
         if !self.channels.contains_key(channel) {
             return Err(CommandError::UnknownChannel(channel.to_string()));
         }
-        self.transact(|engine| {
+        self.transact(now, |engine| {
             if let Some(ch) = engine.channels.get_mut(channel) {
                 let mut ctx = Ctx {
                     backend: &engine.backend,
@@ -680,7 +680,7 @@ impl<S: Storage> Engine<S> {
         if self.poll_timeout().is_none_or(|t| t > now) {
             return Ok(());
         }
-        self.transact(|engine| {
+        self.transact(now, |engine| {
             let Engine {
                 backend,
                 config,
@@ -744,15 +744,21 @@ impl<S: Storage> Engine<S> {
     /// on failure the store is rolled back and the in-memory state reloaded from it.
     fn transact<T>(
         &mut self,
+        now: Timestamp,
         f: impl FnOnce(&mut Self) -> Result<T, CommandError>,
     ) -> Result<T, CommandError> {
         self.store().begin().map_err(store_err)?;
         let result = f(self).and_then(|value| {
-            // Whatever is to be sent goes into the outbox in the same transaction.
+            // Whatever is to be sent goes into the outbox, and every alert into the
+            // alert log, in the same transaction.
             let store = self.backend.store();
             for output in &mut self.staged {
-                if let Output::Transmit(t) = output {
-                    t.id = store.enqueue_transmit(t).map_err(store_err)?;
+                match output {
+                    Output::Transmit(t) => t.id = store.enqueue_transmit(t).map_err(store_err)?,
+                    Output::Event(Event::Alert { channel, alert }) => store
+                        .add_alert(channel, now, alert.kind(), &alert.to_string())
+                        .map_err(store_err)?,
+                    Output::Event(_) => {}
                 }
             }
             self.store().commit().map_err(store_err)?;

@@ -132,6 +132,22 @@ pub enum Alert {
     },
 }
 
+impl Alert {
+    /// A short machine-readable name: `withheld`, `replayed`, `conflicting`,
+    /// `broken-chain`, `reflected`, `undecryptable`, `refused-change`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Alert::Withheld { .. } => "withheld",
+            Alert::Replayed { .. } => "replayed",
+            Alert::Conflicting { .. } => "conflicting",
+            Alert::BrokenChain { .. } => "broken-chain",
+            Alert::Reflected => "reflected",
+            Alert::Undecryptable { .. } => "undecryptable",
+            Alert::RefusedChange { .. } => "refused-change",
+        }
+    }
+}
+
 impl fmt::Display for Alert {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

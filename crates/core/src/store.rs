@@ -84,6 +84,15 @@ pub trait EngineStore {
     /// Removes a blob from the outbox (the relay has stored it).
     fn remove_transmit(&self, id: u64) -> Result<(), Self::Error>;
 
+    /// Keeps an alert until the person has seen it.
+    fn add_alert(
+        &self,
+        channel: &ChannelId,
+        at: Timestamp,
+        kind: &str,
+        text: &str,
+    ) -> Result<(), Self::Error>;
+
     /// Remembers the identity behind a key package until its welcome arrives.
     fn save_key_package_record(&self, record: &KeyPackageRecord) -> Result<(), Self::Error>;
     /// Every key package not yet used.

@@ -404,9 +404,7 @@ impl ServerFrame {
                         read_id: MailboxId(r.array()?),
                     },
                     3 => Response::Stored,
-                    4 => Response::Subscribed {
-                        backlog: r.u64()?,
-                    },
+                    4 => Response::Subscribed { backlog: r.u64()? },
                     5 => Response::Acked,
                     6 => Response::Deleted,
                     7 => Response::Error(ErrorCode::from_code(r.u8()?)?),

@@ -262,7 +262,11 @@ impl Sim {
             match output {
                 Output::Transmit(transmit) => {
                     // The simulated network takes it at once: out of the outbox.
-                    self.nodes[node].engine.store().remove_transmit(transmit.id).unwrap();
+                    self.nodes[node]
+                        .engine
+                        .store()
+                        .remove_transmit(transmit.id)
+                        .unwrap();
                     self.enqueue(node, transmit);
                 }
                 Output::Event(event) => self.nodes[node].events.push(event),

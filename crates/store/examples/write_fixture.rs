@@ -21,17 +21,22 @@ fn mailbox(b: u8) -> MailboxAddr {
 }
 
 fn main() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/profile-v{SCHEMA_VERSION}"));
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("tests/fixtures/profile-v{SCHEMA_VERSION}"));
     let _ = std::fs::remove_dir_all(&dir);
     let store = Store::create(&dir, PASSPHRASE).unwrap();
     store.set_setting("name", "fixture-alice").unwrap();
     let mut engine = Engine::load(store, EngineConfig::default()).unwrap();
     let t = Timestamp(1_750_000_000_000);
-    engine.create_channel(t, "fixture", "alice", Suite::XWing, mailbox(1)).unwrap();
+    engine
+        .create_channel(t, "fixture", "alice", Suite::XWing, mailbox(1))
+        .unwrap();
     for text in ["first", "second", "third"] {
         engine.send_text(t, "fixture", text).unwrap();
     }
-    engine.key_package(t, "alice-elsewhere", Suite::Classic, mailbox(2)).unwrap();
+    engine
+        .key_package(t, "alice-elsewhere", Suite::Classic, mailbox(2))
+        .unwrap();
     while engine.poll_output().is_some() {}
     engine.store().checkpoint().unwrap();
     println!("wrote {}", dir.display());

@@ -45,12 +45,16 @@ pub struct AlertRecord {
     pub channel: ChannelId,
     /// When it was raised.
     pub created_at: Timestamp,
+    /// Its kind (see `Alert::kind`).
+    pub kind: String,
     /// What it says.
     pub text: String,
 }
 
 fn id16(bytes: Vec<u8>) -> Result<[u8; 16], StoreError> {
-    bytes.try_into().map_err(|_| StoreError::Missing("16-byte identifier"))
+    bytes
+        .try_into()
+        .map_err(|_| StoreError::Missing("16-byte identifier"))
 }
 
 impl Store {
@@ -137,7 +141,11 @@ impl Store {
     }
 
     /// Records that a mailbox's messages up to `message_id` are processed.
-    pub fn set_last_processed(&self, read_id: &MailboxId, message_id: u64) -> Result<(), StoreError> {
+    pub fn set_last_processed(
+        &self,
+        read_id: &MailboxId,
+        message_id: u64,
+    ) -> Result<(), StoreError> {
         self.conn.execute(
             "UPDATE mailboxes SET last_processed = max(last_processed, ?1) WHERE read_id = ?2",
             params![message_id as i64, &read_id.0[..]],
@@ -152,30 +160,27 @@ impl Store {
         Ok(())
     }
 
-    /// Keeps an alert until it is shown.
-    pub fn add_alert(&self, channel: &ChannelId, at: Timestamp, text: &str) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO alerts (channel, created_at, text) VALUES (?1, ?2, ?3)",
-            params![&channel.0[..], at.0 as i64, text],
-        )?;
-        Ok(())
-    }
-
     /// Alerts of a channel not yet shown, oldest first.
     pub fn unshown_alerts(&self, channel: &ChannelId) -> Result<Vec<AlertRecord>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, created_at, text FROM alerts WHERE channel = ?1 AND shown = 0 ORDER BY id",
+            "SELECT id, created_at, kind, text FROM alerts WHERE channel = ?1 AND shown = 0 ORDER BY id",
         )?;
         let rows = stmt.query_map([&channel.0[..]], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, String>(3)?,
+            ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, at, text) = row?;
+            let (id, at, kind, text) = row?;
             out.push(AlertRecord {
                 id: id as u64,
                 channel: *channel,
                 created_at: Timestamp(at.max(0) as u64),
+                kind,
                 text,
             });
         }

@@ -2,12 +2,12 @@
 //! inputs and key-package identities. Records are stored as JSON inside the
 //! encrypted database, with the columns needed for lookups beside them.
 
-use backchannel_core::{ChannelId, Transmit};
 use backchannel_core::derive::MemberId;
 use backchannel_core::store::{
     ChannelRecord, EngineStore, KeyPackageRecord, MemberRecord, MessageRecord, PendingItem,
     SenderState,
 };
+use backchannel_core::{ChannelId, Timestamp, Transmit};
 use rusqlite::{OptionalExtension as _, params};
 
 use crate::{Store, StoreError};
@@ -223,7 +223,9 @@ impl EngineStore for Store {
     }
 
     fn outbox(&self) -> Result<Vec<Transmit>, StoreError> {
-        let mut stmt = self.conn.prepare("SELECT id, record FROM outbox ORDER BY id")?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, record FROM outbox ORDER BY id")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
         let mut out = Vec::new();
         for row in rows {
@@ -236,7 +238,22 @@ impl EngineStore for Store {
     }
 
     fn remove_transmit(&self, id: u64) -> Result<(), StoreError> {
-        self.conn.execute("DELETE FROM outbox WHERE id = ?1", [id as i64])?;
+        self.conn
+            .execute("DELETE FROM outbox WHERE id = ?1", [id as i64])?;
+        Ok(())
+    }
+
+    fn add_alert(
+        &self,
+        channel: &ChannelId,
+        at: Timestamp,
+        kind: &str,
+        text: &str,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO alerts (channel, created_at, kind, text) VALUES (?1, ?2, ?3, ?4)",
+            params![&channel.0[..], at.0 as i64, kind, text],
+        )?;
         Ok(())
     }
 

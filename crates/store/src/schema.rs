@@ -78,6 +78,7 @@ CREATE TABLE alerts (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     channel BLOB NOT NULL,
     created_at INTEGER NOT NULL,
+    kind TEXT NOT NULL,
     text TEXT NOT NULL,
     shown INTEGER NOT NULL DEFAULT 0
 );

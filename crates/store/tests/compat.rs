@@ -32,7 +32,10 @@ fn a_version_1_profile_migrates_and_keeps_working() {
     let copy = copy_of(&fixture(1));
     let store = Store::open(copy.path(), PASSPHRASE).unwrap();
     assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
-    assert_eq!(store.setting("name").unwrap().as_deref(), Some("fixture-alice"));
+    assert_eq!(
+        store.setting("name").unwrap().as_deref(),
+        Some("fixture-alice")
+    );
     assert_eq!(store.key_package_records().unwrap().len(), 1);
     // The tables version 2 added are there and empty.
     assert!(store.outbox().unwrap().is_empty());
@@ -51,10 +54,14 @@ fn a_version_1_profile_migrates_and_keeps_working() {
         .collect();
     assert_eq!(texts, ["first", "second", "third"]);
     // The MLS state still works: the channel continues its sequence and chain.
-    let next = engine.send_text(Timestamp(1_760_000_000_000), "fixture", "fourth").unwrap();
+    let next = engine
+        .send_text(Timestamp(1_760_000_000_000), "fixture", "fourth")
+        .unwrap();
     assert_eq!(next.seq, 4);
     let third = engine.history("fixture", 0, 100).unwrap()[2].clone();
     assert_eq!(next.prev_hash, third.hash);
-    engine.self_update(Timestamp(1_760_000_000_000), "fixture").unwrap();
+    engine
+        .self_update(Timestamp(1_760_000_000_000), "fixture")
+        .unwrap();
     assert_eq!(engine.channel("fixture").unwrap().epoch, 1);
 }

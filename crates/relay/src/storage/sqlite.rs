@@ -166,7 +166,12 @@ impl RelayStorage for SqliteStorage {
                     outcomes.push(AppendOutcome::QuotaExceeded);
                     continue;
                 }
-                insert.execute(params![mailbox, append.expires_at as i64, &digest[..], &append.blob[..]])?;
+                insert.execute(params![
+                    mailbox,
+                    append.expires_at as i64,
+                    &digest[..],
+                    &append.blob[..]
+                ])?;
                 let message_id = tx.last_insert_rowid() as u64;
                 bump.execute([mailbox])?;
                 outcomes.push(AppendOutcome::Stored {
@@ -336,15 +341,36 @@ mod tests {
             bytes: u64::MAX,
         };
         let first = s.append_batch(&[append()], quota).unwrap()[0];
-        let AppendOutcome::Stored { mailbox, message_id } = first else { panic!("{first:?}") };
+        let AppendOutcome::Stored {
+            mailbox,
+            message_id,
+        } = first
+        else {
+            panic!("{first:?}")
+        };
         let again = s.append_batch(&[append(), append()], quota).unwrap();
-        assert_eq!(again, vec![AppendOutcome::Duplicate { mailbox, message_id }; 2]);
+        assert_eq!(
+            again,
+            vec![
+                AppendOutcome::Duplicate {
+                    mailbox,
+                    message_id
+                };
+                2
+            ]
+        );
         // Still a duplicate after delivery and deletion, until it would have expired.
         s.delete_message(mailbox, message_id).unwrap();
-        assert!(matches!(s.append_batch(&[append()], quota).unwrap()[0], AppendOutcome::Duplicate { .. }));
+        assert!(matches!(
+            s.append_batch(&[append()], quota).unwrap()[0],
+            AppendOutcome::Duplicate { .. }
+        ));
         assert!(s.fetch(mailbox, 0, 10).unwrap().is_empty());
         s.expire(1000).unwrap();
-        assert!(matches!(s.append_batch(&[append()], quota).unwrap()[0], AppendOutcome::Stored { .. }));
+        assert!(matches!(
+            s.append_batch(&[append()], quota).unwrap()[0],
+            AppendOutcome::Stored { .. }
+        ));
     }
 
     #[test]

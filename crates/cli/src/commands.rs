@@ -1,0 +1,489 @@
+//! The profile, channel and message commands.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use backchannel_client::{Client, ClientError};
+use backchannel_core::mls::Suite;
+use backchannel_core::store::{ChannelStatus, MessageKind};
+use backchannel_core::{ChannelId, Event};
+use backchannel_proto::addr::RelayAddr;
+use backchannel_store::Store;
+use serde_json::json;
+
+use crate::output;
+use crate::profile::{self, open_client, own_name};
+use crate::{Failure, Global};
+
+/// How long a command waits for relays.
+const RELAY_LIMIT: Duration = Duration::from_secs(20);
+
+fn relay_addr(text: &str) -> Result<RelayAddr, Failure> {
+    text.parse::<RelayAddr>().map_err(|e| {
+        Failure::new(format!("'{text}' is not a relay address: {e}"))
+            .hint("a relay address looks like bcr://<fingerprint>@host:port; `backchannel relay address --data DIR` prints it")
+    })
+}
+
+fn suite(text: &str) -> Result<Suite, Failure> {
+    text.parse::<Suite>().map_err(Failure::new)
+}
+
+fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, Failure> {
+    std::fs::read(path)
+        .map_err(|e| Failure::new(format!("cannot read the {what} {}: {e}", path.display())))
+}
+
+fn write_file(path: &Path, bytes: &[u8], what: &str) -> Result<(), Failure> {
+    std::fs::write(path, bytes).map_err(|e| {
+        Failure::new(format!(
+            "cannot write the {what} to {}: {e}",
+            path.display()
+        ))
+    })
+}
+
+fn print(g: &Global, human: String, machine: serde_json::Value) {
+    if g.json {
+        println!("{machine}");
+    } else {
+        println!("{human}");
+    }
+}
+
+/// Catches up with the relays, tolerating unreachable ones (what is local still
+/// works; the person is told).
+async fn catch_up(client: &mut Client) {
+    if let Err(e) = client.sync(RELAY_LIMIT).await {
+        eprintln!("warning: {e}");
+    }
+}
+
+/// Waits until everything queued is on a relay; says so if it could not be.
+async fn deliver(client: &mut Client) -> Result<(), Failure> {
+    client.flush(RELAY_LIMIT).await.map_err(|e| match e {
+        ClientError::Timeout(detail) => Failure::new(detail)
+            .hint("check the relay address and your connection; queued messages are sent by the next command"),
+        other => other.into(),
+    })
+}
+
+pub(crate) async fn init(g: &Global, name: Option<String>) -> Result<(), Failure> {
+    let home = profile::home(g)?;
+    if Store::exists(&home) {
+        return Err(
+            Failure::new(format!("a profile exists already at {}", home.display()))
+                .hint("use --home DIR (or BACKCHANNEL_HOME) for another profile"),
+        );
+    }
+    let name = name
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "me".to_owned());
+    backchannel_proto::member::check_name(&name)
+        .map_err(|e| Failure::new(format!("invalid name: {e}")))?;
+    let pass = profile::passphrase(true)?;
+    let store = Store::create(&home, pass.as_bytes()).map_err(profile::open_failure)?;
+    store.set_setting("name", &name)?;
+    print(
+        g,
+        format!("Profile created at {} (you are '{name}').", home.display()),
+        json!({"home": home, "name": name}),
+    );
+    Ok(())
+}
+
+pub(crate) async fn channel_create(
+    g: &Global,
+    name: &str,
+    relay: &str,
+    suite_name: &str,
+) -> Result<(), Failure> {
+    let relay = relay_addr(relay)?;
+    let suite = suite(suite_name)?;
+    let mut client = open_client(g)?;
+    let me = own_name(&client)?;
+    client.create_channel(name, &me, suite, &relay).await?;
+    let suite_text = match suite {
+        Suite::XWing => "X-Wing, post-quantum",
+        Suite::Classic => "classic X25519",
+    };
+    print(
+        g,
+        format!(
+            "Channel '{name}' created ({suite_text}); your mailbox for it is on {}.",
+            relay.host
+        ),
+        json!({"channel": name, "suite": suite.name(), "relay": relay.to_string()}),
+    );
+    Ok(())
+}
+
+pub(crate) async fn channel_list(g: &Global) -> Result<(), Failure> {
+    let client = open_client(g)?;
+    let channels = client.engine().channels();
+    if g.json {
+        for c in &channels {
+            println!(
+                "{}",
+                json!({
+                    "name": c.name,
+                    "status": status(c.status),
+                    "members": c.members.len(),
+                    "suite": c.suite.name(),
+                    "admin": c.admin,
+                })
+            );
+        }
+    } else if channels.is_empty() {
+        println!(
+            "No channels yet. Create one with `backchannel channel create NAME --relay ADDR`."
+        );
+    } else {
+        for c in &channels {
+            let admin = if c.admin { ", you administer it" } else { "" };
+            println!(
+                "{}  ({} members, {}{admin}){}",
+                c.name,
+                c.members.len(),
+                c.suite.name(),
+                if c.status == ChannelStatus::Active {
+                    String::new()
+                } else {
+                    format!(" [{}]", status(c.status))
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+fn status(s: ChannelStatus) -> &'static str {
+    match s {
+        ChannelStatus::Active => "active",
+        ChannelStatus::Leaving => "leaving",
+        ChannelStatus::Closed => "closed",
+    }
+}
+
+pub(crate) async fn channel_show(g: &Global, name: &str) -> Result<(), Failure> {
+    let client = open_client(g)?;
+    let c = client.engine().channel(name)?;
+    if g.json {
+        let members: Vec<_> = c
+            .members
+            .iter()
+            .map(|m| json!({"name": m.name, "admin": m.admin, "you": m.is_self, "relay": m.mailbox.relay.authority()}))
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "name": c.name,
+                "title": c.policy.as_ref().map(|p| p.title.clone()),
+                "status": status(c.status),
+                "suite": c.suite.name(),
+                "epoch": c.epoch,
+                "members": members,
+            })
+        );
+    } else {
+        println!("Channel {}", c.name);
+        if let Some(p) = &c.policy {
+            if p.title != c.name {
+                println!("  title: {}", p.title);
+            }
+        }
+        println!(
+            "  status: {}, ciphersuite: {}, epoch {}",
+            status(c.status),
+            c.suite.name(),
+            c.epoch
+        );
+        println!("  members:");
+        for m in &c.members {
+            let mut tags = Vec::new();
+            if m.is_self {
+                tags.push("you");
+            }
+            if m.admin {
+                tags.push("administrator");
+            }
+            let tags = if tags.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", tags.join(", "))
+            };
+            println!(
+                "    {}{tags} — mailbox on {}",
+                m.name,
+                m.mailbox.relay.authority()
+            );
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn channel_add(
+    g: &Global,
+    name: &str,
+    key_package: &Path,
+    welcome_out: &PathBuf,
+) -> Result<(), Failure> {
+    let kp = read_file(key_package, "key package")?;
+    let mut client = open_client(g)?;
+    catch_up(&mut client).await;
+    let before: Vec<String> = client
+        .engine()
+        .channel(name)?
+        .members
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    let welcome = client.add_members(name, &[&kp])?;
+    write_file(welcome_out, &welcome, "welcome")?;
+    let added: Vec<String> = client
+        .engine()
+        .channel(name)?
+        .members
+        .into_iter()
+        .map(|m| m.name)
+        .filter(|n| !before.contains(n))
+        .collect();
+    deliver(&mut client).await?;
+    print(
+        g,
+        format!(
+            "Added {} to '{name}'. Give them {} (for example on a USB stick); they run \
+             `backchannel join --welcome FILE`.",
+            added.join(", "),
+            welcome_out.display()
+        ),
+        json!({"channel": name, "added": added, "welcome": welcome_out}),
+    );
+    Ok(())
+}
+
+pub(crate) async fn key_package(
+    g: &Global,
+    relay: &str,
+    out: &Path,
+    name: Option<String>,
+    suite_name: &str,
+) -> Result<(), Failure> {
+    let relay = relay_addr(relay)?;
+    let suite = suite(suite_name)?;
+    let mut client = open_client(g)?;
+    let name = match name {
+        Some(n) => n,
+        None => own_name(&client)?,
+    };
+    let kp = client.key_package(&name, suite, &relay).await?;
+    write_file(out, &kp, "key package")?;
+    print(
+        g,
+        format!(
+            "Key package written to {}. Give it to the channel's administrator, who runs \
+             `backchannel channel add CHANNEL --key-package FILE --welcome-out WELCOME`.",
+            out.display()
+        ),
+        json!({"key_package": out, "name": name, "suite": suite.name()}),
+    );
+    Ok(())
+}
+
+pub(crate) async fn join(
+    g: &Global,
+    code: Option<String>,
+    welcome: Option<PathBuf>,
+    name: Option<String>,
+) -> Result<(), Failure> {
+    let Some(welcome) = welcome else {
+        return Err(match code {
+            Some(_) => Failure::new("joining with a short code is not available in this version")
+                .hint("ask for a welcome file: `backchannel join --welcome FILE`"),
+            None => Failure::new("nothing to join with").hint("pass --welcome FILE"),
+        });
+    };
+    let bytes = read_file(&welcome, "welcome")?;
+    let mut client = open_client(g)?;
+    let id = client.join(name.as_deref(), &bytes)?;
+    let summary = channel_by_id(&client, id)?;
+    let by = joined_by(&mut client);
+    print(
+        g,
+        format!(
+            "Joined '{}' ({} members{}). Read with `backchannel read {}`.",
+            summary.name,
+            summary.members.len(),
+            by.map(|b| format!(", added by {b}")).unwrap_or_default(),
+            summary.name
+        ),
+        json!({"channel": summary.name, "members": summary.members.iter().map(|m| m.name.clone()).collect::<Vec<_>>()}),
+    );
+    Ok(())
+}
+
+fn joined_by(client: &mut Client) -> Option<String> {
+    let mut by = None;
+    while let Some(event) = client.take_event() {
+        if let Event::Joined { by: who, .. } = event {
+            by = Some(who);
+        }
+    }
+    by
+}
+
+fn channel_by_id(
+    client: &Client,
+    id: ChannelId,
+) -> Result<backchannel_core::ChannelSummary, Failure> {
+    client
+        .engine()
+        .channels()
+        .into_iter()
+        .find(|c| c.id == id)
+        .ok_or_else(|| Failure::new("the channel vanished"))
+}
+
+pub(crate) async fn send(g: &Global, name: &str, text: &str) -> Result<(), Failure> {
+    let mut client = open_client(g)?;
+    client.engine().channel(name)?;
+    // Catch up first, so that we send in the newest epoch and never to someone the
+    // channel has removed.
+    catch_up(&mut client).await;
+    client.send_text(name, text)?;
+    deliver(&mut client).await?;
+    let alerts = pending_alerts(&client, name)?;
+    print(
+        g,
+        format!("Sent to '{name}'."),
+        json!({"channel": name, "sent": true}),
+    );
+    if alerts > 0 {
+        eprintln!(
+            "note: {alerts} security alert(s) are waiting in '{name}'; see `backchannel read {name}`"
+        );
+    }
+    Ok(())
+}
+
+fn pending_alerts(client: &Client, name: &str) -> Result<usize, Failure> {
+    let id = client.engine().channel_id(name)?;
+    Ok(client.store().unshown_alerts(&id)?.len())
+}
+
+/// Prints what is new in a channel: messages after the read cursor and alerts not
+/// yet shown. Returns how many alerts were shown.
+fn show_new(g: &Global, client: &Client, name: &str, all: bool) -> Result<usize, Failure> {
+    let id = client.engine().channel_id(name)?;
+    let cursor_key = format!("read-cursor:{id}");
+    let store = client.store();
+    let cursor: u64 = if all {
+        0
+    } else {
+        store
+            .setting(&cursor_key)?
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0)
+    };
+    let summary = client.engine().channel(name)?;
+    let me = summary.members.iter().find(|m| m.is_self).map(|m| m.member);
+    let mut last = cursor;
+    loop {
+        let batch = client.engine().history(name, last, 500)?;
+        if batch.is_empty() {
+            break;
+        }
+        for m in &batch {
+            last = m.position;
+            if m.kind == MessageKind::Text {
+                let own = Some(m.sender) == me;
+                println!("{}", output::message(name, m, own, g.json));
+            }
+        }
+    }
+    store.set_setting(&cursor_key, &last.to_string())?;
+    let alerts = store.unshown_alerts(&id)?;
+    for a in &alerts {
+        if g.json {
+            println!("{}", output::alert(name, a, true));
+        } else {
+            eprintln!("{}", output::alert(name, a, false));
+        }
+    }
+    let ids: Vec<u64> = alerts.iter().map(|a| a.id).collect();
+    store.mark_alerts_shown(&ids)?;
+    if summary.status == ChannelStatus::Closed && !g.json && !all {
+        println!("(You are no longer a member of '{name}'.)");
+    }
+    Ok(alerts.len())
+}
+
+pub(crate) async fn read(g: &Global, name: &str, follow: bool, all: bool) -> Result<(), Failure> {
+    let mut client = open_client(g)?;
+    client.engine().channel(name)?;
+    catch_up(&mut client).await;
+    let mut alerts = show_new(g, &client, name, all)?;
+    if follow {
+        loop {
+            tokio::select! {
+                stepped = client.step(Duration::from_millis(500)) => {
+                    if stepped? {
+                        while client.take_event().is_some() {}
+                        alerts += show_new(g, &client, name, false)?;
+                    }
+                }
+                _ = tokio::signal::ctrl_c() => break,
+            }
+        }
+    }
+    if alerts > 0 {
+        return Err(Failure::alert(format!(
+            "{alerts} security alert(s) in '{name}' (shown above); do not trust what they concern"
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) async fn remove(g: &Global, name: &str, member: &str) -> Result<(), Failure> {
+    let mut client = open_client(g)?;
+    client.engine().channel(name)?;
+    catch_up(&mut client).await;
+    client.remove_member(name, member)?;
+    deliver(&mut client).await?;
+    print(
+        g,
+        format!(
+            "Removed {member} from '{name}'. New messages are sealed under keys {member} does not have."
+        ),
+        json!({"channel": name, "removed": member}),
+    );
+    Ok(())
+}
+
+pub(crate) async fn leave(g: &Global, name: &str) -> Result<(), Failure> {
+    let mut client = open_client(g)?;
+    client.engine().channel(name)?;
+    catch_up(&mut client).await;
+    client.leave(name)?;
+    deliver(&mut client).await?;
+    print(
+        g,
+        format!("Leaving '{name}'; the administrator's client completes it."),
+        json!({"channel": name, "leaving": true}),
+    );
+    Ok(())
+}
+
+pub(crate) async fn update(g: &Global, name: &str) -> Result<(), Failure> {
+    let mut client = open_client(g)?;
+    client.engine().channel(name)?;
+    catch_up(&mut client).await;
+    client.self_update(name)?;
+    deliver(&mut client).await?;
+    print(
+        g,
+        format!("Your keys in '{name}' are being replaced."),
+        json!({"channel": name, "updated": true}),
+    );
+    Ok(())
+}

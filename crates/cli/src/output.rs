@@ -1,0 +1,96 @@
+//! Printing for people and for programs.
+
+use backchannel_core::Timestamp;
+use backchannel_core::store::MessageRecord;
+use backchannel_store::AlertRecord;
+use serde_json::json;
+
+/// `2026-11-28T23:59:01Z` from milliseconds since the Unix epoch.
+pub(crate) fn rfc3339(t: Timestamp) -> String {
+    let secs = t.0 / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Short form for people: `2026-11-28 23:59`.
+pub(crate) fn short_time(t: Timestamp) -> String {
+    let full = rfc3339(t);
+    full.get(..16).map(|s| s.replace('T', " ")).unwrap_or(full)
+}
+
+/// Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// One message, as a line for people or a JSON object.
+pub(crate) fn message(channel: &str, m: &MessageRecord, own: bool, json: bool) -> String {
+    let text = String::from_utf8_lossy(&m.body);
+    if json {
+        json!({
+            "channel": channel,
+            "from": m.sender_name,
+            "you": own,
+            "seq": m.seq,
+            "text": text,
+            "sent_at": rfc3339(m.sent_at),
+            "received_at": rfc3339(m.received_at),
+            "late": m.late,
+        })
+        .to_string()
+    } else {
+        let who = if own {
+            format!("{} (you)", m.sender_name)
+        } else {
+            m.sender_name.clone()
+        };
+        let late = if m.late { "  [arrived late]" } else { "" };
+        format!("[{}] {who}: {text}{late}", short_time(m.sent_at))
+    }
+}
+
+/// One alert, as a line for people or a JSON object.
+pub(crate) fn alert(channel: &str, a: &AlertRecord, json: bool) -> String {
+    if json {
+        json!({
+            "channel": channel,
+            "alert": a.kind,
+            "message": a.text,
+            "at": rfc3339(a.created_at),
+        })
+        .to_string()
+    } else {
+        format!("!! SECURITY ALERT in {channel}: {}", a.text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc3339(Timestamp(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(Timestamp(951_782_400_000)), "2000-02-29T00:00:00Z");
+        assert_eq!(
+            rfc3339(Timestamp(1_795_910_399_000)),
+            "2026-11-28T23:59:59Z"
+        );
+        assert_eq!(short_time(Timestamp(1_795_910_399_000)), "2026-11-28 23:59");
+    }
+}

@@ -1,0 +1,93 @@
+//! Finding, creating and opening the profile.
+
+use std::path::PathBuf;
+
+use backchannel_client::{Client, ClientConfig};
+use backchannel_store::{OpenError, Store};
+use zeroize::Zeroizing;
+
+use crate::{Failure, Global};
+
+/// Environment variable naming the profile directory.
+pub(crate) const HOME_ENV: &str = "BACKCHANNEL_HOME";
+/// Environment variable holding the passphrase.
+pub(crate) const PASSPHRASE_ENV: &str = "BACKCHANNEL_PASSPHRASE";
+
+/// The profile directory.
+pub(crate) fn home(g: &Global) -> Result<PathBuf, Failure> {
+    if let Some(home) = &g.home {
+        return Ok(home.clone());
+    }
+    if let Some(home) = std::env::var_os(HOME_ENV) {
+        return Ok(PathBuf::from(home));
+    }
+    dirs::data_dir()
+        .map(|d| d.join("backchannel"))
+        .ok_or_else(|| Failure::new("cannot find a data directory").hint("pass --home DIR"))
+}
+
+/// The passphrase, from the environment or a prompt. `confirm` asks twice.
+pub(crate) fn passphrase(confirm: bool) -> Result<Zeroizing<String>, Failure> {
+    if let Ok(p) = std::env::var(PASSPHRASE_ENV) {
+        return Ok(Zeroizing::new(p));
+    }
+    let prompt = |text: &str| {
+        rpassword::prompt_password(text)
+            .map(Zeroizing::new)
+            .map_err(|_| {
+                Failure::new("no passphrase given").hint(format!(
+                    "run in a terminal to be asked for it, or set {PASSPHRASE_ENV}"
+                ))
+            })
+    };
+    let first = prompt("Passphrase: ")?;
+    if confirm {
+        if first.is_empty() {
+            return Err(Failure::new("the passphrase cannot be empty"));
+        }
+        let again = prompt("Passphrase again: ")?;
+        if *again != *first {
+            return Err(Failure::new("the two passphrases differ").hint("try again"));
+        }
+    }
+    Ok(first)
+}
+
+/// Opens the profile with the passphrase.
+pub(crate) fn open_store(g: &Global) -> Result<Store, Failure> {
+    let home = home(g)?;
+    if !Store::exists(&home) {
+        return Err(
+            Failure::new(format!("there is no profile at {}", home.display()))
+                .hint("create one with `backchannel init`, or pass --home"),
+        );
+    }
+    let pass = passphrase(false)?;
+    Store::open(&home, pass.as_bytes()).map_err(open_failure)
+}
+
+/// Explains an open failure to a person.
+pub(crate) fn open_failure(e: OpenError) -> Failure {
+    match e {
+        OpenError::WrongPassphrase => Failure::new("wrong passphrase")
+            .hint("nothing was changed; try again (the passphrase cannot be recovered)"),
+        OpenError::Damaged(detail) => Failure::alert(format!(
+            "the profile has been altered or damaged on disk ({detail}); it was not read"
+        )),
+        other => Failure::new(other.to_string()),
+    }
+}
+
+/// Opens the profile and a client over it.
+pub(crate) fn open_client(g: &Global) -> Result<Client, Failure> {
+    let store = open_store(g)?;
+    Client::open(store, ClientConfig::default()).map_err(Failure::from)
+}
+
+/// The profile's display name.
+pub(crate) fn own_name(client: &Client) -> Result<String, Failure> {
+    Ok(client
+        .store()
+        .setting("name")?
+        .unwrap_or_else(|| "me".to_owned()))
+}

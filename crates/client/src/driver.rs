@@ -1,0 +1,538 @@
+//! The client: the engine, its store, and links to the relays it uses.
+//!
+//! Every engine input runs in one store transaction that also records its effects
+//! here: blobs to send go into the outbox (and leave it only when their relay has
+//! stored them), and a delivered blob is marked processed in the same transaction
+//! that applies it, before it is acknowledged to the relay. A crash at any point
+//! loses nothing and applies nothing twice: an unacknowledged delivery comes again
+//! and is recognised; an unsent blob is sent on the next start.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use backchannel_core::mls::Suite;
+use backchannel_core::store::EngineStore as _;
+use backchannel_core::{ChannelId, CommandError, Engine, EngineConfig, Event, Output, Timestamp};
+use backchannel_proto::addr::{MailboxAddr, MailboxId, RelayAddr};
+use backchannel_proto::envelope::BLOB_LEN;
+use backchannel_proto::frame::{Blob, ErrorCode};
+use backchannel_store::{MailboxRecord, Store, StoreError};
+use ed25519_dalek::SigningKey;
+use tokio::sync::{mpsc, oneshot};
+use zeroize::Zeroizing;
+
+use crate::link::{self, LinkCommand, LinkEvent, LinkTiming};
+use crate::relay::RelayClientError;
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The engine refused or failed.
+    #[error(transparent)]
+    Engine(#[from] CommandError),
+    /// The local store failed.
+    #[error("the local store failed: {0}")]
+    Store(#[from] StoreError),
+    /// A relay could not be used.
+    #[error("relay {relay}: {error}")]
+    Relay {
+        /// Which relay (its address is not secret).
+        relay: String,
+        /// What went wrong.
+        error: RelayClientError,
+    },
+    /// Relays did not answer in time; what was not sent stays in the outbox.
+    #[error("{0}")]
+    Timeout(String),
+}
+
+/// How the client behaves.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Relay connection timing.
+    pub timing: LinkTiming,
+    /// The engine's tunables.
+    pub engine: EngineConfig,
+    /// After catching up, how long to wait for stragglers before a sync ends.
+    pub quiet: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            timing: LinkTiming::default(),
+            engine: EngineConfig::default(),
+            quiet: Duration::from_millis(250),
+        }
+    }
+}
+
+/// The current time for the engine.
+pub fn now() -> Timestamp {
+    Timestamp(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
+    )
+}
+
+/// A Backchannel client over one profile.
+pub struct Client {
+    engine: Engine<Store>,
+    config: ClientConfig,
+    links: HashMap<RelayAddr, mpsc::UnboundedSender<LinkCommand>>,
+    events_tx: mpsc::UnboundedSender<LinkEvent>,
+    events_rx: mpsc::UnboundedReceiver<LinkEvent>,
+    mailboxes: HashMap<MailboxId, MailboxRecord>,
+    /// Outbox entries handed to links and not yet stored.
+    in_flight: HashSet<u64>,
+    /// Subscriptions not yet confirmed, and backlogs not yet received.
+    awaiting: HashMap<MailboxId, Option<u64>>,
+    events: VecDeque<Event>,
+    /// Relay problems seen, for the person.
+    pub relay_errors: Vec<String>,
+}
+
+impl Client {
+    /// Opens a client over a profile. Nothing is sent until a method needs a relay.
+    pub fn open(store: Store, config: ClientConfig) -> Result<Self, ClientError> {
+        let mailboxes = store
+            .mailboxes()?
+            .into_iter()
+            .map(|m| (m.read_id, m))
+            .collect();
+        let engine = Engine::load(store, config.engine.clone())?;
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        Ok(Self {
+            engine,
+            config,
+            links: HashMap::new(),
+            events_tx,
+            events_rx,
+            mailboxes,
+            in_flight: HashSet::new(),
+            awaiting: HashMap::new(),
+            events: VecDeque::new(),
+            relay_errors: Vec::new(),
+        })
+    }
+
+    /// The engine (for reading state).
+    pub fn engine(&self) -> &Engine<Store> {
+        &self.engine
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Store {
+        self.engine.store()
+    }
+
+    /// The next event for the person, if any is queued.
+    pub fn take_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn link(&mut self, relay: &RelayAddr) -> mpsc::UnboundedSender<LinkCommand> {
+        if let Some(link) = self.links.get(relay) {
+            if !link.is_closed() {
+                return link.clone();
+            }
+        }
+        let link = link::spawn(relay.clone(), self.config.timing, self.events_tx.clone());
+        self.links.insert(relay.clone(), link.clone());
+        link
+    }
+
+    /// Creates a mailbox on `relay` for us; it is not yet tied to a channel.
+    pub async fn create_mailbox(&mut self, relay: &RelayAddr) -> Result<MailboxAddr, ClientError> {
+        let key = SigningKey::generate(&mut rand::rngs::OsRng);
+        let (reply, rx) = oneshot::channel();
+        let link = self.link(relay);
+        let relay_error = |error| ClientError::Relay {
+            relay: relay.to_string(),
+            error,
+        };
+        let _ = link.send(LinkCommand::Create {
+            key: key.clone(),
+            reply,
+        });
+        let (send_id, read_id) = tokio::time::timeout(self.config.timing.timeout * 2, rx)
+            .await
+            .map_err(|_| relay_error(RelayClientError::Timeout))?
+            .map_err(|_| relay_error(RelayClientError::Closed))?
+            .map_err(relay_error)?;
+        let record = MailboxRecord {
+            read_id,
+            send_id,
+            relay: relay.clone(),
+            auth_seed: Zeroizing::new(key.to_bytes()),
+            channel: None,
+            last_processed: 0,
+            created_at: now(),
+        };
+        self.store().save_mailbox(&record)?;
+        self.mailboxes.insert(read_id, record);
+        Ok(MailboxAddr {
+            relay: relay.clone(),
+            send_id,
+        })
+    }
+
+    fn bind(&mut self, mailbox: &MailboxAddr, channel: ChannelId) -> Result<(), ClientError> {
+        self.store().bind_mailbox(&mailbox.send_id, &channel)?;
+        for m in self.mailboxes.values_mut() {
+            if m.send_id == mailbox.send_id {
+                m.channel = Some(channel);
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates a channel whose members will reach us through a new mailbox on
+    /// `relay`.
+    pub async fn create_channel(
+        &mut self,
+        name: &str,
+        own_name: &str,
+        suite: Suite,
+        relay: &RelayAddr,
+    ) -> Result<ChannelId, ClientError> {
+        // Check the names before making a mailbox for nothing.
+        if self.engine.channel_id(name).is_ok() {
+            return Err(CommandError::NameTaken(name.into()).into());
+        }
+        backchannel_proto::member::check_name(own_name).map_err(CommandError::InvalidName)?;
+        let mailbox = self.create_mailbox(relay).await?;
+        let id = self
+            .engine
+            .create_channel(now(), name, own_name, suite, mailbox.clone())?;
+        self.bind(&mailbox, id)?;
+        self.pump();
+        Ok(id)
+    }
+
+    /// Makes a key package (for `own_name` in a channel of `suite`) with a new
+    /// mailbox on `relay`.
+    pub async fn key_package(
+        &mut self,
+        own_name: &str,
+        suite: Suite,
+        relay: &RelayAddr,
+    ) -> Result<Vec<u8>, ClientError> {
+        backchannel_proto::member::check_name(own_name).map_err(CommandError::InvalidName)?;
+        let mailbox = self.create_mailbox(relay).await?;
+        let kp = self.engine.key_package(now(), own_name, suite, mailbox)?;
+        Ok(kp)
+    }
+
+    /// Joins a channel with a welcome made for one of our key packages.
+    pub fn join(&mut self, name: Option<&str>, welcome: &[u8]) -> Result<ChannelId, ClientError> {
+        let id = self.engine.join(now(), name, welcome)?;
+        let summary = self
+            .engine
+            .channels()
+            .into_iter()
+            .find(|c| c.id == id)
+            .ok_or_else(|| CommandError::UnknownChannel(id.to_string()))?;
+        if let Some(me) = summary.members.iter().find(|m| m.is_self) {
+            let mailbox = me.mailbox.clone();
+            self.bind(&mailbox, id)?;
+        }
+        self.pump();
+        Ok(id)
+    }
+
+    /// Adds the owners of key packages to a channel we administer; returns the welcome.
+    pub fn add_members(
+        &mut self,
+        channel: &str,
+        key_packages: &[&[u8]],
+    ) -> Result<Vec<u8>, ClientError> {
+        let welcome = self.engine.add_members(now(), channel, key_packages)?;
+        self.pump();
+        Ok(welcome)
+    }
+
+    /// Removes a member from a channel we administer.
+    pub fn remove_member(&mut self, channel: &str, member: &str) -> Result<(), ClientError> {
+        self.engine.remove_member(now(), channel, member)?;
+        self.pump();
+        Ok(())
+    }
+
+    /// Replaces our keys in a channel.
+    pub fn self_update(&mut self, channel: &str) -> Result<(), ClientError> {
+        self.engine.self_update(now(), channel)?;
+        self.pump();
+        Ok(())
+    }
+
+    /// Leaves a channel.
+    pub fn leave(&mut self, channel: &str) -> Result<(), ClientError> {
+        self.engine.leave(now(), channel)?;
+        self.pump();
+        Ok(())
+    }
+
+    /// Sends a text message.
+    pub fn send_text(&mut self, channel: &str, text: &str) -> Result<(), ClientError> {
+        self.engine.send_text(now(), channel, text)?;
+        self.pump();
+        Ok(())
+    }
+
+    /// Moves the engine's outputs: blobs to their relays, events to the queue.
+    fn pump(&mut self) {
+        while let Some(output) = self.engine.poll_output() {
+            match output {
+                Output::Transmit(t) => self.dispatch(t.id, t.to, t.blob),
+                Output::Event(event) => self.events.push_back(event),
+                _ => {}
+            }
+        }
+    }
+
+    fn dispatch(&mut self, id: u64, to: MailboxAddr, blob: Vec<u8>) {
+        let Ok(blob) = <[u8; BLOB_LEN]>::try_from(blob) else {
+            return;
+        };
+        self.in_flight.insert(id);
+        let link = self.link(&to.relay);
+        let _ = link.send(LinkCommand::Send {
+            id,
+            send_id: to.send_id,
+            blob: Box::new(blob),
+        });
+    }
+
+    /// Hands everything in the outbox (from earlier runs too) to the links.
+    pub fn resend_outbox(&mut self) -> Result<(), ClientError> {
+        for t in self.store().outbox()? {
+            if !self.in_flight.contains(&t.id) {
+                self.dispatch(t.id, t.to, t.blob);
+            }
+        }
+        Ok(())
+    }
+
+    /// Subscribes to every mailbox of every channel we are active in.
+    pub fn subscribe_all(&mut self) {
+        let active: HashSet<ChannelId> = self
+            .engine
+            .channels()
+            .into_iter()
+            .filter(|c| c.status != backchannel_core::store::ChannelStatus::Closed)
+            .map(|c| c.id)
+            .collect();
+        let wanted: Vec<MailboxRecord> = self
+            .mailboxes
+            .values()
+            .filter(|m| m.channel.is_some_and(|c| active.contains(&c)))
+            .cloned()
+            .collect();
+        for m in wanted {
+            if self.awaiting.contains_key(&m.read_id) {
+                continue;
+            }
+            self.awaiting.insert(m.read_id, None);
+            let key = SigningKey::from_bytes(&m.auth_seed);
+            let link = self.link(&m.relay);
+            let _ = link.send(LinkCommand::Subscribe {
+                read_id: m.read_id,
+                key,
+            });
+        }
+    }
+
+    /// Whether every subscription has delivered its backlog and the outbox is empty.
+    fn settled(&self) -> bool {
+        self.in_flight.is_empty() && self.awaiting.values().all(|b| *b == Some(0))
+    }
+
+    /// Catches up: sends the outbox, receives every mailbox's backlog, and returns
+    /// once everything is settled and quiet for a moment, or when `limit` passes
+    /// (what is unsent stays in the outbox for next time).
+    pub async fn sync(&mut self, limit: Duration) -> Result<(), ClientError> {
+        self.resend_outbox()?;
+        self.subscribe_all();
+        self.run_until(limit, true).await
+    }
+
+    /// Waits until everything handed to the relays is stored (or `limit` passes).
+    pub async fn flush(&mut self, limit: Duration) -> Result<(), ClientError> {
+        self.resend_outbox()?;
+        self.run_until(limit, false).await
+    }
+
+    async fn run_until(&mut self, limit: Duration, quiet: bool) -> Result<(), ClientError> {
+        let deadline = Instant::now() + limit;
+        let mut quiet_since: Option<Instant> = None;
+        loop {
+            if self.settled() {
+                if !quiet {
+                    return Ok(());
+                }
+                let since = *quiet_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= self.config.quiet {
+                    return Ok(());
+                }
+            } else {
+                quiet_since = None;
+            }
+            let now_instant = Instant::now();
+            if now_instant >= deadline {
+                let unsent = self.in_flight.len();
+                let detail = self.relay_errors.last().cloned().unwrap_or_default();
+                return Err(ClientError::Timeout(if unsent > 0 {
+                    format!(
+                        "{unsent} message(s) not yet accepted by a relay; they stay queued and \
+                         go out the next time ({detail})"
+                    )
+                } else {
+                    format!("the relays did not deliver everything in time ({detail})")
+                }));
+            }
+            let wait = (deadline - now_instant).min(self.config.quiet);
+            self.step(wait).await?;
+        }
+    }
+
+    /// Waits up to `wait` for one relay event or engine timer, and handles it.
+    /// Returns whether anything happened.
+    pub async fn step(&mut self, wait: Duration) -> Result<bool, ClientError> {
+        let timer = self.engine.poll_timeout();
+        let wait = match timer {
+            Some(t) => Duration::from_millis(t.0.saturating_sub(now().0)).min(wait),
+            None => wait,
+        };
+        let event = tokio::time::timeout(wait, self.events_rx.recv()).await;
+        if timer.is_some_and(|t| t <= now()) {
+            self.engine.handle_timeout(now())?;
+            self.pump();
+        }
+        match event {
+            Ok(Some(event)) => {
+                self.handle(event)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn handle(&mut self, event: LinkEvent) -> Result<(), ClientError> {
+        match event {
+            LinkEvent::Stored { id } => {
+                self.in_flight.remove(&id);
+                self.store().remove_transmit(id)?;
+            }
+            LinkEvent::Refused { id, code } => {
+                // The recipient's mailbox is gone (or the relay will never take the
+                // blob): nothing more to do for it.
+                self.in_flight.remove(&id);
+                self.store().remove_transmit(id)?;
+                self.relay_errors
+                    .push(format!("a message was refused: {code}"));
+            }
+            LinkEvent::Subscribed { read_id, backlog } => {
+                self.awaiting.insert(read_id, Some(backlog));
+            }
+            LinkEvent::SubscribeFailed { read_id, error } => {
+                self.awaiting.remove(&read_id);
+                self.relay_errors.push(error);
+            }
+            LinkEvent::Down { relay, error } => {
+                self.relay_errors.push(format!("{relay}: {error}"));
+                // Subscriptions come back with the connection.
+                for m in self.mailboxes.values() {
+                    if m.relay == relay {
+                        if let Some(b) = self.awaiting.get_mut(&m.read_id) {
+                            *b = None;
+                        }
+                    }
+                }
+            }
+            LinkEvent::Delivery {
+                read_id,
+                message_id,
+                blob,
+            } => self.deliver(read_id, message_id, blob)?,
+        }
+        Ok(())
+    }
+
+    fn deliver(
+        &mut self,
+        read_id: MailboxId,
+        message_id: u64,
+        blob: Blob,
+    ) -> Result<(), ClientError> {
+        if let Some(Some(backlog)) = self.awaiting.get_mut(&read_id) {
+            *backlog = backlog.saturating_sub(1);
+        }
+        let Some(mailbox) = self.mailboxes.get(&read_id).cloned() else {
+            return Ok(());
+        };
+        let link = self.link(&mailbox.relay);
+        if message_id > mailbox.last_processed {
+            if let Some(channel) = mailbox.channel {
+                let result =
+                    self.engine
+                        .handle_incoming_then(now(), &channel, &blob[..], |store| {
+                            store.set_last_processed(&read_id, message_id)
+                        });
+                match result {
+                    Ok(()) => {}
+                    // The channel is gone (erased): the message has nowhere to go.
+                    Err(CommandError::UnknownChannel(_)) => {}
+                    // The store failed: do not acknowledge; it will come again.
+                    Err(e) => return Err(e.into()),
+                }
+                self.pump();
+            }
+            if let Some(m) = self.mailboxes.get_mut(&read_id) {
+                m.last_processed = message_id;
+            }
+        }
+        let _ = link.send(LinkCommand::Ack {
+            read_id,
+            message_id,
+        });
+        Ok(())
+    }
+
+    /// Deletes a mailbox at its relay and forgets it.
+    pub async fn delete_mailbox(&mut self, read_id: MailboxId) -> Result<(), ClientError> {
+        let Some(m) = self.mailboxes.get(&read_id).cloned() else {
+            return Ok(());
+        };
+        let link = self.link(&m.relay);
+        let (reply, rx) = oneshot::channel();
+        let _ = link.send(LinkCommand::Forget { read_id });
+        let _ = link.send(LinkCommand::Delete {
+            read_id,
+            key: SigningKey::from_bytes(&m.auth_seed),
+            reply,
+        });
+        let relay_error = |error| ClientError::Relay {
+            relay: m.relay.to_string(),
+            error,
+        };
+        match tokio::time::timeout(self.config.timing.timeout * 2, rx).await {
+            Ok(Ok(Ok(()))) | Ok(Ok(Err(RelayClientError::Refused(ErrorCode::UnknownMailbox)))) => {}
+            Ok(Ok(Err(e))) => return Err(relay_error(e)),
+            Ok(Err(_)) => return Err(relay_error(RelayClientError::Closed)),
+            Err(_) => return Err(relay_error(RelayClientError::Timeout)),
+        }
+        self.store().delete_mailbox_record(&read_id)?;
+        self.mailboxes.remove(&read_id);
+        self.awaiting.remove(&read_id);
+        Ok(())
+    }
+
+    /// Our mailboxes.
+    pub fn mailboxes(&self) -> impl Iterator<Item = &MailboxRecord> {
+        self.mailboxes.values()
+    }
+}

@@ -1,0 +1,325 @@
+//! A link: one relay, kept connected.
+//!
+//! A link task owns the connection to one relay. It reconnects with exponential
+//! backoff, subscribes again to every mailbox it serves after each reconnection,
+//! and keeps every blob it was asked to send until the relay has stored it,
+//! sending again after a reconnection. It reports what happens as [`LinkEvent`]s.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backchannel_proto::addr::{MailboxId, RelayAddr};
+use backchannel_proto::frame::{Blob, ErrorCode};
+use ed25519_dalek::SigningKey;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::relay::{RelayClient, RelayClientError};
+
+/// Orders for a link.
+pub(crate) enum LinkCommand {
+    /// Send a blob (outbox entry `id`) until the relay stores it.
+    Send {
+        id: u64,
+        send_id: MailboxId,
+        blob: Blob,
+    },
+    /// Receive a mailbox's messages from now on.
+    Subscribe { read_id: MailboxId, key: SigningKey },
+    /// Stop receiving a mailbox.
+    Forget { read_id: MailboxId },
+    /// Delete a delivered message.
+    Ack { read_id: MailboxId, message_id: u64 },
+    /// Create a mailbox.
+    Create {
+        key: SigningKey,
+        reply: oneshot::Sender<Result<(MailboxId, MailboxId), RelayClientError>>,
+    },
+    /// Delete a mailbox.
+    Delete {
+        read_id: MailboxId,
+        key: SigningKey,
+        reply: oneshot::Sender<Result<(), RelayClientError>>,
+    },
+}
+
+/// What a link reports.
+#[derive(Debug)]
+pub(crate) enum LinkEvent {
+    /// The relay stored outbox entry `id`.
+    Stored { id: u64 },
+    /// The relay refused outbox entry `id` for good.
+    Refused { id: u64, code: ErrorCode },
+    /// A message arrived.
+    Delivery {
+        read_id: MailboxId,
+        message_id: u64,
+        blob: Blob,
+    },
+    /// A subscription is in place; `backlog` messages come first.
+    Subscribed { read_id: MailboxId, backlog: u64 },
+    /// A subscription was refused.
+    SubscribeFailed { read_id: MailboxId, error: String },
+    /// The link lost (or could not make) its connection.
+    Down { relay: RelayAddr, error: String },
+}
+
+/// Timing of a link.
+#[derive(Clone, Copy, Debug)]
+pub struct LinkTiming {
+    /// Connection and request timeout.
+    pub timeout: Duration,
+    /// First reconnection delay.
+    pub backoff_min: Duration,
+    /// Longest reconnection delay.
+    pub backoff_max: Duration,
+}
+
+impl Default for LinkTiming {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Starts a link task for `relay`.
+pub(crate) fn spawn(
+    relay: RelayAddr,
+    timing: LinkTiming,
+    events: mpsc::UnboundedSender<LinkEvent>,
+) -> mpsc::UnboundedSender<LinkCommand> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(relay, timing, rx, events));
+    tx
+}
+
+enum Internal {
+    SendDone {
+        id: u64,
+        result: Result<(), RelayClientError>,
+    },
+}
+
+async fn run(
+    relay: RelayAddr,
+    timing: LinkTiming,
+    mut commands: mpsc::UnboundedReceiver<LinkCommand>,
+    events: mpsc::UnboundedSender<LinkEvent>,
+) {
+    let mut pending: BTreeMap<u64, (MailboxId, Blob)> = BTreeMap::new();
+    let mut subs: HashMap<MailboxId, SigningKey> = HashMap::new();
+    let mut waiting: Vec<LinkCommand> = Vec::new();
+    let mut backoff = timing.backoff_min;
+    'reconnect: loop {
+        // Take every order that came in while disconnected.
+        while let Ok(cmd) = commands.try_recv() {
+            absorb(cmd, &mut pending, &mut subs, &mut waiting);
+        }
+        let mut client = match RelayClient::connect(&relay, timing.timeout).await {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = events.send(LinkEvent::Down {
+                    relay: relay.clone(),
+                    error: e.to_string(),
+                });
+                for cmd in waiting.drain(..) {
+                    fail(cmd, &e);
+                }
+                // Wait out the backoff, still taking orders.
+                let sleep = tokio::time::sleep(backoff);
+                tokio::pin!(sleep);
+                loop {
+                    tokio::select! {
+                        () = &mut sleep => break,
+                        cmd = commands.recv() => match cmd {
+                            Some(cmd) => absorb(cmd, &mut pending, &mut subs, &mut waiting),
+                            None => return,
+                        },
+                    }
+                }
+                backoff = (backoff * 2).min(timing.backoff_max);
+                continue 'reconnect;
+            }
+        };
+        backoff = timing.backoff_min;
+        let Some(mut deliveries) = client.deliveries() else {
+            continue 'reconnect;
+        };
+        let client = Arc::new(client);
+        let (internal_tx, mut internal) = mpsc::unbounded_channel::<Internal>();
+        let send = |id: u64, send_id: MailboxId, blob: Blob| {
+            let client = client.clone();
+            let internal_tx = internal_tx.clone();
+            tokio::spawn(async move {
+                let result = client.send(send_id, blob).await;
+                let _ = internal_tx.send(Internal::SendDone { id, result });
+            });
+        };
+        for (read_id, key) in &subs {
+            subscribe(&client, *read_id, key.clone(), &events);
+        }
+        for (id, (send_id, blob)) in &pending {
+            send(*id, *send_id, blob.clone());
+        }
+        for cmd in waiting.drain(..) {
+            perform(&client, cmd);
+        }
+        loop {
+            tokio::select! {
+                delivery = deliveries.recv() => match delivery {
+                    Some(d) => {
+                        let _ = events.send(LinkEvent::Delivery {
+                            read_id: d.read_id,
+                            message_id: d.message_id,
+                            blob: d.blob,
+                        });
+                    }
+                    None => {
+                        let _ = events.send(LinkEvent::Down {
+                            relay: relay.clone(),
+                            error: "connection closed".into(),
+                        });
+                        continue 'reconnect;
+                    }
+                },
+                done = internal.recv() => {
+                    let Some(Internal::SendDone { id, result }) = done else { continue };
+                    match result {
+                        Ok(()) => {
+                            pending.remove(&id);
+                            let _ = events.send(LinkEvent::Stored { id });
+                        }
+                        Err(RelayClientError::Refused(
+                            code @ (ErrorCode::UnknownMailbox | ErrorCode::Malformed),
+                        )) => {
+                            pending.remove(&id);
+                            let _ = events.send(LinkEvent::Refused { id, code });
+                        }
+                        Err(RelayClientError::Refused(_)) => {
+                            // Full, busy or rate-limited: try again a little later.
+                            if let Some((send_id, blob)) = pending.get(&id).cloned() {
+                                let client = client.clone();
+                                let internal_tx = internal_tx.clone();
+                                let delay = backoff;
+                                tokio::spawn(async move {
+                                    tokio::time::sleep(delay).await;
+                                    let result = client.send(send_id, blob).await;
+                                    let _ = internal_tx.send(Internal::SendDone { id, result });
+                                });
+                                backoff = (backoff * 2).min(timing.backoff_max);
+                            }
+                        }
+                        Err(_) => {
+                            // The connection is gone; everything pending goes again
+                            // after reconnecting.
+                            continue 'reconnect;
+                        }
+                    }
+                }
+                cmd = commands.recv() => match cmd {
+                    Some(LinkCommand::Send { id, send_id, blob }) => {
+                        pending.insert(id, (send_id, blob.clone()));
+                        send(id, send_id, blob);
+                    }
+                    Some(LinkCommand::Subscribe { read_id, key }) => {
+                        subs.insert(read_id, key.clone());
+                        subscribe(&client, read_id, key, &events);
+                    }
+                    Some(LinkCommand::Forget { read_id }) => {
+                        subs.remove(&read_id);
+                    }
+                    Some(cmd) => perform(&client, cmd),
+                    None => return,
+                },
+            }
+        }
+    }
+}
+
+/// Records an order while disconnected.
+fn absorb(
+    cmd: LinkCommand,
+    pending: &mut BTreeMap<u64, (MailboxId, Blob)>,
+    subs: &mut HashMap<MailboxId, SigningKey>,
+    waiting: &mut Vec<LinkCommand>,
+) {
+    match cmd {
+        LinkCommand::Send { id, send_id, blob } => {
+            pending.insert(id, (send_id, blob));
+        }
+        LinkCommand::Subscribe { read_id, key } => {
+            subs.insert(read_id, key);
+        }
+        LinkCommand::Forget { read_id } => {
+            subs.remove(&read_id);
+        }
+        // An acknowledgement lost with a connection is harmless: the message is
+        // delivered again and recognised as processed.
+        LinkCommand::Ack { .. } => {}
+        other => waiting.push(other),
+    }
+}
+
+fn fail(cmd: LinkCommand, error: &RelayClientError) {
+    let message = error.to_string();
+    match cmd {
+        LinkCommand::Create { reply, .. } => {
+            let _ = reply.send(Err(RelayClientError::Handshake(message)));
+        }
+        LinkCommand::Delete { reply, .. } => {
+            let _ = reply.send(Err(RelayClientError::Handshake(message)));
+        }
+        _ => {}
+    }
+}
+
+fn subscribe(
+    client: &Arc<RelayClient>,
+    read_id: MailboxId,
+    key: SigningKey,
+    events: &mpsc::UnboundedSender<LinkEvent>,
+) {
+    let client = client.clone();
+    let events = events.clone();
+    tokio::spawn(async move {
+        let event = match client.subscribe(read_id, &key).await {
+            Ok(backlog) => LinkEvent::Subscribed { read_id, backlog },
+            Err(e) => LinkEvent::SubscribeFailed {
+                read_id,
+                error: e.to_string(),
+            },
+        };
+        let _ = events.send(event);
+    });
+}
+
+/// Carries out a one-off order on a live connection.
+fn perform(client: &Arc<RelayClient>, cmd: LinkCommand) {
+    let client = client.clone();
+    tokio::spawn(async move {
+        match cmd {
+            LinkCommand::Ack {
+                read_id,
+                message_id,
+            } => {
+                let _ = client.ack(read_id, message_id).await;
+            }
+            LinkCommand::Create { key, reply } => {
+                let _ = reply.send(client.create_mailbox(&key).await);
+            }
+            LinkCommand::Delete {
+                read_id,
+                key,
+                reply,
+            } => {
+                let _ = reply.send(client.delete_mailbox(read_id, &key).await);
+            }
+            LinkCommand::Send { .. }
+            | LinkCommand::Subscribe { .. }
+            | LinkCommand::Forget { .. } => {}
+        }
+    });
+}
