@@ -386,7 +386,7 @@ fn show_new(g: &Global, client: &Client, name: &str, all: bool) -> Result<usize,
             .unwrap_or(0)
     };
     let summary = client.engine().channel(name)?;
-    let me = summary.members.iter().find(|m| m.is_self).map(|m| m.member);
+    let me = Some(summary.own_member);
     let mut last = cursor;
     loop {
         let batch = client.engine().history(name, last, 500)?;

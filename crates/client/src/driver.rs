@@ -78,6 +78,19 @@ pub fn now() -> Timestamp {
     )
 }
 
+/// How far one subscription has caught up.
+#[derive(Clone, Copy, Debug, Default)]
+struct Catchup {
+    backlog: Option<u64>,
+    received: u64,
+}
+
+impl Catchup {
+    fn done(&self) -> bool {
+        self.backlog.is_some_and(|b| self.received >= b)
+    }
+}
+
 /// A Backchannel client over one profile.
 pub struct Client {
     engine: Engine<Store>,
@@ -88,8 +101,9 @@ pub struct Client {
     mailboxes: HashMap<MailboxId, MailboxRecord>,
     /// Outbox entries handed to links and not yet stored.
     in_flight: HashSet<u64>,
-    /// Subscriptions not yet confirmed, and backlogs not yet received.
-    awaiting: HashMap<MailboxId, Option<u64>>,
+    /// Subscriptions in progress: their backlog, once known, and how many
+    /// deliveries came since subscribing (they may come before the backlog is known).
+    awaiting: HashMap<MailboxId, Catchup>,
     events: VecDeque<Event>,
     /// Relay problems seen, for the person.
     pub relay_errors: Vec<String>,
@@ -336,7 +350,7 @@ impl Client {
             if self.awaiting.contains_key(&m.read_id) {
                 continue;
             }
-            self.awaiting.insert(m.read_id, None);
+            self.awaiting.insert(m.read_id, Catchup::default());
             let key = SigningKey::from_bytes(&m.auth_seed);
             let link = self.link(&m.relay);
             let _ = link.send(LinkCommand::Subscribe {
@@ -348,7 +362,7 @@ impl Client {
 
     /// Whether every subscription has delivered its backlog and the outbox is empty.
     fn settled(&self) -> bool {
-        self.in_flight.is_empty() && self.awaiting.values().all(|b| *b == Some(0))
+        self.in_flight.is_empty() && self.awaiting.values().all(Catchup::done)
     }
 
     /// Catches up: sends the outbox, receives every mailbox's backlog, and returns
@@ -357,7 +371,29 @@ impl Client {
     pub async fn sync(&mut self, limit: Duration) -> Result<(), ClientError> {
         self.resend_outbox()?;
         self.subscribe_all();
-        self.run_until(limit, true).await
+        self.run_until(limit, true).await?;
+        self.retire_closed().await
+    }
+
+    /// Deletes, at their relays, the mailboxes of channels we are no longer in.
+    async fn retire_closed(&mut self) -> Result<(), ClientError> {
+        let closed: Vec<ChannelId> = self
+            .engine
+            .channels()
+            .into_iter()
+            .filter(|c| c.status == backchannel_core::store::ChannelStatus::Closed)
+            .map(|c| c.id)
+            .collect();
+        let retire: Vec<MailboxId> = self
+            .mailboxes
+            .values()
+            .filter(|m| m.channel.is_some_and(|c| closed.contains(&c)))
+            .map(|m| m.read_id)
+            .collect();
+        for read_id in retire {
+            self.delete_mailbox(read_id).await?;
+        }
+        Ok(())
     }
 
     /// Waits until everything handed to the relays is stored (or `limit` passes).
@@ -384,14 +420,17 @@ impl Client {
             let now_instant = Instant::now();
             if now_instant >= deadline {
                 let unsent = self.in_flight.len();
-                let detail = self.relay_errors.last().cloned().unwrap_or_default();
+                let detail = match self.relay_errors.last() {
+                    Some(e) => format!(": {e}"),
+                    None => String::new(),
+                };
                 return Err(ClientError::Timeout(if unsent > 0 {
                     format!(
                         "{unsent} message(s) not yet accepted by a relay; they stay queued and \
-                         go out the next time ({detail})"
+                         go out the next time{detail}"
                     )
                 } else {
-                    format!("the relays did not deliver everything in time ({detail})")
+                    format!("the relays did not deliver everything in time{detail}")
                 }));
             }
             let wait = (deadline - now_instant).min(self.config.quiet);
@@ -436,7 +475,9 @@ impl Client {
                     .push(format!("a message was refused: {code}"));
             }
             LinkEvent::Subscribed { read_id, backlog } => {
-                self.awaiting.insert(read_id, Some(backlog));
+                if let Some(c) = self.awaiting.get_mut(&read_id) {
+                    c.backlog = Some(backlog);
+                }
             }
             LinkEvent::SubscribeFailed { read_id, error } => {
                 self.awaiting.remove(&read_id);
@@ -447,8 +488,8 @@ impl Client {
                 // Subscriptions come back with the connection.
                 for m in self.mailboxes.values() {
                     if m.relay == relay {
-                        if let Some(b) = self.awaiting.get_mut(&m.read_id) {
-                            *b = None;
+                        if let Some(c) = self.awaiting.get_mut(&m.read_id) {
+                            *c = Catchup::default();
                         }
                     }
                 }
@@ -468,8 +509,8 @@ impl Client {
         message_id: u64,
         blob: Blob,
     ) -> Result<(), ClientError> {
-        if let Some(Some(backlog)) = self.awaiting.get_mut(&read_id) {
-            *backlog = backlog.saturating_sub(1);
+        if let Some(c) = self.awaiting.get_mut(&read_id) {
+            c.received += 1;
         }
         let Some(mailbox) = self.mailboxes.get(&read_id).cloned() else {
             return Ok(());

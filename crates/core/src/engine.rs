@@ -196,6 +196,8 @@ pub struct ChannelSummary {
     pub admin: bool,
     /// The channel's rules (None when closed).
     pub policy: Option<ChannelPolicy>,
+    /// Our member identifier in this channel.
+    pub own_member: MemberId,
 }
 
 impl<S: Storage> Engine<S> {
@@ -290,6 +292,7 @@ impl<S: Storage> Engine<S> {
         let policy = ch.live.as_ref().and_then(|l| policy_of(&l.group));
         ChannelSummary {
             id: ch.record.id,
+            own_member: ch.record.own_member,
             name: ch.record.name.clone(),
             suite: ch.record.suite,
             status: ch.record.status,
