@@ -22,7 +22,7 @@ use clap::{Args, Parser, Subcommand};
 /// A secure channel between people who trust neither the network, nor the relays,
 /// nor each other's facilities.
 #[derive(Parser, Debug)]
-#[command(name = "backchannel", version, about, long_about = None)]
+#[command(name = "backchannel", version)]
 struct Cli {
     #[command(flatten)]
     global: Global,

@@ -59,6 +59,9 @@ pub(crate) struct ServeArgs {
     /// Most messages per mailbox.
     #[arg(long, env = "BACKCHANNEL_RELAY_QUOTA_MESSAGES")]
     quota_messages: Option<u64>,
+    /// Most bytes per mailbox.
+    #[arg(long, env = "BACKCHANNEL_RELAY_QUOTA_BYTES")]
+    quota_bytes: Option<u64>,
     /// Most connections in all.
     #[arg(long, env = "BACKCHANNEL_RELAY_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
@@ -112,6 +115,9 @@ fn config(args: &ServeArgs) -> Result<RelayConfig, Failure> {
     }
     if let Some(q) = args.quota_messages {
         config.quota_messages = q;
+    }
+    if let Some(q) = args.quota_bytes {
+        config.quota_bytes = q;
     }
     if let Some(n) = args.max_connections {
         config.limits.max_connections = n;

@@ -933,6 +933,7 @@ impl Channel {
         kind: PayloadKind,
         body: Vec<u8>,
     ) -> Result<MessageRecord, CommandError> {
+        self.live()?;
         let payload = Payload {
             kind,
             seq: self.record.own_seq + 1,

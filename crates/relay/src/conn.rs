@@ -185,7 +185,19 @@ impl Connection {
         pending: &mut FuturesUnordered<Pending>,
     ) -> Result<(), End> {
         let id = frame.request_id;
-        if !self.bucket.take(Instant::now()) || !self.admitted.allow_request() {
+        // Acknowledging a message we delivered is free: deliveries are already paced
+        // by the window, and a reader draining a backlog must not be throttled.
+        let delivered = match &frame.request {
+            Request::Ack {
+                read_id,
+                message_id,
+            } => self
+                .subs
+                .get(read_id)
+                .is_some_and(|s| s.in_flight.contains(message_id)),
+            _ => false,
+        };
+        if !delivered && (!self.bucket.take(Instant::now()) || !self.admitted.allow_request()) {
             self.shared.metrics.rate_limited.inc();
             return self
                 .respond(ws, id, Response::Error(ErrorCode::RateLimited))

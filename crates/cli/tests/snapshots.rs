@@ -1,0 +1,8 @@
+//! Snapshot tests of stable command-line output: real invocations of the binary,
+//! compared with `tests/cmd/*.toml` (run with `TRYCMD=overwrite` to update after a
+//! deliberate change).
+
+#[test]
+fn cli_snapshots() {
+    trycmd::TestCases::new().case("tests/cmd/*.toml");
+}
