@@ -57,10 +57,12 @@ pub(crate) enum Command {
     },
 }
 
-/// A handle to the storage thread.
+/// A handle to the storage threads: one writer (group commit) and one reader (on
+/// its own connection, so that fetches never wait behind an fsync).
 #[derive(Clone)]
 pub(crate) struct StorageHandle {
     tx: mpsc::Sender<Command>,
+    read_tx: mpsc::Sender<Command>,
 }
 
 /// The storage thread is gone (it only stops at shutdown).
@@ -76,7 +78,12 @@ impl From<oneshot::error::RecvError> for Gone {
 impl StorageHandle {
     async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, Gone> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(make(reply)).await.map_err(|_| Gone)?;
+        let cmd = make(reply);
+        let tx = match cmd {
+            Command::Lookup { .. } | Command::Fetch { .. } => &self.read_tx,
+            _ => &self.tx,
+        };
+        tx.send(cmd).await.map_err(|_| Gone)?;
         Ok(rx.await?)
     }
 
@@ -150,15 +157,26 @@ impl StorageHandle {
     }
 }
 
-/// Starts the storage thread. It ends when every handle is dropped, after
-/// finishing what was queued.
+/// Starts the storage threads over two connections to one store. They end when
+/// every handle is dropped, after finishing what was queued.
 pub(crate) fn spawn<S: RelayStorage>(
     mut storage: S,
+    mut reader: S,
     quota: Quota,
     batch_max: usize,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<(StorageHandle, std::thread::JoinHandle<()>)> {
+    let (read_tx, mut read_rx) = mpsc::channel::<Command>(65_536);
+    std::thread::Builder::new()
+        .name("relay-reader".into())
+        .spawn(move || {
+            let mut batch = Vec::with_capacity(1);
+            while let Some(cmd) = read_rx.blocking_recv() {
+                batch.push(cmd);
+                run_reads(&mut reader, &mut batch);
+            }
+        })?;
     let (tx, mut rx) = mpsc::channel::<Command>(65_536);
     let thread = std::thread::Builder::new()
         .name("relay-storage".into())
@@ -176,7 +194,27 @@ pub(crate) fn spawn<S: RelayStorage>(
                 run_batch(&mut storage, &mut batch, quota, &hub, &metrics);
             }
         })?;
-    Ok((StorageHandle { tx }, thread))
+    Ok((StorageHandle { tx, read_tx }, thread))
+}
+
+fn run_reads<S: RelayStorage>(reader: &mut S, batch: &mut Vec<Command>) {
+    for cmd in batch.drain(..) {
+        match cmd {
+            Command::Lookup { read_id, reply } => {
+                let _ = reply.send(reader.mailbox_by_read(&read_id));
+            }
+            Command::Fetch {
+                mailbox,
+                after,
+                limit,
+                reply,
+            } => {
+                let _ = reply.send(reader.fetch(mailbox, after, limit));
+            }
+            // Writes never reach the reader.
+            _ => {}
+        }
+    }
 }
 
 fn run_batch<S: RelayStorage>(
@@ -188,6 +226,8 @@ fn run_batch<S: RelayStorage>(
 ) {
     let mut appends = Vec::new();
     let mut replies = Vec::new();
+    let mut deletes = Vec::new();
+    let mut delete_replies = Vec::new();
     for cmd in batch.drain(..) {
         match cmd {
             Command::Append { append, reply } => {
@@ -221,9 +261,8 @@ fn run_batch<S: RelayStorage>(
                 message_id,
                 reply,
             } => {
-                let result = storage.delete_message(mailbox, message_id);
-                note_failure(&result, metrics);
-                let _ = reply.send(result);
+                deletes.push((mailbox, message_id));
+                delete_replies.push(reply);
             }
             Command::DeleteMailbox { mailbox, reply } => {
                 let result = storage.delete_mailbox(mailbox);
@@ -237,6 +276,19 @@ fn run_batch<S: RelayStorage>(
                     metrics.storage_failures.inc();
                 }
             },
+        }
+    }
+    if !deletes.is_empty() {
+        // Acknowledged messages go in one transaction too.
+        let result = storage.delete_messages(&deletes);
+        note_failure(&result, metrics);
+        let ok = result.is_ok();
+        for reply in delete_replies {
+            let _ = reply.send(if ok {
+                Ok(())
+            } else {
+                Err(StorageError::BatchFailed)
+            });
         }
     }
     if appends.is_empty() {

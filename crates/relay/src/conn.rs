@@ -247,7 +247,13 @@ impl Connection {
             Request::Ack {
                 read_id,
                 message_id,
-            } => self.ack(read_id, message_id).await?,
+            } => match self.ack(id, read_id, message_id) {
+                Some(delete) => {
+                    pending.push(delete);
+                    return Ok(());
+                }
+                None => Response::Error(ErrorCode::Unauthorized),
+            },
             Request::DeleteMailbox { read_id, signature } => {
                 self.delete_mailbox(id, read_id, signature).await?
             }
@@ -345,22 +351,33 @@ impl Connection {
         Ok(Response::Subscribed { backlog })
     }
 
-    async fn ack(&mut self, read_id: MailboxId, message_id: u64) -> Result<Response, End> {
+    /// Frees the window slot at once and deletes in the background (acknowledgements
+    /// join the next group commit; the connection does not wait for it). `None` if
+    /// the connection is not subscribed to the mailbox.
+    fn ack(&mut self, request_id: u32, read_id: MailboxId, message_id: u64) -> Option<Pending> {
         let Some(sub) = self.subs.get_mut(&read_id) else {
             self.shared.metrics.unauthorized.inc();
-            return Ok(Response::Error(ErrorCode::Unauthorized));
+            return None;
         };
         let mailbox = sub.mailbox;
-        match self.shared.storage.delete(mailbox, message_id).await {
-            Ok(Ok(())) => {
-                sub.in_flight.remove(&message_id);
-                self.shared.metrics.acked.inc();
-                self.waker.wake(mailbox);
-                Ok(Response::Acked)
+        sub.in_flight.remove(&message_id);
+        self.waker.wake(mailbox);
+        let storage = self.shared.storage.clone();
+        let metrics = self.shared.metrics.clone();
+        Some(Box::pin(async move {
+            let response = match storage.delete(mailbox, message_id).await {
+                Ok(Ok(())) => {
+                    metrics.acked.inc();
+                    Response::Acked
+                }
+                Ok(Err(_)) => Response::Error(ErrorCode::Unavailable),
+                Err(_) => Response::Error(ErrorCode::ShuttingDown),
+            };
+            ServerFrame::Response {
+                request_id,
+                response,
             }
-            Ok(Err(_)) => Ok(Response::Error(ErrorCode::Unavailable)),
-            Err(_) => Err(End::StorageGone),
-        }
+        }))
     }
 
     async fn delete_mailbox(

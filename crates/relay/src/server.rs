@@ -110,7 +110,9 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
     std::fs::create_dir_all(&config.data_dir)?;
     let identity = Identity::load_or_create(&config.data_dir)?;
     let tls = TlsAcceptor::from(identity.server_config()?);
-    let storage = SqliteStorage::open(&config.data_dir.join(DATABASE_FILE), config.max_db_bytes)?;
+    let db = config.data_dir.join(DATABASE_FILE);
+    let storage = SqliteStorage::open(&db, config.max_db_bytes)?;
+    let reader = SqliteStorage::open(&db, config.max_db_bytes)?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| RelayError::Listen(config.listen, e))?;
@@ -125,6 +127,7 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
     };
     let (storage, storage_thread) = actor::spawn(
         storage,
+        reader,
         quota,
         config.batch_max,
         hub.clone(),

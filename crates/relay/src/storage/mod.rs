@@ -79,6 +79,9 @@ pub enum StorageError {
     /// Stored data is not what it should be.
     #[error("stored data is corrupt: {0}")]
     Corrupt(&'static str),
+    /// The batch this operation was part of failed.
+    #[error("the batch failed")]
+    BatchFailed,
 }
 
 /// Counts for metrics.
@@ -115,8 +118,8 @@ pub trait RelayStorage: Send + 'static {
         after: u64,
         limit: usize,
     ) -> Result<Vec<(u64, Blob)>, StorageError>;
-    /// Deletes one message (no error if it is gone already).
-    fn delete_message(&mut self, mailbox: MailboxKey, message_id: u64) -> Result<(), StorageError>;
+    /// Deletes messages, in one transaction (no error for one already gone).
+    fn delete_messages(&mut self, messages: &[(MailboxKey, u64)]) -> Result<(), StorageError>;
     /// Deletes a mailbox and its messages.
     fn delete_mailbox(&mut self, mailbox: MailboxKey) -> Result<(), StorageError>;
     /// Deletes every message that expired at or before `now`; returns how many.

@@ -205,22 +205,24 @@ impl RelayStorage for SqliteStorage {
         Ok(out)
     }
 
-    fn delete_message(&mut self, mailbox: MailboxKey, message_id: u64) -> Result<(), StorageError> {
+    fn delete_messages(&mut self, messages: &[(MailboxKey, u64)]) -> Result<(), StorageError> {
         let tx = self.conn.transaction()?;
-        tx.execute(
-            "INSERT OR IGNORE INTO delivered (mailbox, digest, expires_at)
-             SELECT mailbox, digest, expires_at FROM messages WHERE mailbox = ?1 AND id = ?2",
-            params![mailbox, message_id as i64],
-        )?;
-        let deleted = tx.execute(
-            "DELETE FROM messages WHERE mailbox = ?1 AND id = ?2",
-            params![mailbox, message_id as i64],
-        )?;
-        if deleted > 0 {
-            tx.execute(
-                "UPDATE mailboxes SET count = count - ?1 WHERE key = ?2",
-                params![deleted as i64, mailbox],
+        {
+            let mut remember = tx.prepare_cached(
+                "INSERT OR IGNORE INTO delivered (mailbox, digest, expires_at)
+                 SELECT mailbox, digest, expires_at FROM messages WHERE mailbox = ?1 AND id = ?2",
             )?;
+            let mut delete =
+                tx.prepare_cached("DELETE FROM messages WHERE mailbox = ?1 AND id = ?2")?;
+            let mut count =
+                tx.prepare_cached("UPDATE mailboxes SET count = count - ?1 WHERE key = ?2")?;
+            for (mailbox, message_id) in messages {
+                remember.execute(params![mailbox, *message_id as i64])?;
+                let deleted = delete.execute(params![mailbox, *message_id as i64])?;
+                if deleted > 0 {
+                    count.execute(params![deleted as i64, mailbox])?;
+                }
+            }
         }
         tx.commit()?;
         Ok(())
@@ -314,8 +316,8 @@ mod tests {
         assert_eq!(msgs.len(), 3);
         assert!(msgs.windows(2).all(|w| w[0].0 < w[1].0), "in order");
         assert_eq!(msgs[1].1[0], 1);
-        s.delete_message(mb.key, msgs[0].0).unwrap();
-        s.delete_message(mb.key, msgs[0].0).unwrap();
+        s.delete_messages(&[(mb.key, msgs[0].0), (mb.key, msgs[0].0)])
+            .unwrap();
         assert_eq!(s.fetch(mb.key, 0, 10).unwrap().len(), 2);
         assert_eq!(s.counts().unwrap().messages, 2);
         assert_eq!(s.expire(101).unwrap(), 1);
@@ -360,7 +362,7 @@ mod tests {
             ]
         );
         // Still a duplicate after delivery and deletion, until it would have expired.
-        s.delete_message(mailbox, message_id).unwrap();
+        s.delete_messages(&[(mailbox, message_id)]).unwrap();
         assert!(matches!(
             s.append_batch(&[append()], quota).unwrap()[0],
             AppendOutcome::Duplicate { .. }
