@@ -101,7 +101,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
         return 0.0;
     }
     let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
+    sorted.get(rank).or(sorted.last()).copied().unwrap_or(0.0)
 }
 
 struct Latencies {
@@ -155,7 +155,8 @@ async fn relay(g: &Global, args: RelayArgs) -> Result<(), Failure> {
                 let Ok(Some(d)) = tokio::time::timeout(timeout, deliveries.recv()).await else {
                     break;
                 };
-                let sent_ns = u64::from_be_bytes(d.blob[..8].try_into().unwrap_or([0; 8]));
+                let stamp = d.blob.first_chunk::<8>().copied().unwrap_or([0; 8]);
+                let sent_ns = u64::from_be_bytes(stamp);
                 let now_ns = start.elapsed().as_nanos() as u64;
                 lat.lock()
                     .await
@@ -196,9 +197,11 @@ async fn relay(g: &Global, args: RelayArgs) -> Result<(), Failure> {
                 let (sender, lat, stored) = (sender.clone(), lat.clone(), stored.clone());
                 handles.push(tokio::spawn(async move {
                     let mut blob = Box::new([0u8; BLOB_LEN]);
-                    rand::rngs::OsRng.fill_bytes(&mut blob[8..]);
+                    rand::rngs::OsRng.fill_bytes(&mut blob[..]);
                     let sent = start.elapsed();
-                    blob[..8].copy_from_slice(&(sent.as_nanos() as u64).to_be_bytes());
+                    if let Some(stamp) = blob.first_chunk_mut::<8>() {
+                        *stamp = (sent.as_nanos() as u64).to_be_bytes();
+                    }
                     let ok = sender.send(send_id, blob).await.is_ok();
                     if ok {
                         stored.fetch_add(1, Ordering::Relaxed);
@@ -353,7 +356,9 @@ fn disk(dir: &Path, each: Duration) -> Result<DiskReport, Failure> {
                 let mut stmt =
                     tx.prepare_cached("INSERT INTO m (mailbox, blob) VALUES (?1, ?2)")?;
                 for _ in 0..batch {
-                    rand::rngs::OsRng.fill_bytes(&mut blob[..32]);
+                    if let Some(head) = blob.first_chunk_mut::<32>() {
+                        rand::rngs::OsRng.fill_bytes(head);
+                    }
                     stmt.execute(rusqlite::params![rows as i64 % 64, &blob])?;
                     rows += 1;
                 }

@@ -187,10 +187,10 @@ pub(crate) async fn channel_show(g: &Global, name: &str) -> Result<(), Failure> 
         );
     } else {
         println!("Channel {}", c.name);
-        if let Some(p) = &c.policy {
-            if p.title != c.name {
-                println!("  title: {}", p.title);
-            }
+        if let Some(p) = &c.policy
+            && p.title != c.name
+        {
+            println!("  title: {}", p.title);
         }
         println!(
             "  status: {}, ciphersuite: {}, epoch {}",

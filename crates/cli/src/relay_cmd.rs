@@ -14,6 +14,7 @@ use crate::{Failure, Global};
 const ADDRESS_FILE: &str = "relay-address";
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub(crate) enum RelayCommand {
     /// Run a relay. Prints its address (bcr://...) as the first line on stdout.
     Serve(ServeArgs),

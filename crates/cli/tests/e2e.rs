@@ -1,7 +1,12 @@
 //! End to end: the real `backchannel` binary against real relay processes on
 //! loopback.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod support;
 

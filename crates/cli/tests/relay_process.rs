@@ -1,7 +1,12 @@
 //! The relay as a separate process: durability under SIGKILL, graceful shutdown on
 //! SIGTERM, and logs that carry no identifier and no address.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod support;
 

@@ -149,10 +149,10 @@ impl Client {
     }
 
     fn link(&mut self, relay: &RelayAddr) -> mpsc::UnboundedSender<LinkCommand> {
-        if let Some(link) = self.links.get(relay) {
-            if !link.is_closed() {
-                return link.clone();
-            }
+        if let Some(link) = self.links.get(relay)
+            && !link.is_closed()
+        {
+            return link.clone();
         }
         let link = link::spawn(relay.clone(), self.config.timing, self.events_tx.clone());
         self.links.insert(relay.clone(), link.clone());
@@ -486,11 +486,9 @@ impl Client {
             LinkEvent::Down { relay, error } => {
                 self.relay_errors.push(format!("{relay}: {error}"));
                 // Subscriptions come back with the connection.
-                for m in self.mailboxes.values() {
-                    if m.relay == relay {
-                        if let Some(c) = self.awaiting.get_mut(&m.read_id) {
-                            *c = Catchup::default();
-                        }
+                for m in self.mailboxes.values().filter(|m| m.relay == relay) {
+                    if let Some(c) = self.awaiting.get_mut(&m.read_id) {
+                        *c = Catchup::default();
                     }
                 }
             }

@@ -94,7 +94,16 @@ impl RelayAddr {
         let fingerprint = Fingerprint(r.array()?);
         let host = r.str8(MAX_HOST_LEN)?;
         let port = r.u16()?;
-        Self::new(fingerprint, host, port).map_err(|_| DecodeError::InvalidValue("relay address"))
+        let addr = Self::new(fingerprint, host, port)
+            .map_err(|_| DecodeError::InvalidValue("relay address"))?;
+        // Only the canonical form (lowercase, no brackets) is accepted, so that an
+        // encoding has one meaning and one meaning has one encoding.
+        if addr.host != host {
+            return Err(DecodeError::InvalidValue(
+                "relay host not in canonical form",
+            ));
+        }
+        Ok(addr)
     }
 
     /// `host:port` as a socket address string (IPv6 in brackets).
@@ -184,6 +193,7 @@ impl MailboxAddr {
 const BASE32: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
 
 /// Lowercase RFC 4648 base32 without padding.
+#[allow(clippy::indexing_slicing)] // indices are masked to 0..32
 pub fn base32_encode(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len().div_ceil(5) * 8);
     let mut buffer: u32 = 0;

@@ -99,8 +99,9 @@ impl Fragment {
         w.u32(self.total_len);
         w.put(&self.chunk);
         let mut out = [0u8; FRAGMENT_LEN];
-        let n = w.bytes.len().min(FRAGMENT_LEN);
-        out[..n].copy_from_slice(&w.bytes[..n]);
+        for (o, b) in out.iter_mut().zip(&w.bytes) {
+            *o = *b;
+        }
         out
     }
 

@@ -192,6 +192,17 @@ mod tests {
         assert!(check_name(&"x".repeat(65)).is_err());
     }
 
+    #[test]
+    fn only_canonical_hosts_decode() {
+        let mut bytes = info().encode();
+        let at = bytes.iter().position(|&b| b == b'r').unwrap();
+        bytes[at] = b'R';
+        assert!(
+            MemberInfo::decode(&bytes).is_err(),
+            "an uppercase host is not canonical"
+        );
+    }
+
     proptest! {
         #[test]
         fn decoders_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {

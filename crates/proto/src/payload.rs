@@ -21,7 +21,10 @@ use crate::codec::{Reader, Writer};
 pub const PAYLOAD_VERSION: u8 = 1;
 
 /// The sizes a padded payload can have. A payload takes the smallest that fits.
-pub const SIZE_CLASSES: [usize; 5] = [256, 1024, 3072, 16384, 65536];
+pub const SIZE_CLASSES: [usize; 5] = [256, 1024, 3072, 16384, LARGEST_CLASS];
+
+/// The largest size class.
+pub const LARGEST_CLASS: usize = 65536;
 
 /// Bytes of a payload besides the body and heads.
 const FIXED_LEN: usize = 1 + 1 + 8 + 32 + 8 + 4 + 2;
@@ -33,7 +36,7 @@ pub const MAX_HEADS: usize = 256;
 const HEAD_LEN: usize = 8 + 8;
 
 /// Largest body: what fits in the largest size class with no heads.
-pub const MAX_BODY_LEN: usize = SIZE_CLASSES[SIZE_CLASSES.len() - 1] - FIXED_LEN;
+pub const MAX_BODY_LEN: usize = LARGEST_CLASS - FIXED_LEN;
 
 /// What a payload carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,7 +94,7 @@ impl Payload {
             return Err(EncodeError::TooManyHeads);
         }
         let len = FIXED_LEN + self.body.len() + HEAD_LEN * self.heads.len();
-        if len > SIZE_CLASSES[SIZE_CLASSES.len() - 1] {
+        if len > LARGEST_CLASS {
             return Err(EncodeError::TooLong(self.body.len()));
         }
         let mut w = Writer::with_capacity(len);

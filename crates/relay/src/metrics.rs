@@ -66,11 +66,9 @@ impl Histogram {
         if inner.0.len() != self.bounds.len() {
             inner.0 = vec![0; self.bounds.len()];
         }
-        for (i, bound) in self.bounds.iter().enumerate() {
+        for (slot, bound) in inner.0.iter_mut().zip(self.bounds) {
             if v <= *bound {
-                if let Some(slot) = inner.0.get_mut(i) {
-                    *slot += 1;
-                }
+                *slot += 1;
             }
         }
         inner.1 += v;

@@ -1,5 +1,12 @@
 //! Basic engine behaviour in the simulator.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use backchannel_sim::Sim;
 
 #[test]

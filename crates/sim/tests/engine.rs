@@ -1,6 +1,13 @@
 //! The foundation's simulation tests: convergence under a hostile network,
 //! removal, post-compromise security, withheld and replayed messages.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use backchannel_core::{Alert, Event, Output};
 use backchannel_sim::{Faults, Sim, Verdict};
 use rand::{Rng, SeedableRng};

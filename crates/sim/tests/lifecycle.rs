@@ -1,6 +1,13 @@
 //! Channel life cycle in the simulator: both suites, leaving, handing over the
 //! administrator role, restarts, long messages, poison input.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
 use backchannel_core::mls::Suite;
 use backchannel_core::store::ChannelStatus;
 use backchannel_core::{Alert, Event};

@@ -9,7 +9,12 @@
 //! `PublicMessage`s, so the incoming wire-format policy accepts both forms.
 //! Everything else is the configuration the engine uses.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::path::PathBuf;
 

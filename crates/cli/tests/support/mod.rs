@@ -1,6 +1,12 @@
 //! Helpers for end-to-end tests of the real binary against real relay processes.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::io::{BufRead as _, BufReader};
 use std::net::TcpListener;

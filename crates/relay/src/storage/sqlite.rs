@@ -74,7 +74,9 @@ impl SqliteStorage {
 fn digest(blob: &Blob) -> [u8; 16] {
     let full = Sha256::digest(&blob[..]);
     let mut out = [0u8; 16];
-    out.copy_from_slice(&full[..16]);
+    for (o, b) in out.iter_mut().zip(full) {
+        *o = b;
+    }
     out
 }
 

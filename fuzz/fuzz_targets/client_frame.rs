@@ -1,0 +1,12 @@
+#![no_main]
+use backchannel_proto::frame::{ClientFrame, FRAME_LEN};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let mut bytes = data.to_vec();
+    bytes.resize(FRAME_LEN, 0);
+    if let Ok(frame) = ClientFrame::decode(&bytes) {
+        assert_eq!(frame.encode(), bytes);
+    }
+    let _ = ClientFrame::decode(data);
+});
