@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod bytes_serde;
 pub mod derive;
 mod engine;
 mod event;

@@ -142,6 +142,7 @@ pub struct ChannelRecord {
     /// Sequence number of our last payload (0 before the first).
     pub own_seq: u64,
     /// Chain hash of our last payload.
+    #[serde(with = "crate::bytes_serde")]
     pub own_last_hash: [u8; 32],
     /// Where the channel stands.
     pub status: ChannelStatus,
@@ -160,6 +161,7 @@ pub struct EpochKey {
     /// The MLS epoch.
     pub epoch: u64,
     /// The key ([`crate::derive::envelope_key`]).
+    #[serde(with = "crate::bytes_serde")]
     pub key: [u8; 32],
 }
 
@@ -238,10 +240,13 @@ pub struct MessageRecord {
     /// Our clock when it arrived (when we sent it, for our own).
     pub received_at: Timestamp,
     /// The body (UTF-8 text for text messages).
+    #[serde(with = "crate::bytes_serde")]
     pub body: Vec<u8>,
     /// The chain hash the payload carried (of the sender's previous payload).
+    #[serde(with = "crate::bytes_serde")]
     pub prev_hash: [u8; 32],
     /// Chain hash of the payload (what the sender's next message must carry).
+    #[serde(with = "crate::bytes_serde")]
     pub hash: [u8; 32],
     /// The message arrived after it had been reported missing.
     pub late: bool,
@@ -255,6 +260,7 @@ pub enum PendingItem {
         /// When it arrived.
         received_at: Timestamp,
         /// The blob.
+        #[serde(with = "crate::bytes_serde")]
         blob: Vec<u8>,
     },
     /// One fragment of a message whose other fragments have not all arrived.
@@ -262,6 +268,7 @@ pub enum PendingItem {
         /// When it arrived.
         received_at: Timestamp,
         /// The encoded fragment plaintext.
+        #[serde(with = "crate::bytes_serde")]
         fragment: Vec<u8>,
     },
     /// A whole MLS message for an epoch we have not reached.
@@ -271,6 +278,7 @@ pub enum PendingItem {
         /// The epoch it belongs to.
         epoch: u64,
         /// The serialized MLS message.
+        #[serde(with = "crate::bytes_serde")]
         message: Vec<u8>,
     },
 }
@@ -290,6 +298,7 @@ impl PendingItem {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyPackageRecord {
     /// The new signature public key (identities are per channel).
+    #[serde(with = "crate::bytes_serde")]
     pub signature_key: Vec<u8>,
     /// The name we gave.
     pub name: String,

@@ -10,9 +10,10 @@
 //!            || u32 total_len || chunk[CHUNK_LEN]
 //! ```
 //!
-//! A message of `total_len` bytes is cut into `count` chunks, `count` being the next
-//! power of two that holds it, so the number of blobs reveals only a size class.
-//! The last chunks are zero-filled; decoding checks the filler is zero.
+//! A message of `total_len` bytes is cut into `count` chunks, `count` rounded up to
+//! a size class — a power of two up to 16, then a multiple of 16 — so the number of
+//! blobs reveals only the class. The last chunks are zero-filled; decoding checks
+//! the filler is zero.
 
 use crate::DecodeError;
 use crate::codec::{Reader, Writer};
@@ -43,6 +44,16 @@ pub const MAX_MESSAGE_LEN: usize = MAX_FRAGMENTS * CHUNK_LEN;
 
 const FRAGMENT_VERSION: u8 = 1;
 
+/// The number of fragments a message needing `needed` of them is sent as: the
+/// next power of two up to 16, then the next multiple of 16.
+pub fn fragment_class(needed: usize) -> usize {
+    if needed <= 16 {
+        needed.next_power_of_two()
+    } else {
+        needed.div_ceil(16) * 16
+    }
+}
+
 /// One piece of a message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fragment {
@@ -65,8 +76,7 @@ impl Fragment {
         if message.len() > MAX_MESSAGE_LEN {
             return Err(DecodeError::TooLong);
         }
-        let needed = message.len().div_ceil(CHUNK_LEN).max(1);
-        let count = needed.next_power_of_two();
+        let count = fragment_class(message.len().div_ceil(CHUNK_LEN).max(1));
         let total_len = message.len() as u32;
         Ok((0..count)
             .map(|index| {
@@ -210,7 +220,7 @@ mod tests {
         bad[FRAGMENT_LEN - 1] = 1;
         assert_eq!(Fragment::decode(&bad), Err(DecodeError::BadPadding));
         let mut bad = good;
-        bad[20] = 3; // count 3: not a power of two
+        bad[20] = 3; // count 3: not a size class
         assert!(Fragment::decode(&bad).is_err());
         let mut bad = good;
         bad[22] = 0x40; // total length that needs more fragments than count

@@ -179,6 +179,20 @@ fn bench_add(c: &mut Criterion, suite: Suite) {
             drain(&mut admin);
         }
         let newcomer = kps[n - 2].clone();
+        {
+            // What one add sends: the commit, sealed once per existing member.
+            let dir = copy_dir(prepared.path());
+            let mut engine = engine_at(dir.path());
+            engine.add_member(Timestamp(1), "c", &newcomer).unwrap();
+            let blobs = drain(&mut engine);
+            eprintln!(
+                "add/{}/engine/{n}: {} blobs ({} KiB) to {} recipients",
+                suite.name(),
+                blobs.len(),
+                blobs.iter().map(Vec::len).sum::<usize>() / 1024,
+                n - 2
+            );
+        }
         group.bench_with_input(BenchmarkId::new("engine", n), &n, |b, _| {
             b.iter_batched(
                 || {

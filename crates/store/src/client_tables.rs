@@ -60,11 +60,12 @@ fn id16(bytes: Vec<u8>) -> Result<[u8; 16], StoreError> {
 impl Store {
     /// Records one of our mailboxes.
     pub fn save_mailbox(&self, m: &MailboxRecord) -> Result<(), StoreError> {
-        self.conn.execute(
+        self.conn.prepare_cached(
             "INSERT INTO mailboxes (read_id, send_id, relay, auth_seed, channel, last_processed, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (read_id) DO UPDATE SET channel = excluded.channel,
                  last_processed = excluded.last_processed",
+        )?.execute(
             params![
                 &m.read_id.0[..],
                 &m.send_id.0[..],
@@ -120,10 +121,9 @@ impl Store {
 
     /// Ties the mailbox with this send identifier to a channel.
     pub fn bind_mailbox(&self, send_id: &MailboxId, channel: &ChannelId) -> Result<(), StoreError> {
-        self.conn.execute(
-            "UPDATE mailboxes SET channel = ?1 WHERE send_id = ?2",
-            params![&channel.0[..], &send_id.0[..]],
-        )?;
+        self.conn
+            .prepare_cached("UPDATE mailboxes SET channel = ?1 WHERE send_id = ?2")?
+            .execute(params![&channel.0[..], &send_id.0[..]])?;
         Ok(())
     }
 
@@ -131,11 +131,8 @@ impl Store {
     pub fn last_processed(&self, read_id: &MailboxId) -> Result<u64, StoreError> {
         let last: Option<i64> = self
             .conn
-            .query_row(
-                "SELECT last_processed FROM mailboxes WHERE read_id = ?1",
-                [&read_id.0[..]],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT last_processed FROM mailboxes WHERE read_id = ?1")?
+            .query_row([&read_id.0[..]], |r| r.get(0))
             .optional()?;
         Ok(last.unwrap_or(0).max(0) as u64)
     }
@@ -146,10 +143,11 @@ impl Store {
         read_id: &MailboxId,
         message_id: u64,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "UPDATE mailboxes SET last_processed = max(last_processed, ?1) WHERE read_id = ?2",
-            params![message_id as i64, &read_id.0[..]],
-        )?;
+        self.conn
+            .prepare_cached(
+                "UPDATE mailboxes SET last_processed = max(last_processed, ?1) WHERE read_id = ?2",
+            )?
+            .execute(params![message_id as i64, &read_id.0[..]])?;
         Ok(())
     }
 

@@ -8,6 +8,7 @@ use backchannel_core::store::{
     SenderState,
 };
 use backchannel_core::{ChannelId, Timestamp, Transmit};
+use backchannel_proto::addr::{MailboxAddr, MailboxId};
 use rusqlite::{OptionalExtension as _, params};
 
 use crate::{Store, StoreError};
@@ -45,15 +46,16 @@ impl EngineStore for Store {
     }
 
     fn save_channel(&self, channel: &ChannelRecord) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO channels (id, name, record) VALUES (?1, ?2, ?3)
+        self.conn
+            .prepare_cached(
+                "INSERT INTO channels (id, name, record) VALUES (?1, ?2, ?3)
              ON CONFLICT (id) DO UPDATE SET name = excluded.name, record = excluded.record",
-            params![
+            )?
+            .execute(params![
                 &channel.id.0[..],
                 channel.name,
                 serde_json::to_string(channel)?
-            ],
-        )?;
+            ])?;
         Ok(())
     }
 
@@ -114,28 +116,30 @@ impl EngineStore for Store {
     }
 
     fn save_sender(&self, channel: &ChannelId, sender: &SenderState) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO senders (channel, member, state) VALUES (?1, ?2, ?3)
+        self.conn
+            .prepare_cached(
+                "INSERT INTO senders (channel, member, state) VALUES (?1, ?2, ?3)
              ON CONFLICT (channel, member) DO UPDATE SET state = excluded.state",
-            params![
+            )?
+            .execute(params![
                 &channel.0[..],
                 &sender.member.0[..],
                 serde_json::to_string(sender)?
-            ],
-        )?;
+            ])?;
         Ok(())
     }
 
     fn append_message(&self, message: &MessageRecord) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO messages (channel, sender, seq, record) VALUES (?1, ?2, ?3, ?4)",
-            params![
+        self.conn
+            .prepare_cached(
+                "INSERT INTO messages (channel, sender, seq, record) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![
                 &message.channel.0[..],
                 &message.sender.0[..],
                 message.seq as i64,
                 serde_json::to_string(message)?
-            ],
-        )?;
+            ])?;
         Ok(())
     }
 
@@ -145,10 +149,9 @@ impl EngineStore for Store {
         sender: &MemberId,
         seq: u64,
     ) -> Result<Option<MessageRecord>, StoreError> {
-        let row: Option<(i64, String)> = self
-            .conn
-            .query_row(
+        let row: Option<(i64, String)> = self.conn.prepare_cached(
                 "SELECT position, record FROM messages WHERE channel = ?1 AND sender = ?2 AND seq = ?3",
+            )?.query_row(
                 params![&channel.0[..], &sender.0[..], seq as i64],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
@@ -184,10 +187,9 @@ impl EngineStore for Store {
     }
 
     fn push_pending(&self, channel: &ChannelId, item: &PendingItem) -> Result<u64, StoreError> {
-        self.conn.execute(
-            "INSERT INTO pending (channel, item) VALUES (?1, ?2)",
-            params![&channel.0[..], serde_json::to_string(item)?],
-        )?;
+        self.conn
+            .prepare_cached("INSERT INTO pending (channel, item) VALUES (?1, ?2)")?
+            .execute(params![&channel.0[..], serde_json::to_string(item)?])?;
         Ok(self.conn.last_insert_rowid() as u64)
     }
 
@@ -207,32 +209,59 @@ impl EngineStore for Store {
     }
 
     fn remove_pending(&self, channel: &ChannelId, id: u64) -> Result<(), StoreError> {
-        self.conn.execute(
-            "DELETE FROM pending WHERE channel = ?1 AND id = ?2",
-            params![&channel.0[..], id as i64],
-        )?;
+        self.conn
+            .prepare_cached("DELETE FROM pending WHERE channel = ?1 AND id = ?2")?
+            .execute(params![&channel.0[..], id as i64])?;
         Ok(())
     }
 
     fn enqueue_transmit(&self, transmit: &Transmit) -> Result<u64, StoreError> {
-        self.conn.execute(
-            "INSERT INTO outbox (record) VALUES (?1)",
-            [serde_json::to_string(transmit)?],
-        )?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO outbox (channel, relay, send_id, blob) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![
+                &transmit.channel.0[..],
+                transmit.to.relay.to_string(),
+                &transmit.to.send_id.0[..],
+                &transmit.blob
+            ])?;
         Ok(self.conn.last_insert_rowid() as u64)
     }
 
     fn outbox(&self) -> Result<Vec<Transmit>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT id, record FROM outbox ORDER BY id")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+            .prepare("SELECT id, channel, relay, send_id, blob FROM outbox ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+                r.get::<_, Vec<u8>>(4)?,
+            ))
+        })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, record) = row?;
-            let mut transmit: Transmit = serde_json::from_str(&record)?;
-            transmit.id = id as u64;
-            out.push(transmit);
+            let (id, channel, relay, send_id, blob) = row?;
+            let channel: [u8; 16] = channel
+                .try_into()
+                .map_err(|_| StoreError::Missing("channel identifier"))?;
+            let send_id: [u8; 16] = send_id
+                .try_into()
+                .map_err(|_| StoreError::Missing("send identifier"))?;
+            out.push(Transmit {
+                id: id as u64,
+                channel: ChannelId(channel),
+                to: MailboxAddr {
+                    relay: relay
+                        .parse()
+                        .map_err(|_| StoreError::Missing("valid relay address"))?,
+                    send_id: MailboxId(send_id),
+                },
+                blob,
+            });
         }
         Ok(out)
     }
@@ -250,18 +279,21 @@ impl EngineStore for Store {
         kind: &str,
         text: &str,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO alerts (channel, created_at, kind, text) VALUES (?1, ?2, ?3, ?4)",
-            params![&channel.0[..], at.0 as i64, kind, text],
-        )?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO alerts (channel, created_at, kind, text) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![&channel.0[..], at.0 as i64, kind, text])?;
         Ok(())
     }
 
     fn save_key_package_record(&self, record: &KeyPackageRecord) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO key_packages (signature_key, record) VALUES (?1, ?2)",
-            params![record.signature_key, serde_json::to_string(record)?],
-        )?;
+        self.conn
+            .prepare_cached("INSERT INTO key_packages (signature_key, record) VALUES (?1, ?2)")?
+            .execute(params![
+                record.signature_key,
+                serde_json::to_string(record)?
+            ])?;
         Ok(())
     }
 
@@ -276,10 +308,9 @@ impl EngineStore for Store {
     }
 
     fn delete_key_package_record(&self, signature_key: &[u8]) -> Result<(), StoreError> {
-        self.conn.execute(
-            "DELETE FROM key_packages WHERE signature_key = ?1",
-            [signature_key],
-        )?;
+        self.conn
+            .prepare_cached("DELETE FROM key_packages WHERE signature_key = ?1")?
+            .execute([signature_key])?;
         Ok(())
     }
 }

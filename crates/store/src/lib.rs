@@ -321,7 +321,7 @@ fn open_database(path: &Path, key: &[u8; 32], create: bool) -> Result<Connection
     // failure here means the file itself is damaged.
     conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
     conn.execute_batch(
-        "PRAGMA cipher_memory_security = ON;
+        "PRAGMA cipher_memory_security = OFF;
          PRAGMA secure_delete = ON;
          PRAGMA journal_mode = WAL;
          PRAGMA synchronous = FULL;

@@ -43,11 +43,12 @@ impl Store {
         key: &[u8],
         value: &V,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO mls_kv (label, key, value) VALUES (?1, ?2, ?3)
+        self.conn
+            .prepare_cached(
+                "INSERT INTO mls_kv (label, key, value) VALUES (?1, ?2, ?3)
              ON CONFLICT (label, key) DO UPDATE SET value = excluded.value",
-            params![label, key, serde_json::to_vec(value)?],
-        )?;
+            )?
+            .execute(params![label, key, serde_json::to_vec(value)?])?;
         Ok(())
     }
 
@@ -58,11 +59,8 @@ impl Store {
     ) -> Result<Option<V>, StoreError> {
         let value: Option<Vec<u8>> = self
             .conn
-            .query_row(
-                "SELECT value FROM mls_kv WHERE label = ?1 AND key = ?2",
-                params![label, key],
-                |r| r.get(0),
-            )
+            .prepare_cached("SELECT value FROM mls_kv WHERE label = ?1 AND key = ?2")?
+            .query_row(params![label, key], |r| r.get(0))
             .optional()?;
         value
             .map(|v| serde_json::from_slice(&v))
@@ -71,10 +69,9 @@ impl Store {
     }
 
     fn delete(&self, label: &str, key: &[u8]) -> Result<(), StoreError> {
-        self.conn.execute(
-            "DELETE FROM mls_kv WHERE label = ?1 AND key = ?2",
-            params![label, key],
-        )?;
+        self.conn
+            .prepare_cached("DELETE FROM mls_kv WHERE label = ?1 AND key = ?2")?
+            .execute(params![label, key])?;
         Ok(())
     }
 

@@ -63,7 +63,10 @@ CREATE TABLE key_packages (
 const V2: &str = "
 CREATE TABLE outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    record TEXT NOT NULL
+    channel BLOB NOT NULL,
+    relay TEXT NOT NULL,
+    send_id BLOB NOT NULL,
+    blob BLOB NOT NULL
 );
 CREATE TABLE mailboxes (
     read_id BLOB PRIMARY KEY,
