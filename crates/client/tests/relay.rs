@@ -572,3 +572,72 @@ fn forms_of(bytes: &[u8]) -> Vec<String> {
         format!("{bytes:?}"),
     ]
 }
+
+/// Sets or clears the immutable attribute (refused writes even for root and for
+/// files already open).
+fn immutable(path: &std::path::Path, on: bool) {
+    let status = std::process::Command::new("chattr")
+        .arg(if on { "+i" } else { "-i" })
+        .arg(path)
+        .status()
+        .expect("chattr (e2fsprogs) is needed for this test");
+    assert!(status.success(), "chattr failed on {}", path.display());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_only_database_stops_acknowledgements_and_loses_nothing_acknowledged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = relay_with(tmp.path(), |_| {}).await;
+    let client = connect(&relay).await;
+    let owner = key();
+    let (send_id, read_id) = client.create_mailbox(&owner).await.unwrap();
+    let mut acknowledged = Vec::new();
+    for n in 0..20 {
+        client.send(send_id, blob(n)).await.unwrap();
+        acknowledged.push(n);
+    }
+    let db = tmp.path().join(backchannel_relay::DATABASE_FILE);
+    let wal = tmp
+        .path()
+        .join(format!("{}-wal", backchannel_relay::DATABASE_FILE));
+    immutable(&db, true);
+    immutable(&wal, true);
+    let mut refused = 0;
+    for n in 20..40 {
+        match client.send(send_id, blob(n)).await {
+            Ok(()) => acknowledged.push(n),
+            Err(RelayClientError::Refused(ErrorCode::Unavailable)) => refused += 1,
+            Err(e) => {
+                immutable(&db, false);
+                immutable(&wal, false);
+                panic!("{e}");
+            }
+        }
+    }
+    immutable(&db, false);
+    immutable(&wal, false);
+    assert_eq!(
+        refused, 20,
+        "a message was acknowledged although the disk refused it"
+    );
+    let addr = relay.address.clone();
+    relay.shutdown().await;
+
+    let relay = relay_with(tmp.path(), |c| {
+        c.listen = SocketAddr::from(([127, 0, 0, 1], addr.port))
+    })
+    .await;
+    let mut reader = connect(&relay).await;
+    let mut deliveries = reader.deliveries().unwrap();
+    let backlog = reader.subscribe(read_id, &owner).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..backlog {
+        let d = tokio::time::timeout(T, deliveries.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        got.push(number(&d.blob));
+    }
+    assert_eq!(got, acknowledged);
+    relay.shutdown().await;
+}
