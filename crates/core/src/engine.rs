@@ -17,7 +17,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use backchannel_proto::addr::MailboxAddr;
-use backchannel_proto::envelope::{BLOB_LEN, Fragment};
+use backchannel_proto::envelope::{BLOB_LEN, ContentKind, Fragment};
 use backchannel_proto::member::{
     CHANNEL_POLICY_EXTENSION, ChannelPolicy, MEMBER_INFO_EXTENSION, MemberInfo, check_name,
 };
@@ -32,7 +32,7 @@ use tls_codec::{Deserialize as _, Serialize as _};
 
 use crate::derive::{self, MemberId, chain_hash, member_id};
 use crate::event::{Alert, Event, ReceivedMessage};
-use crate::mls::{self, Backend, MAX_PAST_EPOCHS, Suite};
+use crate::mls::{self, Backend, Suite};
 use crate::seal;
 use crate::sequence::Arrival;
 use crate::store::{
@@ -40,6 +40,11 @@ use crate::store::{
     MessageKind, MessageRecord, PendingItem, SenderState,
 };
 use crate::{ChannelId, Timestamp};
+
+/// Envelope keys of this many recent epochs are kept. More than the MLS past epochs:
+/// an epoch announcement is sealed under the previous epoch's key and may arrive after
+/// several more updates. They reveal no content, only which blobs are the channel's.
+pub const ENVELOPE_KEY_EPOCHS: usize = 16;
 
 /// A storage provider the engine can run on: OpenMLS's storage plus ours.
 pub trait Storage: StorageProvider<CURRENT_VERSION> + EngineStore {}
@@ -144,27 +149,27 @@ pub enum CommandError {
     Internal(String),
 }
 
-fn internal(e: impl std::fmt::Display) -> CommandError {
+pub(crate) fn internal(e: impl std::fmt::Display) -> CommandError {
     CommandError::Internal(e.to_string())
 }
 
-fn store_err(e: impl std::error::Error + Send + Sync + 'static) -> CommandError {
+pub(crate) fn store_err(e: impl std::error::Error + Send + Sync + 'static) -> CommandError {
     CommandError::Store(Box::new(e))
 }
 
 /// A channel as held in memory.
-struct Channel {
-    record: ChannelRecord,
+pub(crate) struct Channel {
+    pub(crate) record: ChannelRecord,
     /// `None` once the channel is closed and its keys erased.
-    live: Option<Live>,
-    members: Vec<MemberRecord>,
-    senders: BTreeMap<MemberId, SenderState>,
-    pending: Vec<(u64, PendingItem)>,
+    pub(crate) live: Option<Live>,
+    pub(crate) members: Vec<MemberRecord>,
+    pub(crate) senders: BTreeMap<MemberId, SenderState>,
+    pub(crate) pending: Vec<(u64, PendingItem)>,
 }
 
-struct Live {
-    group: MlsGroup,
-    signer: SignatureKeyPair,
+pub(crate) struct Live {
+    pub(crate) group: MlsGroup,
+    pub(crate) signer: SignatureKeyPair,
 }
 
 /// The Backchannel client engine. See the module documentation for the order of
@@ -198,6 +203,8 @@ pub struct ChannelSummary {
     pub policy: Option<ChannelPolicy>,
     /// Our member identifier in this channel.
     pub own_member: MemberId,
+    /// What other members last reported of their view.
+    pub peers: Vec<crate::store::PeerView>,
 }
 
 impl<S: Storage> Engine<S> {
@@ -240,7 +247,12 @@ impl<S: Storage> Engine<S> {
                     .pending
                     .iter()
                     .map(move |(_, p)| p.received_at().plus_ms(grace_pending));
-                gaps.chain(pending)
+                let expected = ch
+                    .record
+                    .expected
+                    .as_ref()
+                    .map(move |e| e.since.plus_ms(grace_gap));
+                gaps.chain(pending).chain(expected)
             })
             .min()
     }
@@ -293,6 +305,7 @@ impl<S: Storage> Engine<S> {
         ChannelSummary {
             id: ch.record.id,
             own_member: ch.record.own_member,
+            peers: ch.record.peers.clone(),
             name: ch.record.name.clone(),
             suite: ch.record.suite,
             status: ch.record.status,
@@ -309,7 +322,7 @@ impl<S: Storage> Engine<S> {
         }
     }
 
-    fn live(&self, id: &ChannelId) -> Result<&Live, CommandError> {
+    pub(crate) fn live(&self, id: &ChannelId) -> Result<&Live, CommandError> {
         self.channels
             .get(id)
             .and_then(|ch| ch.live.as_ref())
@@ -356,21 +369,14 @@ impl<S: Storage> Engine<S> {
             )
             .map_err(internal)?;
             let id = ChannelId(group_id);
-            let record = ChannelRecord {
+            let record = ChannelRecord::new(
                 id,
-                name: name.to_owned(),
+                name.to_owned(),
                 suite,
-                own_member: member_id(signer.public()),
-                signature_key: signer.public().to_vec(),
+                signer.public().to_vec(),
                 mailbox,
-                joined_at: now,
-                own_seq: 0,
-                own_last_hash: [0; 32],
-                status: ChannelStatus::Active,
-                intent: None,
-                epoch_keys: Vec::new(),
-                recent_fragmented: Vec::new(),
-            };
+                now,
+            );
             let mut channel = Channel {
                 record,
                 live: Some(Live { group, signer }),
@@ -397,35 +403,8 @@ impl<S: Storage> Engine<S> {
     ) -> Result<Vec<u8>, CommandError> {
         check_name(name).map_err(CommandError::InvalidName)?;
         self.transact(now, |engine| {
-            let provider = &engine.backend;
-            let signer = new_signer(provider)?;
-            let info = MemberInfo {
-                name: name.to_owned(),
-                mailbox: mailbox.clone(),
-            };
-            let bundle = KeyPackage::builder()
-                .leaf_node_capabilities(mls::capabilities(suite))
-                .leaf_node_extensions(leaf_extensions(&info)?)
-                .build(
-                    suite.ciphersuite(),
-                    provider,
-                    &signer,
-                    credential_for(&signer),
-                )
-                .map_err(internal)?;
-            provider
-                .store()
-                .save_key_package_record(&KeyPackageRecord {
-                    signature_key: signer.public().to_vec(),
-                    name: name.to_owned(),
-                    mailbox,
-                    suite,
-                    created_at: now,
-                })
-                .map_err(store_err)?;
-            MlsMessageOut::from(bundle.key_package().clone())
-                .tls_serialize_detached()
-                .map_err(internal)
+            let mut ctx = engine.ctx(now);
+            crate::integrity::build_key_package(&mut ctx, name, suite, mailbox).map(|(_, kp)| kp)
         })
     }
 
@@ -440,33 +419,9 @@ impl<S: Storage> Engine<S> {
         if let Some(name) = name {
             self.check_local_name(name)?;
         }
-        let invalid = |e: &dyn std::fmt::Display| CommandError::InvalidWelcome(e.to_string());
-        let message = MlsMessageIn::tls_deserialize_exact(welcome).map_err(|e| invalid(&e))?;
-        let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
-            return Err(CommandError::InvalidWelcome(
-                "it is not an MLS welcome".into(),
-            ));
-        };
         self.transact(now, |engine| {
-            let provider = &engine.backend;
-            let staged =
-                StagedWelcome::new_from_welcome(provider, &mls::join_config(), welcome, None)
-                    .map_err(|e| match e {
-                        WelcomeError::NoMatchingKeyPackage
-                        | WelcomeError::NoMatchingEncryptionKey => CommandError::NotForUs,
-                        other => invalid(&other),
-                    })?;
-            if staged.group_context().group_id().as_slice().len() != 16 {
-                return Err(CommandError::InvalidWelcome(
-                    "unexpected channel identifier".into(),
-                ));
-            }
-            let policy = staged
-                .group_context()
-                .extensions()
-                .unknown(CHANNEL_POLICY_EXTENSION)
-                .ok_or_else(|| CommandError::InvalidWelcome("it has no Backchannel policy".into()))
-                .and_then(|ext| ChannelPolicy::decode(&ext.0).map_err(|e| invalid(&e)))?;
+            let (group, signer, kp, policy, inviter_name) =
+                accept_welcome(&engine.backend, welcome, false)?;
             let name = match name {
                 Some(name) => name.to_owned(),
                 None => {
@@ -474,53 +429,10 @@ impl<S: Storage> Engine<S> {
                     policy.title.clone()
                 }
             };
-            let inviter = staged.welcome_sender().map_err(internal)?;
-            if inviter.signature_key().as_slice() != policy.admin.as_slice() {
-                return Err(CommandError::InvalidWelcome(
-                    "it was made by someone who does not administer the channel".into(),
-                ));
-            }
-            let inviter_name = check_leaf(inviter).map(|i| i.name).unwrap_or_default();
-            let own_key = staged
-                .own_leaf_node()
-                .ok_or_else(|| internal("welcome without own leaf"))?
-                .signature_key()
-                .as_slice()
-                .to_vec();
-            let kp = provider
+            engine
+                .backend
                 .store()
-                .key_package_records()
-                .map_err(store_err)?
-                .into_iter()
-                .find(|kp| kp.signature_key == own_key)
-                .ok_or(CommandError::NotForUs)?;
-            let signer = SignatureKeyPair::read(
-                provider.storage(),
-                &own_key,
-                kp.suite.ciphersuite().signature_algorithm(),
-            )
-            .ok_or(CommandError::NotForUs)?;
-            let group = staged.into_group(provider).map_err(|e| invalid(&e))?;
-            // Every leaf must be a valid Backchannel member with a unique name. (On
-            // failure the transaction rolls back what `into_group` stored.)
-            let mut names = Vec::new();
-            for member in group.members() {
-                let leaf = group
-                    .public_group()
-                    .leaf(member.index)
-                    .ok_or_else(|| CommandError::InvalidWelcome("a member has no leaf".into()))?;
-                let info = check_leaf(leaf).map_err(|e| invalid(&e))?;
-                if names.contains(&info.name) {
-                    return Err(CommandError::InvalidWelcome(format!(
-                        "two members are called '{}'",
-                        info.name
-                    )));
-                }
-                names.push(info.name);
-            }
-            provider
-                .store()
-                .delete_key_package_record(&own_key)
+                .delete_key_package_record(&kp.signature_key)
                 .map_err(store_err)?;
             let id = ChannelId(group_id_bytes(&group)?);
             if engine.channels.contains_key(&id) {
@@ -528,21 +440,7 @@ impl<S: Storage> Engine<S> {
                     "you are in this channel already".into(),
                 ));
             }
-            let record = ChannelRecord {
-                id,
-                name,
-                suite: kp.suite,
-                own_member: member_id(&own_key),
-                signature_key: own_key,
-                mailbox: kp.mailbox,
-                joined_at: now,
-                own_seq: 0,
-                own_last_hash: [0; 32],
-                status: ChannelStatus::Active,
-                intent: None,
-                epoch_keys: Vec::new(),
-                recent_fragmented: Vec::new(),
-            };
+            let record = ChannelRecord::new(id, name, kp.suite, kp.signature_key, kp.mailbox, now);
             let mut channel = Channel {
                 record,
                 live: Some(Live { group, signer }),
@@ -632,7 +530,27 @@ impl<S: Storage> Engine<S> {
         let id = self.channel_id(name)?;
         self.transact(now, |engine| {
             let (ch, mut ctx) = engine.channel_ctx(&id, now)?;
-            ch.send_payload(&mut ctx, PayloadKind::Text, text.as_bytes().to_vec())
+            let record = ch.send_payload(&mut ctx, PayloadKind::Text, text.as_bytes().to_vec())?;
+            // Now and then, our view of the channel goes along.
+            let due = ch
+                .record
+                .last_status_at
+                .is_none_or(|t| now.0 >= t.0.saturating_add(crate::integrity::STATUS_INTERVAL_MS));
+            if due {
+                ch.send_status(&mut ctx, false)?;
+            }
+            Ok(record)
+        })
+    }
+
+    /// Sends our view of the channel to every member and asks for theirs. Their
+    /// answers update [`ChannelSummary::peers`]; any disagreement raises an alert.
+    pub fn request_status(&mut self, now: Timestamp, name: &str) -> Result<(), CommandError> {
+        let id = self.channel_id(name)?;
+        self.transact(now, |engine| {
+            let (ch, mut ctx) = engine.channel_ctx(&id, now)?;
+            ch.live()?;
+            ch.send_status(&mut ctx, true)
         })
     }
 
@@ -664,6 +582,17 @@ impl<S: Storage> Engine<S> {
             return Err(CommandError::UnknownChannel(channel.to_string()));
         }
         self.transact(now, |engine| {
+            // A blob one of our other channels opens was moved here by the relay.
+            let opens_here = engine
+                .channels
+                .get(channel)
+                .is_some_and(|c| c.open(blob).is_some());
+            let elsewhere = !opens_here
+                && engine
+                    .channels
+                    .values()
+                    .filter(|other| other.record.id != *channel)
+                    .any(|other| other.open(blob).is_some());
             if let Some(ch) = engine.channels.get_mut(channel) {
                 let mut ctx = Ctx {
                     backend: &engine.backend,
@@ -671,7 +600,7 @@ impl<S: Storage> Engine<S> {
                     staged: &mut engine.staged,
                     now,
                 };
-                ch.receive_blob(&mut ctx, blob.to_vec())?;
+                ch.receive_blob(&mut ctx, blob.to_vec(), elsewhere)?;
                 ch.drain_pending(&mut ctx)?;
             }
             also(engine.backend.store()).map_err(store_err)
@@ -826,47 +755,47 @@ impl<S: Storage> Engine<S> {
 }
 
 /// What a channel operation needs besides the channel.
-struct Ctx<'a, S: Storage> {
-    backend: &'a Backend<S>,
-    config: &'a EngineConfig,
-    staged: &'a mut Vec<Output>,
-    now: Timestamp,
+pub(crate) struct Ctx<'a, S: Storage> {
+    pub(crate) backend: &'a Backend<S>,
+    pub(crate) config: &'a EngineConfig,
+    pub(crate) staged: &'a mut Vec<Output>,
+    pub(crate) now: Timestamp,
 }
 
 impl<S: Storage> Ctx<'_, S> {
-    fn store(&self) -> &S {
+    pub(crate) fn store(&self) -> &S {
         self.backend.store()
     }
 
-    fn event(&mut self, event: Event) {
+    pub(crate) fn event(&mut self, event: Event) {
         self.staged.push(Output::Event(event));
     }
 
-    fn alert(&mut self, channel: ChannelId, alert: Alert) {
+    pub(crate) fn alert(&mut self, channel: ChannelId, alert: Alert) {
         self.event(Event::Alert { channel, alert });
     }
 }
 
 impl Channel {
-    fn live(&self) -> Result<&Live, CommandError> {
+    pub(crate) fn live(&self) -> Result<&Live, CommandError> {
         match (&self.live, self.record.status) {
             (Some(live), ChannelStatus::Active) => Ok(live),
             _ => Err(CommandError::NotActive),
         }
     }
 
-    fn live_mut(&mut self) -> Result<&mut Live, CommandError> {
+    pub(crate) fn live_mut(&mut self) -> Result<&mut Live, CommandError> {
         match (&mut self.live, self.record.status) {
             (Some(live), ChannelStatus::Active) => Ok(live),
             _ => Err(CommandError::NotActive),
         }
     }
 
-    fn is_admin(&self) -> bool {
+    pub(crate) fn is_admin(&self) -> bool {
         self.members.iter().any(|m| m.is_self && m.admin)
     }
 
-    fn name_of(&self, member: &MemberId) -> String {
+    pub(crate) fn name_of(&self, member: &MemberId) -> String {
         self.members
             .iter()
             .find(|m| &m.member == member)
@@ -876,7 +805,7 @@ impl Channel {
     }
 
     /// Mailboxes of every member but us.
-    fn others(&self) -> Vec<MailboxAddr> {
+    pub(crate) fn others(&self) -> Vec<MailboxAddr> {
         self.members
             .iter()
             .filter(|m| !m.is_self)
@@ -884,7 +813,7 @@ impl Channel {
             .collect()
     }
 
-    fn current_key(&self) -> Result<[u8; 32], CommandError> {
+    pub(crate) fn current_key(&self) -> Result<[u8; 32], CommandError> {
         self.record
             .epoch_keys
             .last()
@@ -892,7 +821,7 @@ impl Channel {
             .ok_or_else(|| internal("no envelope key"))
     }
 
-    fn save<S: Storage>(&self, ctx: &Ctx<'_, S>) -> Result<(), CommandError> {
+    pub(crate) fn save<S: Storage>(&self, ctx: &Ctx<'_, S>) -> Result<(), CommandError> {
         ctx.store().save_channel(&self.record).map_err(store_err)
     }
 
@@ -900,7 +829,7 @@ impl Channel {
 
     /// Serializes an MLS message, fragments it, and seals a copy for each target
     /// with a fresh nonce (so that no two mailboxes hold the same bytes).
-    fn transmit<S: Storage>(
+    pub(crate) fn transmit<S: Storage>(
         &self,
         ctx: &mut Ctx<'_, S>,
         message: &MlsMessageOut,
@@ -908,9 +837,21 @@ impl Channel {
         key: &[u8; 32],
     ) -> Result<(), CommandError> {
         let bytes = message.tls_serialize_detached().map_err(internal)?;
+        self.transmit_content(ctx, ContentKind::Mls, &bytes, targets, key)
+    }
+
+    /// Fragments any content, and seals a copy for each target with a fresh nonce.
+    pub(crate) fn transmit_content<S: Storage>(
+        &self,
+        ctx: &mut Ctx<'_, S>,
+        kind: ContentKind,
+        bytes: &[u8],
+        targets: &[MailboxAddr],
+        key: &[u8; 32],
+    ) -> Result<(), CommandError> {
         let rand = ctx.backend.rand();
         let message_id: [u8; 16] = rand.random_array().map_err(internal)?;
-        let fragments = Fragment::split(message_id, &bytes).map_err(internal)?;
+        let fragments = Fragment::split(kind, message_id, bytes).map_err(internal)?;
         for to in targets {
             for fragment in &fragments {
                 let nonce = rand.random_array().map_err(internal)?;
@@ -927,7 +868,7 @@ impl Channel {
         Ok(())
     }
 
-    fn send_payload<S: Storage>(
+    pub(crate) fn send_payload<S: Storage>(
         &mut self,
         ctx: &mut Ctx<'_, S>,
         kind: PayloadKind,
@@ -940,7 +881,7 @@ impl Channel {
             prev_hash: self.record.own_last_hash,
             sent_at: ctx.now.0,
             body,
-            heads: Vec::new(),
+            heads: self.heads(),
         };
         let unpadded = payload
             .encode_unpadded()
@@ -984,7 +925,7 @@ impl Channel {
 
     /// Sends one of our commits to `targets` under the current epoch's key, merges
     /// it, and enters the new epoch.
-    fn commit_and_merge<S: Storage>(
+    pub(crate) fn commit_and_merge<S: Storage>(
         &mut self,
         ctx: &mut Ctx<'_, S>,
         commit: &MlsMessageOut,
@@ -999,8 +940,8 @@ impl Channel {
             .merge_pending_commit(ctx.backend)
             .map_err(internal)?;
         self.enter_epoch(ctx)?;
-        self.report_membership(ctx, &before, &own);
-        Ok(())
+        self.report_membership(ctx, &before, &own)?;
+        self.announce(ctx, &before, &key)
     }
 
     fn add_members<S: Storage>(
@@ -1155,7 +1096,10 @@ impl Channel {
 
     /// After creating, joining or merging: refresh members, derive this epoch's
     /// envelope key, persist.
-    fn enter_epoch<S: Storage>(&mut self, ctx: &mut Ctx<'_, S>) -> Result<(), CommandError> {
+    pub(crate) fn enter_epoch<S: Storage>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+    ) -> Result<(), CommandError> {
         let Some(live) = self.live.as_ref() else {
             return Ok(());
         };
@@ -1176,11 +1120,29 @@ impl Channel {
         let key = derive::envelope_key(&secret);
         self.record.epoch_keys.retain(|k| k.epoch != epoch);
         self.record.epoch_keys.push(EpochKey { epoch, key: *key });
+        let authenticator = live.group.epoch_authenticator().as_slice().to_vec();
+        self.record.authenticators.retain(|a| a.epoch != epoch);
+        self.record
+            .authenticators
+            .push(crate::store::EpochAuthenticator {
+                epoch,
+                authenticator,
+            });
+        let excess = self.record.authenticators.len().saturating_sub(16);
+        self.record.authenticators.drain(..excess);
+        if self
+            .record
+            .expected
+            .as_ref()
+            .is_some_and(|e| e.epoch <= epoch)
+        {
+            self.record.expected = None;
+        }
         let excess = self
             .record
             .epoch_keys
             .len()
-            .saturating_sub(MAX_PAST_EPOCHS + 1);
+            .saturating_sub(ENVELOPE_KEY_EPOCHS);
         self.record.epoch_keys.drain(..excess);
         self.members = members_of(&live.group, &self.record.signature_key);
         ctx.store()
@@ -1189,12 +1151,12 @@ impl Channel {
         self.save(ctx)
     }
 
-    fn report_membership<S: Storage>(
-        &self,
+    pub(crate) fn report_membership<S: Storage>(
+        &mut self,
         ctx: &mut Ctx<'_, S>,
         before: &[MemberRecord],
         by: &MemberId,
-    ) {
+    ) -> Result<(), CommandError> {
         let by = before
             .iter()
             .find(|m| &m.member == by)
@@ -1212,6 +1174,15 @@ impl Channel {
         }
         for b in before {
             if !self.members.iter().any(|m| m.member == b.member) {
+                let state = self.senders.entry(b.member).or_insert_with(|| SenderState {
+                    member: b.member,
+                    name: b.name.clone(),
+                    ..SenderState::default()
+                });
+                state.removed_at = Some(ctx.now);
+                ctx.store()
+                    .save_sender(&channel, state)
+                    .map_err(store_err)?;
                 ctx.event(Event::MemberRemoved {
                     channel,
                     member: b.name.clone(),
@@ -1219,10 +1190,11 @@ impl Channel {
                 });
             }
         }
+        Ok(())
     }
 
     /// We are no longer a member: erase the MLS state and keys, keep the history.
-    fn close<S: Storage>(
+    pub(crate) fn close<S: Storage>(
         &mut self,
         ctx: &mut Ctx<'_, S>,
         by: Option<String>,
@@ -1254,10 +1226,20 @@ impl Channel {
 
     // ----- Receiving --------------------------------------------------------------
 
+    /// The fragment inside a blob, if one of this channel's keys opens it.
+    pub(crate) fn open(&self, blob: &[u8]) -> Option<Vec<u8>> {
+        self.record
+            .epoch_keys
+            .iter()
+            .rev()
+            .find_map(|k| seal::open(&k.key, blob))
+    }
+
     fn receive_blob<S: Storage>(
         &mut self,
         ctx: &mut Ctx<'_, S>,
         blob: Vec<u8>,
+        elsewhere: bool,
     ) -> Result<(), CommandError> {
         if self.live.is_none() {
             return Ok(());
@@ -1272,14 +1254,13 @@ impl Channel {
             );
             return Ok(());
         }
-        let opened = self
-            .record
-            .epoch_keys
-            .iter()
-            .rev()
-            .find_map(|k| seal::open(&k.key, &blob));
-        match opened {
+        match self.open(&blob) {
             Some(fragment) => self.receive_fragment(ctx, fragment),
+            // It belongs to another of our channels: the relay moved it here.
+            None if elsewhere => {
+                ctx.alert(self.record.id, Alert::Moved);
+                Ok(())
+            }
             None => self.park(
                 ctx,
                 PendingItem::Sealed {
@@ -1309,7 +1290,7 @@ impl Channel {
             }
         };
         if fragment.count == 1 {
-            return self.receive_mls(ctx, &fragment.chunk);
+            return self.receive_content(ctx, fragment.kind, &fragment.chunk);
         }
         if self.record.recent_fragmented.contains(&fragment.message_id) {
             ctx.alert(
@@ -1363,7 +1344,7 @@ impl Channel {
         let excess = self.record.recent_fragmented.len().saturating_sub(1024);
         self.record.recent_fragmented.drain(..excess);
         match Fragment::join(&siblings) {
-            Ok(message) => self.receive_mls(ctx, &message),
+            Ok(message) => self.receive_content(ctx, fragment.kind, &message),
             Err(e) => {
                 ctx.alert(
                     self.record.id,
@@ -1377,7 +1358,32 @@ impl Channel {
         }
     }
 
-    fn park<S: Storage>(
+    /// A whole envelope content arrived.
+    fn receive_content<S: Storage>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        kind: ContentKind,
+        bytes: &[u8],
+    ) -> Result<(), CommandError> {
+        match kind {
+            ContentKind::Mls => self.receive_mls(ctx, bytes),
+            ContentKind::Announcement => self.receive_announcement(ctx, bytes),
+            ContentKind::Rejoin => self.receive_rejoin(ctx, bytes),
+            ContentKind::Welcome => self.receive_readd(ctx, bytes),
+            _ => {
+                ctx.alert(
+                    self.record.id,
+                    Alert::Undecryptable {
+                        count: 1,
+                        detail: "an unknown kind of content".into(),
+                    },
+                );
+                Ok(())
+            }
+        }
+    }
+
+    pub(crate) fn park<S: Storage>(
         &mut self,
         ctx: &mut Ctx<'_, S>,
         item: PendingItem,
@@ -1403,7 +1409,11 @@ impl Channel {
         Ok(())
     }
 
-    fn unpark<S: Storage>(&mut self, ctx: &mut Ctx<'_, S>, id: u64) -> Result<(), CommandError> {
+    pub(crate) fn unpark<S: Storage>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        id: u64,
+    ) -> Result<(), CommandError> {
         self.pending.retain(|(i, _)| *i != id);
         ctx.store()
             .remove_pending(&self.record.id, id)
@@ -1441,7 +1451,7 @@ impl Channel {
         }
     }
 
-    fn receive_mls<S: Storage>(
+    pub(crate) fn receive_mls<S: Storage>(
         &mut self,
         ctx: &mut Ctx<'_, S>,
         bytes: &[u8],
@@ -1507,6 +1517,11 @@ impl Channel {
                 return Ok(());
             }
         };
+        if Some(sender_leaf) == self.live.as_ref().map(|l| l.group.own_leaf_index()) {
+            // Our own message, sent back to us.
+            ctx.alert(channel, Alert::Reflected);
+            return Ok(());
+        }
         let Some(sender) = credential_member(processed.credential()) else {
             ctx.alert(
                 channel,
@@ -1516,6 +1531,19 @@ impl Channel {
         };
         match processed.into_content() {
             ProcessedMessageContent::ApplicationMessage(app) => {
+                // Past epochs' keys are kept for late messages; a member removed since
+                // may not use them to speak after the removal.
+                let member_now = self.members.iter().any(|m| m.member == sender);
+                let removed_recently = self
+                    .senders
+                    .get(&sender)
+                    .and_then(|s| s.removed_at)
+                    .is_some_and(|t| ctx.now <= t.plus_ms(ctx.config.gap_grace_ms));
+                if !member_now && !removed_recently {
+                    let from = self.name_of(&sender);
+                    ctx.alert(channel, Alert::FromRemoved { from });
+                    return Ok(());
+                }
                 self.receive_payload(ctx, sender, &app.into_bytes())
             }
             ProcessedMessageContent::ProposalMessage(proposal) => {
@@ -1534,7 +1562,7 @@ impl Channel {
         }
     }
 
-    fn receive_payload<S: Storage>(
+    pub(crate) fn receive_payload<S: Storage>(
         &mut self,
         ctx: &mut Ctx<'_, S>,
         sender: MemberId,
@@ -1581,6 +1609,18 @@ impl Channel {
             ..SenderState::default()
         });
         state.name = from.clone();
+        let last = state.contiguous.max(state.announced);
+        if payload.seq > last.saturating_add(crate::integrity::MAX_SEQ_JUMP) {
+            ctx.alert(
+                channel,
+                Alert::SequenceJump {
+                    from,
+                    seq: payload.seq,
+                    last,
+                },
+            );
+            return Ok(());
+        }
         let arrival = state.record(payload.seq, ctx.now);
         if arrival == Arrival::Duplicate {
             // The state says we have it but the store does not: the store is the truth.
@@ -1639,6 +1679,7 @@ impl Channel {
             late: arrival == Arrival::Late,
         };
         store.append_message(&record).map_err(store_err)?;
+        let heads = payload.heads;
         if kind == MessageKind::Text {
             ctx.event(Event::Message(ReceivedMessage {
                 channel,
@@ -1650,6 +1691,10 @@ impl Channel {
                 received_at: record.received_at,
                 late: record.late,
             }));
+        }
+        self.receive_heads(ctx, &heads)?;
+        if kind == MessageKind::Control {
+            self.receive_control(ctx, sender, &record.body)?;
         }
         Ok(())
     }
@@ -1738,6 +1783,7 @@ impl Channel {
         }
         let self_removed = commit.self_removed();
         let before = self.members.clone();
+        let previous_key = self.current_key()?;
         let Some(live) = self.live.as_mut() else {
             return Ok(());
         };
@@ -1749,7 +1795,8 @@ impl Channel {
             return self.close(ctx, Some(by));
         }
         self.enter_epoch(ctx)?;
-        self.report_membership(ctx, &before, &committer);
+        self.report_membership(ctx, &before, &committer)?;
+        self.announce(ctx, &before, &previous_key)?;
         for member in updated {
             if member == self.record.own_member && self.record.intent == Some(Intent::Update) {
                 self.record.intent = None;
@@ -1766,6 +1813,19 @@ impl Channel {
 
     fn expire<S: Storage>(&mut self, ctx: &mut Ctx<'_, S>) -> Result<(), CommandError> {
         let channel = self.record.id;
+        if let Some(expected) = self.record.expected.clone()
+            && ctx.now >= expected.since.plus_ms(ctx.config.gap_grace_ms)
+        {
+            self.record.expected = None;
+            self.save(ctx)?;
+            ctx.alert(
+                channel,
+                Alert::UpdateWithheld {
+                    by: expected.by,
+                    epoch: expected.epoch,
+                },
+            );
+        }
         for state in self.senders.values_mut() {
             if let Some(missing) = state.expire(ctx.now, ctx.config.gap_grace_ms) {
                 ctx.store()
@@ -1831,14 +1891,107 @@ enum Ready {
 
 // ----- Helpers over OpenMLS types ----------------------------------------------------
 
-fn new_signer<S: Storage>(provider: &Backend<S>) -> Result<SignatureKeyPair, CommandError> {
+/// Checks a welcome made for one of our key packages and builds the group from it:
+/// the channel's policy must be present, the welcome must come from the
+/// administrator, and every member must be a valid Backchannel member with a unique
+/// name. Stores the group (inside the caller's transaction).
+#[allow(clippy::type_complexity)]
+pub(crate) fn accept_welcome<S: Storage>(
+    provider: &Backend<S>,
+    welcome: &[u8],
+    replace: bool,
+) -> Result<
+    (
+        MlsGroup,
+        SignatureKeyPair,
+        KeyPackageRecord,
+        ChannelPolicy,
+        String,
+    ),
+    CommandError,
+> {
+    let invalid = |e: &dyn std::fmt::Display| CommandError::InvalidWelcome(e.to_string());
+    let message = MlsMessageIn::tls_deserialize_exact(welcome).map_err(|e| invalid(&e))?;
+    let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
+        return Err(CommandError::InvalidWelcome(
+            "it is not an MLS welcome".into(),
+        ));
+    };
+    let builder = StagedWelcome::build_from_welcome(provider, &mls::join_config(), welcome);
+    let staged = builder
+        .and_then(|b| if replace { b.replace_old_group() } else { b }.build())
+        .map_err(|e| match e {
+            WelcomeError::NoMatchingKeyPackage | WelcomeError::NoMatchingEncryptionKey => {
+                CommandError::NotForUs
+            }
+            other => invalid(&other),
+        })?;
+    if staged.group_context().group_id().as_slice().len() != 16 {
+        return Err(CommandError::InvalidWelcome(
+            "unexpected channel identifier".into(),
+        ));
+    }
+    let policy = staged
+        .group_context()
+        .extensions()
+        .unknown(CHANNEL_POLICY_EXTENSION)
+        .ok_or_else(|| CommandError::InvalidWelcome("it has no Backchannel policy".into()))
+        .and_then(|ext| ChannelPolicy::decode(&ext.0).map_err(|e| invalid(&e)))?;
+    let inviter = staged.welcome_sender().map_err(internal)?;
+    if inviter.signature_key().as_slice() != policy.admin.as_slice() {
+        return Err(CommandError::InvalidWelcome(
+            "it was made by someone who does not administer the channel".into(),
+        ));
+    }
+    let inviter_name = check_leaf(inviter).map(|i| i.name).unwrap_or_default();
+    let own_key = staged
+        .own_leaf_node()
+        .ok_or_else(|| internal("welcome without own leaf"))?
+        .signature_key()
+        .as_slice()
+        .to_vec();
+    let kp = provider
+        .store()
+        .key_package_records()
+        .map_err(store_err)?
+        .into_iter()
+        .find(|kp| kp.signature_key == own_key)
+        .ok_or(CommandError::NotForUs)?;
+    let signer = SignatureKeyPair::read(
+        provider.storage(),
+        &own_key,
+        kp.suite.ciphersuite().signature_algorithm(),
+    )
+    .ok_or(CommandError::NotForUs)?;
+    let group = staged.into_group(provider).map_err(|e| invalid(&e))?;
+    let mut names = Vec::new();
+    for member in group.members() {
+        let leaf = group
+            .public_group()
+            .leaf(member.index)
+            .ok_or_else(|| CommandError::InvalidWelcome("a member has no leaf".into()))?;
+        let info = check_leaf(leaf).map_err(|e| invalid(&e))?;
+        if names.contains(&info.name) {
+            return Err(CommandError::InvalidWelcome(format!(
+                "two members are called '{}'",
+                info.name
+            )));
+        }
+        names.push(info.name);
+    }
+    Ok((group, signer, kp, policy, inviter_name))
+}
+
+pub(crate) fn new_signer<S: Storage>(
+    provider: &Backend<S>,
+) -> Result<SignatureKeyPair, CommandError> {
     let signer = SignatureKeyPair::new(SignatureScheme::ED25519).map_err(internal)?;
     signer.store(provider.storage()).map_err(internal)?;
     Ok(signer)
 }
 
 /// The credential binds the member identifier to the signature key.
-fn credential_for(signer: &SignatureKeyPair) -> CredentialWithKey {
+pub(crate) fn credential_for(signer: &SignatureKeyPair) -> CredentialWithKey {
     let id = member_id(signer.public());
     CredentialWithKey {
         credential: BasicCredential::new(id.0.to_vec()).into(),
@@ -1846,13 +1999,13 @@ fn credential_for(signer: &SignatureKeyPair) -> CredentialWithKey {
     }
 }
 
-fn credential_member(credential: &Credential) -> Option<MemberId> {
+pub(crate) fn credential_member(credential: &Credential) -> Option<MemberId> {
     let basic = BasicCredential::try_from(credential.clone()).ok()?;
     let bytes: [u8; 32] = basic.identity().try_into().ok()?;
     Some(MemberId(bytes))
 }
 
-fn leaf_extensions(info: &MemberInfo) -> Result<Extensions<LeafNode>, CommandError> {
+pub(crate) fn leaf_extensions(info: &MemberInfo) -> Result<Extensions<LeafNode>, CommandError> {
     Extensions::single(Extension::Unknown(
         MEMBER_INFO_EXTENSION,
         UnknownExtension(info.encode()),
@@ -1860,7 +2013,9 @@ fn leaf_extensions(info: &MemberInfo) -> Result<Extensions<LeafNode>, CommandErr
     .map_err(internal)
 }
 
-fn group_extensions(policy: &ChannelPolicy) -> Result<Extensions<GroupContext>, CommandError> {
+pub(crate) fn group_extensions(
+    policy: &ChannelPolicy,
+) -> Result<Extensions<GroupContext>, CommandError> {
     let required =
         RequiredCapabilitiesExtension::new(&mls::extension_types(), &[], &[CredentialType::Basic]);
     Extensions::from_vec(vec![
@@ -1870,12 +2025,12 @@ fn group_extensions(policy: &ChannelPolicy) -> Result<Extensions<GroupContext>, 
     .map_err(internal)
 }
 
-fn policy_of(group: &MlsGroup) -> Option<ChannelPolicy> {
+pub(crate) fn policy_of(group: &MlsGroup) -> Option<ChannelPolicy> {
     let ext = group.extensions().unknown(CHANNEL_POLICY_EXTENSION)?;
     ChannelPolicy::decode(&ext.0).ok()
 }
 
-fn group_id_bytes(group: &MlsGroup) -> Result<[u8; 16], CommandError> {
+pub(crate) fn group_id_bytes(group: &MlsGroup) -> Result<[u8; 16], CommandError> {
     group
         .group_id()
         .as_slice()
@@ -1885,7 +2040,7 @@ fn group_id_bytes(group: &MlsGroup) -> Result<[u8; 16], CommandError> {
 
 /// A leaf is acceptable if its credential names the member identifier of its
 /// signature key and it carries a valid [`MemberInfo`].
-fn check_leaf(leaf: &LeafNode) -> Result<MemberInfo, String> {
+pub(crate) fn check_leaf(leaf: &LeafNode) -> Result<MemberInfo, String> {
     let expected = member_id(leaf.signature_key().as_slice());
     if credential_member(leaf.credential()) != Some(expected) {
         return Err("its credential does not match its signature key".into());
@@ -1899,8 +2054,18 @@ fn check_leaf(leaf: &LeafNode) -> Result<MemberInfo, String> {
 
 /// Our policy for a commit by the administrator: every new or changed leaf must be
 /// valid, names stay unique, and only the proposal types we use appear.
-fn check_commit(commit: &StagedCommit, members: &[MemberRecord]) -> Result<(), String> {
-    let mut names: Vec<String> = members.iter().map(|m| m.name.clone()).collect();
+pub(crate) fn check_commit(commit: &StagedCommit, members: &[MemberRecord]) -> Result<(), String> {
+    // Names stay unique among those who remain and those who arrive (a re-added
+    // member keeps its name).
+    let removed: Vec<u32> = commit
+        .remove_proposals()
+        .map(|r| r.remove_proposal().removed().u32())
+        .collect();
+    let mut names: Vec<String> = members
+        .iter()
+        .filter(|m| !removed.contains(&m.leaf))
+        .map(|m| m.name.clone())
+        .collect();
     for queued in commit.queued_proposals() {
         match queued.proposal() {
             Proposal::Add(add) => {
@@ -1932,7 +2097,7 @@ fn check_commit(commit: &StagedCommit, members: &[MemberRecord]) -> Result<(), S
     Ok(())
 }
 
-fn members_of(group: &MlsGroup, own_key: &[u8]) -> Vec<MemberRecord> {
+pub(crate) fn members_of(group: &MlsGroup, own_key: &[u8]) -> Vec<MemberRecord> {
     let admin = policy_of(group).map(|p| p.admin).unwrap_or_default();
     group
         .members()
@@ -1958,7 +2123,7 @@ fn classify_failure<E: std::fmt::Debug>(error: &ProcessMessageError<E>, old_epoc
     use ValidationError as V;
     match error {
         P::ValidationError(V::UnableToDecrypt(MessageDecryptionError::SecretTreeError(
-            SecretTreeError::SecretReuseError,
+            SecretTreeError::SecretReuseError | SecretTreeError::TooDistantInThePast,
         ))) => Alert::Replayed {
             from: None,
             seq: None,

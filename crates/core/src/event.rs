@@ -45,6 +45,15 @@ pub enum Event {
         /// Whose keys changed.
         member: String,
     },
+    /// A member whose view had forked was re-added (we are the administrator).
+    Rejoined {
+        /// The channel.
+        channel: ChannelId,
+        /// Who.
+        member: String,
+        /// Messages lost on the way (when known).
+        lost: usize,
+    },
     /// We are no longer a member: removed, or our leave was committed.
     Closed {
         /// The channel.
@@ -130,6 +139,59 @@ pub enum Alert {
         /// What was refused.
         what: String,
     },
+    /// A message of another of our channels arrived in this channel's mailbox.
+    Moved,
+    /// Others received messages from us that this profile never sent: it was
+    /// restored from an old copy, or cloned.
+    Rollback {
+        /// The highest number others reported.
+        reported: u64,
+        /// The highest number this profile has sent.
+        own: u64,
+    },
+    /// A message numbered far beyond the sender's previous ones; it was rejected.
+    SequenceJump {
+        /// The sender.
+        from: String,
+        /// Its number.
+        seq: u64,
+        /// The highest number known before.
+        last: u64,
+    },
+    /// A message in the name of a removed member, after the removal; it was rejected.
+    FromRemoved {
+        /// The removed member.
+        from: String,
+    },
+    /// Another member holds a different state of the channel at the same update.
+    Fork {
+        /// The member whose state differs.
+        by: String,
+        /// The update (MLS epoch).
+        epoch: u64,
+    },
+    /// Another member reached a newer state of the channel, whose update never
+    /// reached us.
+    UpdateWithheld {
+        /// Who reached it.
+        by: String,
+        /// The update (MLS epoch).
+        epoch: u64,
+    },
+    /// Another member received a different message under the same number.
+    Equivocation {
+        /// The sender of the messages.
+        from: String,
+        /// The number.
+        seq: u64,
+        /// Who reported the other version.
+        witness: String,
+    },
+    /// After a fork, we were re-added on the administrator's history.
+    ForkRecovered {
+        /// Messages that were waiting and could not be read.
+        lost: usize,
+    },
 }
 
 impl Alert {
@@ -144,6 +206,14 @@ impl Alert {
             Alert::Reflected => "reflected",
             Alert::Undecryptable { .. } => "undecryptable",
             Alert::RefusedChange { .. } => "refused-change",
+            Alert::Moved => "moved",
+            Alert::Rollback { .. } => "rollback",
+            Alert::SequenceJump { .. } => "sequence-jump",
+            Alert::FromRemoved { .. } => "from-removed-member",
+            Alert::Fork { .. } => "fork",
+            Alert::UpdateWithheld { .. } => "update-withheld",
+            Alert::Equivocation { .. } => "equivocation",
+            Alert::ForkRecovered { .. } => "fork-recovered",
         }
     }
 }
@@ -171,8 +241,8 @@ impl fmt::Display for Alert {
                     ),
                     None => write!(
                         f,
-                        "a message from {who} arrived a second time and was not shown again: \
-                         someone is replaying old messages"
+                        "a message from {who} that was already read (or is too old to read) \
+                         arrived again and was not shown: someone is replaying old messages"
                     ),
                 }
             }
@@ -205,6 +275,47 @@ impl fmt::Display for Alert {
             Alert::RefusedChange { by, what } => write!(
                 f,
                 "{by} tried to {what}, which the channel's rules do not allow; the change was refused"
+            ),
+            Alert::Moved => f.write_str(
+                "a message of another of your channels was put into this channel's mailbox and \
+                 was not shown here: the relay is moving messages between channels",
+            ),
+            Alert::Rollback { reported, own } => write!(
+                f,
+                "other members have received message #{reported} from you, but this profile has \
+                 sent only up to #{own}: it was restored from an old copy or cloned; messages that \
+                 arrive now may be old ones replayed"
+            ),
+            Alert::SequenceJump { from, seq, last } => write!(
+                f,
+                "a message from {from} is numbered #{seq}, far beyond #{last}, the last known one; \
+                 it was rejected: {from}'s client is broken or misbehaving"
+            ),
+            Alert::FromRemoved { from } => write!(
+                f,
+                "a message in the name of {from}, who was removed from the channel, arrived after \
+                 the removal and was rejected"
+            ),
+            Alert::Fork { by, epoch } => write!(
+                f,
+                "{by} holds a different state of the channel than you at update {epoch}: someone \
+                 has shown the two of you different histories (the channel has forked)"
+            ),
+            Alert::UpdateWithheld { by, epoch } => write!(
+                f,
+                "{by} has moved to update {epoch} of the channel, but that update never reached \
+                 you: it is being withheld; you may be missing members' changes and messages"
+            ),
+            Alert::Equivocation { from, seq, witness } => write!(
+                f,
+                "{witness} received a different message #{seq} from {from} than you did: {from} (or \
+                 a clone of {from}'s device) sent different members different messages"
+            ),
+            Alert::ForkRecovered { lost } => write!(
+                f,
+                "your view of the channel had forked from the administrator's; you have been \
+                 re-added and follow the administrator's history from now on; {lost} message(s) \
+                 sent on the other branch could not be read"
             ),
         }
     }

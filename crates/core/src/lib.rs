@@ -24,8 +24,9 @@ mod bytes_serde;
 pub mod derive;
 mod engine;
 mod event;
+mod integrity;
 pub mod mls;
-mod seal;
+pub mod seal;
 mod sequence;
 pub mod store;
 

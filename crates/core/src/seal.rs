@@ -13,7 +13,7 @@ const BLOB_AAD: &[u8] = b"backchannel/v1/blob";
 
 /// Seals one encoded fragment. `None` only if the AEAD refuses, which it does not
 /// for inputs of this size.
-pub(crate) fn seal(
+pub fn seal(
     key: &[u8; 32],
     nonce: [u8; BLOB_NONCE_LEN],
     fragment: &[u8; FRAGMENT_LEN],
@@ -35,7 +35,7 @@ pub(crate) fn seal(
 }
 
 /// Opens a blob with one key; `None` if the key is wrong or the blob was altered.
-pub(crate) fn open(key: &[u8; 32], blob: &[u8]) -> Option<Vec<u8>> {
+pub fn open(key: &[u8; 32], blob: &[u8]) -> Option<Vec<u8>> {
     if blob.len() != BLOB_LEN {
         return None;
     }

@@ -3,6 +3,9 @@
 use crate::Timestamp;
 use crate::store::SenderState;
 
+/// Most missing numbers listed in one alert.
+const MAX_REPORTED: usize = 10_000;
+
 /// How a sequence number relates to what we had.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Arrival {
@@ -28,12 +31,34 @@ impl SenderState {
         while self.beyond.remove(&(self.contiguous + 1)) {
             self.contiguous += 1;
         }
-        if self.beyond.is_empty() {
+        self.update_gap(now);
+        Arrival::Fresh
+    }
+
+    /// Others report that this sender's messages go up to `seq`.
+    pub(crate) fn announce(&mut self, seq: u64, now: Timestamp) {
+        if seq > self.announced {
+            self.announced = seq;
+            self.update_gap(now);
+        }
+    }
+
+    /// The highest sequence number known to exist.
+    fn top(&self) -> u64 {
+        self.beyond
+            .last()
+            .copied()
+            .unwrap_or(0)
+            .max(self.announced)
+            .max(self.contiguous)
+    }
+
+    fn update_gap(&mut self, now: Timestamp) {
+        if self.top() <= self.contiguous {
             self.gap_since = None;
         } else if self.gap_since.is_none() {
             self.gap_since = Some(now);
         }
-        Arrival::Fresh
     }
 
     /// When the open gap becomes a withheld-message alert.
@@ -48,9 +73,16 @@ impl SenderState {
         if now < deadline {
             return None;
         }
-        let top = self.beyond.last().copied()?;
-        let missing: Vec<u64> = (self.contiguous + 1..top)
+        let top = self.top();
+        if top <= self.contiguous {
+            self.gap_since = None;
+            return None;
+        }
+        // Everything up to `top` should have arrived, `top` itself included when
+        // only others' reports say it exists. Long gaps are capped in the report.
+        let missing: Vec<u64> = (self.contiguous + 1..=top)
             .filter(|n| !self.beyond.contains(n))
+            .take(MAX_REPORTED)
             .collect();
         self.contiguous = top;
         self.beyond.clear();
@@ -85,5 +117,20 @@ mod tests {
         assert_eq!(s.expire(Timestamp(3000), 1000), Some(vec![5, 6, 8]));
         assert_eq!(s.contiguous, 9);
         assert_eq!(s.record(6, Timestamp(4000)), Arrival::Late);
+    }
+
+    #[test]
+    fn reports_of_others_open_a_gap() {
+        let mut s = SenderState::default();
+        assert_eq!(s.record(1, Timestamp(0)), Arrival::Fresh);
+        s.announce(3, Timestamp(10));
+        assert_eq!(s.gap_since, Some(Timestamp(10)));
+        assert_eq!(s.record(2, Timestamp(20)), Arrival::Fresh);
+        assert!(s.gap_since.is_some(), "#3 still missing");
+        assert_eq!(s.expire(Timestamp(1010), 1000), Some(vec![3]));
+        s.announce(3, Timestamp(2000));
+        assert_eq!(s.gap_since, None, "an old report opens nothing");
+        assert_eq!(s.record(4, Timestamp(2000)), Arrival::Fresh);
+        assert_eq!(s.gap_since, None);
     }
 }

@@ -153,6 +153,102 @@ pub struct ChannelRecord {
     /// Identifiers of recently completed multi-fragment messages, to recognise a
     /// fragment that arrives again.
     pub recent_fragmented: Vec<[u8; 16]>,
+    /// Epoch authenticators of recent epochs, to compare with other members'.
+    #[serde(default)]
+    pub authenticators: Vec<EpochAuthenticator>,
+    /// A member announced an epoch we have not reached: the update may be withheld.
+    #[serde(default)]
+    pub expected: Option<ExpectedEpoch>,
+    /// We asked the administrator to re-add us after a fork, with this new
+    /// signature key.
+    #[serde(default)]
+    pub rejoining: Option<Vec<u8>>,
+    /// When we last sent our status.
+    #[serde(default)]
+    pub last_status_at: Option<Timestamp>,
+    /// When we last answered a request for our status.
+    #[serde(default)]
+    pub last_reply_at: Option<Timestamp>,
+    /// The highest sequence number of ours that others reported and we already
+    /// alerted about (a restored or cloned profile).
+    #[serde(default)]
+    pub rollback_alerted: u64,
+    /// What other members last told us of their view.
+    #[serde(default)]
+    pub peers: Vec<PeerView>,
+}
+
+/// The epoch authenticator of one epoch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochAuthenticator {
+    /// The epoch.
+    pub epoch: u64,
+    /// Its MLS epoch authenticator.
+    #[serde(with = "crate::bytes_serde")]
+    pub authenticator: Vec<u8>,
+}
+
+/// An epoch a member announced before we reached it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExpectedEpoch {
+    /// The epoch.
+    pub epoch: u64,
+    /// Who announced it.
+    pub by: String,
+    /// When we learned of it.
+    pub since: Timestamp,
+}
+
+/// What a member last reported of its view of the channel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerView {
+    /// The member.
+    pub member: MemberId,
+    /// Its name.
+    pub name: String,
+    /// Its epoch.
+    pub epoch: u64,
+    /// Whether its view agreed with ours (same state at that epoch, no differing
+    /// message).
+    pub agrees: bool,
+    /// When we learned it.
+    pub at: Timestamp,
+}
+
+impl ChannelRecord {
+    /// A channel we have just created or joined.
+    pub fn new(
+        id: ChannelId,
+        name: String,
+        suite: Suite,
+        signature_key: Vec<u8>,
+        mailbox: MailboxAddr,
+        joined_at: Timestamp,
+    ) -> Self {
+        Self {
+            id,
+            name,
+            suite,
+            own_member: crate::derive::member_id(&signature_key),
+            signature_key,
+            mailbox,
+            joined_at,
+            own_seq: 0,
+            own_last_hash: [0; 32],
+            status: ChannelStatus::Active,
+            intent: None,
+            epoch_keys: Vec::new(),
+            recent_fragmented: Vec::new(),
+            authenticators: Vec::new(),
+            expected: None,
+            rejoining: None,
+            // The first periodic status goes out an hour after joining.
+            last_status_at: Some(joined_at),
+            last_reply_at: None,
+            rollback_alerted: 0,
+            peers: Vec::new(),
+        }
+    }
 }
 
 /// The envelope key of one epoch.
@@ -209,6 +305,13 @@ pub struct SenderState {
     pub beyond: BTreeSet<u64>,
     /// When the oldest gap still open was first seen.
     pub gap_since: Option<Timestamp>,
+    /// The highest sequence number other members report having received from this
+    /// sender (messages up to it exist, whether or not they reached us).
+    #[serde(default)]
+    pub announced: u64,
+    /// When we processed this sender's removal from the channel.
+    #[serde(default)]
+    pub removed_at: Option<Timestamp>,
 }
 
 /// Whether a stored message is for people or for the clients.

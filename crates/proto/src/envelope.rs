@@ -6,9 +6,11 @@
 //!
 //! ```text
 //! blob     = nonce[24] || seal(fragment)[FRAGMENT_LEN + 16]
-//! fragment = u8 version (1) || message_id[16] || u16 index || u16 count
+//! fragment = u8 version (1) || u8 kind || message_id[16] || u16 index || u16 count
 //!            || u32 total_len || chunk[CHUNK_LEN]
 //! ```
+//!
+//! The kind says what the reassembled content is ([`ContentKind`]).
 //!
 //! A message of `total_len` bytes is cut into `count` chunks, `count` rounded up to
 //! a size class — a power of two up to 16, then a multiple of 16 — so the number of
@@ -31,7 +33,7 @@ pub const BLOB_TAG_LEN: usize = 16;
 /// Plaintext bytes inside one blob.
 pub const FRAGMENT_LEN: usize = BLOB_LEN - BLOB_NONCE_LEN - BLOB_TAG_LEN;
 
-const FRAGMENT_HEADER_LEN: usize = 1 + 16 + 2 + 2 + 4;
+const FRAGMENT_HEADER_LEN: usize = 1 + 1 + 16 + 2 + 2 + 4;
 
 /// Message bytes carried by one fragment.
 pub const CHUNK_LEN: usize = FRAGMENT_LEN - FRAGMENT_HEADER_LEN;
@@ -54,9 +56,46 @@ pub fn fragment_class(needed: usize) -> usize {
     }
 }
 
+/// What a reassembled envelope carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ContentKind {
+    /// An MLS message of the channel.
+    Mls,
+    /// An MLS welcome (re-adding a member whose view forked).
+    Welcome,
+    /// A signed epoch announcement (see `integrity`).
+    Announcement,
+    /// A signed request to be re-added (see `integrity`).
+    Rejoin,
+}
+
+impl ContentKind {
+    fn code(self) -> u8 {
+        match self {
+            ContentKind::Mls => 1,
+            ContentKind::Welcome => 2,
+            ContentKind::Announcement => 3,
+            ContentKind::Rejoin => 4,
+        }
+    }
+
+    fn from_code(code: u8) -> Result<Self, DecodeError> {
+        Ok(match code {
+            1 => ContentKind::Mls,
+            2 => ContentKind::Welcome,
+            3 => ContentKind::Announcement,
+            4 => ContentKind::Rejoin,
+            other => return Err(DecodeError::UnknownKind(other)),
+        })
+    }
+}
+
 /// One piece of a message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Fragment {
+    /// What the whole message is.
+    pub kind: ContentKind,
     /// Random identifier shared by all fragments of one message.
     pub message_id: [u8; 16],
     /// Position of this fragment, from 0.
@@ -72,7 +111,11 @@ pub struct Fragment {
 impl Fragment {
     /// Cuts a message into fragments. Fails if the message is longer than
     /// [`MAX_MESSAGE_LEN`].
-    pub fn split(message_id: [u8; 16], message: &[u8]) -> Result<Vec<Self>, DecodeError> {
+    pub fn split(
+        kind: ContentKind,
+        message_id: [u8; 16],
+        message: &[u8],
+    ) -> Result<Vec<Self>, DecodeError> {
         if message.len() > MAX_MESSAGE_LEN {
             return Err(DecodeError::TooLong);
         }
@@ -83,6 +126,7 @@ impl Fragment {
                 let start = (index * CHUNK_LEN).min(message.len());
                 let end = ((index + 1) * CHUNK_LEN).min(message.len());
                 Self {
+                    kind,
                     message_id,
                     index: index as u16,
                     count: count as u16,
@@ -103,6 +147,7 @@ impl Fragment {
     pub fn encode(&self) -> [u8; FRAGMENT_LEN] {
         let mut w = Writer::with_capacity(FRAGMENT_LEN);
         w.u8(FRAGMENT_VERSION);
+        w.u8(self.kind.code());
         w.put(&self.message_id);
         w.u16(self.index);
         w.u16(self.count);
@@ -125,6 +170,7 @@ impl Fragment {
         if version != FRAGMENT_VERSION {
             return Err(DecodeError::UnknownVersion(version));
         }
+        let kind = ContentKind::from_code(r.u8()?)?;
         let message_id = r.array()?;
         let index = r.u16()?;
         let count = r.u16()?;
@@ -144,6 +190,7 @@ impl Fragment {
         r.zero_padding()?;
         r.finish()?;
         Ok(Self {
+            kind,
             message_id,
             index,
             count,
@@ -162,6 +209,7 @@ impl Fragment {
         let mut ordered: Vec<Option<&Self>> = vec![None; fragments.len()];
         for f in fragments {
             let same = f.message_id == first.message_id
+                && f.kind == first.kind
                 && f.count == first.count
                 && f.total_len == first.total_len;
             let slot = ordered.get_mut(usize::from(f.index));
@@ -186,27 +234,39 @@ mod tests {
     #[test]
     fn sizes_are_consistent() {
         assert_eq!(FRAGMENT_LEN, 3800);
-        assert_eq!(CHUNK_LEN, 3775);
-        assert_eq!(Fragment::split([0; 16], &[]).unwrap().len(), 1);
-        assert_eq!(Fragment::split([0; 16], &[1; CHUNK_LEN]).unwrap().len(), 1);
+        assert_eq!(CHUNK_LEN, 3774);
         assert_eq!(
-            Fragment::split([0; 16], &[1; CHUNK_LEN + 1]).unwrap().len(),
+            Fragment::split(ContentKind::Mls, [0; 16], &[])
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            Fragment::split(ContentKind::Mls, [0; 16], &[1; CHUNK_LEN])
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            Fragment::split(ContentKind::Mls, [0; 16], &[1; CHUNK_LEN + 1])
+                .unwrap()
+                .len(),
             2
         );
         assert_eq!(
-            Fragment::split([0; 16], &[1; 2 * CHUNK_LEN + 1])
+            Fragment::split(ContentKind::Mls, [0; 16], &[1; 2 * CHUNK_LEN + 1])
                 .unwrap()
                 .len(),
             4
         );
-        assert!(Fragment::split([0; 16], &vec![1; MAX_MESSAGE_LEN + 1]).is_err());
+        assert!(Fragment::split(ContentKind::Mls, [0; 16], &vec![1; MAX_MESSAGE_LEN + 1]).is_err());
     }
 
     #[test]
     fn known_encoding() {
-        let f = &Fragment::split([5; 16], b"abc").unwrap()[0];
+        let f = &Fragment::split(ContentKind::Mls, [5; 16], b"abc").unwrap()[0];
         let bytes = f.encode();
-        let mut expected = vec![1];
+        let mut expected = vec![1, 1];
         expected.extend([5; 16]);
         expected.extend([0, 0, 0, 1, 0, 0, 0, 3, b'a', b'b', b'c']);
         assert_eq!(&bytes[..expected.len()], &expected[..]);
@@ -215,32 +275,38 @@ mod tests {
 
     #[test]
     fn rejects_bad_fragments() {
-        let good = Fragment::split([5; 16], b"abc").unwrap()[0].encode();
+        let good = Fragment::split(ContentKind::Mls, [5; 16], b"abc").unwrap()[0].encode();
         let mut bad = good;
         bad[FRAGMENT_LEN - 1] = 1;
         assert_eq!(Fragment::decode(&bad), Err(DecodeError::BadPadding));
         let mut bad = good;
-        bad[20] = 3; // count 3: not a size class
+        bad[21] = 3; // count 3: not a size class
         assert!(Fragment::decode(&bad).is_err());
         let mut bad = good;
-        bad[22] = 0x40; // total length that needs more fragments than count
+        bad[23] = 0x40; // total length that needs more fragments than count
         assert!(Fragment::decode(&bad).is_err());
         assert_eq!(Fragment::decode(&good[..100]), Err(DecodeError::WrongSize));
 
-        let parts = Fragment::split([1; 16], &[7; CHUNK_LEN * 2]).unwrap();
+        let parts = Fragment::split(ContentKind::Mls, [1; 16], &[7; CHUNK_LEN * 2]).unwrap();
         assert!(Fragment::join(&parts[..1]).is_err(), "missing fragment");
         let dup = vec![parts[0].clone(), parts[0].clone()];
         assert!(Fragment::join(&dup).is_err(), "duplicate index");
         let mut other = parts.clone();
         other[1].message_id = [2; 16];
         assert!(Fragment::join(&other).is_err(), "mixed messages");
+        let mut other = parts.clone();
+        other[1].kind = ContentKind::Welcome;
+        assert!(Fragment::join(&other).is_err(), "mixed kinds");
+        let mut bad = good;
+        bad[1] = 9;
+        assert_eq!(Fragment::decode(&bad), Err(DecodeError::UnknownKind(9)));
     }
 
     proptest! {
         #[test]
         fn split_join_round_trips(len in 0usize..20_000, seed in any::<u8>()) {
             let message: Vec<u8> = (0..len).map(|i| (i as u8).wrapping_mul(31) ^ seed).collect();
-            let mut fragments: Vec<Fragment> = Fragment::split([seed; 16], &message)
+            let mut fragments: Vec<Fragment> = Fragment::split(ContentKind::Announcement, [seed; 16], &message)
                 .unwrap()
                 .iter()
                 .map(|f| Fragment::decode(&f.encode()).unwrap())

@@ -15,8 +15,10 @@
 mod codec;
 
 pub mod addr;
+pub mod control;
 pub mod envelope;
 pub mod frame;
+pub mod integrity;
 pub mod member;
 pub mod payload;
 

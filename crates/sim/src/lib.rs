@@ -412,3 +412,90 @@ impl Sim {
         out
     }
 }
+
+/// An insider's tools: direct access to a member's own MLS state, to build messages
+/// the engine itself would never send (the attacks a malicious member can mount).
+pub mod insider {
+    use backchannel_core::ChannelId;
+    use backchannel_core::derive::{CHANNEL_EXPORTER_LABEL, envelope_key};
+    use backchannel_core::mls::Backend;
+    use backchannel_core::seal;
+    use backchannel_proto::envelope::{ContentKind, Fragment};
+    use backchannel_store::Store;
+    use openmls::prelude::*;
+    use openmls_basic_credential::SignatureKeyPair;
+    use openmls_traits::OpenMlsProvider;
+    use rand::RngCore;
+
+    /// A second handle on a member's profile, with its group and signing key.
+    pub struct Insider {
+        /// The provider over the member's store.
+        pub backend: Backend<Store>,
+        /// The member's group, as stored.
+        pub group: MlsGroup,
+        /// The member's signing key in the channel.
+        pub signer: SignatureKeyPair,
+    }
+
+    impl Insider {
+        /// Opens `node`'s state of `channel` through a second connection.
+        pub fn open(sim: &super::Sim, node: usize, channel: ChannelId) -> Self {
+            Self::open_path(sim.nodes[node].dir(), channel)
+        }
+
+        /// Opens the state of `channel` in the profile at `dir` (a copy, say).
+        pub fn open_path(dir: &std::path::Path, channel: ChannelId) -> Self {
+            let store = Store::open(dir, super::PASSPHRASE).unwrap();
+            let backend = Backend::new(store).unwrap();
+            let group = MlsGroup::load(backend.storage(), &GroupId::from_slice(&channel.0))
+                .unwrap()
+                .unwrap();
+            let leaf = group.own_leaf_node().unwrap();
+            let signer = SignatureKeyPair::read(
+                backend.storage(),
+                leaf.signature_key().as_slice(),
+                SignatureScheme::ED25519,
+            )
+            .unwrap();
+            Self {
+                backend,
+                group,
+                signer,
+            }
+        }
+
+        /// The envelope key of the group's current epoch.
+        pub fn envelope_key(&self) -> [u8; 32] {
+            let secret = self
+                .group
+                .export_secret(self.backend.crypto(), CHANNEL_EXPORTER_LABEL, &[], 32)
+                .unwrap();
+            *envelope_key(&secret.try_into().unwrap())
+        }
+
+        /// Seals arbitrary content into blobs under `key`.
+        pub fn seal(kind: ContentKind, content: &[u8], key: &[u8; 32]) -> Vec<Vec<u8>> {
+            let mut id = [0u8; 16];
+            rand::thread_rng().fill_bytes(&mut id);
+            Fragment::split(kind, id, content)
+                .unwrap()
+                .iter()
+                .map(|f| {
+                    let mut nonce = [0u8; 24];
+                    rand::thread_rng().fill_bytes(&mut nonce);
+                    seal::seal(key, nonce, &f.encode()).unwrap()
+                })
+                .collect()
+        }
+
+        /// An application message carrying exactly `payload` (padded by the caller).
+        pub fn message(&mut self, payload: &[u8]) -> Vec<u8> {
+            use tls_codec::Serialize as _;
+            self.group
+                .create_message(&self.backend, &self.signer, payload)
+                .unwrap()
+                .tls_serialize_detached()
+                .unwrap()
+        }
+    }
+}

@@ -1,0 +1,705 @@
+//! Group-wide integrity: what one member cannot see alone.
+//!
+//! - **Heads**: every payload carries how far its sender has received from the other
+//!   senders, so a message withheld from some members shows as a gap at those members
+//!   even if its sender says nothing more.
+//! - **Status** (a control message, periodically and on demand): a member's epoch,
+//!   authenticator, and for every sender how far it has received with the chain hash
+//!   there. A differing hash means a sender showed different members different
+//!   messages; a report about our own messages beyond what we have sent means this
+//!   profile was restored from an old copy or cloned.
+//! - **Announcements**: after every epoch change each member announces the new epoch's
+//!   authenticator, sealed under the previous epoch's key and signed. A member in the
+//!   same epoch with another authenticator has been shown a different history (a
+//!   fork); a member still behind knows an update is being withheld from it.
+//! - **Re-adding**: a member whose view forked from the administrator's asks, under the
+//!   last common epoch's key, to be re-added; the administrator commits the removal of
+//!   the forked leaf and the addition of a fresh one, and sends the welcome back the
+//!   same way.
+
+use backchannel_proto::control::{Control, Status, StatusEntry};
+use backchannel_proto::envelope::ContentKind;
+use backchannel_proto::integrity::{Announcement, Rejoin};
+use backchannel_proto::member::MemberInfo;
+use backchannel_proto::payload::Head;
+use openmls::prelude::*;
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_traits::OpenMlsProvider;
+use openmls_traits::crypto::OpenMlsCrypto;
+use openmls_traits::signatures::Signer;
+use tls_codec::{Deserialize as _, Serialize as _};
+
+use crate::derive::{MemberId, member_id};
+use crate::engine::{
+    Channel, CommandError, Ctx, Live, Storage, check_leaf, credential_for, internal,
+    leaf_extensions, new_signer, store_err,
+};
+use crate::event::{Alert, Event};
+use crate::mls;
+use crate::store::{ExpectedEpoch, KeyPackageRecord, MemberRecord, PeerView};
+
+/// Most heads a payload carries.
+pub(crate) const MAX_HEADS: usize = 32;
+
+/// How far beyond what came before a sequence number may jump.
+pub(crate) const MAX_SEQ_JUMP: u64 = 10_000;
+
+/// Status is sent with a message at most this often (milliseconds).
+pub(crate) const STATUS_INTERVAL_MS: u64 = 60 * 60 * 1000;
+
+/// A status request is answered at most this often (milliseconds).
+const STATUS_REPLY_INTERVAL_MS: u64 = 30 * 1000;
+
+impl Channel {
+    /// The member with this short identifier, among present and past senders.
+    fn resolve(&self, short: &[u8; 8]) -> Option<(MemberId, String)> {
+        self.members
+            .iter()
+            .map(|m| (m.member, m.name.clone()))
+            .chain(self.senders.values().map(|s| (s.member, s.name.clone())))
+            .find(|(id, _)| &id.short() == short)
+    }
+
+    fn epoch(&self) -> u64 {
+        self.live
+            .as_ref()
+            .map(|l| l.group.epoch().as_u64())
+            .unwrap_or(0)
+    }
+
+    fn authenticator_at(&self, epoch: u64) -> Option<&[u8]> {
+        self.record
+            .authenticators
+            .iter()
+            .find(|a| a.epoch == epoch)
+            .map(|a| a.authenticator.as_slice())
+    }
+
+    fn key_at(&self, epoch: u64) -> Option<[u8; 32]> {
+        self.record
+            .epoch_keys
+            .iter()
+            .find(|k| k.epoch == epoch)
+            .map(|k| k.key)
+    }
+
+    fn note_peer(
+        &mut self,
+        member: MemberId,
+        name: String,
+        epoch: u64,
+        agrees: bool,
+        now: crate::Timestamp,
+    ) {
+        self.record.peers.retain(|p| p.member != member);
+        self.record.peers.push(PeerView {
+            member,
+            name,
+            epoch,
+            agrees,
+            at: now,
+        });
+    }
+
+    fn sign(&self, bytes: &[u8]) -> Result<Vec<u8>, CommandError> {
+        let live = self.live.as_ref().ok_or(CommandError::NotActive)?;
+        live.signer
+            .sign(bytes)
+            .map_err(|e| internal(format!("{e:?}")))
+    }
+
+    fn verify<S: Storage>(ctx: &Ctx<'_, S>, key: &[u8], data: &[u8], signature: &[u8]) -> bool {
+        ctx.backend
+            .crypto()
+            .verify_signature(SignatureScheme::ED25519, data, key, signature)
+            .is_ok()
+    }
+
+    // ----- Heads ----------------------------------------------------------------
+
+    /// What we have received from each other sender, for our next payload.
+    pub(crate) fn heads(&self) -> Vec<Head> {
+        let mut heads: Vec<Head> = self
+            .senders
+            .values()
+            .filter(|s| s.contiguous > 0 && s.member != self.record.own_member)
+            .map(|s| Head {
+                member: s.member.short(),
+                seq: s.contiguous,
+            })
+            .collect();
+        heads.truncate(MAX_HEADS);
+        heads
+    }
+
+    /// Takes note of another member's report that `member`'s messages go up to `seq`.
+    fn reported<S: Storage>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        short: &[u8; 8],
+        seq: u64,
+    ) -> Result<(), CommandError> {
+        if short == &self.record.own_member.short() {
+            if seq > self.record.own_seq && seq > self.record.rollback_alerted {
+                self.record.rollback_alerted = seq;
+                self.save(ctx)?;
+                ctx.alert(
+                    self.record.id,
+                    Alert::Rollback {
+                        reported: seq,
+                        own: self.record.own_seq,
+                    },
+                );
+            }
+            return Ok(());
+        }
+        let Some((member, name)) = self.resolve(short) else {
+            return Ok(());
+        };
+        let channel = self.record.id;
+        let state = self
+            .senders
+            .entry(member)
+            .or_insert_with(|| crate::store::SenderState {
+                member,
+                name,
+                ..Default::default()
+            });
+        if seq > state.contiguous.max(state.announced) {
+            state.announce(seq.min(state.contiguous + MAX_SEQ_JUMP), ctx.now);
+            ctx.store()
+                .save_sender(&channel, state)
+                .map_err(store_err)?;
+        }
+        Ok(())
+    }
+
+    /// Heads that came with a payload.
+    pub(crate) fn receive_heads<S: Storage>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        heads: &[Head],
+    ) -> Result<(), CommandError> {
+        for head in heads {
+            self.reported(ctx, &head.member, head.seq)?;
+        }
+        Ok(())
+    }
+
+    // ----- Status ---------------------------------------------------------------
+
+    fn status<S: Storage>(&self, ctx: &Ctx<'_, S>, request: bool) -> Result<Status, CommandError> {
+        let mut entries = vec![StatusEntry {
+            member: self.record.own_member.short(),
+            seq: self.record.own_seq,
+            hash: self.record.own_last_hash,
+        }];
+        for s in self.senders.values().filter(|s| s.contiguous > 0) {
+            let hash = ctx
+                .store()
+                .message(&self.record.id, &s.member, s.contiguous)
+                .map_err(store_err)?
+                .map(|m| m.hash)
+                .unwrap_or([0; 32]);
+            entries.push(StatusEntry {
+                member: s.member.short(),
+                seq: s.contiguous,
+                hash,
+            });
+        }
+        Ok(Status {
+            request,
+            epoch: self.epoch(),
+            authenticator: self
+                .authenticator_at(self.epoch())
+                .unwrap_or_default()
+                .to_vec(),
+            entries,
+        })
+    }
+
+    /// Sends our status to every member; with `request`, asks for theirs.
+    pub(crate) fn send_status<S: Storage>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        request: bool,
+    ) -> Result<(), CommandError> {
+        let status = self.status(ctx, request)?;
+        self.record.last_status_at = Some(ctx.now);
+        self.send_payload(
+            ctx,
+            backchannel_proto::payload::PayloadKind::Control,
+            Control::Status(status).encode(),
+        )?;
+        Ok(())
+    }
+
+    /// A control message from `sender`.
+    pub(crate) fn receive_control<S: Storage>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        sender: MemberId,
+        body: &[u8],
+    ) -> Result<(), CommandError> {
+        let channel = self.record.id;
+        let from = self.name_of(&sender);
+        let status = match Control::decode(body) {
+            Ok(Control::Status(s)) => s,
+            Ok(_) | Err(_) => {
+                ctx.alert(
+                    channel,
+                    Alert::Undecryptable {
+                        count: 1,
+                        detail: format!("a malformed control message from {from}"),
+                    },
+                );
+                return Ok(());
+            }
+        };
+        let mut agrees = true;
+        if status.epoch == self.epoch()
+            && self.authenticator_at(status.epoch) != Some(status.authenticator.as_slice())
+        {
+            agrees = false;
+            ctx.alert(
+                channel,
+                Alert::Fork {
+                    by: from.clone(),
+                    epoch: status.epoch,
+                },
+            );
+        }
+        for entry in &status.entries {
+            if entry.member == self.record.own_member.short() {
+                self.reported(ctx, &entry.member, entry.seq)?;
+                continue;
+            }
+            let Some((member, name)) = self.resolve(&entry.member) else {
+                continue;
+            };
+            let ours = ctx
+                .store()
+                .message(&channel, &member, entry.seq)
+                .map_err(store_err)?;
+            match ours {
+                Some(m) if m.hash != entry.hash => {
+                    agrees = false;
+                    ctx.alert(
+                        channel,
+                        Alert::Equivocation {
+                            from: name,
+                            seq: entry.seq,
+                            witness: from.clone(),
+                        },
+                    );
+                }
+                Some(_) => {}
+                None => self.reported(ctx, &entry.member, entry.seq)?,
+            }
+        }
+        self.note_peer(sender, from, status.epoch, agrees, ctx.now);
+        let answered_recently = self
+            .record
+            .last_reply_at
+            .is_some_and(|t| ctx.now.0 < t.0.saturating_add(STATUS_REPLY_INTERVAL_MS));
+        if status.request && !answered_recently && self.live().is_ok() {
+            self.record.last_reply_at = Some(ctx.now);
+            self.send_status(ctx, false)?;
+        }
+        self.save(ctx)
+    }
+
+    // ----- Announcements ---------------------------------------------------------
+
+    /// Announces our new epoch to the members we shared the previous one with, under
+    /// the previous epoch's key.
+    pub(crate) fn announce<S: Storage>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        before: &[MemberRecord],
+        previous_key: &[u8; 32],
+    ) -> Result<(), CommandError> {
+        let epoch = self.epoch();
+        let authenticator = self.authenticator_at(epoch).unwrap_or_default().to_vec();
+        let member = self.record.own_member.0;
+        let signed = Announcement::signed_bytes(&self.record.id.0, epoch, &authenticator, &member);
+        let signature = self.sign(&signed)?;
+        let announcement = Announcement {
+            epoch,
+            authenticator,
+            member,
+            signature,
+        };
+        let targets: Vec<_> = before
+            .iter()
+            .filter(|b| !b.is_self && self.members.iter().any(|m| m.member == b.member))
+            .map(|b| b.mailbox.clone())
+            .collect();
+        self.transmit_content(
+            ctx,
+            ContentKind::Announcement,
+            &announcement.encode(),
+            &targets,
+            previous_key,
+        )
+    }
+
+    pub(crate) fn receive_announcement<S: Storage>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        bytes: &[u8],
+    ) -> Result<(), CommandError> {
+        let channel = self.record.id;
+        let unreadable = |detail: &str| Alert::Undecryptable {
+            count: 1,
+            detail: detail.to_owned(),
+        };
+        let Ok(ann) = Announcement::decode(bytes) else {
+            ctx.alert(
+                channel,
+                unreadable("a malformed channel-state announcement"),
+            );
+            return Ok(());
+        };
+        if ann.member == self.record.own_member.0 {
+            ctx.alert(channel, Alert::Reflected);
+            return Ok(());
+        }
+        let Some(author) = self
+            .members
+            .iter()
+            .find(|m| m.member.0 == ann.member)
+            .cloned()
+        else {
+            ctx.alert(
+                channel,
+                unreadable("a channel-state announcement from someone not in the channel"),
+            );
+            return Ok(());
+        };
+        let signed =
+            Announcement::signed_bytes(&channel.0, ann.epoch, &ann.authenticator, &ann.member);
+        if !Self::verify(ctx, &author.signature_key, &signed, &ann.signature) {
+            ctx.alert(channel, unreadable("a forged channel-state announcement"));
+            return Ok(());
+        }
+        let ours = self.epoch();
+        if ann.epoch > ours {
+            // Someone is ahead of us: an update has not reached us (yet).
+            let newer = self
+                .record
+                .expected
+                .as_ref()
+                .is_none_or(|e| e.epoch < ann.epoch);
+            if newer {
+                self.record.expected = Some(ExpectedEpoch {
+                    epoch: ann.epoch,
+                    by: author.name.clone(),
+                    since: ctx.now,
+                });
+            }
+            self.note_peer(author.member, author.name, ann.epoch, true, ctx.now);
+            return self.save(ctx);
+        }
+        let agrees = match self.authenticator_at(ann.epoch) {
+            Some(mine) => mine == ann.authenticator.as_slice(),
+            // Too old for us to compare.
+            None => true,
+        };
+        self.note_peer(
+            author.member,
+            author.name.clone(),
+            ann.epoch,
+            agrees,
+            ctx.now,
+        );
+        if !agrees {
+            ctx.alert(
+                channel,
+                Alert::Fork {
+                    by: author.name.clone(),
+                    epoch: ann.epoch,
+                },
+            );
+            if author.admin && !self.is_admin() && self.record.rejoining.is_none() {
+                self.request_rejoin(ctx, ann.epoch, &author)?;
+            }
+        }
+        self.save(ctx)
+    }
+
+    // ----- Re-adding after a fork ------------------------------------------------
+
+    /// Asks the administrator, under the last common epoch's key, to re-add us.
+    fn request_rejoin<S: Storage>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        forked_epoch: u64,
+        admin: &MemberRecord,
+    ) -> Result<(), CommandError> {
+        let Some(common_key) = forked_epoch.checked_sub(1).and_then(|e| self.key_at(e)) else {
+            return Ok(());
+        };
+        let own_name = self
+            .members
+            .iter()
+            .find(|m| m.is_self)
+            .map(|m| m.name.clone())
+            .unwrap_or_else(|| "me".to_owned());
+        let (signer, key_package) = build_key_package(
+            ctx,
+            &own_name,
+            self.record.suite,
+            self.record.mailbox.clone(),
+        )?;
+        let member = self.record.own_member.0;
+        let signed = Rejoin::signed_bytes(&self.record.id.0, &member, forked_epoch, &key_package);
+        let signature = self.sign(&signed)?;
+        let request = Rejoin {
+            member,
+            epoch: forked_epoch,
+            key_package,
+            signature,
+        };
+        self.record.rejoining = Some(signer.public().to_vec());
+        self.transmit_content(
+            ctx,
+            ContentKind::Rejoin,
+            &request.encode(),
+            std::slice::from_ref(&admin.mailbox),
+            &common_key,
+        )?;
+        self.save(ctx)
+    }
+
+    /// The administrator receives a re-add request.
+    pub(crate) fn receive_rejoin<S: Storage>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        bytes: &[u8],
+    ) -> Result<(), CommandError> {
+        let channel = self.record.id;
+        let refuse = |ctx: &mut Ctx<'_, S>, by: String, what: &str| {
+            ctx.alert(
+                channel,
+                Alert::RefusedChange {
+                    by,
+                    what: what.to_owned(),
+                },
+            );
+        };
+        let Ok(request) = Rejoin::decode(bytes) else {
+            refuse(ctx, "someone".into(), "send a malformed re-add request");
+            return Ok(());
+        };
+        if !self.is_admin() || self.live().is_err() {
+            return Ok(());
+        }
+        let Some(old) = self
+            .members
+            .iter()
+            .find(|m| m.member.0 == request.member)
+            .cloned()
+        else {
+            refuse(ctx, "someone".into(), "be re-added although not a member");
+            return Ok(());
+        };
+        let signed = Rejoin::signed_bytes(
+            &channel.0,
+            &request.member,
+            request.epoch,
+            &request.key_package,
+        );
+        if !Self::verify(ctx, &old.signature_key, &signed, &request.signature) {
+            refuse(
+                ctx,
+                old.name.clone(),
+                "be re-added with a request that is not signed by them",
+            );
+            return Ok(());
+        }
+        let Some(common_key) = request.epoch.checked_sub(1).and_then(|e| self.key_at(e)) else {
+            refuse(
+                ctx,
+                old.name.clone(),
+                "be re-added from a state too old to reach them",
+            );
+            return Ok(());
+        };
+        let kp = match MlsMessageIn::tls_deserialize_exact(request.key_package.as_slice())
+            .ok()
+            .map(|m| m.extract())
+        {
+            Some(MlsMessageBodyIn::KeyPackage(kp)) => kp
+                .validate(ctx.backend.crypto(), ProtocolVersion::Mls10)
+                .ok(),
+            _ => None,
+        };
+        let valid = kp.filter(|kp| {
+            kp.ciphersuite() == self.record.suite.ciphersuite()
+                && check_leaf(kp.leaf_node()).is_ok_and(|info| info.name == old.name)
+        });
+        let Some(kp) = valid else {
+            refuse(
+                ctx,
+                old.name.clone(),
+                "be re-added with an invalid key package",
+            );
+            return Ok(());
+        };
+        let Ok(info) = check_leaf(kp.leaf_node()) else {
+            return Ok(());
+        };
+        let targets: Vec<_> = self
+            .others()
+            .into_iter()
+            .filter(|m| *m != old.mailbox)
+            .collect();
+        let live = self.live_mut()?;
+        let bundle = live
+            .group
+            .commit_builder()
+            .propose_removals([LeafNodeIndex::new(old.leaf)])
+            .propose_adds([kp])
+            .load_psks(ctx.backend.storage())
+            .map_err(internal)?
+            .build(
+                ctx.backend.rand(),
+                ctx.backend.crypto(),
+                &live.signer,
+                |_| true,
+            )
+            .map_err(internal)?
+            .stage_commit(ctx.backend)
+            .map_err(internal)?;
+        let (commit, welcome, _) = bundle.into_messages();
+        let welcome = welcome.ok_or_else(|| internal("a commit with an add has a welcome"))?;
+        self.commit_and_merge(ctx, &commit, &targets)?;
+        let welcome = welcome.tls_serialize_detached().map_err(internal)?;
+        self.transmit_content(
+            ctx,
+            ContentKind::Welcome,
+            &welcome,
+            &[info.mailbox],
+            &common_key,
+        )?;
+        ctx.event(Event::Rejoined {
+            channel,
+            member: old.name,
+            lost: 0,
+        });
+        Ok(())
+    }
+
+    /// A forked member receives the welcome that re-adds it.
+    pub(crate) fn receive_readd<S: Storage>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        bytes: &[u8],
+    ) -> Result<(), CommandError> {
+        let channel = self.record.id;
+        let Some(new_key) = self.record.rejoining.clone() else {
+            ctx.alert(
+                channel,
+                Alert::Undecryptable {
+                    count: 1,
+                    detail: "an invitation that was not asked for".into(),
+                },
+            );
+            return Ok(());
+        };
+        let accepted = crate::engine::accept_welcome(ctx.backend, bytes, true);
+        let (group, signer, kp, _policy, _inviter) = match accepted {
+            Ok(ok) => ok,
+            Err(e) => {
+                ctx.alert(
+                    channel,
+                    Alert::Undecryptable {
+                        count: 1,
+                        detail: format!("an invalid re-add: {e}"),
+                    },
+                );
+                return Ok(());
+            }
+        };
+        if signer.public() != new_key.as_slice() || group.group_id().as_slice() != channel.0 {
+            ctx.alert(
+                channel,
+                Alert::Undecryptable {
+                    count: 1,
+                    detail: "a re-add for another identity or channel".into(),
+                },
+            );
+            return Ok(());
+        }
+        // Out with the forked state, in with the administrator's.
+        if let Some(mut old) = self.live.take() {
+            old.group.delete(ctx.backend.storage()).map_err(internal)?;
+            SignatureKeyPair::delete(
+                ctx.backend.storage(),
+                old.signer.public(),
+                old.signer.signature_scheme(),
+            )
+            .map_err(internal)?;
+        }
+        ctx.store()
+            .delete_key_package_record(&kp.signature_key)
+            .map_err(store_err)?;
+        let lost = self.pending.len();
+        for (id, _) in std::mem::take(&mut self.pending) {
+            ctx.store()
+                .remove_pending(&channel, id)
+                .map_err(store_err)?;
+        }
+        self.record.signature_key = signer.public().to_vec();
+        self.record.own_member = member_id(signer.public());
+        self.record.own_seq = 0;
+        self.record.own_last_hash = [0; 32];
+        self.record.rejoining = None;
+        self.record.expected = None;
+        self.record.epoch_keys.clear();
+        self.record.authenticators.clear();
+        self.live = Some(Live { group, signer });
+        self.enter_epoch(ctx)?;
+        ctx.alert(channel, Alert::ForkRecovered { lost });
+        Ok(())
+    }
+}
+
+/// A fresh identity and key package for `name`, reachable at `mailbox`.
+pub(crate) fn build_key_package<S: Storage>(
+    ctx: &mut Ctx<'_, S>,
+    name: &str,
+    suite: mls::Suite,
+    mailbox: backchannel_proto::addr::MailboxAddr,
+) -> Result<(SignatureKeyPair, Vec<u8>), CommandError> {
+    let provider = ctx.backend;
+    let signer = new_signer(provider)?;
+    let info = MemberInfo {
+        name: name.to_owned(),
+        mailbox: mailbox.clone(),
+    };
+    let bundle = KeyPackage::builder()
+        .leaf_node_capabilities(mls::capabilities(suite))
+        .leaf_node_extensions(leaf_extensions(&info)?)
+        .build(
+            suite.ciphersuite(),
+            provider,
+            &signer,
+            credential_for(&signer),
+        )
+        .map_err(internal)?;
+    ctx.store()
+        .save_key_package_record(&KeyPackageRecord {
+            signature_key: signer.public().to_vec(),
+            name: name.to_owned(),
+            mailbox,
+            suite,
+            created_at: ctx.now,
+        })
+        .map_err(store_err)?;
+    let bytes = MlsMessageOut::from(bundle.key_package().clone())
+        .tls_serialize_detached()
+        .map_err(internal)?;
+    Ok((signer, bytes))
+}
