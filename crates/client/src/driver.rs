@@ -438,6 +438,16 @@ impl Client {
         }
     }
 
+    /// Keeps processing relay events and timers for `duration`.
+    pub async fn idle(&mut self, duration: Duration) -> Result<(), ClientError> {
+        let end = Instant::now() + duration;
+        while Instant::now() < end {
+            let left = end - Instant::now();
+            self.step(left.min(Duration::from_millis(50))).await?;
+        }
+        Ok(())
+    }
+
     /// Waits up to `wait` for one relay event or engine timer, and handles it.
     /// Returns whether anything happened.
     pub async fn step(&mut self, wait: Duration) -> Result<bool, ClientError> {

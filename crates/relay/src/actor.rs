@@ -11,13 +11,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use backchannel_proto::addr::MailboxId;
-use backchannel_proto::frame::Blob;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::storage::{
-    Append, AppendOutcome, Mailbox, MailboxKey, Quota, RelayStorage, StorageError,
+    Append, AppendOutcome, Fetched, Mailbox, MailboxKey, Quota, RelayStorage, StorageError,
 };
 
 /// What the storage thread does for the rest of the relay.
@@ -41,7 +40,7 @@ pub(crate) enum Command {
         mailbox: MailboxKey,
         after: u64,
         limit: usize,
-        reply: oneshot::Sender<Result<Vec<(u64, Blob)>, StorageError>>,
+        reply: oneshot::Sender<Result<Fetched, StorageError>>,
     },
     Delete {
         mailbox: MailboxKey,
@@ -121,7 +120,7 @@ impl StorageHandle {
         mailbox: MailboxKey,
         after: u64,
         limit: usize,
-    ) -> Result<Result<Vec<(u64, Blob)>, StorageError>, Gone> {
+    ) -> Result<Result<Fetched, StorageError>, Gone> {
         self.call(|reply| Command::Fetch {
             mailbox,
             after,

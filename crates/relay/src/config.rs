@@ -43,6 +43,9 @@ pub struct RelayConfig {
     pub max_db_bytes: Option<u64>,
     /// How long a graceful shutdown waits for connections to finish.
     pub shutdown_grace: Duration,
+    /// A scripted hostile behaviour (tests only).
+    #[cfg(feature = "adversary")]
+    pub adversary: Option<crate::adversary::AdversaryHandle>,
 }
 
 impl RelayConfig {
@@ -64,6 +67,8 @@ impl RelayConfig {
             batch_max: 1024,
             max_db_bytes: None,
             shutdown_grace: Duration::from_secs(10),
+            #[cfg(feature = "adversary")]
+            adversary: None,
         }
     }
 

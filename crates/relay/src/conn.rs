@@ -39,6 +39,8 @@ pub(crate) struct Shared {
     pub(crate) idle_timeout: Duration,
     pub(crate) message_ttl: Duration,
     pub(crate) shutdown: watch::Receiver<bool>,
+    #[cfg(feature = "adversary")]
+    pub(crate) adversary: Option<crate::adversary::AdversaryHandle>,
 }
 
 struct Subscription {
@@ -211,11 +213,35 @@ impl Connection {
                 let metrics = self.shared.metrics.clone();
                 let ttl = self.shared.message_ttl.as_millis() as u64;
                 let started = Instant::now();
+                #[cfg(feature = "adversary")]
+                let mut copies = match &self.shared.adversary {
+                    Some(a) => a.0.on_send(send_id, &blob),
+                    None => vec![(send_id, blob)],
+                };
+                #[cfg(not(feature = "adversary"))]
+                let mut copies = vec![(send_id, blob)];
                 pending.push(Box::pin(async move {
+                    let Some((send_id, blob)) = copies.pop() else {
+                        // A hostile relay dropped it and says it stored it.
+                        return ServerFrame::Response {
+                            request_id: id,
+                            response: Response::Stored,
+                        };
+                    };
+                    for (other, copy) in copies {
+                        let extra = Append {
+                            send_id: other,
+                            blob: copy,
+                            expires_at: now_ms().saturating_add(ttl),
+                            replay: true,
+                        };
+                        let _ = storage.append(extra).await;
+                    }
                     let append = Append {
                         send_id,
                         blob,
                         expires_at: now_ms().saturating_add(ttl),
+                        replay: false,
                     };
                     let response = match storage.append(append).await {
                         Ok(Ok(AppendOutcome::Stored { .. } | AppendOutcome::Duplicate { .. })) => {
@@ -424,12 +450,29 @@ impl Connection {
                 continue;
             }
             let (mailbox, cursor) = (sub.mailbox, sub.cursor);
-            let messages = match self.shared.storage.fetch(mailbox, cursor, room).await {
-                Ok(Ok(m)) => m,
+            let fetched = match self.shared.storage.fetch(mailbox, cursor, room).await {
+                Ok(Ok(f)) => f,
                 Ok(Err(_)) => continue,
                 Err(_) => return Err(End::StorageGone),
             };
+            // Damaged records are deleted: they can never be delivered, and must not
+            // hold up the mailbox.
+            for id in fetched.damaged {
+                self.shared.metrics.damaged.inc();
+                let _ = self.shared.storage.delete(mailbox, id).await;
+                self.waker.wake(mailbox);
+            }
+            let messages = fetched.messages;
             for (message_id, blob) in messages {
+                #[cfg(feature = "adversary")]
+                if let Some(a) = &self.shared.adversary
+                    && !a.0.on_deliver(read_id, &blob)
+                {
+                    if let Some(sub) = self.subs.get_mut(&read_id) {
+                        sub.cursor = message_id;
+                    }
+                    continue;
+                }
                 if let Some(sub) = self.subs.get_mut(&read_id) {
                     sub.cursor = message_id;
                     sub.in_flight.insert(message_id);

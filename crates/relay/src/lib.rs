@@ -23,6 +23,8 @@
 #![deny(missing_docs)]
 
 mod actor;
+#[cfg(feature = "adversary")]
+pub mod adversary;
 pub mod config;
 mod conn;
 mod hub;

@@ -116,6 +116,7 @@ pub(crate) struct Metrics {
     pub(crate) acked: Counter,
     pub(crate) expired: Counter,
     pub(crate) storage_failures: Counter,
+    pub(crate) damaged: Counter,
     pub(crate) queue_depth: Gauge,
     pub(crate) healthy: Gauge,
     pub(crate) commit_seconds: Histogram,
@@ -144,6 +145,7 @@ impl Default for Metrics {
             acked: Counter::default(),
             expired: Counter::default(),
             storage_failures: Counter::default(),
+            damaged: Counter::default(),
             queue_depth: Gauge::default(),
             healthy: Gauge(AtomicU64::new(1)),
             commit_seconds: Histogram::new(SECONDS),
@@ -159,7 +161,7 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub(crate) fn render(&self) -> String {
         let mut out = String::new();
-        let counters: [(&str, &str, &Counter); 15] = [
+        let counters: [(&str, &str, &Counter); 16] = [
             (
                 "connections_accepted_total",
                 "Connections accepted.",
@@ -226,6 +228,11 @@ impl Metrics {
                 "storage_failures_total",
                 "Storage operations that failed.",
                 &self.storage_failures,
+            ),
+            (
+                "damaged_records_total",
+                "Stored records found damaged and deleted.",
+                &self.damaged,
             ),
         ];
         for (name, help, c) in counters {

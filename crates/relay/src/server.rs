@@ -62,6 +62,8 @@ pub struct RunningRelay {
     pub metrics_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
+    #[cfg(feature = "adversary")]
+    storage: StorageHandle,
 }
 
 impl RunningRelay {
@@ -69,18 +71,43 @@ impl RunningRelay {
     /// period), flushes storage, and returns when all is done.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        // The storage thread ends when its last handle is gone.
+        #[cfg(feature = "adversary")]
+        drop(self.storage);
         let _ = self.task.await;
     }
 
     /// Returns when the relay has stopped (after [`RunningRelay::shutdown`] from
     /// elsewhere, or on a fatal error).
     pub async fn wait(self) {
+        #[cfg(feature = "adversary")]
+        drop(self.storage);
         let _ = self.task.await;
     }
 
     /// A handle that triggers the shutdown.
     pub fn shutdown_handle(&self) -> watch::Sender<bool> {
         self.shutdown.clone()
+    }
+
+    /// Stores a blob into a mailbox as the relay itself — a replay or an injection,
+    /// bypassing the recognition of retransmissions (tests of hostile relays only).
+    #[cfg(feature = "adversary")]
+    pub async fn inject(
+        &self,
+        send_id: backchannel_proto::addr::MailboxId,
+        blob: backchannel_proto::frame::Blob,
+    ) -> bool {
+        let append = crate::storage::Append {
+            send_id,
+            blob,
+            expires_at: conn::now_ms().saturating_add(3_600_000),
+            replay: true,
+        };
+        matches!(
+            self.storage.append(append).await,
+            Ok(Ok(crate::storage::AppendOutcome::Stored { .. }))
+        )
     }
 }
 
@@ -167,8 +194,12 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
         idle_timeout: config.idle_timeout,
         message_ttl: config.message_ttl,
         shutdown: shutdown_rx.clone(),
+        #[cfg(feature = "adversary")]
+        adversary: config.adversary.clone(),
     });
     let sweeper = spawn_sweeper(storage.clone(), config.sweep_interval, shutdown_rx.clone());
+    #[cfg(feature = "adversary")]
+    let injector = storage.clone();
     let task = tokio::spawn(accept_loop(
         listener,
         tls,
@@ -186,6 +217,8 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
         metrics_addr,
         shutdown: shutdown_tx,
         task,
+        #[cfg(feature = "adversary")]
+        storage: injector,
     })
 }
 

@@ -291,5 +291,9 @@ fn a_replayed_message_alerts_and_is_not_shown_twice() {
     let alerts = sim.nodes[bob].alerts();
     assert_eq!(alerts.len(), 1, "{alerts:?}");
     assert!(matches!(alerts[0], Alert::Replayed { .. }));
-    assert!(alerts[0].to_string().contains("someone is replaying old messages"));
+    assert!(
+        alerts[0]
+            .to_string()
+            .contains("someone is replaying old messages")
+    );
 }

@@ -35,6 +35,9 @@ pub struct Append {
     pub blob: Blob,
     /// When the message expires (milliseconds since the Unix epoch).
     pub expires_at: u64,
+    /// Store it even if the same bytes were stored before (only a hostile relay in
+    /// tests does this: honest retransmissions are recognised and stored once).
+    pub replay: bool,
 }
 
 /// What happened to one append of a batch.
@@ -84,6 +87,15 @@ pub enum StorageError {
     BatchFailed,
 }
 
+/// What a fetch found.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    /// Deliverable messages, oldest first.
+    pub messages: Vec<(u64, Blob)>,
+    /// Identifiers of damaged records.
+    pub damaged: Vec<u64>,
+}
+
 /// Counts for metrics.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Counts {
@@ -111,13 +123,14 @@ pub trait RelayStorage: Send + 'static {
         batch: &[Append],
         quota: Quota,
     ) -> Result<Vec<AppendOutcome>, StorageError>;
-    /// Messages of a mailbox with identifiers above `after`, oldest first.
+    /// Messages of a mailbox with identifiers above `after`, oldest first. Records
+    /// that cannot be delivered (damaged on disk) are listed apart, to be deleted.
     fn fetch(
         &mut self,
         mailbox: MailboxKey,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, Blob)>, StorageError>;
+    ) -> Result<Fetched, StorageError>;
     /// Deletes messages, in one transaction (no error for one already gone).
     fn delete_messages(&mut self, messages: &[(MailboxKey, u64)]) -> Result<(), StorageError>;
     /// Deletes a mailbox and its messages.
