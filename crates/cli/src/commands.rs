@@ -127,7 +127,7 @@ pub(crate) async fn channel_list(g: &Global) -> Result<(), Failure> {
                 "{}",
                 json!({
                     "name": c.name,
-                    "status": status(c.status),
+                    "status": status_word(c.status),
                     "members": c.members.len(),
                     "suite": c.suite.name(),
                     "admin": c.admin,
@@ -149,7 +149,7 @@ pub(crate) async fn channel_list(g: &Global) -> Result<(), Failure> {
                 if c.status == ChannelStatus::Active {
                     String::new()
                 } else {
-                    format!(" [{}]", status(c.status))
+                    format!(" [{}]", status_word(c.status))
                 }
             );
         }
@@ -157,7 +157,7 @@ pub(crate) async fn channel_list(g: &Global) -> Result<(), Failure> {
     Ok(())
 }
 
-fn status(s: ChannelStatus) -> &'static str {
+fn status_word(s: ChannelStatus) -> &'static str {
     match s {
         ChannelStatus::Active => "active",
         ChannelStatus::Leaving => "leaving",
@@ -179,7 +179,7 @@ pub(crate) async fn channel_show(g: &Global, name: &str) -> Result<(), Failure> 
             json!({
                 "name": c.name,
                 "title": c.policy.as_ref().map(|p| p.title.clone()),
-                "status": status(c.status),
+                "status": status_word(c.status),
                 "suite": c.suite.name(),
                 "epoch": c.epoch,
                 "members": members,
@@ -194,7 +194,7 @@ pub(crate) async fn channel_show(g: &Global, name: &str) -> Result<(), Failure> 
         }
         println!(
             "  status: {}, ciphersuite: {}, epoch {}",
-            status(c.status),
+            status_word(c.status),
             c.suite.name(),
             c.epoch
         );
@@ -402,20 +402,11 @@ fn show_new(g: &Global, client: &Client, name: &str, all: bool) -> Result<usize,
         }
     }
     store.set_setting(&cursor_key, &last.to_string())?;
-    let alerts = store.unshown_alerts(&id)?;
-    for a in &alerts {
-        if g.json {
-            println!("{}", output::alert(name, a, true));
-        } else {
-            eprintln!("{}", output::alert(name, a, false));
-        }
-    }
-    let ids: Vec<u64> = alerts.iter().map(|a| a.id).collect();
-    store.mark_alerts_shown(&ids)?;
+    let alerts = show_alerts(g, client, name)?;
     if summary.status == ChannelStatus::Closed && !g.json && !all {
         println!("(You are no longer a member of '{name}'.)");
     }
-    Ok(alerts.len())
+    Ok(alerts)
 }
 
 pub(crate) async fn read(g: &Global, name: &str, follow: bool, all: bool) -> Result<(), Failure> {
@@ -486,4 +477,89 @@ pub(crate) async fn update(g: &Global, name: &str) -> Result<(), Failure> {
         json!({"channel": name, "updated": true}),
     );
     Ok(())
+}
+
+pub(crate) async fn status(g: &Global, name: &str, wait: u64) -> Result<(), Failure> {
+    let mut client = open_client(g)?;
+    client.engine().channel(name)?;
+    catch_up(&mut client).await;
+    let asked = client.request_status(name).is_ok();
+    deliver(&mut client).await?;
+    if asked {
+        client.idle(Duration::from_secs(wait)).await?;
+        catch_up(&mut client).await;
+    }
+    let c = client.engine().channel(name)?;
+    let others: Vec<_> = c.members.iter().filter(|m| !m.is_self).collect();
+    if g.json {
+        let peers: Vec<_> = others
+            .iter()
+            .map(|m| {
+                let p = c.peers.iter().find(|p| p.member == m.member);
+                json!({
+                    "member": m.name,
+                    "answered": p.is_some(),
+                    "epoch": p.map(|p| p.epoch),
+                    "agrees": p.map(|p| p.agrees),
+                    "at": p.map(|p| output::rfc3339(p.at)),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({"channel": name, "epoch": c.epoch, "members": peers})
+        );
+    } else {
+        println!(
+            "'{name}': you are at update {} ({} other members)",
+            c.epoch,
+            others.len()
+        );
+        for m in &others {
+            match c.peers.iter().find(|p| p.member == m.member) {
+                Some(p) if p.agrees && p.epoch == c.epoch => println!(
+                    "  {}: same state as yours (as of {})",
+                    m.name,
+                    output::short_time(p.at)
+                ),
+                Some(p) if p.agrees => println!(
+                    "  {}: at update {}, consistent with yours (as of {})",
+                    m.name,
+                    p.epoch,
+                    output::short_time(p.at)
+                ),
+                Some(p) => println!(
+                    "  {}: DISAGREES with your view at update {} (as of {})",
+                    m.name,
+                    p.epoch,
+                    output::short_time(p.at)
+                ),
+                None => println!("  {}: no answer yet (offline?)", m.name),
+            }
+        }
+    }
+    let alerts = show_alerts(g, &client, name)?;
+    if alerts > 0 {
+        return Err(Failure::alert(format!(
+            "{alerts} security alert(s) in '{name}' (shown above)"
+        )));
+    }
+    Ok(())
+}
+
+/// Prints (and marks shown) a channel's unshown alerts; returns how many.
+fn show_alerts(g: &Global, client: &Client, name: &str) -> Result<usize, Failure> {
+    let id = client.engine().channel_id(name)?;
+    let store = client.store();
+    let alerts = store.unshown_alerts(&id)?;
+    for a in &alerts {
+        if g.json {
+            println!("{}", output::alert(name, a, true));
+        } else {
+            eprintln!("{}", output::alert(name, a, false));
+        }
+    }
+    let ids: Vec<u64> = alerts.iter().map(|a| a.id).collect();
+    store.mark_alerts_shown(&ids)?;
+    Ok(alerts.len())
 }

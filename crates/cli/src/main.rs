@@ -113,6 +113,15 @@ enum Command {
         /// The channel.
         name: String,
     },
+    /// Compare your view of a channel with the other members' (forks, withheld or
+    /// altered messages).
+    Status {
+        /// The channel.
+        name: String,
+        /// Seconds to wait for the members' answers.
+        #[arg(long, default_value_t = 5)]
+        wait: u64,
+    },
     /// Replace your keys in a channel (heals the channel after a compromise).
     Update {
         /// The channel.
@@ -258,6 +267,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Remove { name, member } => commands::remove(&g, &name, &member).await,
         Command::Leave { name } => commands::leave(&g, &name).await,
         Command::Update { name } => commands::update(&g, &name).await,
+        Command::Status { name, wait } => commands::status(&g, &name, wait).await,
         Command::Relay(cmd) => relay_cmd::run(&g, cmd).await,
         Command::Demo => demo::run(&g).await,
         Command::Bench(cmd) => bench::run(&g, cmd).await,

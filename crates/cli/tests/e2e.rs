@@ -289,3 +289,83 @@ fn usage_errors_exit_2_and_user_errors_exit_1() {
     assert_eq!(unknown.code, 1);
     assert_eq!(unknown.stderr, "error: there is no channel called 'nope'\n");
 }
+
+#[test]
+fn a_replay_by_the_relay_shows_as_an_alert_and_read_exits_3() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("relay");
+    let relay = Relay::start(&data, free_port());
+    let alice = Person::new(tmp.path(), "alice");
+    let bob = Person::new(tmp.path(), "bob");
+    set_up_channel(
+        tmp.path(),
+        "ops",
+        &alice,
+        &relay.address,
+        &[(&bob, &relay.address)],
+    );
+    alice.run(&["send", "ops", "transfer 100"]).ok();
+    // The relay's operator stores the message a second time.
+    let db = rusqlite::Connection::open(data.join("relay.db")).unwrap();
+    db.execute_batch(
+        "INSERT INTO messages (mailbox, expires_at, digest, blob)
+             SELECT mailbox, expires_at, randomblob(16), blob FROM messages
+             WHERE id = (SELECT max(id) FROM messages);
+         UPDATE mailboxes SET count = count + 1
+             WHERE key = (SELECT mailbox FROM messages WHERE id = (SELECT max(id) FROM messages));",
+    )
+    .unwrap();
+    drop(db);
+    let out = bob.run(&["--json", "read", "ops"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    let lines: Vec<serde_json::Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{}", out.stdout);
+    assert_eq!(lines[0]["text"], "transfer 100");
+    assert_eq!(lines[0]["from"], "alice");
+    assert!(lines[0]["sent_at"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(lines[1]["alert"], "replayed");
+    assert!(lines[1]["message"].as_str().unwrap().contains("replaying"));
+    assert!(out.stderr.contains("security alert"), "{}", out.stderr);
+    // Shown once; the next read is quiet.
+    let again = bob.run(&["--json", "read", "ops"]).ok();
+    assert_eq!(again.stdout, "");
+}
+
+#[test]
+fn status_compares_views_with_the_other_members() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&tmp.path().join("relay"), free_port());
+    let alice = Person::new(tmp.path(), "alice");
+    let bob = Person::new(tmp.path(), "bob");
+    set_up_channel(
+        tmp.path(),
+        "ops",
+        &alice,
+        &relay.address,
+        &[(&bob, &relay.address)],
+    );
+    alice.run(&["send", "ops", "hello"]).ok();
+    // Bob answers status requests while he reads with --follow.
+    let mut follower = Command::new(support::bin())
+        .arg("--home")
+        .arg(&bob.home)
+        .args(["read", "ops", "--follow"])
+        .env("BACKCHANNEL_PASSPHRASE", support::PASSPHRASE)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = alice.run(&["--json", "status", "ops", "--wait", "3"]).ok();
+    follower.kill().unwrap();
+    let _ = follower.wait();
+    let view: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    let bob_view = &view["members"][0];
+    assert_eq!(bob_view["member"], "bob");
+    assert_eq!(bob_view["answered"], true, "{}", out.stdout);
+    assert_eq!(bob_view["agrees"], true);
+    assert_eq!(bob_view["epoch"], view["epoch"]);
+}

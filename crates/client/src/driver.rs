@@ -290,6 +290,13 @@ impl Client {
         Ok(())
     }
 
+    /// Sends our view of a channel to its members and asks for theirs.
+    pub fn request_status(&mut self, channel: &str) -> Result<(), ClientError> {
+        self.engine.request_status(now(), channel)?;
+        self.pump();
+        Ok(())
+    }
+
     /// Sends a text message.
     pub fn send_text(&mut self, channel: &str, text: &str) -> Result<(), ClientError> {
         self.engine.send_text(now(), channel, text)?;
