@@ -202,7 +202,7 @@ async fn relay(g: &Global, args: RelayArgs) -> Result<(), Failure> {
                     if let Some(stamp) = blob.first_chunk_mut::<8>() {
                         *stamp = (sent.as_nanos() as u64).to_be_bytes();
                     }
-                    let ok = sender.send(send_id, blob).await.is_ok();
+                    let ok = sender.send(send_id, 0, blob).await.is_ok();
                     if ok {
                         stored.fetch_add(1, Ordering::Relaxed);
                         lat.lock()

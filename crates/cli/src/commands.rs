@@ -102,7 +102,9 @@ pub(crate) async fn channel_create(
     let suite = suite(suite_name)?;
     let mut client = open_client(g)?;
     let me = own_name(&client)?;
-    client.create_channel(name, &me, suite, &relay).await?;
+    client
+        .create_channel(name, &me, suite.into(), &relay)
+        .await?;
     let suite_text = match suite {
         Suite::XWing => "X-Wing, post-quantum",
         Suite::Classic => "classic X25519",
@@ -371,17 +373,19 @@ fn pending_alerts(client: &Client, name: &str) -> Result<usize, Failure> {
     Ok(client.store().unshown_alerts(&id)?.len())
 }
 
+/// The channel setting that holds the position of the last message shown.
+const READ_CURSOR: &str = "read-cursor";
+
 /// Prints what is new in a channel: messages after the read cursor and alerts not
 /// yet shown. Returns how many alerts were shown.
 fn show_new(g: &Global, client: &Client, name: &str, all: bool) -> Result<usize, Failure> {
     let id = client.engine().channel_id(name)?;
-    let cursor_key = format!("read-cursor:{id}");
     let store = client.store();
     let cursor: u64 = if all {
         0
     } else {
         store
-            .setting(&cursor_key)?
+            .channel_setting(&id, READ_CURSOR)?
             .and_then(|c| c.parse().ok())
             .unwrap_or(0)
     };
@@ -401,7 +405,7 @@ fn show_new(g: &Global, client: &Client, name: &str, all: bool) -> Result<usize,
             }
         }
     }
-    store.set_setting(&cursor_key, &last.to_string())?;
+    store.set_channel_setting(&id, READ_CURSOR, &last.to_string())?;
     let alerts = show_alerts(g, client, name)?;
     if summary.status == ChannelStatus::Closed && !g.json && !all {
         println!("(You are no longer a member of '{name}'.)");

@@ -158,7 +158,7 @@ async fn story(dir: &Path) -> Result<(), Failure> {
     );
     alice
         .client
-        .create_channel(CHANNEL, "alice", Suite::XWing, &relay_a.address)
+        .create_channel(CHANNEL, "alice", Suite::XWing.into(), &relay_a.address)
         .await?;
     say(format!(
         "'{CHANNEL}' exists, with a signing key made for this channel alone"

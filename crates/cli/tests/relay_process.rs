@@ -79,7 +79,7 @@ async fn every_acknowledged_message_survives_repeated_sigkill_exactly_once_and_i
             // Throttled a little, so that the run spans all the kills.
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_millis(2)).await;
-                match client.send(send_id, blob(sender, seq)).await {
+                match client.send(send_id, 0, blob(sender, seq)).await {
                     Ok(()) => {
                         acked.lock().unwrap().entry(sender).or_default().push(seq);
                         seq += 1;
@@ -175,7 +175,7 @@ fn sigterm_shuts_down_gracefully_and_logs_carry_no_identifiers_or_addresses() {
             let owner = SigningKey::generate(&mut rand::rngs::OsRng);
             let mut client = RelayClient::connect(&address, T).await.unwrap();
             let (send_id, read_id) = client.create_mailbox(&owner).await.unwrap();
-            client.send(send_id, blob(1, 1)).await.unwrap();
+            client.send(send_id, 0, blob(1, 1)).await.unwrap();
             let mut deliveries = client.deliveries().unwrap();
             client.subscribe(read_id, &owner).await.unwrap();
             let d = deliveries.recv().await.unwrap();
@@ -184,7 +184,7 @@ fn sigterm_shuts_down_gracefully_and_logs_carry_no_identifiers_or_addresses() {
             let _ = client
                 .subscribe(read_id, &SigningKey::generate(&mut rand::rngs::OsRng))
                 .await;
-            let _ = client.send(MailboxId([9; 16]), blob(2, 2)).await;
+            let _ = client.send(MailboxId([9; 16]), 0, blob(2, 2)).await;
             let _ = client.send_raw(vec![1, 2, 3]).await;
             let other = RelayClient::connect(&address, T).await.unwrap();
             other.ping().await.unwrap();

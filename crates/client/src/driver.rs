@@ -12,7 +12,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use backchannel_core::mls::Suite;
 use backchannel_core::store::EngineStore as _;
-use backchannel_core::{ChannelId, CommandError, Engine, EngineConfig, Event, Output, Timestamp};
+use backchannel_core::{
+    ChannelId, ChannelOptions, CommandError, Engine, EngineConfig, Event, Output, Timestamp,
+    Transmit,
+};
 use backchannel_proto::addr::{MailboxAddr, MailboxId, RelayAddr};
 use backchannel_proto::envelope::BLOB_LEN;
 use backchannel_proto::frame::{Blob, ErrorCode};
@@ -210,7 +213,7 @@ impl Client {
         &mut self,
         name: &str,
         own_name: &str,
-        suite: Suite,
+        options: ChannelOptions,
         relay: &RelayAddr,
     ) -> Result<ChannelId, ClientError> {
         // Check the names before making a mailbox for nothing.
@@ -221,7 +224,7 @@ impl Client {
         let mailbox = self.create_mailbox(relay).await?;
         let id = self
             .engine
-            .create_channel(now(), name, own_name, suite, mailbox.clone())?;
+            .create_channel(now(), name, own_name, options, mailbox.clone())?;
         self.bind(&mailbox, id)?;
         self.pump();
         Ok(id)
@@ -308,22 +311,23 @@ impl Client {
     fn pump(&mut self) {
         while let Some(output) = self.engine.poll_output() {
             match output {
-                Output::Transmit(t) => self.dispatch(t.id, t.to, t.blob),
+                Output::Transmit(t) => self.dispatch(t),
                 Output::Event(event) => self.events.push_back(event),
                 _ => {}
             }
         }
     }
 
-    fn dispatch(&mut self, id: u64, to: MailboxAddr, blob: Vec<u8>) {
-        let Ok(blob) = <[u8; BLOB_LEN]>::try_from(blob) else {
+    fn dispatch(&mut self, t: Transmit) {
+        let Ok(blob) = <[u8; BLOB_LEN]>::try_from(t.blob) else {
             return;
         };
-        self.in_flight.insert(id);
-        let link = self.link(&to.relay);
+        self.in_flight.insert(t.id);
+        let link = self.link(&t.to.relay);
         let _ = link.send(LinkCommand::Send {
-            id,
-            send_id: to.send_id,
+            id: t.id,
+            send_id: t.to.send_id,
+            ttl_secs: t.ttl_secs,
             blob: Box::new(blob),
         });
     }
@@ -332,7 +336,7 @@ impl Client {
     pub fn resend_outbox(&mut self) -> Result<(), ClientError> {
         for t in self.store().outbox()? {
             if !self.in_flight.contains(&t.id) {
-                self.dispatch(t.id, t.to, t.blob);
+                self.dispatch(t);
             }
         }
         Ok(())
@@ -382,19 +386,20 @@ impl Client {
         self.retire_closed().await
     }
 
-    /// Deletes, at their relays, the mailboxes of channels we are no longer in.
-    async fn retire_closed(&mut self) -> Result<(), ClientError> {
-        let closed: Vec<ChannelId> = self
+    /// Deletes, at their relays, the mailboxes of channels we are no longer in:
+    /// closed, erased or expired.
+    pub async fn retire_closed(&mut self) -> Result<(), ClientError> {
+        let active: HashSet<ChannelId> = self
             .engine
             .channels()
             .into_iter()
-            .filter(|c| c.status == backchannel_core::store::ChannelStatus::Closed)
+            .filter(|c| c.status != backchannel_core::store::ChannelStatus::Closed)
             .map(|c| c.id)
             .collect();
         let retire: Vec<MailboxId> = self
             .mailboxes
             .values()
-            .filter(|m| m.channel.is_some_and(|c| closed.contains(&c)))
+            .filter(|m| m.channel.is_some_and(|c| !active.contains(&c)))
             .map(|m| m.read_id)
             .collect();
         for read_id in retire {

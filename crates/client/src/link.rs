@@ -22,6 +22,7 @@ pub(crate) enum LinkCommand {
     Send {
         id: u64,
         send_id: MailboxId,
+        ttl_secs: u32,
         blob: Blob,
     },
     /// Receive a mailbox's messages from now on.
@@ -96,6 +97,9 @@ pub(crate) fn spawn(
     tx
 }
 
+/// A blob on its way: mailbox, relay lifetime, contents.
+type Outgoing = (MailboxId, u32, Blob);
+
 enum Internal {
     SendDone {
         id: u64,
@@ -109,7 +113,7 @@ async fn run(
     mut commands: mpsc::UnboundedReceiver<LinkCommand>,
     events: mpsc::UnboundedSender<LinkEvent>,
 ) {
-    let mut pending: BTreeMap<u64, (MailboxId, Blob)> = BTreeMap::new();
+    let mut pending: BTreeMap<u64, Outgoing> = BTreeMap::new();
     let mut subs: HashMap<MailboxId, SigningKey> = HashMap::new();
     let mut waiting: Vec<LinkCommand> = Vec::new();
     let mut backoff = timing.backoff_min;
@@ -150,19 +154,19 @@ async fn run(
         };
         let client = Arc::new(client);
         let (internal_tx, mut internal) = mpsc::unbounded_channel::<Internal>();
-        let send = |id: u64, send_id: MailboxId, blob: Blob| {
+        let send = |id: u64, (send_id, ttl_secs, blob): Outgoing| {
             let client = client.clone();
             let internal_tx = internal_tx.clone();
             tokio::spawn(async move {
-                let result = client.send(send_id, blob).await;
+                let result = client.send(send_id, ttl_secs, blob).await;
                 let _ = internal_tx.send(Internal::SendDone { id, result });
             });
         };
         for (read_id, key) in &subs {
             subscribe(&client, *read_id, key.clone(), &events);
         }
-        for (id, (send_id, blob)) in &pending {
-            send(*id, *send_id, blob.clone());
+        for (id, outgoing) in &pending {
+            send(*id, outgoing.clone());
         }
         for cmd in waiting.drain(..) {
             perform(&client, cmd);
@@ -200,13 +204,13 @@ async fn run(
                         }
                         Err(RelayClientError::Refused(_)) => {
                             // Full, busy or rate-limited: try again a little later.
-                            if let Some((send_id, blob)) = pending.get(&id).cloned() {
+                            if let Some((send_id, ttl_secs, blob)) = pending.get(&id).cloned() {
                                 let client = client.clone();
                                 let internal_tx = internal_tx.clone();
                                 let delay = backoff;
                                 tokio::spawn(async move {
                                     tokio::time::sleep(delay).await;
-                                    let result = client.send(send_id, blob).await;
+                                    let result = client.send(send_id, ttl_secs, blob).await;
                                     let _ = internal_tx.send(Internal::SendDone { id, result });
                                 });
                                 backoff = (backoff * 2).min(timing.backoff_max);
@@ -220,9 +224,10 @@ async fn run(
                     }
                 }
                 cmd = commands.recv() => match cmd {
-                    Some(LinkCommand::Send { id, send_id, blob }) => {
-                        pending.insert(id, (send_id, blob.clone()));
-                        send(id, send_id, blob);
+                    Some(LinkCommand::Send { id, send_id, ttl_secs, blob }) => {
+                        let outgoing = (send_id, ttl_secs, blob);
+                        pending.insert(id, outgoing.clone());
+                        send(id, outgoing);
                     }
                     Some(LinkCommand::Subscribe { read_id, key }) => {
                         subs.insert(read_id, key.clone());
@@ -242,13 +247,18 @@ async fn run(
 /// Records an order while disconnected.
 fn absorb(
     cmd: LinkCommand,
-    pending: &mut BTreeMap<u64, (MailboxId, Blob)>,
+    pending: &mut BTreeMap<u64, Outgoing>,
     subs: &mut HashMap<MailboxId, SigningKey>,
     waiting: &mut Vec<LinkCommand>,
 ) {
     match cmd {
-        LinkCommand::Send { id, send_id, blob } => {
-            pending.insert(id, (send_id, blob));
+        LinkCommand::Send {
+            id,
+            send_id,
+            ttl_secs,
+            blob,
+        } => {
+            pending.insert(id, (send_id, ttl_secs, blob));
         }
         LinkCommand::Subscribe { read_id, key } => {
             subs.insert(read_id, key);

@@ -283,9 +283,20 @@ impl RelayClient {
         }
     }
 
-    /// Puts a blob into a mailbox; returns once the relay has it on disk.
-    pub async fn send(&self, send_id: MailboxId, blob: Blob) -> Result<(), RelayClientError> {
-        expect(self.request(Request::Send { send_id, blob }).await?, |r| {
+    /// Puts a blob into a mailbox; returns once the relay has it on disk. The relay
+    /// drops it unread after `ttl_secs` (0: after the relay's own limit).
+    pub async fn send(
+        &self,
+        send_id: MailboxId,
+        ttl_secs: u32,
+        blob: Blob,
+    ) -> Result<(), RelayClientError> {
+        let request = Request::Send {
+            send_id,
+            ttl_secs,
+            blob,
+        };
+        expect(self.request(request).await?, |r| {
             matches!(r, Response::Stored)
         })
     }

@@ -95,7 +95,12 @@ async fn channel(
     others: &mut [(&mut Client, &str)],
 ) {
     admin
-        .create_channel(channel, admin_name, Suite::XWing, &world.relay.address)
+        .create_channel(
+            channel,
+            admin_name,
+            Suite::XWing.into(),
+            &world.relay.address,
+        )
         .await
         .unwrap();
     for (c, name) in others.iter_mut() {

@@ -58,7 +58,7 @@ async fn store_subscribe_deliver_in_order_and_delete_on_ack() {
     let (send_id, read_id) = reader.create_mailbox(&owner).await.unwrap();
     assert_ne!(send_id, read_id);
     for n in 0..5 {
-        sender.send(send_id, blob(n)).await.unwrap();
+        sender.send(send_id, 0, blob(n)).await.unwrap();
     }
     let mut deliveries = reader.deliveries().unwrap();
     reader.subscribe(read_id, &owner).await.unwrap();
@@ -76,7 +76,7 @@ async fn store_subscribe_deliver_in_order_and_delete_on_ack() {
         vec![0, 1, 2, 3, 4]
     );
     // Pushed as they arrive, after the subscription.
-    sender.send(send_id, blob(5)).await.unwrap();
+    sender.send(send_id, 0, blob(5)).await.unwrap();
     let d = tokio::time::timeout(T, deliveries.recv())
         .await
         .unwrap()
@@ -129,7 +129,7 @@ async fn authorisation_is_bound_to_the_key_and_the_connection() {
         "{err}"
     );
     // An unknown mailbox.
-    let err = a.send(MailboxId([7; 16]), blob(0)).await.unwrap_err();
+    let err = a.send(MailboxId([7; 16]), 0, blob(0)).await.unwrap_err();
     assert!(
         matches!(err, RelayClientError::Refused(ErrorCode::UnknownMailbox)),
         "{err}"
@@ -202,7 +202,7 @@ async fn a_bad_frame_closes_only_its_own_connection() {
             .ping()
             .await
             .unwrap_or_else(|e| panic!("{what}: {e}"));
-        healthy.send(send_id, blob(1)).await.unwrap();
+        healthy.send(send_id, 0, blob(1)).await.unwrap();
     }
     relay.shutdown().await;
 }
@@ -218,9 +218,9 @@ async fn quotas_and_rate_limits_refuse_politely() {
     let client = connect(&relay).await;
     let (send_id, _) = client.create_mailbox(&key()).await.unwrap();
     for n in 0..3 {
-        client.send(send_id, blob(n)).await.unwrap();
+        client.send(send_id, 0, blob(n)).await.unwrap();
     }
-    let err = client.send(send_id, blob(3)).await.unwrap_err();
+    let err = client.send(send_id, 0, blob(3)).await.unwrap_err();
     assert!(
         matches!(err, RelayClientError::Refused(ErrorCode::QuotaExceeded)),
         "{err}"
@@ -258,7 +258,7 @@ async fn a_full_disk_stops_acknowledgements_and_loses_nothing_acknowledged() {
     let mut acknowledged = Vec::new();
     let mut refused = 0;
     for n in 0..200 {
-        match client.send(send_id, blob(n)).await {
+        match client.send(send_id, 0, blob(n)).await {
             Ok(()) => acknowledged.push(n),
             Err(RelayClientError::Refused(ErrorCode::Unavailable)) => refused += 1,
             Err(e) => panic!("{e}"),
@@ -299,7 +299,7 @@ async fn messages_expire() {
     let mut client = connect(&relay).await;
     let owner = key();
     let (send_id, read_id) = client.create_mailbox(&owner).await.unwrap();
-    client.send(send_id, blob(1)).await.unwrap();
+    client.send(send_id, 0, blob(1)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(800)).await;
     let mut deliveries = client.deliveries().unwrap();
     client.subscribe(read_id, &owner).await.unwrap();
@@ -319,9 +319,9 @@ async fn deleting_a_mailbox_needs_its_key() {
     let owner = key();
     let (send_id, read_id) = client.create_mailbox(&owner).await.unwrap();
     assert!(client.delete_mailbox(read_id, &key()).await.is_err());
-    client.send(send_id, blob(1)).await.unwrap();
+    client.send(send_id, 0, blob(1)).await.unwrap();
     client.delete_mailbox(read_id, &owner).await.unwrap();
-    let err = client.send(send_id, blob(2)).await.unwrap_err();
+    let err = client.send(send_id, 0, blob(2)).await.unwrap_err();
     assert!(matches!(
         err,
         RelayClientError::Refused(ErrorCode::UnknownMailbox)
@@ -352,7 +352,7 @@ async fn shutdown_answers_what_is_in_flight_then_refuses() {
     let sends: Vec<_> = (0..50)
         .map(|n| {
             let c = client.clone();
-            tokio::spawn(async move { c.send(send_id, blob(n)).await })
+            tokio::spawn(async move { c.send(send_id, 0, blob(n)).await })
         })
         .collect();
     let address = relay.address.clone();
@@ -421,8 +421,8 @@ async fn every_frame_on_the_wire_has_one_size() {
     let owner = key();
     let (send_id, read_id) = client.create_mailbox(&owner).await.unwrap();
     client.ping().await.unwrap();
-    client.send(send_id, blob(1)).await.unwrap();
-    let _ = client.send(MailboxId([1; 16]), blob(2)).await; // an error answer
+    client.send(send_id, 0, blob(1)).await.unwrap();
+    let _ = client.send(MailboxId([1; 16]), 0, blob(2)).await; // an error answer
     let mut deliveries = client.deliveries().unwrap();
     client.subscribe(read_id, &owner).await.unwrap();
     let d = tokio::time::timeout(T, deliveries.recv())
@@ -490,7 +490,7 @@ async fn a_connection_flood_does_not_starve_a_real_client() {
         .unwrap();
     let owner = key();
     let (send_id, read_id) = client.create_mailbox(&owner).await.unwrap();
-    client.send(send_id, blob(1)).await.unwrap();
+    client.send(send_id, 0, blob(1)).await.unwrap();
     let mut client = client;
     let mut deliveries = client.deliveries().unwrap();
     client.subscribe(read_id, &owner).await.unwrap();
@@ -537,7 +537,7 @@ async fn health_and_metrics_carry_no_identifiers() {
     .await;
     let client = connect(&relay).await;
     let (send_id, read_id) = client.create_mailbox(&key()).await.unwrap();
-    client.send(send_id, blob(1)).await.unwrap();
+    client.send(send_id, 0, blob(1)).await.unwrap();
     let health = http_get(relay.metrics_addr.unwrap(), "/health").await;
     assert!(
         health.starts_with("HTTP/1.1 200") && health.ends_with("ok\n"),
@@ -593,7 +593,7 @@ async fn a_read_only_database_stops_acknowledgements_and_loses_nothing_acknowled
     let (send_id, read_id) = client.create_mailbox(&owner).await.unwrap();
     let mut acknowledged = Vec::new();
     for n in 0..20 {
-        client.send(send_id, blob(n)).await.unwrap();
+        client.send(send_id, 0, blob(n)).await.unwrap();
         acknowledged.push(n);
     }
     let db = tmp.path().join(backchannel_relay::DATABASE_FILE);
@@ -604,7 +604,7 @@ async fn a_read_only_database_stops_acknowledgements_and_loses_nothing_acknowled
     immutable(&wal, true);
     let mut refused = 0;
     for n in 20..40 {
-        match client.send(send_id, blob(n)).await {
+        match client.send(send_id, 0, blob(n)).await {
             Ok(()) => acknowledged.push(n),
             Err(RelayClientError::Refused(ErrorCode::Unavailable)) => refused += 1,
             Err(e) => {

@@ -32,6 +32,7 @@ use tls_codec::{Deserialize as _, Serialize as _};
 
 use crate::derive::{self, MemberId, chain_hash, member_id};
 use crate::event::{Alert, Event, ReceivedMessage};
+use crate::lifecycle::ChannelOptions;
 use crate::mls::{self, Backend, Suite};
 use crate::seal;
 use crate::sequence::Arrival;
@@ -94,6 +95,8 @@ pub struct Transmit {
     pub channel: ChannelId,
     /// The recipient's mailbox.
     pub to: MailboxAddr,
+    /// Ask the relay to delete it if unread after this many seconds (0: its limit).
+    pub ttl_secs: u32,
     /// Exactly [`BLOB_LEN`] bytes.
     pub blob: Vec<u8>,
 }
@@ -141,6 +144,12 @@ pub enum CommandError {
     /// The text is too long.
     #[error("the message is too long ({0} bytes); the limit is about 64 KiB")]
     TooLong(usize),
+    /// The channel's end date has passed.
+    #[error("the channel has reached its end date")]
+    Expired,
+    /// The channel is being burned.
+    #[error("the channel is being burned")]
+    Burning,
     /// The store failed.
     #[error("the local store failed: {0}")]
     Store(Box<dyn std::error::Error + Send + Sync>),
@@ -165,6 +174,10 @@ pub(crate) struct Channel {
     pub(crate) members: Vec<MemberRecord>,
     pub(crate) senders: BTreeMap<MemberId, SenderState>,
     pub(crate) pending: Vec<(u64, PendingItem)>,
+    /// Erased during the current input: the engine forgets it when the input ends.
+    pub(crate) erased: bool,
+    /// When the oldest message in the history arrived.
+    pub(crate) oldest: Option<Timestamp>,
 }
 
 pub(crate) struct Live {
@@ -180,6 +193,8 @@ pub struct Engine<S: Storage> {
     channels: BTreeMap<ChannelId, Channel>,
     outputs: VecDeque<Output>,
     staged: Vec<Output>,
+    /// Set when an input erased something.
+    scrub: std::cell::Cell<bool>,
 }
 
 /// A summary of a channel for listing.
@@ -205,6 +220,8 @@ pub struct ChannelSummary {
     pub own_member: MemberId,
     /// What other members last reported of their view.
     pub peers: Vec<crate::store::PeerView>,
+    /// Our burn of the channel, while it waits for the members' receipts.
+    pub burn: Option<crate::lifecycle::BurnState>,
 }
 
 impl<S: Storage> Engine<S> {
@@ -217,6 +234,7 @@ impl<S: Storage> Engine<S> {
             channels: BTreeMap::new(),
             outputs: VecDeque::new(),
             staged: Vec::new(),
+            scrub: std::cell::Cell::new(false),
         };
         engine.reload()?;
         Ok(engine)
@@ -252,7 +270,9 @@ impl<S: Storage> Engine<S> {
                     .expected
                     .as_ref()
                     .map(move |e| e.since.plus_ms(grace_gap));
-                gaps.chain(pending).chain(expected)
+                gaps.chain(pending)
+                    .chain(expected)
+                    .chain(ch.lifecycle_deadline())
             })
             .min()
     }
@@ -306,6 +326,7 @@ impl<S: Storage> Engine<S> {
             id: ch.record.id,
             own_member: ch.record.own_member,
             peers: ch.record.peers.clone(),
+            burn: ch.record.burn.clone(),
             name: ch.record.name.clone(),
             suite: ch.record.suite,
             status: ch.record.status,
@@ -337,11 +358,15 @@ impl<S: Storage> Engine<S> {
         now: Timestamp,
         name: &str,
         own_name: &str,
-        suite: Suite,
+        options: ChannelOptions,
         mailbox: MailboxAddr,
     ) -> Result<ChannelId, CommandError> {
         self.check_local_name(name)?;
         check_name(own_name).map_err(CommandError::InvalidName)?;
+        if options.expires_at.is_some_and(|t| t <= now) {
+            return Err(CommandError::Expired);
+        }
+        let suite = options.suite;
         self.transact(now, |engine| {
             let provider = &engine.backend;
             let signer = new_signer(provider)?;
@@ -353,8 +378,8 @@ impl<S: Storage> Engine<S> {
             let policy = ChannelPolicy {
                 admin: signer.public().to_vec(),
                 title: name.to_owned(),
-                disappearing_secs: 0,
-                expires_at: 0,
+                disappearing_secs: options.disappearing_secs,
+                expires_at: options.expires_at.map(|t| t.0).unwrap_or(0),
             };
             let config =
                 mls::create_config(suite, leaf_extensions(&info)?, group_extensions(&policy)?)
@@ -383,6 +408,8 @@ impl<S: Storage> Engine<S> {
                 members: Vec::new(),
                 senders: BTreeMap::new(),
                 pending: Vec::new(),
+                erased: false,
+                oldest: None,
             };
             let mut ctx = engine.ctx(now);
             channel.enter_epoch(&mut ctx)?;
@@ -447,6 +474,8 @@ impl<S: Storage> Engine<S> {
                 members: Vec::new(),
                 senders: BTreeMap::new(),
                 pending: Vec::new(),
+                erased: false,
+                oldest: None,
             };
             let mut ctx = engine.ctx(now);
             channel.enter_epoch(&mut ctx)?;
@@ -599,6 +628,7 @@ impl<S: Storage> Engine<S> {
                     config: &engine.config,
                     staged: &mut engine.staged,
                     now,
+                    scrub: &engine.scrub,
                 };
                 ch.receive_blob(&mut ctx, blob.to_vec(), elsewhere)?;
                 ch.drain_pending(&mut ctx)?;
@@ -618,6 +648,7 @@ impl<S: Storage> Engine<S> {
                 config,
                 channels,
                 staged,
+                scrub,
                 ..
             } = engine;
             for ch in channels.values_mut() {
@@ -626,8 +657,10 @@ impl<S: Storage> Engine<S> {
                     config,
                     staged,
                     now,
+                    scrub,
                 };
                 ch.expire(&mut ctx)?;
+                ch.lifecycle_timeout(&mut ctx)?;
             }
             Ok(())
         })
@@ -641,6 +674,7 @@ impl<S: Storage> Engine<S> {
             config: &self.config,
             staged: &mut self.staged,
             now,
+            scrub: &self.scrub,
         }
     }
 
@@ -660,6 +694,7 @@ impl<S: Storage> Engine<S> {
                 config: &self.config,
                 staged: &mut self.staged,
                 now,
+                scrub: &self.scrub,
             },
         ))
     }
@@ -693,12 +728,26 @@ impl<S: Storage> Engine<S> {
                     Output::Event(_) => {}
                 }
             }
+            // An erased channel leaves no row behind, not even an alert written
+            // after it was erased (its outbox goes once the relays have it).
+            for ch in self.channels.values().filter(|ch| ch.erased) {
+                store.delete_channel(&ch.record.id).map_err(store_err)?;
+                store
+                    .erase_mls_residue(&group_storage_key(&ch.record.id))
+                    .map_err(store_err)?;
+            }
             self.store().commit().map_err(store_err)?;
             Ok(value)
         });
         match result {
             Ok(value) => {
                 self.outputs.extend(self.staged.drain(..));
+                let before = self.channels.len();
+                self.channels.retain(|_, ch| !ch.erased);
+                if self.channels.len() != before || self.scrub.replace(false) {
+                    // Overwrite what the erasure freed, in the log too.
+                    self.store().scrub().map_err(store_err)?;
+                }
                 Ok(value)
             }
             Err(error) => {
@@ -708,6 +757,19 @@ impl<S: Storage> Engine<S> {
                 Err(error)
             }
         }
+    }
+
+    /// Runs `f` on one channel in one transaction.
+    pub(crate) fn transact_on<T>(
+        &mut self,
+        now: Timestamp,
+        id: &ChannelId,
+        f: impl FnOnce(&mut Channel, &mut Ctx<'_, S>) -> Result<T, CommandError>,
+    ) -> Result<T, CommandError> {
+        self.transact(now, |engine| {
+            let (ch, mut ctx) = engine.channel_ctx(id, now)?;
+            f(ch, &mut ctx)
+        })
     }
 
     /// Rebuilds the in-memory state from the store.
@@ -738,6 +800,7 @@ impl<S: Storage> Engine<S> {
                 .map(|s| (s.member, s))
                 .collect();
             let pending = store.pending(&id).map_err(store_err)?;
+            let oldest = store.oldest_message_at(&id).map_err(store_err)?;
             channels.insert(
                 id,
                 Channel {
@@ -746,6 +809,8 @@ impl<S: Storage> Engine<S> {
                     members,
                     senders,
                     pending,
+                    erased: false,
+                    oldest,
                 },
             );
         }
@@ -760,6 +825,8 @@ pub(crate) struct Ctx<'a, S: Storage> {
     pub(crate) config: &'a EngineConfig,
     pub(crate) staged: &'a mut Vec<Output>,
     pub(crate) now: Timestamp,
+    /// Something was erased: overwrite freed space once the input commits.
+    pub(crate) scrub: &'a std::cell::Cell<bool>,
 }
 
 impl<S: Storage> Ctx<'_, S> {
@@ -822,6 +889,9 @@ impl Channel {
     }
 
     pub(crate) fn save<S: Storage>(&self, ctx: &Ctx<'_, S>) -> Result<(), CommandError> {
+        if self.erased {
+            return Ok(());
+        }
         ctx.store().save_channel(&self.record).map_err(store_err)
     }
 
@@ -837,10 +907,11 @@ impl Channel {
         key: &[u8; 32],
     ) -> Result<(), CommandError> {
         let bytes = message.tls_serialize_detached().map_err(internal)?;
-        self.transmit_content(ctx, ContentKind::Mls, &bytes, targets, key)
+        self.transmit_content(ctx, ContentKind::Mls, &bytes, targets, key, 0)
     }
 
     /// Fragments any content, and seals a copy for each target with a fresh nonce.
+    /// `ttl_secs` asks relays to delete the blobs if unread by then (0: their limit).
     pub(crate) fn transmit_content<S: Storage>(
         &self,
         ctx: &mut Ctx<'_, S>,
@@ -848,6 +919,7 @@ impl Channel {
         bytes: &[u8],
         targets: &[MailboxAddr],
         key: &[u8; 32],
+        ttl_secs: u32,
     ) -> Result<(), CommandError> {
         let rand = ctx.backend.rand();
         let message_id: [u8; 16] = rand.random_array().map_err(internal)?;
@@ -861,6 +933,7 @@ impl Channel {
                     id: 0,
                     channel: self.record.id,
                     to: to.clone(),
+                    ttl_secs,
                     blob,
                 }));
             }
@@ -875,6 +948,12 @@ impl Channel {
         body: Vec<u8>,
     ) -> Result<MessageRecord, CommandError> {
         self.live()?;
+        let ttl_secs = if kind == PayloadKind::Text {
+            self.check_sendable(ctx)?;
+            self.text_ttl_secs()
+        } else {
+            0
+        };
         let payload = Payload {
             kind,
             seq: self.record.own_seq + 1,
@@ -896,7 +975,11 @@ impl Channel {
             .group
             .create_message(ctx.backend, &live.signer, &padded)
             .map_err(internal)?;
-        self.transmit(ctx, &message, &targets, &key)?;
+        let bytes = message.tls_serialize_detached().map_err(internal)?;
+        self.transmit_content(ctx, ContentKind::Mls, &bytes, &targets, &key, ttl_secs)?;
+        if self.oldest.is_none() {
+            self.oldest = Some(ctx.now);
+        }
         let hash = chain_hash(&unpadded);
         self.record.own_seq = payload.seq;
         self.record.own_last_hash = hash;
@@ -1544,7 +1627,8 @@ impl Channel {
                     ctx.alert(channel, Alert::FromRemoved { from });
                     return Ok(());
                 }
-                self.receive_payload(ctx, sender, &app.into_bytes())
+                let current = Some(epoch) == self.live.as_ref().map(|l| l.group.epoch().as_u64());
+                self.receive_payload(ctx, sender, &app.into_bytes(), current)
             }
             ProcessedMessageContent::ProposalMessage(proposal) => {
                 self.receive_proposal(ctx, sender, sender_leaf, *proposal)
@@ -1567,6 +1651,7 @@ impl Channel {
         ctx: &mut Ctx<'_, S>,
         sender: MemberId,
         bytes: &[u8],
+        current_epoch: bool,
     ) -> Result<(), CommandError> {
         let channel = self.record.id;
         let from = self.name_of(&sender);
@@ -1692,9 +1777,12 @@ impl Channel {
                 late: record.late,
             }));
         }
+        if self.oldest.is_none() {
+            self.oldest = Some(record.received_at);
+        }
         self.receive_heads(ctx, &heads)?;
         if kind == MessageKind::Control {
-            self.receive_control(ctx, sender, &record.body)?;
+            self.receive_control(ctx, sender, &record.body, current_epoch)?;
         }
         Ok(())
     }
@@ -1784,6 +1872,7 @@ impl Channel {
         let self_removed = commit.self_removed();
         let before = self.members.clone();
         let previous_key = self.current_key()?;
+        let old_policy = self.policy();
         let Some(live) = self.live.as_mut() else {
             return Ok(());
         };
@@ -1797,6 +1886,19 @@ impl Channel {
         self.enter_epoch(ctx)?;
         self.report_membership(ctx, &before, &committer)?;
         self.announce(ctx, &before, &previous_key)?;
+        if let Some(policy) = self.policy()
+            && old_policy.as_ref().is_some_and(|old| {
+                old.disappearing_secs != policy.disappearing_secs
+                    || old.expires_at != policy.expires_at
+            })
+        {
+            ctx.event(Event::PolicyChanged {
+                channel,
+                by: by.clone(),
+                disappearing_secs: policy.disappearing_secs,
+                expires_at: policy.expires_at,
+            });
+        }
         for member in updated {
             if member == self.record.own_member && self.record.intent == Some(Intent::Update) {
                 self.record.intent = None;
@@ -1980,6 +2082,12 @@ pub(crate) fn accept_welcome<S: Storage>(
         names.push(info.name);
     }
     Ok((group, signer, kp, policy, inviter_name))
+}
+
+/// How OpenMLS's storage keys entries of a group (serde JSON of the group id), to
+/// find anything filed under a channel.
+pub(crate) fn group_storage_key(channel: &ChannelId) -> Vec<u8> {
+    serde_json::to_vec(&GroupId::from_slice(&channel.0)).unwrap_or_default()
 }
 
 pub(crate) fn new_signer<S: Storage>(

@@ -54,6 +54,33 @@ pub enum Event {
         /// Messages lost on the way (when known).
         lost: usize,
     },
+    /// The channel's rules changed.
+    PolicyChanged {
+        /// The channel.
+        channel: ChannelId,
+        /// Who changed them.
+        by: String,
+        /// Messages now disappear after this many seconds (0: never).
+        disappearing_secs: u64,
+        /// The channel ends then (milliseconds since the Unix epoch; 0: never).
+        expires_at: u64,
+    },
+    /// Members confirmed our burn of the channel.
+    BurnProgress {
+        /// The channel.
+        channel: ChannelId,
+        /// Who has erased it.
+        confirmed: Vec<String>,
+        /// Who has not yet.
+        waiting: Vec<String>,
+    },
+    /// The channel was erased from this device, and should go from its relays.
+    Erased {
+        /// The channel (now gone).
+        channel: ChannelId,
+        /// Why.
+        why: Erasure,
+    },
     /// We are no longer a member: removed, or our leave was committed.
     Closed {
         /// The channel.
@@ -68,6 +95,19 @@ pub enum Event {
         /// What happened.
         alert: Alert,
     },
+}
+
+/// Why a channel was erased.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Erasure {
+    /// Someone burned it (`"you"` if we did).
+    Burned {
+        /// Who.
+        by: String,
+    },
+    /// Its end date passed.
+    Expired,
 }
 
 /// A text message as delivered to the person.

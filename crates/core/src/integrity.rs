@@ -240,11 +240,14 @@ impl Channel {
         ctx: &mut Ctx<'_, S>,
         sender: MemberId,
         body: &[u8],
+        current_epoch: bool,
     ) -> Result<(), CommandError> {
         let channel = self.record.id;
         let from = self.name_of(&sender);
         let status = match Control::decode(body) {
             Ok(Control::Status(s)) => s,
+            Ok(Control::Burn { id }) => return self.receive_burn(ctx, sender, id, current_epoch),
+            Ok(Control::BurnReceipt(r)) => return self.receive_burn_receipt(ctx, sender, r),
             Ok(_) | Err(_) => {
                 ctx.alert(
                     channel,
@@ -341,6 +344,7 @@ impl Channel {
             &announcement.encode(),
             &targets,
             previous_key,
+            0,
         )
     }
 
@@ -468,6 +472,7 @@ impl Channel {
             &request.encode(),
             std::slice::from_ref(&admin.mailbox),
             &common_key,
+            0,
         )?;
         self.save(ctx)
     }
@@ -582,6 +587,7 @@ impl Channel {
             &welcome,
             &[info.mailbox],
             &common_key,
+            0,
         )?;
         ctx.event(Event::Rejoined {
             channel,

@@ -25,13 +25,15 @@ pub mod derive;
 mod engine;
 mod event;
 mod integrity;
+mod lifecycle;
 pub mod mls;
 pub mod seal;
 mod sequence;
 pub mod store;
 
 pub use engine::{ChannelSummary, CommandError, Engine, EngineConfig, Output, Storage, Transmit};
-pub use event::{Alert, Event, ReceivedMessage};
+pub use event::{Alert, Erasure, Event, ReceivedMessage};
+pub use lifecycle::{BurnState, ChannelOptions};
 
 use std::fmt;
 

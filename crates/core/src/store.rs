@@ -35,8 +35,20 @@ pub trait EngineStore {
     /// Inserts or replaces a channel.
     fn save_channel(&self, channel: &ChannelRecord) -> Result<(), Self::Error>;
     /// Erases a channel and everything under it: members, sender states, messages,
-    /// pending inputs.
+    /// pending inputs, alerts. (Blobs still in the outbox stay until sent.)
     fn delete_channel(&self, id: &ChannelId) -> Result<(), Self::Error>;
+    /// Erases a channel's messages that arrived before `cutoff`; returns how many.
+    fn erase_messages_before(
+        &self,
+        channel: &ChannelId,
+        cutoff: Timestamp,
+    ) -> Result<u64, Self::Error>;
+    /// When the oldest message of a channel arrived.
+    fn oldest_message_at(&self, channel: &ChannelId) -> Result<Option<Timestamp>, Self::Error>;
+    /// Erases every OpenMLS storage entry whose key contains `group_key`.
+    fn erase_mls_residue(&self, group_key: &[u8]) -> Result<(), Self::Error>;
+    /// Makes erasures irrevocable: freed space overwritten, the log emptied.
+    fn scrub(&self) -> Result<(), Self::Error>;
 
     /// The members of a channel as of its current epoch.
     fn members(&self, channel: &ChannelId) -> Result<Vec<MemberRecord>, Self::Error>;
@@ -176,6 +188,9 @@ pub struct ChannelRecord {
     /// What other members last told us of their view.
     #[serde(default)]
     pub peers: Vec<PeerView>,
+    /// A burn we started, waiting for receipts.
+    #[serde(default)]
+    pub burn: Option<crate::lifecycle::BurnState>,
 }
 
 /// The epoch authenticator of one epoch.
@@ -247,6 +262,7 @@ impl ChannelRecord {
             last_reply_at: None,
             rollback_alerted: 0,
             peers: Vec::new(),
+            burn: None,
         }
     }
 }

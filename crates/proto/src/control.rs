@@ -6,6 +6,8 @@
 //! u8 version (1) || u8 type || body
 //! type 1 Status: u8 flags (1 = please answer) || u64 epoch || u8 len, authenticator
 //!                || u16 count || count x ([8] member, u64 seq, [32] chain hash)
+//! type 2 Burn:   [16] burn id
+//! type 3 BurnReceipt: [16] burn id || [32] member || u8 len, signature
 //! ```
 
 use crate::DecodeError;
@@ -23,6 +25,39 @@ pub enum Control {
     /// What the sender has: its epoch and, for every sender, how far it has received
     /// and the chain hash there.
     Status(Status),
+    /// Erase this channel everywhere, then confirm.
+    Burn {
+        /// Identifies this burn in the receipts.
+        id: [u8; 16],
+    },
+    /// "I have erased the channel."
+    BurnReceipt(BurnReceipt),
+}
+
+/// Label of the bytes a burn receipt's signature covers.
+pub const BURN_RECEIPT_LABEL: &[u8] = b"backchannel/v1/burn-receipt";
+
+/// A member's signed confirmation that it erased a burned channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BurnReceipt {
+    /// The burn confirmed.
+    pub id: [u8; 16],
+    /// The confirming member.
+    pub member: [u8; 32],
+    /// Signature over [`BurnReceipt::signed_bytes`] with the member's key.
+    pub signature: Vec<u8>,
+}
+
+impl BurnReceipt {
+    /// What the signature covers: label, channel, burn id, member.
+    pub fn signed_bytes(channel: &[u8; 16], id: &[u8; 16], member: &[u8; 32]) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.put(BURN_RECEIPT_LABEL);
+        w.put(channel);
+        w.put(id);
+        w.put(member);
+        w.bytes
+    }
 }
 
 /// A member's view of the channel.
@@ -68,6 +103,16 @@ impl Control {
                     w.put(&e.hash);
                 }
             }
+            Control::Burn { id } => {
+                w.u8(2);
+                w.put(id);
+            }
+            Control::BurnReceipt(r) => {
+                w.u8(3);
+                w.put(&r.id);
+                w.put(&r.member);
+                w.bytes8(&r.signature);
+            }
         }
         w.bytes
     }
@@ -107,6 +152,12 @@ impl Control {
                     entries,
                 })
             }
+            2 => Control::Burn { id: r.array()? },
+            3 => Control::BurnReceipt(BurnReceipt {
+                id: r.array()?,
+                member: r.array()?,
+                signature: r.bytes8(255)?.to_vec(),
+            }),
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.finish()?;
@@ -138,6 +189,22 @@ mod tests {
         let mut bad = bytes.clone();
         bad[2] = 2;
         assert!(Control::decode(&bad).is_err());
+    }
+
+    #[test]
+    fn burn_messages_round_trip() {
+        let burn = Control::Burn { id: [3; 16] };
+        assert_eq!(burn.encode(), [&[1u8, 2][..], &[3; 16]].concat());
+        assert_eq!(Control::decode(&burn.encode()).unwrap(), burn);
+        let receipt = Control::BurnReceipt(BurnReceipt {
+            id: [3; 16],
+            member: [4; 32],
+            signature: vec![5; 64],
+        });
+        assert_eq!(Control::decode(&receipt.encode()).unwrap(), receipt);
+        let signed = BurnReceipt::signed_bytes(&[1; 16], &[3; 16], &[4; 32]);
+        assert!(signed.starts_with(BURN_RECEIPT_LABEL));
+        assert_eq!(signed.len(), BURN_RECEIPT_LABEL.len() + 64);
     }
 
     proptest! {

@@ -49,6 +49,9 @@ pub enum Request {
     Send {
         /// The mailbox's send identifier.
         send_id: MailboxId,
+        /// Seconds after which the relay must delete the blob if unread (0: the
+        /// relay's own limit, which also caps this).
+        ttl_secs: u32,
         /// The blob.
         blob: Blob,
     },
@@ -267,10 +270,15 @@ impl ClientFrame {
                 w.u32(self.request_id);
                 w.put(auth_key);
             }
-            Request::Send { send_id, blob } => {
+            Request::Send {
+                send_id,
+                ttl_secs,
+                blob,
+            } => {
                 w.u8(3);
                 w.u32(self.request_id);
                 w.put(&send_id.0);
+                w.u32(*ttl_secs);
                 w.put(&blob[..]);
             }
             Request::Subscribe { read_id, signature } => {
@@ -311,6 +319,7 @@ impl ClientFrame {
             },
             3 => Request::Send {
                 send_id: MailboxId(r.array()?),
+                ttl_secs: r.u32()?,
                 blob: read_blob(&mut r)?,
             },
             KIND_SUBSCRIBE => Request::Subscribe {
@@ -442,6 +451,7 @@ mod tests {
             Request::CreateMailbox { auth_key: [1; 32] },
             Request::Send {
                 send_id: MailboxId([2; 16]),
+                ttl_secs: 3600,
                 blob: blob(3),
             },
             Request::Subscribe {
@@ -580,7 +590,7 @@ mod tests {
         fn send_frames_round_trip(id in any::<u32>(), mailbox in any::<[u8; 16]>(), fill in any::<u8>()) {
             let frame = ClientFrame {
                 request_id: id,
-                request: Request::Send { send_id: MailboxId(mailbox), blob: blob(fill) },
+                request: Request::Send { send_id: MailboxId(mailbox), ttl_secs: 0, blob: blob(fill) },
             };
             prop_assert_eq!(ClientFrame::decode(&frame.encode()).unwrap(), frame);
         }

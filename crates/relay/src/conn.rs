@@ -208,10 +208,14 @@ impl Connection {
         let response = match frame.request {
             Request::Ping => Response::Pong,
             Request::CreateMailbox { auth_key } => self.create(auth_key).await?,
-            Request::Send { send_id, blob } => {
+            Request::Send {
+                send_id,
+                ttl_secs,
+                blob,
+            } => {
                 let storage = self.shared.storage.clone();
                 let metrics = self.shared.metrics.clone();
-                let ttl = self.shared.message_ttl.as_millis() as u64;
+                let ttl = effective_ttl_ms(self.shared.message_ttl, ttl_secs);
                 let started = Instant::now();
                 #[cfg(feature = "adversary")]
                 let mut copies = match &self.shared.adversary {
@@ -487,5 +491,28 @@ impl Connection {
             }
         }
         Ok(())
+    }
+}
+
+/// How long the relay keeps a blob: the sender's limit (disappearing messages
+/// ask for less) capped by the relay's own; 0 asks for the relay's limit.
+fn effective_ttl_ms(relay_limit: Duration, requested_secs: u32) -> u64 {
+    let limit = u64::try_from(relay_limit.as_millis()).unwrap_or(u64::MAX);
+    if requested_secs == 0 {
+        return limit;
+    }
+    limit.min(u64::from(requested_secs).saturating_mul(1000))
+}
+
+#[cfg(test)]
+mod ttl_tests {
+    use super::*;
+
+    #[test]
+    fn sender_ttl_is_capped_by_the_relay() {
+        let day = Duration::from_secs(86_400);
+        assert_eq!(effective_ttl_ms(day, 0), 86_400_000);
+        assert_eq!(effective_ttl_ms(day, 60), 60_000);
+        assert_eq!(effective_ttl_ms(day, u32::MAX), 86_400_000);
     }
 }

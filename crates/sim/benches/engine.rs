@@ -137,7 +137,13 @@ fn bench_create(c: &mut Criterion, suite: Suite) {
         b.iter(|| {
             i += 1;
             engine
-                .create_channel(Timestamp(i), &format!("c{i}"), "me", suite, mailbox(0))
+                .create_channel(
+                    Timestamp(i),
+                    &format!("c{i}"),
+                    "me",
+                    suite.into(),
+                    mailbox(0),
+                )
                 .unwrap();
         });
     });
@@ -170,7 +176,7 @@ fn bench_add(c: &mut Criterion, suite: Suite) {
         {
             let mut admin = engine_at(prepared.path());
             admin
-                .create_channel(Timestamp(0), "c", "admin", suite, mailbox(255))
+                .create_channel(Timestamp(0), "c", "admin", suite.into(), mailbox(255))
                 .unwrap();
             let existing: Vec<&[u8]> = kps[..n - 2].iter().map(Vec::as_slice).collect();
             if !existing.is_empty() {
@@ -270,7 +276,7 @@ fn bench_messages(c: &mut Criterion, suite: Suite) {
     let a_dir = tempfile::tempdir().unwrap();
     let mut alice = engine_at(a_dir.path());
     alice
-        .create_channel(Timestamp(0), "c", "alice", suite, mailbox(1))
+        .create_channel(Timestamp(0), "c", "alice", suite.into(), mailbox(1))
         .unwrap();
     let bob_kp = engine_at(tempfile::tempdir().unwrap().path())
         .key_package(Timestamp(0), "bob", suite, mailbox(2))
@@ -339,7 +345,7 @@ fn bench_messages(c: &mut Criterion, suite: Suite) {
     let mut alice = engine_at(a_dir.path());
     let mut bob = engine_at(b_dir.path());
     alice
-        .create_channel(Timestamp(0), "c", "alice", suite, mailbox(1))
+        .create_channel(Timestamp(0), "c", "alice", suite.into(), mailbox(1))
         .unwrap();
     let kp = bob
         .key_package(Timestamp(0), "bob", suite, mailbox(2))

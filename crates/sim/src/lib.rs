@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use backchannel_core::mls::Suite;
 use backchannel_core::store::EngineStore as _;
 use backchannel_core::{
-    Alert, ChannelId, Engine, EngineConfig, Event, Output, Timestamp, Transmit,
+    Alert, ChannelId, ChannelOptions, Engine, EngineConfig, Event, Output, Timestamp, Transmit,
 };
 use backchannel_proto::addr::{Fingerprint, MailboxAddr, MailboxId, RelayAddr};
 use backchannel_store::Store;
@@ -213,14 +213,19 @@ impl Sim {
         self.create_channel_with(node, name, Suite::XWing)
     }
 
-    /// `node` creates a channel with a given suite.
-    pub fn create_channel_with(&mut self, node: usize, name: &str, suite: Suite) -> ChannelId {
+    /// `node` creates a channel with given options (a suite converts into them).
+    pub fn create_channel_with(
+        &mut self,
+        node: usize,
+        name: &str,
+        options: impl Into<ChannelOptions>,
+    ) -> ChannelId {
         let mailbox = self.new_mailbox(node);
         let label = self.nodes[node].label.clone();
         let now = self.now;
         let id = self.nodes[node]
             .engine
-            .create_channel(now, name, &label, suite, mailbox.clone())
+            .create_channel(now, name, &label, options.into(), mailbox.clone())
             .unwrap();
         self.bind(&mailbox, id);
         self.collect(node);
@@ -274,7 +279,14 @@ impl Sim {
                         .unwrap();
                     self.enqueue(node, transmit);
                 }
-                Output::Event(event) => self.nodes[node].events.push(event),
+                Output::Event(event) => {
+                    if let Event::Erased { channel, .. } = &event {
+                        // The client deletes the channel's mailboxes at the relay.
+                        self.mailboxes
+                            .retain(|_, (owner, c)| !(*owner == node && *c == Some(*channel)));
+                    }
+                    self.nodes[node].events.push(event);
+                }
                 _ => {}
             }
         }
@@ -309,10 +321,11 @@ impl Sim {
     /// Puts a blob on the network as if a relay delivered it (replays, injections).
     pub fn inject(&mut self, to: usize, channel: ChannelId, blob: Vec<u8>) {
         let now = self.now;
-        self.nodes[to]
-            .engine
-            .handle_incoming(now, &channel, &blob)
-            .unwrap();
+        match self.nodes[to].engine.handle_incoming(now, &channel, &blob) {
+            // Erased meanwhile: like a deleted mailbox, it takes nothing in.
+            Ok(()) | Err(backchannel_core::CommandError::UnknownChannel(_)) => {}
+            Err(e) => panic!("node {to} failed: {e}"),
+        }
         self.collect(to);
     }
 
@@ -497,5 +510,74 @@ pub mod insider {
                 .tls_serialize_detached()
                 .unwrap()
         }
+    }
+}
+
+/// Looking for what an erasure should have removed.
+pub mod forensics {
+    use std::path::Path;
+
+    /// The ways an identifier or key is written down somewhere: raw bytes, hex,
+    /// base32 (as in relay addresses), and a JSON array of numbers (serde's default
+    /// for byte vectors, as OpenMLS's storage keys use).
+    pub fn encodings(bytes: &[u8]) -> Vec<Vec<u8>> {
+        let decimal = format!(
+            "[{}]",
+            bytes
+                .iter()
+                .map(u8::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        vec![
+            bytes.to_vec(),
+            hex_lower(bytes).into_bytes(),
+            backchannel_proto::addr::base32_encode(bytes).into_bytes(),
+            decimal.into_bytes(),
+        ]
+    }
+
+    fn hex_lower(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Which `needles` (named) occur in `haystack`.
+    pub fn find<'a>(haystack: &[u8], needles: &'a [(String, Vec<u8>)]) -> Vec<&'a str> {
+        needles
+            .iter()
+            .filter(|(_, n)| !n.is_empty() && haystack.windows(n.len()).any(|w| w == n))
+            .map(|(name, _)| name.as_str())
+            .collect()
+    }
+
+    /// Every file under `dir`, with where each needle occurs in it: `(file, needle)`.
+    pub fn search_dir(dir: &Path, needles: &[(String, Vec<u8>)]) -> Vec<(String, String)> {
+        let mut hits = Vec::new();
+        let mut stack = vec![dir.to_owned()];
+        while let Some(d) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else if let Ok(bytes) = std::fs::read(&path) {
+                    for name in find(&bytes, needles) {
+                        hits.push((path.display().to_string(), name.to_owned()));
+                    }
+                }
+            }
+        }
+        hits
+    }
+
+    /// Named needles for every encoding of `bytes`.
+    pub fn needles(name: &str, bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
+        encodings(bytes)
+            .into_iter()
+            .enumerate()
+            .map(|(i, e)| (format!("{name} (encoding {i})"), e))
+            .collect()
     }
 }

@@ -29,7 +29,7 @@ fn main() {
     let mut engine = Engine::load(store, EngineConfig::default()).unwrap();
     let t = Timestamp(1_750_000_000_000);
     engine
-        .create_channel(t, "fixture", "alice", Suite::XWing, mailbox(1))
+        .create_channel(t, "fixture", "alice", Suite::XWing.into(), mailbox(1))
         .unwrap();
     for text in ["first", "second", "third"] {
         engine.send_text(t, "fixture", text).unwrap();

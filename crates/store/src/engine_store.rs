@@ -61,7 +61,14 @@ impl EngineStore for Store {
 
     fn delete_channel(&self, id: &ChannelId) -> Result<(), StoreError> {
         let id = &id.0[..];
-        for table in ["members", "senders", "messages", "pending"] {
+        for table in [
+            "members",
+            "senders",
+            "messages",
+            "pending",
+            "alerts",
+            "channel_settings",
+        ] {
             self.conn
                 .execute(&format!("DELETE FROM {table} WHERE channel = ?1"), [id])?;
         }
@@ -132,13 +139,14 @@ impl EngineStore for Store {
     fn append_message(&self, message: &MessageRecord) -> Result<(), StoreError> {
         self.conn
             .prepare_cached(
-                "INSERT INTO messages (channel, sender, seq, record) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO messages (channel, sender, seq, record, received_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![
                 &message.channel.0[..],
                 &message.sender.0[..],
                 message.seq as i64,
-                serde_json::to_string(message)?
+                serde_json::to_string(message)?,
+                message.received_at.0.min(i64::MAX as u64) as i64
             ])?;
         Ok(())
     }
@@ -218,21 +226,22 @@ impl EngineStore for Store {
     fn enqueue_transmit(&self, transmit: &Transmit) -> Result<u64, StoreError> {
         self.conn
             .prepare_cached(
-                "INSERT INTO outbox (channel, relay, send_id, blob) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO outbox (channel, relay, send_id, blob, ttl_secs) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![
                 &transmit.channel.0[..],
                 transmit.to.relay.to_string(),
                 &transmit.to.send_id.0[..],
-                &transmit.blob
+                &transmit.blob,
+                transmit.ttl_secs
             ])?;
         Ok(self.conn.last_insert_rowid() as u64)
     }
 
     fn outbox(&self) -> Result<Vec<Transmit>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, channel, relay, send_id, blob FROM outbox ORDER BY id")?;
+        let mut stmt = self.conn.prepare(
+            "SELECT id, channel, relay, send_id, blob, ttl_secs FROM outbox ORDER BY id",
+        )?;
         let rows = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, i64>(0)?,
@@ -240,11 +249,12 @@ impl EngineStore for Store {
                 r.get::<_, String>(2)?,
                 r.get::<_, Vec<u8>>(3)?,
                 r.get::<_, Vec<u8>>(4)?,
+                r.get::<_, u32>(5)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, channel, relay, send_id, blob) = row?;
+            let (id, channel, relay, send_id, blob, ttl_secs) = row?;
             let channel: [u8; 16] = channel
                 .try_into()
                 .map_err(|_| StoreError::Missing("channel identifier"))?;
@@ -260,6 +270,7 @@ impl EngineStore for Store {
                         .map_err(|_| StoreError::Missing("valid relay address"))?,
                     send_id: MailboxId(send_id),
                 },
+                ttl_secs,
                 blob,
             });
         }
@@ -270,6 +281,40 @@ impl EngineStore for Store {
         self.conn
             .execute("DELETE FROM outbox WHERE id = ?1", [id as i64])?;
         Ok(())
+    }
+
+    fn erase_messages_before(
+        &self,
+        channel: &ChannelId,
+        cutoff: Timestamp,
+    ) -> Result<u64, StoreError> {
+        let n = self.conn.execute(
+            "DELETE FROM messages WHERE channel = ?1 AND received_at < ?2",
+            params![&channel.0[..], cutoff.0.min(i64::MAX as u64) as i64],
+        )?;
+        Ok(n as u64)
+    }
+
+    fn oldest_message_at(&self, channel: &ChannelId) -> Result<Option<Timestamp>, StoreError> {
+        let t: Option<i64> = self.conn.query_row(
+            "SELECT min(received_at) FROM messages WHERE channel = ?1",
+            [&channel.0[..]],
+            |r| r.get(0),
+        )?;
+        Ok(t.map(|t| Timestamp(t.max(0) as u64)))
+    }
+
+    fn erase_mls_residue(&self, group_key: &[u8]) -> Result<(), StoreError> {
+        if group_key.is_empty() {
+            return Ok(());
+        }
+        self.conn
+            .execute("DELETE FROM mls_kv WHERE instr(key, ?1) > 0", [group_key])?;
+        Ok(())
+    }
+
+    fn scrub(&self) -> Result<(), StoreError> {
+        self.checkpoint()
     }
 
     fn add_alert(

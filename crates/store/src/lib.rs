@@ -30,8 +30,9 @@ use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
+use backchannel_core::ChannelId;
 use rand::RngCore as _;
-use rusqlite::{Connection, OpenFlags, OptionalExtension as _};
+use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -239,6 +240,37 @@ impl Store {
         Ok(())
     }
 
+    /// A setting that belongs to one channel (erased with it).
+    pub fn channel_setting(
+        &self,
+        channel: &ChannelId,
+        key: &str,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT value FROM channel_settings WHERE channel = ?1 AND key = ?2",
+                params![&channel.0[..], key],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Sets a setting that belongs to one channel.
+    pub fn set_channel_setting(
+        &self,
+        channel: &ChannelId,
+        key: &str,
+        value: &str,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO channel_settings (channel, key, value) VALUES (?1, ?2, ?3)
+             ON CONFLICT (channel, key) DO UPDATE SET value = excluded.value",
+            params![&channel.0[..], key, value],
+        )?;
+        Ok(())
+    }
+
     /// Moves everything from the write-ahead log into the database and truncates the
     /// log, so that no old page image lingers in it.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
@@ -288,6 +320,17 @@ impl Store {
             tx.commit()?;
         }
         Ok(())
+    }
+
+    /// Every page of the database file as SQLite sees it (decrypted), freed pages
+    /// included: what someone holding the passphrase could recover. For erasure
+    /// audits; run [`Store::checkpoint`] first so that the log is folded in.
+    pub fn decrypted_pages(&self) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT data FROM sqlite_dbpage")?;
+        let pages = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<Vec<Vec<u8>>, _>>()?;
+        Ok(pages)
     }
 
     #[cfg(test)]

@@ -5,7 +5,7 @@
 //! version. A database newer than this build is refused, never downgraded.
 
 /// Migrations, in order; `MIGRATIONS[n]` takes version `n` to `n + 1`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The version this build writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -85,4 +85,25 @@ CREATE TABLE alerts (
     text TEXT NOT NULL,
     shown INTEGER NOT NULL DEFAULT 0
 );
+";
+
+/// Version 3: blob lifetimes in the outbox (disappearing messages); each message's
+/// arrival time as a column, so that expired messages are found and erased without
+/// reading every record; and settings that belong to one channel (the read cursor)
+/// in their own table, so that erasing the channel erases them.
+const V3: &str = "
+ALTER TABLE outbox ADD COLUMN ttl_secs INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE messages ADD COLUMN received_at INTEGER NOT NULL DEFAULT 0;
+UPDATE messages SET received_at = coalesce(json_extract(record, '$.received_at'), 0);
+CREATE INDEX messages_by_arrival ON messages (channel, received_at);
+CREATE TABLE channel_settings (
+    channel BLOB NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (channel, key)
+);
+INSERT INTO channel_settings (channel, key, value)
+    SELECT unhex(substr(key, 13)), 'read-cursor', value FROM settings
+    WHERE key LIKE 'read-cursor:%' AND unhex(substr(key, 13)) IS NOT NULL;
+DELETE FROM settings WHERE key LIKE 'read-cursor:%';
 ";

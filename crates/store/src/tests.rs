@@ -168,6 +168,7 @@ fn migration_from_an_empty_database_reaches_the_current_schema() {
             "outbox",
             "mailboxes",
             "alerts",
+            "channel_settings",
         ] {
             conn.execute_batch(&format!("DROP TABLE {table}")).unwrap();
         }
@@ -216,4 +217,44 @@ fn deleted_rows_are_overwritten() {
     }
     // And the engine's channel erasure goes through the same path.
     assert!(store.channels().unwrap().is_empty());
+}
+
+#[test]
+fn version_3_moves_read_cursors_into_the_channel_settings() {
+    let tmp = tempfile::tempdir().unwrap();
+    let channel = ChannelId([0xab; 16]);
+    {
+        let store = Store::create(tmp.path(), PASS).unwrap();
+        // Back to version 2, with a cursor kept the old way.
+        store
+            .connection()
+            .execute_batch(
+                "DROP INDEX messages_by_arrival;
+                 ALTER TABLE messages DROP COLUMN received_at;
+                 ALTER TABLE outbox DROP COLUMN ttl_secs;
+                 DROP TABLE channel_settings;
+                 PRAGMA user_version = 2;",
+            )
+            .unwrap();
+        store
+            .set_setting(&format!("read-cursor:{channel}"), "17")
+            .unwrap();
+        store.set_setting("read-cursor:not-hex", "3").unwrap();
+    }
+    let store = Store::open(tmp.path(), PASS).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    assert_eq!(
+        store.channel_setting(&channel, "read-cursor").unwrap(),
+        Some("17".into())
+    );
+    assert_eq!(
+        store.setting(&format!("read-cursor:{channel}")).unwrap(),
+        None
+    );
+    // Erasing the channel erases its settings.
+    store.delete_channel(&channel).unwrap();
+    assert_eq!(
+        store.channel_setting(&channel, "read-cursor").unwrap(),
+        None
+    );
 }
