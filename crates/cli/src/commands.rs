@@ -6,11 +6,12 @@ use std::time::Duration;
 use backchannel_client::{Client, ClientError};
 use backchannel_core::mls::Suite;
 use backchannel_core::store::{ChannelStatus, MessageKind};
-use backchannel_core::{ChannelId, Event};
+use backchannel_core::{ChannelId, ChannelOptions, ChannelSummary, Event, Timestamp};
 use backchannel_proto::addr::RelayAddr;
 use backchannel_store::Store;
 use serde_json::json;
 
+use crate::ending;
 use crate::output;
 use crate::profile::{self, open_client, own_name};
 use crate::{Failure, Global};
@@ -43,7 +44,7 @@ fn write_file(path: &Path, bytes: &[u8], what: &str) -> Result<(), Failure> {
     })
 }
 
-fn print(g: &Global, human: String, machine: serde_json::Value) {
+pub(crate) fn print(g: &Global, human: String, machine: serde_json::Value) {
     if g.json {
         println!("{machine}");
     } else {
@@ -52,15 +53,18 @@ fn print(g: &Global, human: String, machine: serde_json::Value) {
 }
 
 /// Catches up with the relays, tolerating unreachable ones (what is local still
-/// works; the person is told).
-async fn catch_up(client: &mut Client) {
+/// works; the person is told). Says which channels were erased meanwhile (burned
+/// by a member, or past their end date) and returns their names.
+pub(crate) async fn catch_up(g: &Global, client: &mut Client) -> Vec<String> {
     if let Err(e) = client.sync(RELAY_LIMIT).await {
         eprintln!("warning: {e}");
     }
+    let events = client.drain_events();
+    ending::report_erasures(g, &events)
 }
 
 /// Waits until everything queued is on a relay; says so if it could not be.
-async fn deliver(client: &mut Client) -> Result<(), Failure> {
+pub(crate) async fn deliver(client: &mut Client) -> Result<(), Failure> {
     client.flush(RELAY_LIMIT).await.map_err(|e| match e {
         ClientError::Timeout(detail) => Failure::new(detail)
             .hint("check the relay address and your connection; queued messages are sent by the next command"),
@@ -92,36 +96,76 @@ pub(crate) async fn init(g: &Global, name: Option<String>) -> Result<(), Failure
     Ok(())
 }
 
+/// How a new channel ends: `--expires-in`, `--disappear`.
+pub(crate) struct Ending<'a> {
+    pub(crate) expires_in: Option<&'a str>,
+    pub(crate) disappear: Option<&'a str>,
+}
+
 pub(crate) async fn channel_create(
     g: &Global,
     name: &str,
     relay: &str,
     suite_name: &str,
+    ending: Ending<'_>,
 ) -> Result<(), Failure> {
     let relay = relay_addr(relay)?;
     let suite = suite(suite_name)?;
-    let mut client = open_client(g)?;
+    let expires_in = ending.expires_in.map(ending::parse_duration).transpose()?;
+    let disappearing_secs = ending
+        .disappear
+        .map(ending::parse_duration)
+        .transpose()?
+        .unwrap_or(0);
+    let expires_at = match expires_in {
+        Some(0) => return Err(Failure::new("a channel cannot end as soon as it starts")),
+        Some(secs) => Some(backchannel_client::now().plus_ms(secs.saturating_mul(1000))),
+        None => None,
+    };
+    let options = ChannelOptions {
+        suite,
+        expires_at,
+        disappearing_secs,
+    };
+    let mut client = open_client(g).await?;
     let me = own_name(&client)?;
-    client
-        .create_channel(name, &me, suite.into(), &relay)
-        .await?;
+    client.create_channel(name, &me, options, &relay).await?;
     let suite_text = match suite {
         Suite::XWing => "X-Wing, post-quantum",
         Suite::Classic => "classic X25519",
     };
+    let mut rules = String::new();
+    if let Some(t) = expires_at {
+        rules.push_str(&format!(
+            " It ends {} UTC, and is then erased everywhere.",
+            output::short_time(t)
+        ));
+    }
+    if disappearing_secs > 0 {
+        rules.push_str(&format!(
+            " Messages disappear {} after they arrive.",
+            ending::format_duration(disappearing_secs)
+        ));
+    }
     print(
         g,
         format!(
-            "Channel '{name}' created ({suite_text}); your mailbox for it is on {}.",
+            "Channel '{name}' created ({suite_text}); your mailbox for it is on {}.{rules}",
             relay.host
         ),
-        json!({"channel": name, "suite": suite.name(), "relay": relay.to_string()}),
+        json!({
+            "channel": name,
+            "suite": suite.name(),
+            "relay": relay.to_string(),
+            "expires_at": expires_at.map(output::rfc3339),
+            "disappearing_secs": disappearing_secs,
+        }),
     );
     Ok(())
 }
 
 pub(crate) async fn channel_list(g: &Global) -> Result<(), Failure> {
-    let client = open_client(g)?;
+    let client = open_client(g).await?;
     let channels = client.engine().channels();
     if g.json {
         for c in &channels {
@@ -133,6 +177,9 @@ pub(crate) async fn channel_list(g: &Global) -> Result<(), Failure> {
                     "members": c.members.len(),
                     "suite": c.suite.name(),
                     "admin": c.admin,
+                    "disappearing_secs": c.policy.as_ref().map(|p| p.disappearing_secs),
+                    "expires_at": expires_at(c).map(output::rfc3339),
+                    "burning": c.burn.is_some(),
                 })
             );
         }
@@ -143,20 +190,50 @@ pub(crate) async fn channel_list(g: &Global) -> Result<(), Failure> {
     } else {
         for c in &channels {
             let admin = if c.admin { ", you administer it" } else { "" };
+            let mut tags = Vec::new();
+            if c.status != ChannelStatus::Active {
+                tags.push(status_word(c.status).to_owned());
+            }
+            tags.extend(rules(c));
+            let tags: String = tags.iter().map(|t| format!(" [{t}]")).collect();
             println!(
-                "{}  ({} members, {}{admin}){}",
+                "{}  ({} members, {}{admin}){tags}",
                 c.name,
                 c.members.len(),
                 c.suite.name(),
-                if c.status == ChannelStatus::Active {
-                    String::new()
-                } else {
-                    format!(" [{}]", status_word(c.status))
-                }
             );
         }
     }
     Ok(())
+}
+
+fn expires_at(c: &ChannelSummary) -> Option<Timestamp> {
+    c.policy
+        .as_ref()
+        .filter(|p| p.expires_at > 0)
+        .map(|p| Timestamp(p.expires_at))
+}
+
+/// The channel's rules and burn, in words: "ends ...", "messages disappear after ...".
+fn rules(c: &ChannelSummary) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(b) = &c.burn {
+        out.push(format!(
+            "burning: confirmed by {} of {} others",
+            b.confirmed.len(),
+            b.confirmed.len() + b.waiting.len()
+        ));
+    }
+    if let Some(t) = expires_at(c) {
+        out.push(format!("ends {} UTC", output::short_time(t)));
+    }
+    if let Some(p) = c.policy.as_ref().filter(|p| p.disappearing_secs > 0) {
+        out.push(format!(
+            "messages disappear after {}",
+            ending::format_duration(p.disappearing_secs)
+        ));
+    }
+    out
 }
 
 fn status_word(s: ChannelStatus) -> &'static str {
@@ -168,7 +245,7 @@ fn status_word(s: ChannelStatus) -> &'static str {
 }
 
 pub(crate) async fn channel_show(g: &Global, name: &str) -> Result<(), Failure> {
-    let client = open_client(g)?;
+    let client = open_client(g).await?;
     let c = client.engine().channel(name)?;
     if g.json {
         let members: Vec<_> = c
@@ -180,11 +257,18 @@ pub(crate) async fn channel_show(g: &Global, name: &str) -> Result<(), Failure> 
             "{}",
             json!({
                 "name": c.name,
+                "id": c.id.to_string(),
                 "title": c.policy.as_ref().map(|p| p.title.clone()),
                 "status": status_word(c.status),
                 "suite": c.suite.name(),
                 "epoch": c.epoch,
                 "members": members,
+                "disappearing_secs": c.policy.as_ref().map(|p| p.disappearing_secs),
+                "expires_at": expires_at(&c).map(output::rfc3339),
+                "burn": c.burn.as_ref().map(|b| json!({
+                    "confirmed": b.confirmed,
+                    "waiting": b.waiting.iter().map(|(_, n)| n.clone()).collect::<Vec<_>>(),
+                })),
             })
         );
     } else {
@@ -200,6 +284,9 @@ pub(crate) async fn channel_show(g: &Global, name: &str) -> Result<(), Failure> 
             c.suite.name(),
             c.epoch
         );
+        for rule in rules(&c) {
+            println!("  {rule}");
+        }
         println!("  members:");
         for m in &c.members {
             let mut tags = Vec::new();
@@ -231,8 +318,8 @@ pub(crate) async fn channel_add(
     welcome_out: &PathBuf,
 ) -> Result<(), Failure> {
     let kp = read_file(key_package, "key package")?;
-    let mut client = open_client(g)?;
-    catch_up(&mut client).await;
+    let mut client = open_client(g).await?;
+    catch_up(g, &mut client).await;
     let before: Vec<String> = client
         .engine()
         .channel(name)?
@@ -273,7 +360,7 @@ pub(crate) async fn key_package(
 ) -> Result<(), Failure> {
     let relay = relay_addr(relay)?;
     let suite = suite(suite_name)?;
-    let mut client = open_client(g)?;
+    let mut client = open_client(g).await?;
     let name = match name {
         Some(n) => n,
         None => own_name(&client)?,
@@ -306,7 +393,7 @@ pub(crate) async fn join(
         });
     };
     let bytes = read_file(&welcome, "welcome")?;
-    let mut client = open_client(g)?;
+    let mut client = open_client(g).await?;
     let id = client.join(name.as_deref(), &bytes)?;
     let summary = channel_by_id(&client, id)?;
     let by = joined_by(&mut client);
@@ -347,11 +434,11 @@ fn channel_by_id(
 }
 
 pub(crate) async fn send(g: &Global, name: &str, text: &str) -> Result<(), Failure> {
-    let mut client = open_client(g)?;
+    let mut client = open_client(g).await?;
     client.engine().channel(name)?;
     // Catch up first, so that we send in the newest epoch and never to someone the
     // channel has removed.
-    catch_up(&mut client).await;
+    catch_up(g, &mut client).await;
     client.send_text(name, text)?;
     deliver(&mut client).await?;
     let alerts = pending_alerts(&client, name)?;
@@ -414,16 +501,26 @@ fn show_new(g: &Global, client: &Client, name: &str, all: bool) -> Result<usize,
 }
 
 pub(crate) async fn read(g: &Global, name: &str, follow: bool, all: bool) -> Result<(), Failure> {
-    let mut client = open_client(g)?;
+    let mut client = open_client(g).await?;
     client.engine().channel(name)?;
-    catch_up(&mut client).await;
+    if catch_up(g, &mut client).await.iter().any(|n| n == name) {
+        return Ok(());
+    }
     let mut alerts = show_new(g, &client, name, all)?;
     if follow {
         loop {
             tokio::select! {
                 stepped = client.step(Duration::from_millis(500)) => {
                     if stepped? {
-                        while client.take_event().is_some() {}
+                        let events = client.drain_events();
+                        if ending::report_erasures(g, &events).iter().any(|n| n == name) {
+                            // Send the receipt, and delete our mailboxes for it.
+                            let _ = client.flush(RELAY_LIMIT).await;
+                            if let Err(e) = client.retire_closed().await {
+                                eprintln!("warning: {e}");
+                            }
+                            break;
+                        }
                         alerts += show_new(g, &client, name, false)?;
                     }
                 }
@@ -440,9 +537,9 @@ pub(crate) async fn read(g: &Global, name: &str, follow: bool, all: bool) -> Res
 }
 
 pub(crate) async fn remove(g: &Global, name: &str, member: &str) -> Result<(), Failure> {
-    let mut client = open_client(g)?;
+    let mut client = open_client(g).await?;
     client.engine().channel(name)?;
-    catch_up(&mut client).await;
+    catch_up(g, &mut client).await;
     client.remove_member(name, member)?;
     deliver(&mut client).await?;
     print(
@@ -456,9 +553,9 @@ pub(crate) async fn remove(g: &Global, name: &str, member: &str) -> Result<(), F
 }
 
 pub(crate) async fn leave(g: &Global, name: &str) -> Result<(), Failure> {
-    let mut client = open_client(g)?;
+    let mut client = open_client(g).await?;
     client.engine().channel(name)?;
-    catch_up(&mut client).await;
+    catch_up(g, &mut client).await;
     client.leave(name)?;
     deliver(&mut client).await?;
     print(
@@ -470,9 +567,9 @@ pub(crate) async fn leave(g: &Global, name: &str) -> Result<(), Failure> {
 }
 
 pub(crate) async fn update(g: &Global, name: &str) -> Result<(), Failure> {
-    let mut client = open_client(g)?;
+    let mut client = open_client(g).await?;
     client.engine().channel(name)?;
-    catch_up(&mut client).await;
+    catch_up(g, &mut client).await;
     client.self_update(name)?;
     deliver(&mut client).await?;
     print(
@@ -484,14 +581,14 @@ pub(crate) async fn update(g: &Global, name: &str) -> Result<(), Failure> {
 }
 
 pub(crate) async fn status(g: &Global, name: &str, wait: u64) -> Result<(), Failure> {
-    let mut client = open_client(g)?;
+    let mut client = open_client(g).await?;
     client.engine().channel(name)?;
-    catch_up(&mut client).await;
+    catch_up(g, &mut client).await;
     let asked = client.request_status(name).is_ok();
     deliver(&mut client).await?;
     if asked {
         client.idle(Duration::from_secs(wait)).await?;
-        catch_up(&mut client).await;
+        catch_up(g, &mut client).await;
     }
     let c = client.engine().channel(name)?;
     let others: Vec<_> = c.members.iter().filter(|m| !m.is_self).collect();

@@ -10,6 +10,7 @@
 mod bench;
 mod commands;
 mod demo;
+mod ending;
 mod output;
 mod profile;
 mod relay_cmd;
@@ -127,6 +128,30 @@ enum Command {
         /// The channel.
         name: String,
     },
+    /// Burn a channel: every member's device erases it (messages, keys, mailboxes)
+    /// and confirms; you see who has.
+    Burn {
+        /// The channel.
+        name: String,
+        /// Seconds to wait for the members' confirmations.
+        #[arg(long, default_value_t = 10)]
+        wait: u64,
+    },
+    /// Erase this profile at once and for good: every channel, message and key. No
+    /// passphrase needed.
+    Panic {
+        /// Do not ask for confirmation.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Set a duress passphrase: entered instead of yours, it erases the profile and
+    /// answers "wrong passphrase" (asks for it, or reads
+    /// $BACKCHANNEL_DURESS_PASSPHRASE).
+    Duress {
+        /// Remove the duress passphrase instead.
+        #[arg(long)]
+        clear: bool,
+    },
     /// Run or inspect a relay.
     #[command(subcommand)]
     Relay(relay_cmd::RelayCommand),
@@ -149,6 +174,21 @@ enum ChannelCommand {
         /// xwing (post-quantum, default) or classic.
         #[arg(long, default_value = "xwing")]
         suite: String,
+        /// The channel ends after this long (30m, 12h, 7d, ...): every member's
+        /// device then erases it.
+        #[arg(long, value_name = "DURATION")]
+        expires_in: Option<String>,
+        /// Messages disappear this long after they arrive (30s, 10m, 1d, ...).
+        #[arg(long, value_name = "DURATION")]
+        disappear: Option<String>,
+    },
+    /// Set how long messages live in a channel you administer, for every member
+    /// (30s, 10m, 1d, ..., or off).
+    Disappear {
+        /// The channel.
+        name: String,
+        /// How long, or `off`.
+        duration: String,
     },
     /// List your channels.
     List,
@@ -240,8 +280,21 @@ async fn run(cli: Cli) -> Result<(), Failure> {
     let g = cli.global;
     match cli.command {
         Command::Init { name } => commands::init(&g, name).await,
-        Command::Channel(ChannelCommand::Create { name, relay, suite }) => {
-            commands::channel_create(&g, &name, &relay, &suite).await
+        Command::Channel(ChannelCommand::Create {
+            name,
+            relay,
+            suite,
+            expires_in,
+            disappear,
+        }) => {
+            let ending = commands::Ending {
+                expires_in: expires_in.as_deref(),
+                disappear: disappear.as_deref(),
+            };
+            commands::channel_create(&g, &name, &relay, &suite, ending).await
+        }
+        Command::Channel(ChannelCommand::Disappear { name, duration }) => {
+            ending::disappear(&g, &name, &duration).await
         }
         Command::Channel(ChannelCommand::List) => commands::channel_list(&g).await,
         Command::Channel(ChannelCommand::Show { name }) => commands::channel_show(&g, &name).await,
@@ -268,6 +321,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Leave { name } => commands::leave(&g, &name).await,
         Command::Update { name } => commands::update(&g, &name).await,
         Command::Status { name, wait } => commands::status(&g, &name, wait).await,
+        Command::Burn { name, wait } => ending::burn(&g, &name, wait).await,
+        Command::Panic { yes } => ending::panic(&g, yes).await,
+        Command::Duress { clear } => ending::duress(&g, clear).await,
         Command::Relay(cmd) => relay_cmd::run(&g, cmd).await,
         Command::Demo => demo::run(&g).await,
         Command::Bench(cmd) => bench::run(&g, cmd).await,

@@ -79,9 +79,17 @@ pub(crate) fn open_failure(e: OpenError) -> Failure {
 }
 
 /// Opens the profile and a client over it.
-pub(crate) fn open_client(g: &Global) -> Result<Client, Failure> {
+/// Says which channels were erased on opening (past their end date), and deletes
+/// at their relays the mailboxes of channels that are gone.
+pub(crate) async fn open_client(g: &Global) -> Result<Client, Failure> {
     let store = open_store(g)?;
-    Client::open(store, ClientConfig::default()).map_err(Failure::from)
+    let mut client = Client::open(store, ClientConfig::default()).map_err(Failure::from)?;
+    let events = client.drain_events();
+    crate::ending::report_erasures(g, &events);
+    if let Err(e) = client.retire_closed().await {
+        eprintln!("warning: {e}");
+    }
+    Ok(client)
 }
 
 /// The profile's display name.

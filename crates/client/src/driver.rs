@@ -122,7 +122,7 @@ impl Client {
             .collect();
         let engine = Engine::load(store, config.engine.clone())?;
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        Ok(Self {
+        let mut client = Self {
             engine,
             config,
             links: HashMap::new(),
@@ -133,7 +133,24 @@ impl Client {
             awaiting: HashMap::new(),
             events: VecDeque::new(),
             relay_errors: Vec::new(),
-        })
+        };
+        client.run_due_timers()?;
+        Ok(client)
+    }
+
+    /// Applies what fell due while the profile was closed (a channel's end date,
+    /// disappearing messages), before anything is shown. What it sends waits in the
+    /// outbox for the first method that talks to a relay.
+    fn run_due_timers(&mut self) -> Result<(), ClientError> {
+        if self.engine.poll_timeout().is_some_and(|t| t <= now()) {
+            self.engine.handle_timeout(now())?;
+            while let Some(output) = self.engine.poll_output() {
+                if let Output::Event(event) = output {
+                    self.events.push_back(event);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The engine (for reading state).
@@ -300,6 +317,26 @@ impl Client {
         Ok(())
     }
 
+    /// Sets how long messages live in a channel we administer (0: forever).
+    pub fn set_disappearing(&mut self, channel: &str, secs: u64) -> Result<(), ClientError> {
+        self.engine.set_disappearing(now(), channel, secs)?;
+        self.pump();
+        Ok(())
+    }
+
+    /// Burns a channel: every member erases it and confirms (see
+    /// [`Engine::burn`]).
+    pub fn burn(&mut self, channel: &str) -> Result<(), ClientError> {
+        self.engine.burn(now(), channel)?;
+        self.pump();
+        Ok(())
+    }
+
+    /// Every event not yet taken, in order.
+    pub fn drain_events(&mut self) -> Vec<Event> {
+        self.events.drain(..).collect()
+    }
+
     /// Sends a text message.
     pub fn send_text(&mut self, channel: &str, text: &str) -> Result<(), ClientError> {
         self.engine.send_text(now(), channel, text)?;
@@ -402,9 +439,14 @@ impl Client {
             .filter(|m| m.channel.is_some_and(|c| !active.contains(&c)))
             .map(|m| m.read_id)
             .collect();
+        if retire.is_empty() {
+            return Ok(());
+        }
         for read_id in retire {
             self.delete_mailbox(read_id).await?;
         }
+        // The mailbox keys (and sent blobs) were deleted; leave no image in the log.
+        self.store().checkpoint()?;
         Ok(())
     }
 

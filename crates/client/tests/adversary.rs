@@ -404,3 +404,47 @@ async fn a_withheld_update_is_revealed() {
         }]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_relay_cannot_burn_a_channel() {
+    let w = world().await;
+    let (mut alice, mut bob) = (client(&w, "alice"), client(&w, "bob"));
+    channel(&w, &mut alice, "alice", "ops", &mut [(&mut bob, "bob")]).await;
+    channel(&w, &mut alice, "alice", "other", &mut [(&mut bob, "bob")]).await;
+    let bob_ops = send_id_of(&alice, "ops", "bob");
+    let bob_other = send_id_of(&alice, "other", "bob");
+    // Alice burns "other"; the relay copies the burn into bob's mailbox of "ops",
+    // and adds a blob of its own making there too.
+    w.script.set(move |to, blob| {
+        if to == bob_other {
+            let mut forged = blob.clone();
+            forged[BLOB_LEN / 2] ^= 1;
+            vec![
+                (to, blob.clone()),
+                (bob_ops, blob.clone()),
+                (bob_ops, forged),
+            ]
+        } else {
+            vec![(to, blob.clone())]
+        }
+    });
+    alice.burn("other").unwrap();
+    alice.flush(LIMIT).await.unwrap();
+    w.script.clear();
+    let (_, alerts) = settle(&mut bob).await;
+    // "other" is burned, as its member asked; "ops" lives, and bob is told of the
+    // blobs that do not belong there (as moved from "other" if he still had it when
+    // they came, as unopenable once "other" was erased).
+    assert!(bob.engine().channel("other").is_err());
+    assert!(bob.engine().channel("ops").is_ok());
+    assert!(!alerts.is_empty());
+    assert!(
+        alerts
+            .iter()
+            .all(|a| matches!(a, Alert::Moved | Alert::Undecryptable { .. })),
+        "{alerts:?}"
+    );
+    say(&mut alice, "ops", "still here").await;
+    let (texts, _) = settle(&mut bob).await;
+    assert_eq!(texts, vec!["still here"]);
+}

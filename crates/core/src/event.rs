@@ -78,6 +78,8 @@ pub enum Event {
     Erased {
         /// The channel (now gone).
         channel: ChannelId,
+        /// Its local name (which no longer finds it).
+        name: String,
         /// Why.
         why: Erasure,
     },

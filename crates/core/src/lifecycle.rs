@@ -167,7 +167,11 @@ impl Channel {
         self.senders.clear();
         self.members.clear();
         self.erased = true;
-        ctx.event(Event::Erased { channel, why });
+        ctx.event(Event::Erased {
+            channel,
+            name: self.record.name.clone(),
+            why,
+        });
         Ok(())
     }
 

@@ -94,6 +94,7 @@ pub struct ConfigError(pub String);
 /// public_host = "relay.example.org"
 /// metrics_listen = "127.0.0.1:9090"
 /// message_ttl_days = 14
+/// sweep_interval_secs = 60
 /// quota_messages = 10000
 /// max_connections = 20000
 /// ```
@@ -112,6 +113,7 @@ pub struct ConfigFile {
     handshake_timeout_secs: Option<u64>,
     idle_timeout_secs: Option<u64>,
     message_ttl_days: Option<u64>,
+    sweep_interval_secs: Option<u64>,
     quota_messages: Option<u64>,
     quota_bytes: Option<u64>,
     window: Option<u16>,
@@ -154,6 +156,9 @@ impl ConfigFile {
         }
         if let Some(d) = self.message_ttl_days {
             c.message_ttl = Duration::from_secs(d.saturating_mul(24 * 3600));
+        }
+        if let Some(s) = self.sweep_interval_secs {
+            c.sweep_interval = Duration::from_secs(s.max(1));
         }
     }
 }

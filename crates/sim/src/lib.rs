@@ -572,6 +572,29 @@ pub mod forensics {
         hits
     }
 
+    /// What must not survive the erasure of a channel: its identifier, every
+    /// member's mailbox and signature key, and the given texts.
+    pub fn channel_needles(
+        summary: &backchannel_core::ChannelSummary,
+        texts: &[&str],
+    ) -> Vec<(String, Vec<u8>)> {
+        let mut out = needles("channel id", &summary.id.0);
+        for m in &summary.members {
+            out.extend(needles(
+                &format!("{}'s mailbox", m.name),
+                &m.mailbox.send_id.0,
+            ));
+            out.extend(needles(
+                &format!("{}'s signature key", m.name),
+                &m.signature_key,
+            ));
+        }
+        for t in texts {
+            out.push((format!("text {t:?}"), t.as_bytes().to_vec()));
+        }
+        out
+    }
+
     /// Named needles for every encoding of `bytes`.
     pub fn needles(name: &str, bytes: &[u8]) -> Vec<(String, Vec<u8>)> {
         encodings(bytes)

@@ -39,25 +39,8 @@ fn texts(sim: &Sim, node: usize, channel: &str) -> Vec<String> {
         .collect()
 }
 
-/// What must not survive an erasure of `channel` on `node`: the channel identifier,
-/// every member's mailbox and signature key, and the given texts.
 fn traces(sim: &Sim, node: usize, channel: &str, texts: &[&str]) -> Vec<(String, Vec<u8>)> {
-    let summary = sim.nodes[node].engine.channel(channel).unwrap();
-    let mut needles = forensics::needles("channel id", &summary.id.0);
-    for m in &summary.members {
-        needles.extend(forensics::needles(
-            &format!("{}'s mailbox", m.name),
-            &m.mailbox.send_id.0,
-        ));
-        needles.extend(forensics::needles(
-            &format!("{}'s signature key", m.name),
-            &m.signature_key,
-        ));
-    }
-    for t in texts {
-        needles.push((format!("text {t:?}"), t.as_bytes().to_vec()));
-    }
-    needles
+    forensics::channel_needles(&sim.nodes[node].engine.channel(channel).unwrap(), texts)
 }
 
 /// Asserts that no decrypted page of `node`'s store, and no byte of its files,

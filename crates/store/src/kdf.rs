@@ -16,6 +16,10 @@ use zeroize::Zeroizing;
 /// Label of the key-check value.
 pub const KEY_CHECK_LABEL: &[u8] = b"backchannel/v1/key-check";
 
+/// Label of the duress-check value: a key derived (with its own salt) from the
+/// duress passphrase, if one is set, matches it.
+pub const DURESS_CHECK_LABEL: &[u8] = b"backchannel/v1/duress-check";
+
 /// Argon2id parameters, as stored in the profile header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KdfParams {
@@ -72,21 +76,39 @@ pub(crate) fn derive_key(
 
 /// `HMAC-SHA256(key, KEY_CHECK_LABEL)`.
 pub(crate) fn key_check(key: &[u8; 32]) -> [u8; 32] {
+    check_value(key, KEY_CHECK_LABEL)
+}
+
+/// `HMAC-SHA256(key, DURESS_CHECK_LABEL)`.
+pub(crate) fn duress_check(key: &[u8; 32]) -> [u8; 32] {
+    check_value(key, DURESS_CHECK_LABEL)
+}
+
+fn check_value(key: &[u8; 32], label: &[u8]) -> [u8; 32] {
     // HMAC accepts keys of any length, so `new_from_slice` cannot fail here.
     let mut mac = match Hmac::<Sha256>::new_from_slice(key) {
         Ok(mac) => mac,
         Err(_) => return [0; 32],
     };
-    mac.update(KEY_CHECK_LABEL);
+    mac.update(label);
     mac.finalize().into_bytes().into()
 }
 
-/// Compares two key checks in constant time.
+/// Compares a key check in constant time.
 pub(crate) fn key_check_matches(key: &[u8; 32], expected: &[u8]) -> bool {
+    check_matches(key, KEY_CHECK_LABEL, expected)
+}
+
+/// Compares a duress check in constant time.
+pub(crate) fn duress_check_matches(key: &[u8; 32], expected: &[u8]) -> bool {
+    check_matches(key, DURESS_CHECK_LABEL, expected)
+}
+
+fn check_matches(key: &[u8; 32], label: &[u8], expected: &[u8]) -> bool {
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
         return false;
     };
-    mac.update(KEY_CHECK_LABEL);
+    mac.update(label);
     mac.verify_slice(expected).is_ok()
 }
 
@@ -119,6 +141,20 @@ mod tests {
         );
         assert!(key_check_matches(&[0x11; 32], &key_check(&[0x11; 32])));
         assert!(!key_check_matches(&[0x12; 32], &key_check(&[0x11; 32])));
+    }
+
+    #[test]
+    fn duress_check_known_answer() {
+        assert_eq!(
+            hex::encode(duress_check(&[0x11; 32])),
+            "e165334221e2e9d5630ce9a72481ea2768cae1e1282f557e5c8e953c5329b31b"
+        );
+        assert!(duress_check_matches(
+            &[0x11; 32],
+            &duress_check(&[0x11; 32])
+        ));
+        // Domain separation: a key check never passes as a duress check.
+        assert!(!duress_check_matches(&[0x11; 32], &key_check(&[0x11; 32])));
     }
 
     #[test]

@@ -67,6 +67,9 @@ pub enum OpenError {
     /// altered or damaged on disk.
     #[error("the profile database has been altered or damaged: {0}")]
     Damaged(String),
+    /// A duress passphrase must differ from the profile's passphrase.
+    #[error("the duress passphrase must differ from the profile's passphrase")]
+    DuressIsPassphrase,
     /// The profile was written by a newer Backchannel.
     #[error("the profile was written by a newer version of Backchannel (schema {0})")]
     TooNew(u32),
@@ -99,6 +102,92 @@ struct Header {
     kdf: KdfHeader,
     #[serde(with = "hex::serde")]
     key_check: Vec<u8>,
+    /// Present in every header Backchannel writes, random when no duress passphrase
+    /// is set, so that the header does not tell whether one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    duress: Option<DuressHeader>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DuressHeader {
+    #[serde(with = "hex::serde")]
+    salt: Vec<u8>,
+    #[serde(with = "hex::serde")]
+    check: Vec<u8>,
+}
+
+impl DuressHeader {
+    /// Values no passphrase matches (as far as anyone can tell, like a set one).
+    fn random() -> Self {
+        let mut salt = vec![0u8; 16];
+        let mut check = vec![0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut salt);
+        rand::rngs::OsRng.fill_bytes(&mut check);
+        Self { salt, check }
+    }
+
+    fn well_formed(&self) -> bool {
+        (16..=64).contains(&self.salt.len()) && self.check.len() == 32
+    }
+}
+
+impl Header {
+    /// A header for a profile that no passphrase opens: what is left after a duress
+    /// wipe, in place of the real one.
+    fn decoy() -> Self {
+        let mut salt = vec![0u8; 16];
+        let mut key_check = vec![0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut salt);
+        rand::rngs::OsRng.fill_bytes(&mut key_check);
+        Self {
+            format: HEADER_FORMAT,
+            kdf: KdfHeader {
+                algorithm: "argon2id".into(),
+                params: KdfParams::DEFAULT,
+                salt,
+            },
+            key_check,
+            duress: Some(DuressHeader::random()),
+        }
+    }
+
+    fn read(dir: &Path) -> Result<Self, OpenError> {
+        let bytes = match fs::read(dir.join(HEADER_FILE)) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(OpenError::NotFound(dir.to_owned()));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let header: Header =
+            serde_json::from_slice(&bytes).map_err(|e| OpenError::HeaderDamaged(e.to_string()))?;
+        if header.format != HEADER_FORMAT {
+            return Err(OpenError::HeaderDamaged(format!(
+                "unknown format {}",
+                header.format
+            )));
+        }
+        if header.kdf.algorithm != "argon2id" {
+            return Err(OpenError::HeaderDamaged("unknown key derivation".into()));
+        }
+        header.kdf.params.check().map_err(|what| {
+            OpenError::HeaderDamaged(format!("key derivation {what} out of range"))
+        })?;
+        if !(16..=64).contains(&header.kdf.salt.len()) || header.key_check.len() != 32 {
+            return Err(OpenError::HeaderDamaged("bad salt or key check".into()));
+        }
+        if header.duress.as_ref().is_some_and(|d| !d.well_formed()) {
+            return Err(OpenError::HeaderDamaged("bad duress values".into()));
+        }
+        Ok(header)
+    }
+
+    fn write(&self, dir: &Path) -> Result<(), OpenError> {
+        let bytes =
+            serde_json::to_vec_pretty(self).map_err(|e| OpenError::HeaderDamaged(e.to_string()))?;
+        write_atomically(&dir.join(HEADER_FILE), &bytes)?;
+        Ok(())
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -148,47 +237,30 @@ impl Store {
                 salt: salt.to_vec(),
             },
             key_check: kdf::key_check(&key).to_vec(),
+            duress: Some(DuressHeader::random()),
         };
         // The header is written last: a profile without a header does not exist.
-        write_atomically(
-            &dir.join(HEADER_FILE),
-            &serde_json::to_vec_pretty(&header)
-                .map_err(|e| OpenError::HeaderDamaged(e.to_string()))?,
-        )?;
+        header.write(dir)?;
         Ok(store)
     }
 
     /// Opens the profile in `dir`. A wrong passphrase is reported before the database
     /// is opened; the whole database is integrity-checked before it is used.
     pub fn open(dir: &Path, passphrase: &[u8]) -> Result<Self, OpenError> {
-        let header_path = dir.join(HEADER_FILE);
-        let bytes = match fs::read(&header_path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(OpenError::NotFound(dir.to_owned()));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let header: Header =
-            serde_json::from_slice(&bytes).map_err(|e| OpenError::HeaderDamaged(e.to_string()))?;
-        if header.format != HEADER_FORMAT {
-            return Err(OpenError::HeaderDamaged(format!(
-                "unknown format {}",
-                header.format
-            )));
-        }
-        if header.kdf.algorithm != "argon2id" {
-            return Err(OpenError::HeaderDamaged("unknown key derivation".into()));
-        }
-        header.kdf.params.check().map_err(|what| {
-            OpenError::HeaderDamaged(format!("key derivation {what} out of range"))
-        })?;
-        if !(16..=64).contains(&header.kdf.salt.len()) || header.key_check.len() != 32 {
-            return Err(OpenError::HeaderDamaged("bad salt or key check".into()));
-        }
+        let header = Header::read(dir)?;
         let key = kdf::derive_key(passphrase, &header.kdf.salt, header.kdf.params)
             .map_err(|e| OpenError::HeaderDamaged(e.to_string()))?;
         if !kdf::key_check_matches(&key, &header.key_check) {
+            if let Some(duress) = &header.duress {
+                // Always derived, set or not, so that the time taken tells nothing.
+                let duress_key = kdf::derive_key(passphrase, &duress.salt, header.kdf.params)
+                    .map_err(|e| OpenError::HeaderDamaged(e.to_string()))?;
+                if kdf::duress_check_matches(&duress_key, &duress.check) {
+                    // Erase, leave a profile no passphrase opens, and say only what a
+                    // wrong passphrase says.
+                    let _ = wipe(dir, true);
+                }
+            }
             return Err(OpenError::WrongPassphrase);
         }
         let path = dir.join(DATABASE_FILE);
@@ -211,6 +283,43 @@ impl Store {
     /// The profile directory.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Sets a duress passphrase: entered instead of the real one, it erases the
+    /// profile irrevocably and reports a wrong passphrase. Refused if it is the
+    /// profile's passphrase.
+    pub fn set_duress(&self, duress: &[u8]) -> Result<(), OpenError> {
+        let mut header = Header::read(&self.dir)?;
+        let as_main = kdf::derive_key(duress, &header.kdf.salt, header.kdf.params)
+            .map_err(|e| OpenError::HeaderDamaged(e.to_string()))?;
+        if kdf::key_check_matches(&as_main, &header.key_check) {
+            return Err(OpenError::DuressIsPassphrase);
+        }
+        let mut salt = vec![0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut salt);
+        let key = kdf::derive_key(duress, &salt, header.kdf.params)
+            .map_err(|e| OpenError::HeaderDamaged(e.to_string()))?;
+        header.duress = Some(DuressHeader {
+            salt,
+            check: kdf::duress_check(&key).to_vec(),
+        });
+        header.write(&self.dir)
+    }
+
+    /// Removes the duress passphrase (the header keeps random values in its place).
+    pub fn clear_duress(&self) -> Result<(), OpenError> {
+        let mut header = Header::read(&self.dir)?;
+        header.duress = Some(DuressHeader::random());
+        header.write(&self.dir)
+    }
+
+    /// Erases the profile in `dir` irrevocably, without its passphrase: every file is
+    /// overwritten with random bytes, synced, and deleted, the header (whose salt
+    /// turns a passphrase into the database key) first. On storage that writes
+    /// elsewhere than in place (flash, copy-on-write file systems) old blocks may
+    /// survive, but without the salt they are ciphertext no passphrase opens.
+    pub fn erase(dir: &Path) -> std::io::Result<()> {
+        wipe(dir, false)
     }
 
     /// The schema version of the open database.
@@ -372,6 +481,70 @@ fn open_database(path: &Path, key: &[u8; 32], create: bool) -> Result<Connection
          PRAGMA temp_store = MEMORY;",
     )?;
     Ok(conn)
+}
+
+/// The files a profile may leave, the header first.
+const PROFILE_FILES: [&str; 6] = [
+    HEADER_FILE,
+    "profile.tmp",
+    "profile.db-wal",
+    "profile.db-shm",
+    "profile.db-journal",
+    DATABASE_FILE,
+];
+
+/// Overwrites every file of the profile in `dir` with random bytes. With `decoy`,
+/// leaves a random header and the random-filled database in place (a profile no
+/// passphrase opens); otherwise deletes them, and the directory if it is then empty.
+fn wipe(dir: &Path, decoy: bool) -> std::io::Result<()> {
+    let mut first_error = None;
+    for name in PROFILE_FILES {
+        let path = dir.join(name);
+        if let Err(e) = overwrite(&path) {
+            first_error.get_or_insert(e);
+        }
+        if (decoy && name == DATABASE_FILE) || !path.exists() {
+            continue;
+        }
+        if !(decoy && name == HEADER_FILE)
+            && let Err(e) = fs::remove_file(&path)
+        {
+            first_error.get_or_insert(e);
+        }
+    }
+    if decoy {
+        if let Err(e) = Header::decoy().write(dir) {
+            first_error.get_or_insert(std::io::Error::other(e.to_string()));
+        }
+    } else {
+        let _ = fs::remove_dir(dir);
+    }
+    if let Some(parent) = dir.parent().filter(|p| p.exists()) {
+        let _ = fs::File::open(parent).and_then(|f| f.sync_all());
+    }
+    if dir.exists() {
+        let _ = fs::File::open(dir).and_then(|f| f.sync_all());
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Writes random bytes over the whole of a file, in place, and syncs it.
+fn overwrite(path: &Path) -> std::io::Result<()> {
+    let mut file = match fs::OpenOptions::new().write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut left = file.metadata()?.len();
+    let mut chunk = vec![0u8; 64 * 1024];
+    while left > 0 {
+        let n = usize::try_from(left.min(chunk.len() as u64)).unwrap_or(chunk.len());
+        let part = chunk.get_mut(..n).unwrap_or_default();
+        rand::rngs::OsRng.fill_bytes(part);
+        file.write_all(part)?;
+        left -= n as u64;
+    }
+    file.sync_all()
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

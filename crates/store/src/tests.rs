@@ -258,3 +258,112 @@ fn version_3_moves_read_cursors_into_the_channel_settings() {
         None
     );
 }
+
+const DURESS: &[u8] = b"tell them nothing";
+
+/// Whether any 64-byte window of `old` appears in `new` (a surviving fragment).
+fn shares_fragment(old: &[u8], new: &[u8]) -> bool {
+    old.chunks(64)
+        .filter(|c| c.len() == 64 && c.iter().any(|&b| b != 0))
+        .any(|c| new.windows(64).any(|w| w == c))
+}
+
+#[test]
+fn the_duress_passphrase_erases_the_profile_and_looks_wrong() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let store = Store::create(tmp.path(), PASS).unwrap();
+        store.set_setting("secret", "the source's name").unwrap();
+        store.set_duress(DURESS).unwrap();
+    }
+    let before = files(tmp.path());
+    // A wrong passphrase changes nothing, even with a duress passphrase set.
+    assert!(matches!(
+        Store::open(tmp.path(), b"wrong"),
+        Err(OpenError::WrongPassphrase)
+    ));
+    assert_eq!(files(tmp.path()), before);
+
+    assert!(matches!(
+        Store::open(tmp.path(), DURESS),
+        Err(OpenError::WrongPassphrase)
+    ));
+    // The same two files are there, of the same sizes: it still looks like a profile.
+    let after = files(tmp.path());
+    let names = |f: &[(String, Vec<u8>)]| f.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&after), names(&before));
+    let db = |f: &[(String, Vec<u8>)]| {
+        f.iter()
+            .find(|(n, _)| n == DATABASE_FILE)
+            .unwrap()
+            .1
+            .clone()
+    };
+    assert_eq!(db(&after).len(), db(&before).len());
+    // But nothing of the old one is left, and no passphrase opens it.
+    assert!(
+        !shares_fragment(&db(&before), &db(&after)),
+        "a fragment of the database survived"
+    );
+    let old_header_bytes = &before.iter().find(|(n, _)| n == HEADER_FILE).unwrap().1;
+    let old: Header = serde_json::from_slice(old_header_bytes).unwrap();
+    let header_text = fs::read(tmp.path().join(HEADER_FILE)).unwrap();
+    for secret in [&old.kdf.salt, &old.key_check] {
+        let hex = hex::encode(secret).into_bytes();
+        assert!(!header_text.windows(hex.len()).any(|w| w == hex));
+    }
+    for attempt in [PASS, DURESS] {
+        assert!(matches!(
+            Store::open(tmp.path(), attempt),
+            Err(OpenError::WrongPassphrase)
+        ));
+    }
+}
+
+#[test]
+fn the_header_does_not_tell_whether_a_duress_passphrase_is_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::create(tmp.path(), PASS).unwrap();
+    let shape = || {
+        let header: serde_json::Value =
+            serde_json::from_slice(&fs::read(tmp.path().join(HEADER_FILE)).unwrap()).unwrap();
+        let duress = header["duress"].clone();
+        (
+            duress["salt"].as_str().unwrap().len(),
+            duress["check"].as_str().unwrap().len(),
+            header.as_object().unwrap().len(),
+        )
+    };
+    let unset = shape();
+    store.set_duress(DURESS).unwrap();
+    assert_eq!(shape(), unset);
+    store.clear_duress().unwrap();
+    assert_eq!(shape(), unset);
+    drop(store);
+    // Cleared: the old duress passphrase is now just wrong.
+    assert!(matches!(
+        Store::open(tmp.path(), DURESS),
+        Err(OpenError::WrongPassphrase)
+    ));
+    let store = Store::open(tmp.path(), PASS).unwrap();
+    assert!(matches!(
+        store.set_duress(PASS),
+        Err(OpenError::DuressIsPassphrase)
+    ));
+}
+
+#[test]
+fn erase_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("profile");
+    {
+        let store = Store::create(&dir, PASS).unwrap();
+        store.set_setting("secret", "x").unwrap();
+    }
+    Store::erase(&dir).unwrap();
+    assert!(!dir.exists());
+    assert!(matches!(
+        Store::open(&dir, PASS),
+        Err(OpenError::NotFound(_))
+    ));
+}

@@ -69,6 +69,27 @@ impl SqliteStorage {
     }
 }
 
+impl SqliteStorage {
+    /// Copies the write-ahead log into the database and truncates it, so that no
+    /// image of a deleted page survives there. A reader in the middle of a query can
+    /// make it give up ("busy"); it is retried briefly, and in any case the log is
+    /// overwritten as it is reused.
+    fn empty_log(&self) {
+        for _ in 0..5 {
+            let busy = self
+                .conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    r.get::<_, i64>(0)
+                });
+            if busy.is_ok_and(|b| b == 0) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        tracing::warn!("the log could not be emptied after a deletion; it will be overwritten");
+    }
+}
+
 /// What recognises a retransmitted blob: blobs carry a random nonce, so two
 /// equal blobs are one blob sent twice.
 fn digest(blob: &Blob) -> [u8; 16] {
@@ -251,6 +272,9 @@ impl RelayStorage for SqliteStorage {
         tx.execute("DELETE FROM delivered WHERE mailbox = ?1", [mailbox])?;
         tx.execute("DELETE FROM mailboxes WHERE key = ?1", [mailbox])?;
         tx.commit()?;
+        // The deleted pages are overwritten in the database; their old images in the
+        // log go too.
+        self.empty_log();
         Ok(())
     }
 
@@ -265,6 +289,9 @@ impl RelayStorage for SqliteStorage {
         let deleted = tx.execute("DELETE FROM messages WHERE expires_at <= ?1", [now as i64])?;
         tx.execute("DELETE FROM delivered WHERE expires_at <= ?1", [now as i64])?;
         tx.commit()?;
+        if deleted > 0 {
+            self.empty_log();
+        }
         Ok(deleted as u64)
     }
 

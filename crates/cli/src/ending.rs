@@ -1,0 +1,316 @@
+//! Ending things: disappearing messages, burning a channel, erasing the profile,
+//! and the duress passphrase.
+
+use std::io::BufRead as _;
+use std::time::{Duration, Instant};
+
+use backchannel_core::{Erasure, Event};
+use backchannel_store::Store;
+use serde_json::json;
+use zeroize::Zeroizing;
+
+use crate::commands::{catch_up, deliver, print};
+use crate::profile::{self, open_client};
+use crate::{Failure, Global};
+
+/// Environment variable holding the duress passphrase for `duress set`.
+pub(crate) const DURESS_ENV: &str = "BACKCHANNEL_DURESS_PASSPHRASE";
+
+/// Parses `90s`, `10m`, `12h`, `7d`, `2w` (or a plain number of seconds) into
+/// seconds; `off` and `0` mean none.
+pub(crate) fn parse_duration(text: &str) -> Result<u64, Failure> {
+    let bad = || {
+        Failure::new(format!("'{text}' is not a duration"))
+            .hint("write a number with a unit: 30s, 10m, 12h, 7d, 2w (or 'off')")
+    };
+    let text = text.trim();
+    if text == "off" {
+        return Ok(0);
+    }
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(bad()),
+    };
+    let secs = n.checked_mul(scale).ok_or_else(bad)?;
+    // Relays keep a blob at most this long anyway; more makes no sense.
+    if secs > u64::from(u32::MAX) {
+        return Err(bad());
+    }
+    Ok(secs)
+}
+
+/// `3600` → `1h`, for people.
+pub(crate) fn format_duration(secs: u64) -> String {
+    for (unit, scale) in [("w", 7 * 86_400), ("d", 86_400), ("h", 3600), ("m", 60)] {
+        if secs >= scale && secs.is_multiple_of(scale) {
+            return format!("{}{unit}", secs / scale);
+        }
+    }
+    format!("{secs}s")
+}
+
+/// One sentence on a channel erased from this device.
+pub(crate) fn erasure_notice(name: &str, why: &Erasure) -> String {
+    match why {
+        Erasure::Burned { by } if by == "you" => {
+            format!(
+                "'{name}' is burned: every member confirmed, and it is erased from this device."
+            )
+        }
+        Erasure::Burned { by } => {
+            format!("'{name}' was burned by {by}: it is erased from this device.")
+        }
+        Erasure::Expired => {
+            format!("'{name}' reached its end date: it is erased from this device.")
+        }
+        _ => format!("'{name}' is erased from this device."),
+    }
+}
+
+/// Says which channels the events erased (burned by a member, or past their end
+/// date); returns their names.
+pub(crate) fn report_erasures(g: &Global, events: &[Event]) -> Vec<String> {
+    let mut gone = Vec::new();
+    for event in events {
+        if let Event::Erased { name, why, .. } = event {
+            let (reason, by) = match why {
+                Erasure::Burned { by } => ("burned", Some(by.clone())),
+                _ => ("expired", None),
+            };
+            print(
+                g,
+                erasure_notice(name, why),
+                json!({"channel": name, "erased": reason, "by": by}),
+            );
+            gone.push(name.clone());
+        }
+    }
+    gone
+}
+
+pub(crate) async fn disappear(g: &Global, name: &str, duration: &str) -> Result<(), Failure> {
+    let secs = parse_duration(duration)?;
+    let mut client = open_client(g).await?;
+    client.engine().channel(name)?;
+    catch_up(g, &mut client).await;
+    client.set_disappearing(name, secs)?;
+    deliver(&mut client).await?;
+    let human = if secs == 0 {
+        format!("Messages in '{name}' no longer disappear.")
+    } else {
+        format!(
+            "Messages in '{name}' now disappear {} after they arrive, on every member's \
+             device and at the relays.",
+            format_duration(secs)
+        )
+    };
+    print(
+        g,
+        human,
+        json!({"channel": name, "disappearing_secs": secs}),
+    );
+    Ok(())
+}
+
+pub(crate) async fn burn(g: &Global, name: &str, wait: u64) -> Result<(), Failure> {
+    let mut client = open_client(g).await?;
+    client.engine().channel(name)?;
+    if catch_up(g, &mut client).await.iter().any(|n| n == name) {
+        return Ok(());
+    }
+    let summary = client.engine().channel(name)?;
+    let total = summary.members.len();
+    if summary.burn.is_none() {
+        client.burn(name)?;
+    }
+    deliver(&mut client).await?;
+    // Wait for the receipts.
+    let deadline = Instant::now() + Duration::from_secs(wait);
+    let mut confirmed: Vec<String> = Vec::new();
+    let mut waiting: Vec<String> = Vec::new();
+    let mut erased = false;
+    if let Ok(c) = client.engine().channel(name)
+        && let Some(b) = c.burn
+    {
+        confirmed = b.confirmed;
+        waiting = b.waiting.into_iter().map(|(_, n)| n).collect();
+    }
+    loop {
+        for event in client.drain_events() {
+            match event {
+                Event::BurnProgress {
+                    confirmed: c,
+                    waiting: w,
+                    ..
+                } => {
+                    confirmed = c;
+                    waiting = w;
+                }
+                Event::Erased { name: gone, .. } if gone == name => erased = true,
+                _ => {}
+            }
+        }
+        if erased || waiting.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        client.step(Duration::from_millis(200)).await?;
+    }
+    if erased {
+        // Our mailboxes for it go from the relays too.
+        if let Err(e) = client.retire_closed().await {
+            eprintln!("warning: {e}");
+        }
+    }
+    let done = confirmed.len() + 1;
+    let human = if waiting.is_empty() {
+        format!(
+            "Burned '{name}' on {done} of {total} members: every member's device has erased it, \
+             and so has this one."
+        )
+    } else {
+        format!(
+            "Burned '{name}' on {done} of {total} members; not yet confirmed by {}. Their devices \
+             erase it when they next connect; run `backchannel burn {name}` again to see who has \
+             confirmed. (The messages are gone from this device; its keys stay until every member \
+             has confirmed, or for 7 days.)",
+            waiting.join(", ")
+        )
+    };
+    print(
+        g,
+        human,
+        json!({
+            "channel": name,
+            "members": total,
+            "burned_on": done,
+            "confirmed": confirmed,
+            "waiting": waiting,
+            "erased_here": erased,
+        }),
+    );
+    Ok(())
+}
+
+/// Asks the person to type a word; false if they typed anything else (or nothing
+/// could be read).
+fn confirmed_by_typing(prompt: &str, word: &str) -> bool {
+    eprint!("{prompt}");
+    let mut line = String::new();
+    if std::io::stdin().lock().read_line(&mut line).is_err() {
+        return false;
+    }
+    line.trim() == word
+}
+
+pub(crate) async fn panic(g: &Global, yes: bool) -> Result<(), Failure> {
+    let home = profile::home(g)?;
+    if !Store::exists(&home) {
+        return Err(Failure::new(format!(
+            "there is no profile at {}",
+            home.display()
+        )));
+    }
+    if !yes
+        && !confirmed_by_typing(
+            &format!(
+                "This erases the profile at {} for good: every channel, message and key. \
+                 Type ERASE to go on: ",
+                home.display()
+            ),
+            "ERASE",
+        )
+    {
+        return Err(Failure::new("nothing was erased").hint("type ERASE, or pass --yes"));
+    }
+    Store::erase(&home).map_err(|e| {
+        Failure::new(format!("the erasure did not finish: {e}"))
+            .hint("run `backchannel panic --yes` again")
+    })?;
+    print(
+        g,
+        format!("The profile at {} is erased.", home.display()),
+        json!({"erased": home}),
+    );
+    Ok(())
+}
+
+/// The duress passphrase, from the environment or a prompt (twice).
+fn duress_passphrase() -> Result<Zeroizing<String>, Failure> {
+    if let Ok(p) = std::env::var(DURESS_ENV) {
+        return Ok(Zeroizing::new(p));
+    }
+    let prompt = |text: &str| {
+        rpassword::prompt_password(text)
+            .map(Zeroizing::new)
+            .map_err(|_| {
+                Failure::new("no duress passphrase given").hint(format!(
+                    "run in a terminal to be asked for it, or set {DURESS_ENV}"
+                ))
+            })
+    };
+    let first = prompt("Duress passphrase: ")?;
+    if first.is_empty() {
+        return Err(Failure::new("the duress passphrase cannot be empty"));
+    }
+    if *prompt("Duress passphrase again: ")? != *first {
+        return Err(Failure::new("the two passphrases differ").hint("try again"));
+    }
+    Ok(first)
+}
+
+pub(crate) async fn duress(g: &Global, clear: bool) -> Result<(), Failure> {
+    let store = profile::open_store(g)?;
+    if clear {
+        store.clear_duress().map_err(profile::open_failure)?;
+        print(
+            g,
+            "The duress passphrase is removed.".into(),
+            json!({"duress": false}),
+        );
+        return Ok(());
+    }
+    let duress = duress_passphrase()?;
+    store
+        .set_duress(duress.as_bytes())
+        .map_err(profile::open_failure)?;
+    print(
+        g,
+        "Duress passphrase set. Entered instead of your passphrase, it erases this profile \
+         for good and answers \"wrong passphrase\"."
+            .into(),
+        json!({"duress": true}),
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s").unwrap(), 90);
+        assert_eq!(parse_duration("90").unwrap(), 90);
+        assert_eq!(parse_duration("10m").unwrap(), 600);
+        assert_eq!(parse_duration("12h").unwrap(), 43_200);
+        assert_eq!(parse_duration("7d").unwrap(), 604_800);
+        assert_eq!(parse_duration("2w").unwrap(), 1_209_600);
+        assert_eq!(parse_duration("off").unwrap(), 0);
+        for bad in ["", "h", "1y", "-1s", "1.5h", "99999999999w"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        assert_eq!(format_duration(3600), "1h");
+        assert_eq!(format_duration(90), "90s");
+        assert_eq!(format_duration(1_209_600), "2w");
+    }
+}
