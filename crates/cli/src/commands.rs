@@ -60,7 +60,7 @@ pub(crate) async fn catch_up(g: &Global, client: &mut Client) -> Vec<String> {
         eprintln!("warning: {e}");
     }
     let events = client.drain_events();
-    ending::report_erasures(g, &events)
+    ending::report_changes(g, client, &events)
 }
 
 /// Waits until everything queued is on a relay; says so if it could not be.
@@ -513,7 +513,7 @@ pub(crate) async fn read(g: &Global, name: &str, follow: bool, all: bool) -> Res
                 stepped = client.step(Duration::from_millis(500)) => {
                     if stepped? {
                         let events = client.drain_events();
-                        if ending::report_erasures(g, &events).iter().any(|n| n == name) {
+                        if ending::report_changes(g, &client, &events).iter().any(|n| n == name) {
                             // Send the receipt, and delete our mailboxes for it.
                             let _ = client.flush(RELAY_LIMIT).await;
                             if let Err(e) = client.retire_closed().await {

@@ -4,12 +4,14 @@
 use std::io::BufRead as _;
 use std::time::{Duration, Instant};
 
+use backchannel_client::Client;
 use backchannel_core::{Erasure, Event};
 use backchannel_store::Store;
 use serde_json::json;
 use zeroize::Zeroizing;
 
 use crate::commands::{catch_up, deliver, print};
+use crate::output;
 use crate::profile::{self, open_client};
 use crate::{Failure, Global};
 
@@ -76,22 +78,63 @@ pub(crate) fn erasure_notice(name: &str, why: &Erasure) -> String {
     }
 }
 
-/// Says which channels the events erased (burned by a member, or past their end
-/// date); returns their names.
-pub(crate) fn report_erasures(g: &Global, events: &[Event]) -> Vec<String> {
+/// Tells the person what changed about their channels: erased (burned by a member,
+/// or past their end date), or given new rules. Returns the names of those erased.
+pub(crate) fn report_changes(g: &Global, client: &Client, events: &[Event]) -> Vec<String> {
     let mut gone = Vec::new();
     for event in events {
-        if let Event::Erased { name, why, .. } = event {
-            let (reason, by) = match why {
-                Erasure::Burned { by } => ("burned", Some(by.clone())),
-                _ => ("expired", None),
-            };
-            print(
-                g,
-                erasure_notice(name, why),
-                json!({"channel": name, "erased": reason, "by": by}),
-            );
-            gone.push(name.clone());
+        match event {
+            Event::Erased { name, why, .. } => {
+                let (reason, by) = match why {
+                    Erasure::Burned { by } => ("burned", Some(by.clone())),
+                    _ => ("expired", None),
+                };
+                print(
+                    g,
+                    erasure_notice(name, why),
+                    json!({"channel": name, "erased": reason, "by": by}),
+                );
+                gone.push(name.clone());
+            }
+            Event::PolicyChanged {
+                channel,
+                by,
+                disappearing_secs,
+                expires_at,
+            } => {
+                let Some(name) = client
+                    .engine()
+                    .channels()
+                    .into_iter()
+                    .find(|c| c.id == *channel)
+                    .map(|c| c.name)
+                else {
+                    continue;
+                };
+                let timer = match disappearing_secs {
+                    0 => "messages stay".to_owned(),
+                    s => format!("messages disappear after {}", format_duration(*s)),
+                };
+                let end = match expires_at {
+                    0 => String::new(),
+                    t => format!(
+                        "; it ends {} UTC",
+                        output::short_time(backchannel_core::Timestamp(*t))
+                    ),
+                };
+                print(
+                    g,
+                    format!("{by} changed the rules of '{name}': {timer}{end}."),
+                    json!({
+                        "channel": name,
+                        "rules_changed_by": by,
+                        "disappearing_secs": disappearing_secs,
+                        "expires_at": (*expires_at > 0)
+                            .then(|| output::rfc3339(backchannel_core::Timestamp(*expires_at))),
+                    }),
+                );
+            }
+            _ => {}
         }
     }
     gone

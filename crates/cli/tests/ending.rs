@@ -490,4 +490,16 @@ fn a_removed_member_cannot_burn_the_channel_from_an_old_copy() {
         alice.read("ops"),
         vec![("bob".to_owned(), "still here".to_owned())]
     );
+
+    // Only the administrator sets the timer, and the others are told.
+    let refused = bob.run(&["channel", "disappear", "ops", "off"]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    alice.run(&["channel", "disappear", "ops", "1h"]).ok();
+    let told = bob.run(&["read", "ops"]).ok();
+    assert!(
+        told.stdout
+            .contains("alice changed the rules of 'ops': messages disappear after 1h."),
+        "{}",
+        told.stdout
+    );
 }
