@@ -487,8 +487,14 @@ fn show_new(g: &Global, client: &Client, name: &str, all: bool) -> Result<usize,
         for m in &batch {
             last = m.position;
             if m.kind == MessageKind::Text {
-                let own = Some(m.sender) == me;
-                println!("{}", output::message(name, m, own, g.json));
+                let sender = if Some(m.sender) == me {
+                    output::Sender::Own
+                } else if summary.verified.contains(&m.sender) {
+                    output::Sender::Verified
+                } else {
+                    output::Sender::Unverified
+                };
+                println!("{}", output::message(name, m, sender, g.json));
             }
         }
     }

@@ -14,6 +14,7 @@ mod ending;
 mod output;
 mod profile;
 mod relay_cmd;
+mod trust;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -122,6 +123,17 @@ enum Command {
         /// Seconds to wait for the members' answers.
         #[arg(long, default_value_t = 5)]
         wait: u64,
+    },
+    /// Show the safety number you share with a member (or each member): compare it
+    /// with theirs to know nobody is in between.
+    Verify {
+        /// The channel.
+        name: String,
+        /// The member (default: every other member).
+        member: Option<String>,
+        /// The numbers matched: mark the member verified.
+        #[arg(long)]
+        confirm: bool,
     },
     /// Replace your keys in a channel (heals the channel after a compromise).
     Update {
@@ -321,6 +333,11 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Leave { name } => commands::leave(&g, &name).await,
         Command::Update { name } => commands::update(&g, &name).await,
         Command::Status { name, wait } => commands::status(&g, &name, wait).await,
+        Command::Verify {
+            name,
+            member,
+            confirm,
+        } => trust::verify(&g, &name, member.as_deref(), confirm).await,
         Command::Burn { name, wait } => ending::burn(&g, &name, wait).await,
         Command::Panic { yes } => ending::panic(&g, yes).await,
         Command::Duress { clear } => ending::duress(&g, clear).await,

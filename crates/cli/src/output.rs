@@ -38,14 +38,26 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// Who sent a message, as far as the reader knows.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Sender {
+    /// The reader.
+    Own,
+    /// A member whose safety number the reader compared.
+    Verified,
+    /// A member not (or no longer) verified.
+    Unverified,
+}
+
 /// One message, as a line for people or a JSON object.
-pub(crate) fn message(channel: &str, m: &MessageRecord, own: bool, json: bool) -> String {
+pub(crate) fn message(channel: &str, m: &MessageRecord, sender: Sender, json: bool) -> String {
     let text = String::from_utf8_lossy(&m.body);
     if json {
         json!({
             "channel": channel,
             "from": m.sender_name,
-            "you": own,
+            "you": matches!(sender, Sender::Own),
+            "verified": !matches!(sender, Sender::Unverified),
             "seq": m.seq,
             "text": text,
             "sent_at": rfc3339(m.sent_at),
@@ -54,10 +66,10 @@ pub(crate) fn message(channel: &str, m: &MessageRecord, own: bool, json: bool) -
         })
         .to_string()
     } else {
-        let who = if own {
-            format!("{} (you)", m.sender_name)
-        } else {
-            m.sender_name.clone()
+        let who = match sender {
+            Sender::Own => format!("{} (you)", m.sender_name),
+            Sender::Verified => m.sender_name.clone(),
+            Sender::Unverified => format!("{} (unverified)", m.sender_name),
         };
         let late = if m.late { "  [arrived late]" } else { "" };
         format!("[{}] {who}: {text}{late}", short_time(m.sent_at))

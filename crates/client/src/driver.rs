@@ -332,6 +332,13 @@ impl Client {
         Ok(())
     }
 
+    /// Records that we compared safety numbers with `member` and they matched.
+    pub fn confirm_verified(&mut self, channel: &str, member: &str) -> Result<(), ClientError> {
+        self.engine.confirm_verified(now(), channel, member)?;
+        self.pump();
+        Ok(())
+    }
+
     /// Every event not yet taken, in order.
     pub fn drain_events(&mut self) -> Vec<Event> {
         self.events.drain(..).collect()

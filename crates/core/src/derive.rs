@@ -4,7 +4,7 @@
 //! independent implementation (Python's hashlib and hmac).
 
 use hkdf::Hkdf;
-use sha2::{Digest, Sha256};
+use sha2::{Digest, Sha256, Sha512};
 use zeroize::Zeroizing;
 
 /// Label of [`member_id`].
@@ -15,6 +15,8 @@ pub const CHAIN_LABEL: &[u8] = b"backchannel/v1/message-chain";
 pub const CHANNEL_EXPORTER_LABEL: &str = "backchannel/v1/channel-secret";
 /// HKDF info of [`envelope_key`].
 pub const ENVELOPE_KEY_INFO: &[u8] = b"backchannel/v1/envelope-key";
+/// Label of [`safety_number`].
+pub const SAFETY_NUMBER_LABEL: &[u8] = b"backchannel/v1/safety-number";
 
 /// A member's identifier in a channel: a hash of its signature public key.
 #[derive(
@@ -68,6 +70,36 @@ pub fn envelope_key(channel_secret: &[u8; 32]) -> Zeroizing<[u8; 32]> {
     out
 }
 
+/// The number two members compare to know they hold each other's true key: 60
+/// digits in 12 groups of 5, from `SHA-512(SAFETY_NUMBER_LABEL || u8 len || key ||
+/// u8 len || key)` with the two signature keys in ascending order (so both sides get
+/// the same), each group the big-endian value of 5 bytes modulo 100000.
+///
+/// Keys are per channel, so the number is too; a substituted key changes it.
+pub fn safety_number(key_a: &[u8], key_b: &[u8]) -> String {
+    let (lo, hi) = if key_a <= key_b {
+        (key_a, key_b)
+    } else {
+        (key_b, key_a)
+    };
+    let mut h = Sha512::new();
+    h.update(SAFETY_NUMBER_LABEL);
+    for key in [lo, hi] {
+        h.update([key.len().min(255) as u8]);
+        h.update(key);
+    }
+    let digest = h.finalize();
+    digest
+        .chunks_exact(5)
+        .take(12)
+        .map(|c| {
+            let value = c.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b));
+            format!("{:05}", value % 100_000)
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,6 +118,21 @@ mod tests {
         assert_eq!(
             hex::encode(chain_hash(b"abc")),
             "d6ab4f0162c4541bbac94421f7d68ca42387abb294ae74c6342c65dbaa135443"
+        );
+    }
+
+    #[test]
+    fn safety_number_known_answer() {
+        let a: Vec<u8> = (0..32).collect();
+        let b: Vec<u8> = (32..64).collect();
+        let expected = "94117 77997 94715 62141 99883 73780 29399 59790 69983 36645 30310 50142";
+        assert_eq!(safety_number(&a, &b), expected);
+        // The same from either side; different for any other key.
+        assert_eq!(safety_number(&b, &a), expected);
+        let other: Vec<u8> = (1..33).collect();
+        assert_eq!(
+            safety_number(&a, &other),
+            "64029 65358 27176 03539 01583 20370 91756 43338 78384 26919 51316 31140"
         );
     }
 

@@ -222,6 +222,8 @@ pub struct ChannelSummary {
     pub peers: Vec<crate::store::PeerView>,
     /// Our burn of the channel, while it waits for the members' receipts.
     pub burn: Option<crate::lifecycle::BurnState>,
+    /// The members whose safety number we compared (with their current key).
+    pub verified: Vec<MemberId>,
 }
 
 impl<S: Storage> Engine<S> {
@@ -327,6 +329,12 @@ impl<S: Storage> Engine<S> {
             own_member: ch.record.own_member,
             peers: ch.record.peers.clone(),
             burn: ch.record.burn.clone(),
+            verified: ch
+                .members
+                .iter()
+                .filter(|m| ch.is_verified(m))
+                .map(|m| m.member)
+                .collect(),
             name: ch.record.name.clone(),
             suite: ch.record.suite,
             status: ch.record.status,
@@ -1253,6 +1261,9 @@ impl Channel {
                     member: m.name.clone(),
                     by: by.clone(),
                 });
+                if let Some(alert) = self.check_key_change(m, &by) {
+                    ctx.alert(channel, alert);
+                }
             }
         }
         for b in before {

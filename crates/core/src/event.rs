@@ -183,6 +183,13 @@ pub enum Alert {
     },
     /// A message of another of our channels arrived in this channel's mailbox.
     Moved,
+    /// A member we verified was replaced by one of the same name with another key.
+    KeyChanged {
+        /// The name.
+        member: String,
+        /// Who added the new key.
+        by: String,
+    },
     /// Others received messages from us that this profile never sent: it was
     /// restored from an old copy, or cloned.
     Rollback {
@@ -249,6 +256,7 @@ impl Alert {
             Alert::Undecryptable { .. } => "undecryptable",
             Alert::RefusedChange { .. } => "refused-change",
             Alert::Moved => "moved",
+            Alert::KeyChanged { .. } => "key-changed",
             Alert::Rollback { .. } => "rollback",
             Alert::SequenceJump { .. } => "sequence-jump",
             Alert::FromRemoved { .. } => "from-removed-member",
@@ -317,6 +325,11 @@ impl fmt::Display for Alert {
             Alert::RefusedChange { by, what } => write!(
                 f,
                 "{by} tried to {what}, which the channel's rules do not allow; the change was refused"
+            ),
+            Alert::KeyChanged { member, by } => write!(
+                f,
+                "{by} added a member called {member} whose key is not the one you verified: it \
+                 may not be the same person; compare safety numbers again before trusting them"
             ),
             Alert::Moved => f.write_str(
                 "a message of another of your channels was put into this channel's mailbox and \

@@ -30,10 +30,12 @@ pub mod mls;
 pub mod seal;
 mod sequence;
 pub mod store;
+mod trust;
 
 pub use engine::{ChannelSummary, CommandError, Engine, EngineConfig, Output, Storage, Transmit};
 pub use event::{Alert, Erasure, Event, ReceivedMessage};
 pub use lifecycle::{BurnState, ChannelOptions};
+pub use trust::Verified;
 
 use std::fmt;
 

@@ -191,6 +191,9 @@ pub struct ChannelRecord {
     /// A burn we started, waiting for receipts.
     #[serde(default)]
     pub burn: Option<crate::lifecycle::BurnState>,
+    /// Members whose safety number we compared, with the key we verified.
+    #[serde(default)]
+    pub verified: Vec<crate::trust::Verified>,
 }
 
 /// The epoch authenticator of one epoch.
@@ -263,6 +266,7 @@ impl ChannelRecord {
             rollback_alerted: 0,
             peers: Vec::new(),
             burn: None,
+            verified: Vec::new(),
         }
     }
 }

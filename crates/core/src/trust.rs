@@ -1,0 +1,94 @@
+//! Knowing who is who: safety numbers, verified members, and the alert when a
+//! verified member's key changes.
+//!
+//! Identities are per channel: each member has one signature key in it. Two members
+//! who compare their [`safety_number`](crate::derive::safety_number) (in person, or
+//! on a call where they recognise each other) and find it equal hold each other's
+//! true key, and every message in the channel is authenticated by those keys. A
+//! verified member is remembered by name and key; if a member of that name is later
+//! added with another key, that is an alert naming who added it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Timestamp;
+use crate::derive::safety_number;
+use crate::engine::Channel;
+use crate::engine::{CommandError, Engine, Storage};
+use crate::event::Alert;
+use crate::store::MemberRecord;
+
+/// A member we verified: their name and the key we verified.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verified {
+    /// The name they went by.
+    pub name: String,
+    /// The signature key whose safety number we compared.
+    #[serde(with = "crate::bytes_serde")]
+    pub signature_key: Vec<u8>,
+}
+
+impl<S: Storage> Engine<S> {
+    /// The safety number between us and `member` in `channel`.
+    pub fn safety_number(&self, channel: &str, member: &str) -> Result<String, CommandError> {
+        let summary = self.channel(channel)?;
+        let own = summary
+            .members
+            .iter()
+            .find(|m| m.is_self)
+            .ok_or(CommandError::NotActive)?;
+        let other = find_other(&summary.members, member)?;
+        Ok(safety_number(&own.signature_key, &other.signature_key))
+    }
+
+    /// Records that we compared safety numbers with `member` and they matched.
+    pub fn confirm_verified(
+        &mut self,
+        now: Timestamp,
+        channel: &str,
+        member: &str,
+    ) -> Result<(), CommandError> {
+        let id = self.channel_id(channel)?;
+        let member = member.to_owned();
+        self.transact_on(now, &id, move |ch, ctx| {
+            let key = find_other(&ch.members, &member)?.signature_key.clone();
+            ch.record.verified.retain(|v| v.name != member);
+            ch.record.verified.push(Verified {
+                name: member,
+                signature_key: key,
+            });
+            ch.save(ctx)
+        })
+    }
+}
+
+fn find_other<'a>(
+    members: &'a [MemberRecord],
+    name: &str,
+) -> Result<&'a MemberRecord, CommandError> {
+    members
+        .iter()
+        .find(|m| m.name == name && !m.is_self)
+        .ok_or_else(|| CommandError::UnknownMember(name.to_owned()))
+}
+
+impl Channel {
+    /// Whether this member is one we verified, with this key.
+    pub(crate) fn is_verified(&self, m: &MemberRecord) -> bool {
+        self.record
+            .verified
+            .iter()
+            .any(|v| v.name == m.name && v.signature_key == m.signature_key)
+    }
+
+    /// An alert if `added` has the name of a member we verified but another key.
+    pub(crate) fn check_key_change(&self, added: &MemberRecord, by: &str) -> Option<Alert> {
+        self.record
+            .verified
+            .iter()
+            .find(|v| v.name == added.name && v.signature_key != added.signature_key)
+            .map(|_| Alert::KeyChanged {
+                member: added.name.clone(),
+                by: by.to_owned(),
+            })
+    }
+}
