@@ -19,7 +19,7 @@ use crate::{Failure, Global};
 /// How long a command waits for relays.
 const RELAY_LIMIT: Duration = Duration::from_secs(20);
 
-fn relay_addr(text: &str) -> Result<RelayAddr, Failure> {
+pub(crate) fn relay_addr(text: &str) -> Result<RelayAddr, Failure> {
     text.parse::<RelayAddr>().map_err(|e| {
         Failure::new(format!("'{text}' is not a relay address: {e}"))
             .hint("a relay address looks like bcr://<fingerprint>@host:port; `backchannel relay address --data DIR` prints it")
@@ -72,7 +72,12 @@ pub(crate) async fn deliver(client: &mut Client) -> Result<(), Failure> {
     })
 }
 
-pub(crate) async fn init(g: &Global, name: Option<String>) -> Result<(), Failure> {
+pub(crate) async fn init(
+    g: &Global,
+    name: Option<String>,
+    relay: Option<String>,
+) -> Result<(), Failure> {
+    let relay = relay.as_deref().map(relay_addr).transpose()?;
     let home = profile::home(g)?;
     if Store::exists(&home) {
         return Err(
@@ -88,6 +93,9 @@ pub(crate) async fn init(g: &Global, name: Option<String>) -> Result<(), Failure
     let pass = profile::passphrase(true)?;
     let store = Store::create(&home, pass.as_bytes()).map_err(profile::open_failure)?;
     store.set_setting("name", &name)?;
+    if let Some(relay) = &relay {
+        store.set_setting(crate::invite::RELAY_SETTING, &relay.to_string())?;
+    }
     print(
         g,
         format!("Profile created at {} (you are '{name}').", home.display()),
@@ -383,14 +391,17 @@ pub(crate) async fn join(
     g: &Global,
     code: Option<String>,
     welcome: Option<PathBuf>,
+    relay: Option<String>,
     name: Option<String>,
 ) -> Result<(), Failure> {
     let Some(welcome) = welcome else {
-        return Err(match code {
-            Some(_) => Failure::new("joining with a short code is not available in this version")
-                .hint("ask for a welcome file: `backchannel join --welcome FILE`"),
-            None => Failure::new("nothing to join with").hint("pass --welcome FILE"),
-        });
+        return match code {
+            Some(code) => {
+                crate::invite::join_with_code(g, &code, relay.as_deref(), name.as_deref()).await
+            }
+            None => Err(Failure::new("nothing to join with")
+                .hint("pass the code you were given, or --welcome FILE")),
+        };
     };
     let bytes = read_file(&welcome, "welcome")?;
     let mut client = open_client(g).await?;

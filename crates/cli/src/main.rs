@@ -11,6 +11,7 @@ mod bench;
 mod commands;
 mod demo;
 mod ending;
+mod invite;
 mod output;
 mod profile;
 mod relay_cmd;
@@ -51,6 +52,9 @@ enum Command {
         /// The name others see by default.
         #[arg(long)]
         name: Option<String>,
+        /// Your usual relay: where `join CODE` looks when not given --relay.
+        #[arg(long, value_name = "ADDR")]
+        relay: Option<String>,
     },
     /// Create, list and inspect channels, and add members.
     #[command(subcommand)]
@@ -71,14 +75,28 @@ enum Command {
         #[arg(long, default_value = "xwing")]
         suite: String,
     },
+    /// Invite someone with a one-time code said aloud: prints the code (first line)
+    /// and waits for them to join.
+    Invite {
+        /// The channel (you administer it).
+        name: String,
+        /// The relay for the rendezvous (default: your mailbox's relay in the channel).
+        #[arg(long, value_name = "ADDR")]
+        relay: Option<String>,
+        /// Seconds to wait for the joiner (the code lives at most as long as the relay
+        /// allows, 10 minutes by default).
+        #[arg(long, default_value_t = 600)]
+        wait: u64,
+    },
     /// Join a channel.
     Join {
-        /// A one-time code from `backchannel invite` (not available yet: use --welcome).
+        /// A one-time code from `backchannel invite`, like 17-ocean-violin.
         code: Option<String>,
         /// A welcome file from `backchannel channel add`.
         #[arg(long, value_name = "FILE")]
         welcome: Option<PathBuf>,
-        /// A relay for your mailbox (used with codes).
+        /// The relay of the invitation (used with codes); your mailbox for the channel
+        /// is made there too.
         #[arg(long, value_name = "ADDR")]
         relay: Option<String>,
         /// Your local name for the channel (default: the name its creator gave it).
@@ -291,7 +309,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), Failure> {
     let g = cli.global;
     match cli.command {
-        Command::Init { name } => commands::init(&g, name).await,
+        Command::Init { name, relay } => commands::init(&g, name, relay).await,
         Command::Channel(ChannelCommand::Create {
             name,
             relay,
@@ -321,12 +339,15 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             name,
             suite,
         } => commands::key_package(&g, &relay, &out, name, &suite).await,
+        Command::Invite { name, relay, wait } => {
+            invite::invite(&g, &name, relay.as_deref(), wait).await
+        }
         Command::Join {
             code,
             welcome,
-            relay: _,
+            relay,
             name,
-        } => commands::join(&g, code, welcome, name).await,
+        } => commands::join(&g, code, welcome, relay, name).await,
         Command::Send { name, text } => commands::send(&g, &name, &text).await,
         Command::Read { name, follow, all } => commands::read(&g, &name, follow, all).await,
         Command::Remove { name, member } => commands::remove(&g, &name, &member).await,

@@ -97,7 +97,7 @@ impl Catchup {
 /// A Backchannel client over one profile.
 pub struct Client {
     engine: Engine<Store>,
-    config: ClientConfig,
+    pub(crate) config: ClientConfig,
     links: HashMap<RelayAddr, mpsc::UnboundedSender<LinkCommand>>,
     events_tx: mpsc::UnboundedSender<LinkEvent>,
     events_rx: mpsc::UnboundedReceiver<LinkEvent>,

@@ -12,8 +12,10 @@
 #![deny(missing_docs)]
 
 mod driver;
+pub mod invite;
 mod link;
 pub mod relay;
 
 pub use driver::{Client, ClientConfig, ClientError, now};
+pub use invite::{Invitation, InviteError};
 pub use link::LinkTiming;

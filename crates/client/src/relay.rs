@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use backchannel_proto::addr::{MailboxId, RelayAddr};
 use backchannel_proto::frame::{
-    Blob, ClientFrame, ErrorCode, FRAME_LEN, KIND_DELETE_MAILBOX, KIND_SUBSCRIBE, Request,
-    Response, ServerFrame, auth_message,
+    Blob, ClientFrame, ErrorCode, FRAME_LEN, KIND_DELETE_MAILBOX, KIND_SUBSCRIBE, RendezvousEvent,
+    Request, Response, ServerFrame, auth_message,
 };
 use ed25519_dalek::{Signer as _, SigningKey};
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -79,6 +79,7 @@ pub struct RelayClient {
     out: mpsc::Sender<Vec<u8>>,
     waiters: Waiters,
     deliveries: Option<mpsc::Receiver<Delivery>>,
+    rendezvous: Option<mpsc::Receiver<(u32, RendezvousEvent)>>,
     timeout: Duration,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -134,6 +135,7 @@ impl RelayClient {
         let (mut sink, mut stream) = ws.split();
         let (out, mut out_rx) = mpsc::channel::<Vec<u8>>(1024);
         let (deliver_tx, deliveries) = mpsc::channel::<Delivery>(usize::from(window).max(16) * 4);
+        let (rendezvous_tx, rendezvous) = mpsc::channel::<(u32, RendezvousEvent)>(64);
         let waiters: Waiters = Arc::default();
         let writer = tokio::spawn(async move {
             while let Some(frame) = out_rx.recv().await {
@@ -179,6 +181,9 @@ impl RelayClient {
                             // Nobody listens for deliveries; keep serving responses.
                         }
                     }
+                    Ok(ServerFrame::Rendezvous { nameplate, event }) => {
+                        let _ = rendezvous_tx.send((nameplate, event)).await;
+                    }
                     // A second hello or garbage: the relay is misbehaving; stop.
                     _ => break,
                 }
@@ -197,6 +202,7 @@ impl RelayClient {
             out,
             waiters,
             deliveries: Some(deliveries),
+            rendezvous: Some(rendezvous),
             timeout,
             tasks: vec![writer, reader],
         })
@@ -215,6 +221,46 @@ impl RelayClient {
     /// The deliveries of all subscriptions of this connection. Can be taken once.
     pub fn deliveries(&mut self) -> Option<mpsc::Receiver<Delivery>> {
         self.deliveries.take()
+    }
+
+    /// What happens in this connection's rendezvous. Can be taken once.
+    pub fn rendezvous_events(&mut self) -> Option<mpsc::Receiver<(u32, RendezvousEvent)>> {
+        self.rendezvous.take()
+    }
+
+    /// Opens a rendezvous; returns its number and how long it stays open.
+    pub async fn open_rendezvous(&self) -> Result<(u32, Duration), RelayClientError> {
+        match self.request(Request::RendezvousOpen).await? {
+            Response::RendezvousOpened {
+                nameplate,
+                ttl_secs,
+            } => Ok((nameplate, Duration::from_secs(u64::from(ttl_secs)))),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Joins the rendezvous with this number.
+    pub async fn join_rendezvous(&self, nameplate: u32) -> Result<(), RelayClientError> {
+        let response = self.request(Request::RendezvousJoin { nameplate }).await?;
+        expect(response, |r| matches!(r, Response::RendezvousJoined))
+    }
+
+    /// Passes bytes to the other party of a rendezvous.
+    pub async fn rendezvous_send(
+        &self,
+        nameplate: u32,
+        data: Vec<u8>,
+    ) -> Result<(), RelayClientError> {
+        let response = self
+            .request(Request::RendezvousSend { nameplate, data })
+            .await?;
+        expect(response, |r| matches!(r, Response::Forwarded))
+    }
+
+    /// Closes a rendezvous.
+    pub async fn close_rendezvous(&self, nameplate: u32) -> Result<(), RelayClientError> {
+        let response = self.request(Request::RendezvousClose { nameplate }).await?;
+        expect(response, |r| matches!(r, Response::RendezvousClosed))
     }
 
     /// Sends a request and waits for its answer.

@@ -15,6 +15,8 @@ pub const CHAIN_LABEL: &[u8] = b"backchannel/v1/message-chain";
 pub const CHANNEL_EXPORTER_LABEL: &str = "backchannel/v1/channel-secret";
 /// HKDF info of [`envelope_key`].
 pub const ENVELOPE_KEY_INFO: &[u8] = b"backchannel/v1/envelope-key";
+/// HKDF salt of [`invite_keys`]; each key's info is this, `/`, and its purpose.
+pub const INVITE_LABEL: &[u8] = b"backchannel/v1/invite";
 /// Label of [`safety_number`].
 pub const SAFETY_NUMBER_LABEL: &[u8] = b"backchannel/v1/safety-number";
 
@@ -100,6 +102,40 @@ pub fn safety_number(key_a: &[u8], key_b: &[u8]) -> String {
         .join(" ")
 }
 
+/// What the two sides of a one-time code derive from the PAKE's shared key.
+pub struct InviteKeys {
+    /// Sent by the inviter to prove it holds the key.
+    pub confirm_inviter: [u8; 32],
+    /// Sent by the joiner to prove it holds the key.
+    pub confirm_joiner: [u8; 32],
+    /// Seals what the inviter sends.
+    pub seal_inviter: Zeroizing<[u8; 32]>,
+    /// Seals what the joiner sends.
+    pub seal_joiner: Zeroizing<[u8; 32]>,
+}
+
+/// `HKDF-SHA256(salt = INVITE_LABEL, ikm = pake_key)`, expanded with info
+/// `INVITE_LABEL || "/" || purpose` for each purpose: `confirm-inviter`,
+/// `confirm-joiner`, `seal-inviter`, `seal-joiner`.
+pub fn invite_keys(pake_key: &[u8]) -> InviteKeys {
+    let hk = Hkdf::<Sha256>::new(Some(INVITE_LABEL), pake_key);
+    let expand = |purpose: &str| {
+        let mut info = INVITE_LABEL.to_vec();
+        info.push(b'/');
+        info.extend_from_slice(purpose.as_bytes());
+        let mut out = [0u8; 32];
+        // 32 bytes is far below HKDF-SHA256's output limit: this cannot fail.
+        let _ = hk.expand(&info, &mut out);
+        out
+    };
+    InviteKeys {
+        confirm_inviter: expand("confirm-inviter"),
+        confirm_joiner: expand("confirm-joiner"),
+        seal_inviter: Zeroizing::new(expand("seal-inviter")),
+        seal_joiner: Zeroizing::new(expand("seal-joiner")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +169,27 @@ mod tests {
         assert_eq!(
             safety_number(&a, &other),
             "64029 65358 27176 03539 01583 20370 91756 43338 78384 26919 51316 31140"
+        );
+    }
+
+    #[test]
+    fn invite_keys_known_answer() {
+        let keys = invite_keys(&[0x42; 32]);
+        assert_eq!(
+            hex::encode(keys.confirm_inviter),
+            "50cfda4f198c16e418780303961de37ce5827daf3e4dfe73c38d98f6fc30c0df"
+        );
+        assert_eq!(
+            hex::encode(keys.confirm_joiner),
+            "ceda5940811bac7349915c404f88a12f269a9ff19780eccf110a4cc0bc06c397"
+        );
+        assert_eq!(
+            hex::encode(keys.seal_inviter.as_ref()),
+            "55d2b84881092c04ff7a794ff1194742f8f56c2158885e3d5cde462b116a96de"
+        );
+        assert_eq!(
+            hex::encode(keys.seal_joiner.as_ref()),
+            "9be09b2011fbaa8d6d9526ac42bd9ace5bededd7eecc05b5f5b8d85fc42cff01"
         );
     }
 

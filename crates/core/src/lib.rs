@@ -25,6 +25,7 @@ pub mod derive;
 mod engine;
 mod event;
 mod integrity;
+pub mod invite;
 mod lifecycle;
 pub mod mls;
 pub mod seal;

@@ -52,6 +52,40 @@ pub fn open(key: &[u8; 32], blob: &[u8]) -> Option<Vec<u8>> {
         .ok()
 }
 
+/// Seals a message of any length under `key`, binding `aad`: nonce || ciphertext.
+pub fn seal_message(
+    key: &[u8; 32],
+    aad: &[u8],
+    nonce: [u8; 24],
+    plaintext: &[u8],
+) -> Option<Vec<u8>> {
+    let cipher = XChaCha20Poly1305::new(key.into());
+    let sealed = cipher
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
+        .ok()?;
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(&sealed);
+    Some(out)
+}
+
+/// Opens [`seal_message`] output; `None` if the key or `aad` is wrong or it was
+/// altered.
+pub fn open_message(key: &[u8; 32], aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    if sealed.len() < 24 {
+        return None;
+    }
+    let (nonce, body) = sealed.split_at(24);
+    XChaCha20Poly1305::new(key.into())
+        .decrypt(XNonce::from_slice(nonce), Payload { msg: body, aad })
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

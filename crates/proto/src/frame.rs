@@ -77,6 +77,42 @@ pub enum Request {
         /// Signature by the mailbox's key over [`auth_message`].
         signature: [u8; 64],
     },
+    /// Open a rendezvous for a one-time code: the relay picks its short number.
+    /// Answered with [`Response::RendezvousOpened`].
+    RendezvousOpen,
+    /// Join the rendezvous with this number. Only one party ever joins a rendezvous:
+    /// a second attempt is refused, so a guesser gets one guess per code.
+    RendezvousJoin {
+        /// The number from the code.
+        nameplate: u32,
+    },
+    /// Pass bytes to the other party of a rendezvous this connection is in.
+    RendezvousSend {
+        /// The rendezvous.
+        nameplate: u32,
+        /// At most [`RENDEZVOUS_DATA_MAX`] bytes, opaque to the relay.
+        data: Vec<u8>,
+    },
+    /// Close a rendezvous this connection is in (the other party is told).
+    RendezvousClose {
+        /// The rendezvous.
+        nameplate: u32,
+    },
+}
+
+/// Most bytes in one [`Request::RendezvousSend`].
+pub const RENDEZVOUS_DATA_MAX: usize = 4000;
+
+/// What happens in a rendezvous, pushed to its parties.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RendezvousEvent {
+    /// Someone joined the rendezvous this connection opened.
+    Joined,
+    /// Bytes from the other party.
+    Data(Vec<u8>),
+    /// The other party closed it, left, or it expired.
+    Closed,
 }
 
 /// A request with the identifier its response will carry.
@@ -113,6 +149,19 @@ pub enum Response {
     Acked,
     /// The mailbox is deleted.
     Deleted,
+    /// The rendezvous is open under this number, for this many seconds.
+    RendezvousOpened {
+        /// The number, for the code.
+        nameplate: u32,
+        /// Seconds before it expires.
+        ttl_secs: u32,
+    },
+    /// Joined; the other party has been told.
+    RendezvousJoined,
+    /// Passed on to the other party.
+    Forwarded,
+    /// The rendezvous is closed.
+    RendezvousClosed,
     /// The request failed.
     Error(ErrorCode),
 }
@@ -137,6 +186,12 @@ pub enum ErrorCode {
     TooManySubscriptions,
     /// The relay is shutting down.
     ShuttingDown,
+    /// No open rendezvous has this number (mistyped, expired or closed).
+    UnknownRendezvous,
+    /// Someone has already joined this rendezvous.
+    RendezvousUsed,
+    /// The other party of the rendezvous is not there (yet, or any more).
+    NoPeer,
 }
 
 impl ErrorCode {
@@ -150,6 +205,9 @@ impl ErrorCode {
             ErrorCode::Unavailable => 6,
             ErrorCode::TooManySubscriptions => 7,
             ErrorCode::ShuttingDown => 8,
+            ErrorCode::UnknownRendezvous => 9,
+            ErrorCode::RendezvousUsed => 10,
+            ErrorCode::NoPeer => 11,
         }
     }
 
@@ -163,6 +221,9 @@ impl ErrorCode {
             6 => ErrorCode::Unavailable,
             7 => ErrorCode::TooManySubscriptions,
             8 => ErrorCode::ShuttingDown,
+            9 => ErrorCode::UnknownRendezvous,
+            10 => ErrorCode::RendezvousUsed,
+            11 => ErrorCode::NoPeer,
             other => return Err(DecodeError::UnknownKind(other)),
         })
     }
@@ -179,6 +240,15 @@ impl std::fmt::Display for ErrorCode {
             ErrorCode::Unavailable => "the relay cannot store messages right now",
             ErrorCode::TooManySubscriptions => "too many mailboxes on one connection",
             ErrorCode::ShuttingDown => "the relay is shutting down",
+            ErrorCode::UnknownRendezvous => {
+                "the relay has no open invitation with that number (mistyped, expired, or \
+                 already finished)"
+            }
+            ErrorCode::RendezvousUsed => {
+                "someone has already used this code; ask for a new one (if it was not you, \
+                 someone may be guessing codes)"
+            }
+            ErrorCode::NoPeer => "the other side of the invitation is not connected",
         })
     }
 }
@@ -209,6 +279,13 @@ pub enum ServerFrame {
         message_id: u64,
         /// The blob.
         blob: Blob,
+    },
+    /// Something happened in a rendezvous this connection is in.
+    Rendezvous {
+        /// The rendezvous.
+        nameplate: u32,
+        /// What.
+        event: RendezvousEvent,
     },
 }
 
@@ -247,6 +324,22 @@ fn start_frame(r: &mut Reader<'_>, bytes: &[u8]) -> Result<(), DecodeError> {
 fn end_frame(mut r: Reader<'_>) -> Result<(), DecodeError> {
     r.zero_padding()?;
     r.finish()
+}
+
+/// Rendezvous data: u16 length, then the bytes (the encoder truncates to the
+/// maximum; callers split larger messages).
+fn put_data(w: &mut Writer, data: &[u8]) {
+    let data = data.get(..RENDEZVOUS_DATA_MAX).unwrap_or(data);
+    w.u16(data.len() as u16);
+    w.put(data);
+}
+
+fn read_data(r: &mut Reader<'_>) -> Result<Vec<u8>, DecodeError> {
+    let len = usize::from(r.u16()?);
+    if len > RENDEZVOUS_DATA_MAX {
+        return Err(DecodeError::TooLong);
+    }
+    Ok(r.take(len)?.to_vec())
 }
 
 fn read_blob(r: &mut Reader<'_>) -> Result<Blob, DecodeError> {
@@ -302,6 +395,26 @@ impl ClientFrame {
                 w.put(&read_id.0);
                 w.put(signature);
             }
+            Request::RendezvousOpen => {
+                w.u8(7);
+                w.u32(self.request_id);
+            }
+            Request::RendezvousJoin { nameplate } => {
+                w.u8(8);
+                w.u32(self.request_id);
+                w.u32(*nameplate);
+            }
+            Request::RendezvousSend { nameplate, data } => {
+                w.u8(9);
+                w.u32(self.request_id);
+                w.u32(*nameplate);
+                put_data(&mut w, data);
+            }
+            Request::RendezvousClose { nameplate } => {
+                w.u8(10);
+                w.u32(self.request_id);
+                w.u32(*nameplate);
+            }
         }
         finish_frame(w)
     }
@@ -333,6 +446,17 @@ impl ClientFrame {
             KIND_DELETE_MAILBOX => Request::DeleteMailbox {
                 read_id: MailboxId(r.array()?),
                 signature: r.array()?,
+            },
+            7 => Request::RendezvousOpen,
+            8 => Request::RendezvousJoin {
+                nameplate: r.u32()?,
+            },
+            9 => Request::RendezvousSend {
+                nameplate: r.u32()?,
+                data: read_data(&mut r)?,
+            },
+            10 => Request::RendezvousClose {
+                nameplate: r.u32()?,
             },
             other => return Err(DecodeError::UnknownKind(other)),
         };
@@ -379,6 +503,17 @@ impl ServerFrame {
                         w.u8(7);
                         w.u8(code.code());
                     }
+                    Response::RendezvousOpened {
+                        nameplate,
+                        ttl_secs,
+                    } => {
+                        w.u8(8);
+                        w.u32(*nameplate);
+                        w.u32(*ttl_secs);
+                    }
+                    Response::RendezvousJoined => w.u8(9),
+                    Response::Forwarded => w.u8(10),
+                    Response::RendezvousClosed => w.u8(11),
                 }
             }
             ServerFrame::Deliver {
@@ -390,6 +525,18 @@ impl ServerFrame {
                 w.put(&read_id.0);
                 w.u64(*message_id);
                 w.put(&blob[..]);
+            }
+            ServerFrame::Rendezvous { nameplate, event } => {
+                w.u8(4);
+                w.u32(*nameplate);
+                match event {
+                    RendezvousEvent::Joined => w.u8(1),
+                    RendezvousEvent::Data(data) => {
+                        w.u8(2);
+                        put_data(&mut w, data);
+                    }
+                    RendezvousEvent::Closed => w.u8(3),
+                }
             }
         }
         finish_frame(w)
@@ -417,6 +564,13 @@ impl ServerFrame {
                     5 => Response::Acked,
                     6 => Response::Deleted,
                     7 => Response::Error(ErrorCode::from_code(r.u8()?)?),
+                    8 => Response::RendezvousOpened {
+                        nameplate: r.u32()?,
+                        ttl_secs: r.u32()?,
+                    },
+                    9 => Response::RendezvousJoined,
+                    10 => Response::Forwarded,
+                    11 => Response::RendezvousClosed,
                     other => return Err(DecodeError::UnknownKind(other)),
                 };
                 ServerFrame::Response {
@@ -429,6 +583,16 @@ impl ServerFrame {
                 message_id: r.u64()?,
                 blob: read_blob(&mut r)?,
             },
+            4 => {
+                let nameplate = r.u32()?;
+                let event = match r.u8()? {
+                    1 => RendezvousEvent::Joined,
+                    2 => RendezvousEvent::Data(read_data(&mut r)?),
+                    3 => RendezvousEvent::Closed,
+                    other => return Err(DecodeError::UnknownKind(other)),
+                };
+                ServerFrame::Rendezvous { nameplate, event }
+            }
             other => return Err(DecodeError::UnknownKind(other)),
         };
         end_frame(r)?;
@@ -466,6 +630,17 @@ mod tests {
                 read_id: MailboxId([8; 16]),
                 signature: [9; 64],
             },
+            Request::RendezvousOpen,
+            Request::RendezvousJoin { nameplate: 17 },
+            Request::RendezvousSend {
+                nameplate: 17,
+                data: vec![0xab; RENDEZVOUS_DATA_MAX],
+            },
+            Request::RendezvousSend {
+                nameplate: 17,
+                data: vec![],
+            },
+            Request::RendezvousClose { nameplate: 17 },
         ]
     }
 
@@ -479,6 +654,18 @@ mod tests {
                 read_id: MailboxId([2; 16]),
                 message_id: u64::MAX,
                 blob: blob(0xaa),
+            },
+            ServerFrame::Rendezvous {
+                nameplate: 5,
+                event: RendezvousEvent::Joined,
+            },
+            ServerFrame::Rendezvous {
+                nameplate: 5,
+                event: RendezvousEvent::Data(vec![7; RENDEZVOUS_DATA_MAX]),
+            },
+            ServerFrame::Rendezvous {
+                nameplate: 5,
+                event: RendezvousEvent::Closed,
             },
         ];
         let responses = [
@@ -499,6 +686,16 @@ mod tests {
             Response::Error(ErrorCode::Unavailable),
             Response::Error(ErrorCode::TooManySubscriptions),
             Response::Error(ErrorCode::ShuttingDown),
+            Response::Error(ErrorCode::UnknownRendezvous),
+            Response::Error(ErrorCode::RendezvousUsed),
+            Response::Error(ErrorCode::NoPeer),
+            Response::RendezvousOpened {
+                nameplate: 42,
+                ttl_secs: 600,
+            },
+            Response::RendezvousJoined,
+            Response::Forwarded,
+            Response::RendezvousClosed,
         ];
         for (i, response) in responses.into_iter().enumerate() {
             out.push(ServerFrame::Response {

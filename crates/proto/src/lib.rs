@@ -15,12 +15,14 @@
 mod codec;
 
 pub mod addr;
+pub mod code;
 pub mod control;
 pub mod envelope;
 pub mod frame;
 pub mod integrity;
 pub mod member;
 pub mod payload;
+pub mod rendezvous;
 
 /// Why bytes could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

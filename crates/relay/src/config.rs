@@ -31,6 +31,8 @@ pub struct RelayConfig {
     pub message_ttl: Duration,
     /// How often expired messages are swept.
     pub sweep_interval: Duration,
+    /// How long a one-time code's rendezvous stays open.
+    pub rendezvous_ttl: Duration,
     /// Most messages per mailbox.
     pub quota_messages: u64,
     /// Most bytes per mailbox.
@@ -61,6 +63,7 @@ impl RelayConfig {
             idle_timeout: Duration::from_secs(120),
             message_ttl: Duration::from_secs(14 * 24 * 3600),
             sweep_interval: Duration::from_secs(60),
+            rendezvous_ttl: Duration::from_secs(600),
             quota_messages: 10_000,
             quota_bytes: 64 * 1024 * 1024,
             window: 64,
@@ -95,6 +98,8 @@ pub struct ConfigError(pub String);
 /// metrics_listen = "127.0.0.1:9090"
 /// message_ttl_days = 14
 /// sweep_interval_secs = 60
+/// rendezvous_ttl_secs = 600
+/// rendezvous_per_minute = 6
 /// quota_messages = 10000
 /// max_connections = 20000
 /// ```
@@ -114,6 +119,8 @@ pub struct ConfigFile {
     idle_timeout_secs: Option<u64>,
     message_ttl_days: Option<u64>,
     sweep_interval_secs: Option<u64>,
+    rendezvous_ttl_secs: Option<u64>,
+    rendezvous_per_minute: Option<u32>,
     quota_messages: Option<u64>,
     quota_bytes: Option<u64>,
     window: Option<u16>,
@@ -157,6 +164,10 @@ impl ConfigFile {
         if let Some(d) = self.message_ttl_days {
             c.message_ttl = Duration::from_secs(d.saturating_mul(24 * 3600));
         }
+        if let Some(s) = self.rendezvous_ttl_secs {
+            c.rendezvous_ttl = Duration::from_secs(s.max(1));
+        }
+        set!(rendezvous_per_minute => c.limits.rendezvous_per_minute);
         if let Some(s) = self.sweep_interval_secs {
             c.sweep_interval = Duration::from_secs(s.max(1));
         }

@@ -21,12 +21,13 @@ use ed25519_dalek::{Signature, VerifyingKey};
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 use rand::RngCore as _;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::actor::StorageHandle;
 use crate::hub::{Hub, Waker};
 use crate::limits::{Admitted, Bucket, Limits};
 use crate::metrics::Metrics;
+use crate::rendezvous::{ConnId, Registry};
 use crate::storage::{Append, AppendOutcome, MailboxKey};
 
 /// What every connection shares.
@@ -38,6 +39,7 @@ pub(crate) struct Shared {
     pub(crate) window: u16,
     pub(crate) idle_timeout: Duration,
     pub(crate) message_ttl: Duration,
+    pub(crate) rendezvous: Arc<Registry>,
     pub(crate) shutdown: watch::Receiver<bool>,
     #[cfg(feature = "adversary")]
     pub(crate) adversary: Option<crate::adversary::AdversaryHandle>,
@@ -67,9 +69,13 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Numbers connections, for the rendezvous registry.
+static NEXT_CONN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 pub(crate) async fn serve(mut ws: WebSocket, shared: Arc<Shared>, admitted: Admitted) {
     let mut nonce = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let (rendezvous_tx, rendezvous_rx) = mpsc::channel(64);
     let mut conn = Connection {
         shared: shared.clone(),
         admitted,
@@ -80,8 +86,16 @@ pub(crate) async fn serve(mut ws: WebSocket, shared: Arc<Shared>, admitted: Admi
             shared.limits.requests_per_second,
             shared.limits.requests_per_second.saturating_mul(2),
         ),
+        id: NEXT_CONN.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        rendezvous_tx,
+        rendezvous_rx,
+        rendezvous_bucket: Bucket::per_minute(
+            shared.limits.rendezvous_per_minute,
+            shared.limits.rendezvous_per_minute,
+        ),
     };
     let end = conn.run(&mut ws).await;
+    shared.rendezvous.forget(conn.id);
     for sub in conn.subs.values() {
         shared.hub.unsubscribe(sub.mailbox, &conn.waker);
     }
@@ -100,6 +114,10 @@ struct Connection {
     subs: HashMap<MailboxId, Subscription>,
     waker: Arc<Waker>,
     bucket: Bucket,
+    id: ConnId,
+    rendezvous_tx: mpsc::Sender<ServerFrame>,
+    rendezvous_rx: mpsc::Receiver<ServerFrame>,
+    rendezvous_bucket: Bucket,
 }
 
 impl Connection {
@@ -142,6 +160,11 @@ impl Connection {
                 () = self.waker.woken() => {
                     if let Err(end) = self.deliver(ws).await {
                         break end;
+                    }
+                }
+                Some(frame) = self.rendezvous_rx.recv() => {
+                    if self.send(ws, &frame).await.is_err() {
+                        break End::Closed;
                     }
                 }
                 () = tokio::time::sleep_until(deadline) => break End::Idle,
@@ -286,6 +309,42 @@ impl Connection {
             },
             Request::DeleteMailbox { read_id, signature } => {
                 self.delete_mailbox(id, read_id, signature).await?
+            }
+            Request::RendezvousOpen | Request::RendezvousJoin { .. }
+                if !self.rendezvous_bucket.take(Instant::now()) =>
+            {
+                self.shared.metrics.rate_limited.inc();
+                Response::Error(ErrorCode::RateLimited)
+            }
+            Request::RendezvousOpen => {
+                let registry = &self.shared.rendezvous;
+                let nameplate = registry.open(self.id, self.rendezvous_tx.clone());
+                Response::RendezvousOpened {
+                    nameplate,
+                    ttl_secs: u32::try_from(registry.ttl().as_secs()).unwrap_or(u32::MAX),
+                }
+            }
+            Request::RendezvousJoin { nameplate } => {
+                match self
+                    .shared
+                    .rendezvous
+                    .join(nameplate, self.id, self.rendezvous_tx.clone())
+                {
+                    Ok(()) => Response::RendezvousJoined,
+                    Err(code) => Response::Error(code),
+                }
+            }
+            Request::RendezvousSend { nameplate, data } => {
+                match self.shared.rendezvous.send(nameplate, self.id, data) {
+                    Ok(()) => Response::Forwarded,
+                    Err(code) => Response::Error(code),
+                }
+            }
+            Request::RendezvousClose { nameplate } => {
+                match self.shared.rendezvous.close(nameplate, self.id) {
+                    Ok(()) => Response::RendezvousClosed,
+                    Err(code) => Response::Error(code),
+                }
             }
             _ => Response::Error(ErrorCode::Malformed),
         };

@@ -31,6 +31,7 @@ mod hub;
 pub mod identity;
 pub mod limits;
 mod metrics;
+mod rendezvous;
 mod server;
 pub mod storage;
 

@@ -31,6 +31,16 @@ impl Bucket {
         }
     }
 
+    /// A bucket refilled with `per_minute` tokens a minute, holding at most `burst`.
+    pub(crate) fn per_minute(per_minute: u32, burst: u32) -> Self {
+        Self {
+            tokens: f64::from(burst),
+            rate: f64::from(per_minute) / 60.0,
+            burst: f64::from(burst),
+            last: Instant::now(),
+        }
+    }
+
     /// Takes a token if there is one.
     pub(crate) fn take(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
@@ -60,6 +70,8 @@ pub struct Limits {
     pub mailboxes_per_minute: u32,
     /// Most subscriptions on one connection.
     pub max_subscriptions: usize,
+    /// Rendezvous opened or joined per minute per connection (burst: the same).
+    pub rendezvous_per_minute: u32,
 }
 
 impl Default for Limits {
@@ -71,6 +83,7 @@ impl Default for Limits {
             ip_requests_per_second: 5_000,
             mailboxes_per_minute: 600,
             max_subscriptions: 1024,
+            rendezvous_per_minute: 6,
         }
     }
 }

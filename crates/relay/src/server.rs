@@ -193,6 +193,7 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
         window: config.window,
         idle_timeout: config.idle_timeout,
         message_ttl: config.message_ttl,
+        rendezvous: Arc::new(crate::rendezvous::Registry::new(config.rendezvous_ttl)),
         shutdown: shutdown_rx.clone(),
         #[cfg(feature = "adversary")]
         adversary: config.adversary.clone(),

@@ -1,0 +1,170 @@
+//! One-time codes end to end: real clients, a real relay, the PAKE through its
+//! rendezvous.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::time::Duration;
+
+use backchannel_client::{Client, ClientConfig, InviteError};
+use backchannel_core::mls::Suite;
+use backchannel_proto::code::InviteCode;
+use backchannel_proto::frame::ErrorCode;
+use backchannel_relay::{RelayConfig, RunningRelay};
+use backchannel_store::Store;
+
+const LIMIT: Duration = Duration::from_secs(15);
+
+async fn relay(dir: &std::path::Path, configure: impl FnOnce(&mut RelayConfig)) -> RunningRelay {
+    let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.join("relay"));
+    configure(&mut config);
+    backchannel_relay::start(config).await.unwrap()
+}
+
+fn client(dir: &std::path::Path, name: &str) -> Client {
+    let store = Store::create(&dir.join(name), b"pw").unwrap();
+    store.set_setting("name", name).unwrap();
+    Client::open(store, ClientConfig::default()).unwrap()
+}
+
+/// The same code with other words.
+fn mistyped(code: &InviteCode) -> InviteCode {
+    let text = code.to_string();
+    let (number, _) = text.split_once('-').unwrap();
+    let other = if text.ends_with("-zoo-zoo") {
+        "abandon-abandon"
+    } else {
+        "zoo-zoo"
+    };
+    format!("{number}-{other}").parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_code_said_aloud_brings_the_joiner_in() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = relay(tmp.path(), |_| {}).await;
+    let (mut alice, mut bob) = (client(tmp.path(), "alice"), client(tmp.path(), "bob"));
+    alice
+        .create_channel("ops", "alice", Suite::Classic.into(), &relay.address)
+        .await
+        .unwrap();
+    let invitation = alice.open_invitation(&relay.address).await.unwrap();
+    let code = invitation.code;
+    assert!(invitation.expires_in >= Duration::from_secs(60));
+    let said_aloud = code.to_string().to_uppercase().replace('-', " ");
+    let heard: InviteCode = said_aloud.parse().unwrap();
+    let (admitted, joined) = tokio::join!(
+        alice.admit("ops", invitation, LIMIT),
+        bob.join_with_code(&relay.address, &heard, "bob", None)
+    );
+    assert_eq!(admitted.unwrap(), "bob");
+    let (_, inviter) = joined.unwrap();
+    assert_eq!(inviter, "alice");
+    // The channel is the one alice made, in its suite, and works.
+    let at_bob = bob.engine().channel("ops").unwrap();
+    assert_eq!(at_bob.suite, Suite::Classic);
+    assert_eq!(at_bob.members.len(), 2);
+    alice.flush(LIMIT).await.unwrap();
+    bob.send_text("ops", "hello alice").unwrap();
+    bob.flush(LIMIT).await.unwrap();
+    alice.sync(LIMIT).await.unwrap();
+    let texts: Vec<String> = std::iter::from_fn(|| alice.take_event())
+        .filter_map(|e| match e {
+            backchannel_core::Event::Message(m) => Some(m.text),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts, vec!["hello alice"]);
+    assert_eq!(
+        alice.engine().safety_number("ops", "bob").unwrap(),
+        bob.engine().safety_number("ops", "alice").unwrap()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_code_fails_on_both_sides_and_burns_the_code() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = relay(tmp.path(), |_| {}).await;
+    let (mut alice, mut mallory, mut bob) = (
+        client(tmp.path(), "alice"),
+        client(tmp.path(), "mallory"),
+        client(tmp.path(), "bob"),
+    );
+    alice
+        .create_channel("ops", "alice", Suite::XWing.into(), &relay.address)
+        .await
+        .unwrap();
+    let invitation = alice.open_invitation(&relay.address).await.unwrap();
+    let code = invitation.code;
+    let guess = mistyped(&code);
+    let (admitted, joined) = tokio::join!(
+        alice.admit("ops", invitation, LIMIT),
+        mallory.join_with_code(&relay.address, &guess, "mallory", None)
+    );
+    assert!(
+        matches!(admitted, Err(InviteError::WrongCode)),
+        "{admitted:?}"
+    );
+    assert!(matches!(joined, Err(InviteError::WrongCode)), "{joined:?}");
+    assert_eq!(alice.engine().channel("ops").unwrap().members.len(), 1);
+    assert!(mallory.engine().channels().is_empty());
+    // The right code no longer works: it is burnt.
+    let late = bob.join_with_code(&relay.address, &code, "bob", None).await;
+    assert!(
+        matches!(late, Err(InviteError::UnknownCode(_) | InviteError::Used)),
+        "{late:?}"
+    );
+    // And the relay did not mistake the typo for a different number.
+    assert!(
+        InviteError::UnknownCode(code.nameplate)
+            .to_string()
+            .contains(&code.nameplate.to_string())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn codes_expire_and_guessing_is_rate_limited() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = relay(tmp.path(), |c| {
+        c.rendezvous_ttl = Duration::from_secs(1);
+        c.limits.rendezvous_per_minute = 3;
+    })
+    .await;
+    let (mut alice, mut bob) = (client(tmp.path(), "alice"), client(tmp.path(), "bob"));
+    alice
+        .create_channel("ops", "alice", Suite::Classic.into(), &relay.address)
+        .await
+        .unwrap();
+    let invitation = alice.open_invitation(&relay.address).await.unwrap();
+    let code = invitation.code;
+    let waited = alice.admit("ops", invitation, LIMIT).await;
+    assert!(matches!(waited, Err(InviteError::Expired)), "{waited:?}");
+    let late = bob.join_with_code(&relay.address, &code, "bob", None).await;
+    assert!(matches!(late, Err(InviteError::UnknownCode(_))), "{late:?}");
+
+    // One connection sweeping through numbers is cut off after a few tries.
+    let guesser = backchannel_client::relay::RelayClient::connect(&relay.address, LIMIT)
+        .await
+        .unwrap();
+    let mut refused = Vec::new();
+    for n in 1..=6 {
+        if let Err(backchannel_client::relay::RelayClientError::Refused(code)) =
+            guesser.join_rendezvous(n).await
+        {
+            refused.push(code);
+        }
+    }
+    assert!(refused.contains(&ErrorCode::UnknownRendezvous));
+    assert!(
+        refused
+            .iter()
+            .filter(|c| **c == ErrorCode::RateLimited)
+            .count()
+            >= 3,
+        "{refused:?}"
+    );
+}
