@@ -26,6 +26,22 @@ pub(crate) fn relay_addr(text: &str) -> Result<RelayAddr, Failure> {
     })
 }
 
+/// The relay given, or the profile's usual one (`init --relay`).
+pub(crate) fn chosen_relay(client: &Client, given: Option<&str>) -> Result<RelayAddr, Failure> {
+    let text = match given {
+        Some(r) => r.to_owned(),
+        None => client
+            .store()
+            .setting(crate::invite::RELAY_SETTING)?
+            .ok_or_else(|| {
+                Failure::new("which relay?").hint(
+                    "pass --relay ADDR, or set your usual relay once with `backchannel init --relay ADDR`",
+                )
+            })?,
+    };
+    relay_addr(&text)
+}
+
 fn suite(text: &str) -> Result<Suite, Failure> {
     text.parse::<Suite>().map_err(Failure::new)
 }
@@ -113,11 +129,10 @@ pub(crate) struct Ending<'a> {
 pub(crate) async fn channel_create(
     g: &Global,
     name: &str,
-    relay: &str,
+    relay: Option<&str>,
     suite_name: &str,
     ending: Ending<'_>,
 ) -> Result<(), Failure> {
-    let relay = relay_addr(relay)?;
     let suite = suite(suite_name)?;
     let expires_in = ending.expires_in.map(ending::parse_duration).transpose()?;
     let disappearing_secs = ending
@@ -136,6 +151,7 @@ pub(crate) async fn channel_create(
         disappearing_secs,
     };
     let mut client = open_client(g).await?;
+    let relay = chosen_relay(&client, relay)?;
     let me = own_name(&client)?;
     client.create_channel(name, &me, options, &relay).await?;
     let suite_text = match suite {
@@ -361,14 +377,14 @@ pub(crate) async fn channel_add(
 
 pub(crate) async fn key_package(
     g: &Global,
-    relay: &str,
+    relay: Option<&str>,
     out: &Path,
     name: Option<String>,
     suite_name: &str,
 ) -> Result<(), Failure> {
-    let relay = relay_addr(relay)?;
     let suite = suite(suite_name)?;
     let mut client = open_client(g).await?;
+    let relay = chosen_relay(&client, relay)?;
     let name = match name {
         Some(n) => n,
         None => own_name(&client)?,

@@ -7,7 +7,7 @@ use backchannel_proto::addr::RelayAddr;
 use backchannel_proto::code::InviteCode;
 use serde_json::json;
 
-use crate::commands::{catch_up, deliver, print, relay_addr};
+use crate::commands::{catch_up, chosen_relay, deliver, print, relay_addr};
 use crate::profile::{open_client, own_name};
 use crate::{Failure, Global};
 
@@ -99,14 +99,7 @@ pub(crate) async fn join_with_code(
             .hint("a code looks like 17-ocean-violin")
     })?;
     let mut client = open_client(g).await?;
-    let relay = match relay {
-        Some(r) => r.to_owned(),
-        None => client.store().setting(RELAY_SETTING)?.ok_or_else(|| {
-            Failure::new("which relay is the invitation on?")
-                .hint("pass --relay ADDR (the inviter's `backchannel invite` shows it)")
-        })?,
-    };
-    let relay = relay_addr(&relay)?;
+    let relay = chosen_relay(&client, relay)?;
     let me = own_name(&client)?;
     let (id, inviter) = client
         .join_with_code(&relay, &code, &me, name)

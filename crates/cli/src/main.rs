@@ -62,9 +62,10 @@ enum Command {
     /// Make a key package, to be added to a channel by its administrator (the offline
     /// invitation).
     KeyPackage {
-        /// The relay that will hold your mailbox for that channel.
+        /// The relay that will hold your mailbox for that channel (default: the one
+        /// given to `init --relay`).
         #[arg(long, value_name = "ADDR")]
-        relay: String,
+        relay: Option<String>,
         /// Where to write the key package.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
@@ -198,9 +199,10 @@ enum ChannelCommand {
     Create {
         /// Your local name for it (also its title for those who join).
         name: String,
-        /// The relay that will hold your mailbox for this channel.
+        /// The relay that will hold your mailbox for this channel (default: the one
+        /// given to `init --relay`).
         #[arg(long, value_name = "ADDR")]
-        relay: String,
+        relay: Option<String>,
         /// xwing (post-quantum, default) or classic.
         #[arg(long, default_value = "xwing")]
         suite: String,
@@ -321,7 +323,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 expires_in: expires_in.as_deref(),
                 disappear: disappear.as_deref(),
             };
-            commands::channel_create(&g, &name, &relay, &suite, ending).await
+            commands::channel_create(&g, &name, relay.as_deref(), &suite, ending).await
         }
         Command::Channel(ChannelCommand::Disappear { name, duration }) => {
             ending::disappear(&g, &name, &duration).await
@@ -338,7 +340,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             out,
             name,
             suite,
-        } => commands::key_package(&g, &relay, &out, name, &suite).await,
+        } => commands::key_package(&g, relay.as_deref(), &out, name, &suite).await,
         Command::Invite { name, relay, wait } => {
             invite::invite(&g, &name, relay.as_deref(), wait).await
         }

@@ -77,6 +77,21 @@ fn a_code_brings_the_joiner_in_and_they_talk() {
         bob.read("ops"),
         vec![("alice".to_owned(), "welcome".to_owned())]
     );
+
+    // With a usual relay set at init, nobody needs to type the address.
+    let carol = Person {
+        home: tmp.path().join("carol"),
+    };
+    support::run(
+        &carol.home,
+        &["init", "--name", "carol", "--relay", &relay.address],
+    )
+    .ok();
+    let (inviter, code) = invite(&alice, "ops");
+    let joined = carol.run(&["join", &code]).ok();
+    assert!(joined.stdout.contains("3 members"), "{}", joined.stdout);
+    assert_eq!(finish(inviter).0, 0);
+    carol.run(&["channel", "create", "own"]).ok();
 }
 
 #[test]

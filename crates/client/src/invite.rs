@@ -100,7 +100,7 @@ struct Line {
 }
 
 impl Line {
-    async fn send(&self, wire: &Wire) -> Result<(), InviteError> {
+    async fn send(&mut self, wire: &Wire) -> Result<(), InviteError> {
         match self
             .relay
             .rendezvous_send(self.nameplate, wire.encode())
@@ -108,14 +108,33 @@ impl Line {
         {
             Ok(()) => Ok(()),
             Err(RelayClientError::Refused(ErrorCode::NoPeer | ErrorCode::UnknownRendezvous)) => {
-                Err(InviteError::Left)
+                Err(self.why_gone())
             }
             Err(e) => Err(e.into()),
         }
     }
 
+    /// The other side is gone: did it say why before it left?
+    fn why_gone(&mut self) -> InviteError {
+        while let Ok((n, event)) = self.events.try_recv() {
+            if n != self.nameplate {
+                continue;
+            }
+            if let RendezvousEvent::Data(bytes) = event {
+                match Wire::decode(&bytes) {
+                    Ok(Wire::Abort(AbortReason::WrongCode)) => return InviteError::WrongCode,
+                    Ok(Wire::Abort(AbortReason::Refused)) => {
+                        return InviteError::Refused("they declined".into());
+                    }
+                    _ => {}
+                }
+            }
+        }
+        InviteError::Left
+    }
+
     async fn send_sealed(
-        &self,
+        &mut self,
         session: &mut Session,
         plaintext: &[u8],
     ) -> Result<(), InviteError> {
@@ -209,7 +228,7 @@ impl Line {
     }
 
     /// Gives up, telling the other side why.
-    async fn abort(&self, reason: AbortReason, error: InviteError) -> InviteError {
+    async fn abort(&mut self, reason: AbortReason, error: InviteError) -> InviteError {
         let _ = self.send(&Wire::Abort(reason)).await;
         self.close().await;
         error
@@ -291,8 +310,15 @@ impl Client {
                 )
                 .await);
         };
-        line.send(&Wire::Pake(mine)).await?;
-        line.send(&Wire::Confirm(session.confirmation())).await?;
+        // Until the joiner proves it knows the code, its leaving is suspicious.
+        let unproven = |e: InviteError| match e {
+            InviteError::Left => InviteError::Abandoned,
+            other => other,
+        };
+        line.send(&Wire::Pake(mine)).await.map_err(unproven)?;
+        line.send(&Wire::Confirm(session.confirmation()))
+            .await
+            .map_err(unproven)?;
         let own = summary
             .members
             .iter()
@@ -308,7 +334,9 @@ impl Client {
                 .unwrap_or_else(|| summary.name.clone()),
             inviter: own,
         };
-        line.send_sealed(&mut session, &offer.encode()).await?;
+        line.send_sealed(&mut session, &offer.encode())
+            .await
+            .map_err(unproven)?;
         match line.next(step(), || InviteError::Abandoned).await? {
             Wire::Confirm(c) if session.confirms(&c) => {}
             Wire::Confirm(_) => {
