@@ -100,9 +100,14 @@ pub(crate) async fn join_with_code(
     })?;
     let mut client = open_client(g).await?;
     let relay = chosen_relay(&client, relay)?;
+    // Our mailbox goes on our usual relay if we have one, else on the inviter's.
+    let mailbox_relay = match client.store().setting(RELAY_SETTING)? {
+        Some(usual) => relay_addr(&usual)?,
+        None => relay.clone(),
+    };
     let me = own_name(&client)?;
     let (id, inviter) = client
-        .join_with_code(&relay, &code, &me, name)
+        .join_with_code(&relay, &mailbox_relay, &code, &me, name)
         .await
         .map_err(|e| invite_failure(e, false))?;
     let summary = client

@@ -96,8 +96,9 @@ enum Command {
         /// A welcome file from `backchannel channel add`.
         #[arg(long, value_name = "FILE")]
         welcome: Option<PathBuf>,
-        /// The relay of the invitation (used with codes); your mailbox for the channel
-        /// is made there too.
+        /// The relay of the invitation (used with codes; default: your usual relay).
+        /// Your mailbox for the channel goes on your usual relay if you have one
+        /// (`init --relay`), else on this one.
         #[arg(long, value_name = "ADDR")]
         relay: Option<String>,
         /// Your local name for the channel (default: the name its creator gave it).

@@ -381,13 +381,14 @@ impl Client {
         Ok(joined)
     }
 
-    /// Joins a channel with a code: the rendezvous is at `relay`, and so is the
-    /// mailbox made for the channel. `own_name` is the name to go by; `name` the
-    /// local name for the channel (default: its title). Returns the channel and
-    /// the inviter's name.
+    /// Joins a channel with a code: the rendezvous is at `relay`; our mailbox for the
+    /// channel is made at `mailbox_relay` (which may be another relay). `own_name` is
+    /// the name to go by; `name` the local name for the channel (default: its title).
+    /// Returns the channel and the inviter's name.
     pub async fn join_with_code(
         &mut self,
         relay: &RelayAddr,
+        mailbox_relay: &RelayAddr,
         code: &InviteCode,
         own_name: &str,
         name: Option<&str>,
@@ -458,7 +459,7 @@ impl Client {
                 )
                 .await);
         };
-        let key_package = match self.key_package(own_name, suite, relay).await {
+        let key_package = match self.key_package(own_name, suite, mailbox_relay).await {
             Ok(kp) => kp,
             Err(e) => return Err(line.abort(AbortReason::Failed, e.into()).await),
         };

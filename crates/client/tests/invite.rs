@@ -47,6 +47,8 @@ fn mistyped(code: &InviteCode) -> InviteCode {
 async fn a_code_said_aloud_brings_the_joiner_in() {
     let tmp = tempfile::tempdir().unwrap();
     let relay = relay(tmp.path(), |_| {}).await;
+    // Bob keeps his mailbox on a relay of his own.
+    let bobs_relay = self::relay(&tmp.path().join("b"), |_| {}).await;
     let (mut alice, mut bob) = (client(tmp.path(), "alice"), client(tmp.path(), "bob"));
     alice
         .create_channel("ops", "alice", Suite::Classic.into(), &relay.address)
@@ -59,7 +61,7 @@ async fn a_code_said_aloud_brings_the_joiner_in() {
     let heard: InviteCode = said_aloud.parse().unwrap();
     let (admitted, joined) = tokio::join!(
         alice.admit("ops", invitation, LIMIT),
-        bob.join_with_code(&relay.address, &heard, "bob", None)
+        bob.join_with_code(&relay.address, &bobs_relay.address, &heard, "bob", None)
     );
     assert_eq!(admitted.unwrap(), "bob");
     let (_, inviter) = joined.unwrap();
@@ -68,6 +70,8 @@ async fn a_code_said_aloud_brings_the_joiner_in() {
     let at_bob = bob.engine().channel("ops").unwrap();
     assert_eq!(at_bob.suite, Suite::Classic);
     assert_eq!(at_bob.members.len(), 2);
+    let bob_record = at_bob.members.iter().find(|m| m.is_self).unwrap();
+    assert_eq!(bob_record.mailbox.relay, bobs_relay.address);
     alice.flush(LIMIT).await.unwrap();
     bob.send_text("ops", "hello alice").unwrap();
     bob.flush(LIMIT).await.unwrap();
@@ -103,7 +107,7 @@ async fn a_wrong_code_fails_on_both_sides_and_burns_the_code() {
     let guess = mistyped(&code);
     let (admitted, joined) = tokio::join!(
         alice.admit("ops", invitation, LIMIT),
-        mallory.join_with_code(&relay.address, &guess, "mallory", None)
+        mallory.join_with_code(&relay.address, &relay.address, &guess, "mallory", None)
     );
     assert!(
         matches!(admitted, Err(InviteError::WrongCode)),
@@ -113,7 +117,9 @@ async fn a_wrong_code_fails_on_both_sides_and_burns_the_code() {
     assert_eq!(alice.engine().channel("ops").unwrap().members.len(), 1);
     assert!(mallory.engine().channels().is_empty());
     // The right code no longer works: it is burnt.
-    let late = bob.join_with_code(&relay.address, &code, "bob", None).await;
+    let late = bob
+        .join_with_code(&relay.address, &relay.address, &code, "bob", None)
+        .await;
     assert!(
         matches!(late, Err(InviteError::UnknownCode(_) | InviteError::Used)),
         "{late:?}"
@@ -143,7 +149,9 @@ async fn codes_expire_and_guessing_is_rate_limited() {
     let code = invitation.code;
     let waited = alice.admit("ops", invitation, LIMIT).await;
     assert!(matches!(waited, Err(InviteError::Expired)), "{waited:?}");
-    let late = bob.join_with_code(&relay.address, &code, "bob", None).await;
+    let late = bob
+        .join_with_code(&relay.address, &relay.address, &code, "bob", None)
+        .await;
     assert!(matches!(late, Err(InviteError::UnknownCode(_))), "{late:?}");
 
     // One connection sweeping through numbers is cut off after a few tries.
