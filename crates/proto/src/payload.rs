@@ -161,6 +161,11 @@ impl Payload {
             });
         }
         let unpadded = bytes.len() - r.remaining();
+        // Only the smallest class that holds the payload is canonical: a larger one would
+        // let a sender pick the size on the wire, and the same payload would have two encodings.
+        if size_class(unpadded) != Some(bytes.len()) {
+            return Err(DecodeError::BadPadding);
+        }
         r.zero_padding()?;
         r.finish()?;
         let payload = Self {
@@ -239,6 +244,10 @@ mod tests {
         bad[255] = 1;
         assert_eq!(Payload::decode(&bad), Err(DecodeError::BadPadding));
         assert_eq!(Payload::decode(&good[..255]), Err(DecodeError::BadPadding));
+        // A short payload padded to a larger class than it needs is not canonical.
+        let mut oversized = good.clone();
+        oversized.resize(1024, 0);
+        assert_eq!(Payload::decode(&oversized), Err(DecodeError::BadPadding));
         let mut bad = good.clone();
         bad[0] = 2;
         assert_eq!(Payload::decode(&bad), Err(DecodeError::UnknownVersion(2)));
