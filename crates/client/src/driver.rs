@@ -48,6 +48,9 @@ pub enum ClientError {
     /// Relays did not answer in time; what was not sent stays in the outbox.
     #[error("{0}")]
     Timeout(String),
+    /// An invite link could not be made or used.
+    #[error("{0}")]
+    Link(String),
 }
 
 /// How the client behaves.
@@ -108,6 +111,11 @@ pub struct Client {
     /// deliveries came since subscribing (they may come before the backlog is known).
     awaiting: HashMap<MailboxId, Catchup>,
     events: VecDeque<Event>,
+    /// Things to tell the person that are not engine events (join requests and
+    /// their answers).
+    pub(crate) notices: Vec<String>,
+    /// Answers to our requests to join through links, by the mailbox they came to.
+    pub(crate) link_answers: HashMap<MailboxId, crate::invite_link::LinkAnswer>,
     /// Relay problems seen, for the person.
     pub relay_errors: Vec<String>,
 }
@@ -132,6 +140,8 @@ impl Client {
             in_flight: HashSet::new(),
             awaiting: HashMap::new(),
             events: VecDeque::new(),
+            notices: Vec::new(),
+            link_answers: HashMap::new(),
             relay_errors: Vec::new(),
         };
         client.run_due_timers()?;
@@ -156,6 +166,10 @@ impl Client {
     /// The engine (for reading state).
     pub fn engine(&self) -> &Engine<Store> {
         &self.engine
+    }
+
+    pub(crate) fn engine_mut(&mut self) -> &mut Engine<Store> {
+        &mut self.engine
     }
 
     /// The store.
@@ -214,7 +228,11 @@ impl Client {
         })
     }
 
-    fn bind(&mut self, mailbox: &MailboxAddr, channel: ChannelId) -> Result<(), ClientError> {
+    pub(crate) fn bind(
+        &mut self,
+        mailbox: &MailboxAddr,
+        channel: ChannelId,
+    ) -> Result<(), ClientError> {
         self.store().bind_mailbox(&mailbox.send_id, &channel)?;
         for m in self.mailboxes.values_mut() {
             if m.send_id == mailbox.send_id {
@@ -339,6 +357,12 @@ impl Client {
         Ok(())
     }
 
+    /// Things to tell the person that are not channel events: join requests that
+    /// arrived, answers to ours.
+    pub fn take_notices(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.notices)
+    }
+
     /// Every event not yet taken, in order.
     pub fn drain_events(&mut self) -> Vec<Event> {
         self.events.drain(..).collect()
@@ -352,7 +376,7 @@ impl Client {
     }
 
     /// Moves the engine's outputs: blobs to their relays, events to the queue.
-    fn pump(&mut self) {
+    pub(crate) fn pump(&mut self) {
         while let Some(output) = self.engine.poll_output() {
             match output {
                 Output::Transmit(t) => self.dispatch(t),
@@ -362,7 +386,7 @@ impl Client {
         }
     }
 
-    fn dispatch(&mut self, t: Transmit) {
+    pub(crate) fn dispatch(&mut self, t: Transmit) {
         let Ok(blob) = <[u8; BLOB_LEN]>::try_from(t.blob) else {
             return;
         };
@@ -395,10 +419,18 @@ impl Client {
             .filter(|c| c.status != backchannel_core::store::ChannelStatus::Closed)
             .map(|c| c.id)
             .collect();
+        let pending: HashSet<MailboxId> = self
+            .store()
+            .pending_join_mailboxes()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
         let wanted: Vec<MailboxRecord> = self
             .mailboxes
             .values()
-            .filter(|m| m.channel.is_some_and(|c| active.contains(&c)))
+            .filter(|m| {
+                m.channel.is_some_and(|c| active.contains(&c)) || pending.contains(&m.read_id)
+            })
             .cloned()
             .collect();
         for m in wanted {
@@ -586,7 +618,9 @@ impl Client {
         };
         let link = self.link(&mailbox.relay);
         if message_id > mailbox.last_processed {
-            if let Some(channel) = mailbox.channel {
+            if self.take_invite_blob(&read_id, message_id, &blob[..])? {
+                // An invite link's mailbox, or the answer to our request to join.
+            } else if let Some(channel) = mailbox.channel {
                 let result =
                     self.engine
                         .handle_incoming_then(now(), &channel, &blob[..], |store| {

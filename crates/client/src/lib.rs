@@ -13,9 +13,11 @@
 
 mod driver;
 pub mod invite;
+pub mod invite_link;
 mod link;
 pub mod relay;
 
 pub use driver::{Client, ClientConfig, ClientError, now};
 pub use invite::{Invitation, InviteError};
+pub use invite_link::{JoinRequestView, LinkAnswer, LinkRequest};
 pub use link::LinkTiming;

@@ -17,6 +17,8 @@ pub const CHANNEL_EXPORTER_LABEL: &str = "backchannel/v1/channel-secret";
 pub const ENVELOPE_KEY_INFO: &[u8] = b"backchannel/v1/envelope-key";
 /// HKDF salt of [`invite_keys`]; each key's info is this, `/`, and its purpose.
 pub const INVITE_LABEL: &[u8] = b"backchannel/v1/invite";
+/// HKDF salt and HPKE info of invite links ([`link_keys`]).
+pub const LINK_LABEL: &[u8] = b"backchannel/v1/invite-link";
 /// Label of [`safety_number`].
 pub const SAFETY_NUMBER_LABEL: &[u8] = b"backchannel/v1/safety-number";
 
@@ -136,6 +138,23 @@ pub fn invite_keys(pake_key: &[u8]) -> InviteKeys {
     }
 }
 
+/// The keys of one join request through an invite link, from the secret both
+/// sides export from HPKE: `HKDF-SHA256(salt = LINK_LABEL, ikm = secret)` expanded
+/// with info `LINK_LABEL || "/request"` (seals the request) and `... "/reply"`
+/// (seals the answer).
+pub fn link_keys(exported: &[u8]) -> (Zeroizing<[u8; 32]>, Zeroizing<[u8; 32]>) {
+    let hk = Hkdf::<Sha256>::new(Some(LINK_LABEL), exported);
+    let expand = |purpose: &[u8]| {
+        let mut info = LINK_LABEL.to_vec();
+        info.extend_from_slice(purpose);
+        let mut out = Zeroizing::new([0u8; 32]);
+        // 32 bytes is far below HKDF-SHA256's output limit: this cannot fail.
+        let _ = hk.expand(&info, out.as_mut());
+        out
+    };
+    (expand(b"/request"), expand(b"/reply"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,6 +209,19 @@ mod tests {
         assert_eq!(
             hex::encode(keys.seal_joiner.as_ref()),
             "9be09b2011fbaa8d6d9526ac42bd9ace5bededd7eecc05b5f5b8d85fc42cff01"
+        );
+    }
+
+    #[test]
+    fn link_keys_known_answer() {
+        let (request, reply) = link_keys(&[0x42; 32]);
+        assert_eq!(
+            hex::encode(request.as_ref()),
+            "5bde24aaeb18809152aaa5c84dc408693b3ea916a316f50f2a5fda9dc643a53c"
+        );
+        assert_eq!(
+            hex::encode(reply.as_ref()),
+            "83390aea4d36bb956e485569531c372d30066150bca1d649a4cb85d0bac4f9b9"
         );
     }
 

@@ -188,7 +188,7 @@ pub(crate) struct Live {
 /// The Backchannel client engine. See the module documentation for the order of
 /// calls.
 pub struct Engine<S: Storage> {
-    backend: Backend<S>,
+    pub(crate) backend: Backend<S>,
     config: EngineConfig,
     channels: BTreeMap<ChannelId, Channel>,
     outputs: VecDeque<Output>,

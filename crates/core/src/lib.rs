@@ -27,6 +27,7 @@ mod event;
 mod integrity;
 pub mod invite;
 mod lifecycle;
+pub mod link;
 pub mod mls;
 pub mod seal;
 mod sequence;
@@ -36,7 +37,7 @@ mod trust;
 pub use engine::{ChannelSummary, CommandError, Engine, EngineConfig, Output, Storage, Transmit};
 pub use event::{Alert, Erasure, Event, ReceivedMessage};
 pub use lifecycle::{BurnState, ChannelOptions};
-pub use trust::Verified;
+pub use trust::{KeyPackageSummary, Verified};
 
 use std::fmt;
 

@@ -92,3 +92,60 @@ impl Channel {
             })
     }
 }
+
+/// What a key package says about its owner, once checked (its signature, its
+/// credential, its member information).
+#[derive(Clone, Debug)]
+pub struct KeyPackageSummary {
+    /// The name it asks to go by.
+    pub name: String,
+    /// Where its owner receives.
+    pub mailbox: backchannel_proto::addr::MailboxAddr,
+    /// Its owner's signature key.
+    pub signature_key: Vec<u8>,
+    /// Its ciphersuite, if one Backchannel uses.
+    pub suite: Option<crate::mls::Suite>,
+}
+
+impl<S: Storage> Engine<S> {
+    /// Checks a key package without using it.
+    pub fn inspect_key_package(&self, bytes: &[u8]) -> Result<KeyPackageSummary, CommandError> {
+        use openmls::prelude::*;
+        use tls_codec::Deserialize as _;
+        let bad = |e: &dyn std::fmt::Display| CommandError::InvalidKeyPackage(e.to_string());
+        let message = MlsMessageIn::tls_deserialize_exact(bytes).map_err(|e| bad(&e))?;
+        let MlsMessageBodyIn::KeyPackage(kp) = message.extract() else {
+            return Err(CommandError::InvalidKeyPackage(
+                "it is not an MLS key package".into(),
+            ));
+        };
+        let kp = kp
+            .validate(self.backend.crypto(), ProtocolVersion::Mls10)
+            .map_err(|e| bad(&e))?;
+        let info = crate::engine::check_leaf(kp.leaf_node()).map_err(|e| bad(&e))?;
+        Ok(KeyPackageSummary {
+            name: info.name,
+            mailbox: info.mailbox,
+            signature_key: kp.leaf_node().signature_key().as_slice().to_vec(),
+            suite: crate::mls::Suite::ALL
+                .into_iter()
+                .find(|s| s.ciphersuite() == kp.ciphersuite()),
+        })
+    }
+
+    /// The safety number between us in `channel` and the owner of `signature_key`
+    /// (someone not yet in it: compared before admitting them).
+    pub fn safety_number_with(
+        &self,
+        channel: &str,
+        signature_key: &[u8],
+    ) -> Result<String, CommandError> {
+        let summary = self.channel(channel)?;
+        let own = summary
+            .members
+            .iter()
+            .find(|m| m.is_self)
+            .ok_or(CommandError::NotActive)?;
+        Ok(safety_number(&own.signature_key, signature_key))
+    }
+}

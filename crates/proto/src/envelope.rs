@@ -68,6 +68,10 @@ pub enum ContentKind {
     Announcement,
     /// A signed request to be re-added (see `integrity`).
     Rejoin,
+    /// A key package asking to join through an invite link (see `link`).
+    JoinRequest,
+    /// The inviter's answer to a join request (see `link`).
+    JoinReply,
 }
 
 impl ContentKind {
@@ -77,6 +81,8 @@ impl ContentKind {
             ContentKind::Welcome => 2,
             ContentKind::Announcement => 3,
             ContentKind::Rejoin => 4,
+            ContentKind::JoinRequest => 5,
+            ContentKind::JoinReply => 6,
         }
     }
 
@@ -86,6 +92,8 @@ impl ContentKind {
             2 => ContentKind::Welcome,
             3 => ContentKind::Announcement,
             4 => ContentKind::Rejoin,
+            5 => ContentKind::JoinRequest,
+            6 => ContentKind::JoinReply,
             other => return Err(DecodeError::UnknownKind(other)),
         })
     }

@@ -20,6 +20,7 @@ pub mod control;
 pub mod envelope;
 pub mod frame;
 pub mod integrity;
+pub mod link;
 pub mod member;
 pub mod payload;
 pub mod rendezvous;

@@ -194,3 +194,278 @@ impl Store {
         Ok(())
     }
 }
+
+/// An invite link we made.
+pub struct InviteLinkRecord {
+    /// Its mailbox.
+    pub read_id: MailboxId,
+    /// The channel it invites to.
+    pub channel: ChannelId,
+    /// The seed of its key pair.
+    pub seed: Zeroizing<[u8; 32]>,
+    /// Admit requests without asking.
+    pub auto_admit: bool,
+    /// Someone was admitted through it: it takes no more requests.
+    pub used: bool,
+}
+
+/// A request to join one of our channels, awaiting a decision.
+pub struct JoinRequestRecord {
+    /// Its number.
+    pub id: u64,
+    /// The mailbox of the link it came through.
+    pub link: MailboxId,
+    /// The channel.
+    pub channel: ChannelId,
+    /// The joiner's key package.
+    pub key_package: Vec<u8>,
+    /// Seals our answer.
+    pub reply_key: Zeroizing<[u8; 32]>,
+    /// When it arrived.
+    pub received_at: Timestamp,
+}
+
+/// A request of ours to join, awaiting an answer in `read_id`.
+pub struct PendingJoinRecord {
+    /// The mailbox the answer comes to.
+    pub read_id: MailboxId,
+    /// Opens the answer.
+    pub reply_key: Zeroizing<[u8; 32]>,
+    /// The inviter's signature key, as the link named it.
+    pub inviter_key: [u8; 32],
+    /// Our local name for the channel, if we chose one.
+    pub name: Option<String>,
+}
+
+fn key32(bytes: Vec<u8>) -> Result<Zeroizing<[u8; 32]>, StoreError> {
+    let array: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| StoreError::Missing("32-byte key"))?;
+    Ok(Zeroizing::new(array))
+}
+
+/// How many unassembled blobs a link keeps (the oldest go first): anyone can write
+/// to a link's mailbox.
+pub(crate) const LINK_BLOBS_KEPT: i64 = 256;
+
+impl Store {
+    /// Records an invite link.
+    pub fn save_invite_link(
+        &self,
+        link: &InviteLinkRecord,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO invite_links (read_id, channel, seed, auto_admit, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                &link.read_id.0[..],
+                &link.channel.0[..],
+                &link.seed[..],
+                link.auto_admit,
+                now.0 as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The invite link whose mailbox this is.
+    pub fn invite_link(&self, read_id: &MailboxId) -> Result<Option<InviteLinkRecord>, StoreError> {
+        let row: Option<(Vec<u8>, Vec<u8>, bool, bool)> = self
+            .conn
+            .query_row(
+                "SELECT channel, seed, auto_admit, used FROM invite_links WHERE read_id = ?1",
+                [&read_id.0[..]],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            )
+            .optional()?;
+        row.map(|(channel, seed, auto_admit, used)| {
+            Ok(InviteLinkRecord {
+                read_id: *read_id,
+                channel: ChannelId(id16(channel)?),
+                seed: key32(seed)?,
+                auto_admit,
+                used,
+            })
+        })
+        .transpose()
+    }
+
+    /// Marks a link used (someone was admitted through it) and forgets its blobs.
+    pub fn use_invite_link(&self, read_id: &MailboxId) -> Result<(), StoreError> {
+        let id = &read_id.0[..];
+        self.conn
+            .execute("UPDATE invite_links SET used = 1 WHERE read_id = ?1", [id])?;
+        self.conn
+            .execute("DELETE FROM link_blobs WHERE read_id = ?1", [id])?;
+        Ok(())
+    }
+
+    /// Keeps a blob a link's mailbox delivered (once: a blob delivered again is not
+    /// kept twice); returns every blob kept for it, in order, with their numbers.
+    pub fn add_link_blob(
+        &self,
+        read_id: &MailboxId,
+        blob: &[u8],
+    ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        let id = &read_id.0[..];
+        self.conn.execute(
+            "INSERT INTO link_blobs (read_id, blob) SELECT ?1, ?2
+             WHERE NOT EXISTS (SELECT 1 FROM link_blobs WHERE read_id = ?1 AND blob = ?2)",
+            params![id, blob],
+        )?;
+        self.conn.execute(
+            "DELETE FROM link_blobs WHERE read_id = ?1 AND id NOT IN
+                 (SELECT id FROM link_blobs WHERE read_id = ?1 ORDER BY id DESC LIMIT ?2)",
+            params![id, LINK_BLOBS_KEPT],
+        )?;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, blob FROM link_blobs WHERE read_id = ?1 ORDER BY id")?;
+        let rows = stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Forgets blobs of a link (they made a request).
+    pub fn remove_link_blobs(&self, ids: &[i64]) -> Result<(), StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("DELETE FROM link_blobs WHERE id = ?1")?;
+        for id in ids {
+            stmt.execute([id])?;
+        }
+        Ok(())
+    }
+
+    /// Records a request to join; returns its number.
+    pub fn add_join_request(
+        &self,
+        link: &MailboxId,
+        channel: &ChannelId,
+        key_package: &[u8],
+        reply_key: &[u8; 32],
+        now: Timestamp,
+    ) -> Result<u64, StoreError> {
+        self.conn.execute(
+            "INSERT INTO join_requests (link, channel, key_package, reply_key, received_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                &link.0[..],
+                &channel.0[..],
+                key_package,
+                &reply_key[..],
+                now.0 as i64
+            ],
+        )?;
+        Ok(self.conn.last_insert_rowid() as u64)
+    }
+
+    /// Requests to join awaiting a decision (of one channel, or all).
+    pub fn join_requests(
+        &self,
+        channel: Option<&ChannelId>,
+    ) -> Result<Vec<JoinRequestRecord>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, channel, key_package, reply_key, received_at, link FROM join_requests
+             ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+                r.get::<_, i64>(4)?,
+                r.get::<_, Vec<u8>>(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, ch, key_package, reply_key, at, link) = row?;
+            let ch = ChannelId(id16(ch)?);
+            if channel.is_some_and(|c| *c != ch) {
+                continue;
+            }
+            out.push(JoinRequestRecord {
+                id: id.max(0) as u64,
+                link: MailboxId(id16(link)?),
+                channel: ch,
+                key_package,
+                reply_key: key32(reply_key)?,
+                received_at: Timestamp(at.max(0) as u64),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Forgets a request (decided).
+    pub fn remove_join_request(&self, id: u64) -> Result<(), StoreError> {
+        self.conn
+            .execute("DELETE FROM join_requests WHERE id = ?1", [id as i64])?;
+        Ok(())
+    }
+
+    /// Records our request to join, awaiting its answer.
+    pub fn save_pending_join(
+        &self,
+        p: &PendingJoinRecord,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO pending_joins (read_id, reply_key, inviter_key, name, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                &p.read_id.0[..],
+                &p.reply_key[..],
+                &p.inviter_key[..],
+                p.name,
+                now.0 as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Our request waiting in this mailbox, if any.
+    pub fn pending_join(
+        &self,
+        read_id: &MailboxId,
+    ) -> Result<Option<PendingJoinRecord>, StoreError> {
+        let row: Option<(Vec<u8>, Vec<u8>, Option<String>)> = self
+            .conn
+            .query_row(
+                "SELECT reply_key, inviter_key, name FROM pending_joins WHERE read_id = ?1",
+                [&read_id.0[..]],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        row.map(|(key, inviter_key, name)| {
+            Ok(PendingJoinRecord {
+                read_id: *read_id,
+                reply_key: key32(key)?,
+                inviter_key: *key32(inviter_key)?,
+                name,
+            })
+        })
+        .transpose()
+    }
+
+    /// Every mailbox with a request of ours waiting in it.
+    pub fn pending_join_mailboxes(&self) -> Result<Vec<MailboxId>, StoreError> {
+        let mut stmt = self.conn.prepare("SELECT read_id FROM pending_joins")?;
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(MailboxId(id16(row?)?));
+        }
+        Ok(out)
+    }
+
+    /// Forgets our request (answered) and the blobs its answer came in.
+    pub fn remove_pending_join(&self, read_id: &MailboxId) -> Result<(), StoreError> {
+        let id = &read_id.0[..];
+        self.conn
+            .execute("DELETE FROM pending_joins WHERE read_id = ?1", [id])?;
+        self.conn
+            .execute("DELETE FROM link_blobs WHERE read_id = ?1", [id])?;
+        Ok(())
+    }
+}

@@ -61,6 +61,11 @@ impl EngineStore for Store {
 
     fn delete_channel(&self, id: &ChannelId) -> Result<(), StoreError> {
         let id = &id.0[..];
+        // The channel's invite links: their buffered blobs first.
+        self.conn.execute(
+            "DELETE FROM link_blobs WHERE read_id IN (SELECT read_id FROM invite_links WHERE channel = ?1)",
+            [id],
+        )?;
         for table in [
             "members",
             "senders",
@@ -68,6 +73,8 @@ impl EngineStore for Store {
             "pending",
             "alerts",
             "channel_settings",
+            "invite_links",
+            "join_requests",
         ] {
             self.conn
                 .execute(&format!("DELETE FROM {table} WHERE channel = ?1"), [id])?;

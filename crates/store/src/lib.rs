@@ -36,7 +36,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension as _, params};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-pub use client_tables::{AlertRecord, MailboxRecord};
+pub use client_tables::{
+    AlertRecord, InviteLinkRecord, JoinRequestRecord, MailboxRecord, PendingJoinRecord,
+};
 pub use kdf::{KEY_CHECK_LABEL, KdfParams};
 pub use schema::SCHEMA_VERSION;
 

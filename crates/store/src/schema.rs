@@ -5,7 +5,7 @@
 //! version. A database newer than this build is refused, never downgraded.
 
 /// Migrations, in order; `MIGRATIONS[n]` takes version `n` to `n + 1`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The version this build writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -106,4 +106,42 @@ INSERT INTO channel_settings (channel, key, value)
     SELECT unhex(substr(key, 13)), 'read-cursor', value FROM settings
     WHERE key LIKE 'read-cursor:%' AND unhex(substr(key, 13)) IS NOT NULL;
 DELETE FROM settings WHERE key LIKE 'read-cursor:%';
+";
+
+/// Version 4: invite links. On the inviter's side, each link (its mailbox, the
+/// seed of its key pair, whether requests are admitted without asking, whether it
+/// was used), the blobs its mailbox delivered that are not yet part of a complete
+/// request, and the requests awaiting a decision; on the joiner's side, requests awaiting an answer
+/// (the mailbox it will come to, the key that opens it, and the inviter's
+/// signature key that the link named).
+const V4: &str = "
+CREATE TABLE invite_links (
+    read_id BLOB PRIMARY KEY,
+    channel BLOB NOT NULL,
+    seed BLOB NOT NULL,
+    auto_admit INTEGER NOT NULL,
+    used INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE link_blobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    read_id BLOB NOT NULL,
+    blob BLOB NOT NULL
+);
+CREATE INDEX link_blobs_by_mailbox ON link_blobs (read_id, id);
+CREATE TABLE join_requests (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    link BLOB NOT NULL,
+    channel BLOB NOT NULL,
+    key_package BLOB NOT NULL,
+    reply_key BLOB NOT NULL,
+    received_at INTEGER NOT NULL
+);
+CREATE TABLE pending_joins (
+    read_id BLOB PRIMARY KEY,
+    reply_key BLOB NOT NULL,
+    inviter_key BLOB NOT NULL,
+    name TEXT,
+    created_at INTEGER NOT NULL
+);
 ";

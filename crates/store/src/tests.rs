@@ -1,5 +1,8 @@
 use super::*;
+use backchannel_core::Timestamp;
 use backchannel_core::store::EngineStore;
+use backchannel_proto::addr::MailboxId;
+use client_tables::LINK_BLOBS_KEPT;
 
 const PASS: &[u8] = b"correct horse battery staple";
 
@@ -169,6 +172,10 @@ fn migration_from_an_empty_database_reaches_the_current_schema() {
             "mailboxes",
             "alerts",
             "channel_settings",
+            "invite_links",
+            "link_blobs",
+            "join_requests",
+            "pending_joins",
         ] {
             conn.execute_batch(&format!("DROP TABLE {table}")).unwrap();
         }
@@ -233,6 +240,10 @@ fn version_3_moves_read_cursors_into_the_channel_settings() {
                  ALTER TABLE messages DROP COLUMN received_at;
                  ALTER TABLE outbox DROP COLUMN ttl_secs;
                  DROP TABLE channel_settings;
+                 DROP TABLE invite_links;
+                 DROP TABLE link_blobs;
+                 DROP TABLE join_requests;
+                 DROP TABLE pending_joins;
                  PRAGMA user_version = 2;",
             )
             .unwrap();
@@ -366,4 +377,96 @@ fn erase_leaves_nothing() {
         Store::open(&dir, PASS),
         Err(OpenError::NotFound(_))
     ));
+}
+
+#[test]
+fn invite_link_tables() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::create(tmp.path(), PASS).unwrap();
+    let channel = ChannelId([3; 16]);
+    let link_box = MailboxId([1; 16]);
+    store
+        .save_invite_link(
+            &InviteLinkRecord {
+                read_id: link_box,
+                channel,
+                seed: Zeroizing::new([9; 32]),
+                auto_admit: false,
+                used: false,
+            },
+            Timestamp(5),
+        )
+        .unwrap();
+    let link = store.invite_link(&link_box).unwrap().unwrap();
+    assert_eq!(
+        (link.channel, *link.seed, link.auto_admit),
+        (channel, [9; 32], false)
+    );
+    assert!(store.invite_link(&MailboxId([2; 16])).unwrap().is_none());
+
+    // A blob delivered twice is kept once; at most LINK_BLOBS_KEPT are kept.
+    store.add_link_blob(&link_box, b"a").unwrap();
+    let kept = store.add_link_blob(&link_box, b"a").unwrap();
+    assert_eq!(kept.len(), 1);
+    for i in 0..300u32 {
+        store.add_link_blob(&link_box, &i.to_be_bytes()).unwrap();
+    }
+    let kept = store.add_link_blob(&link_box, b"last").unwrap();
+    assert_eq!(kept.len() as i64, LINK_BLOBS_KEPT);
+    assert_eq!(kept.last().unwrap().1, b"last");
+    store
+        .remove_link_blobs(&kept.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+        .unwrap();
+    assert_eq!(store.add_link_blob(&link_box, b"b").unwrap().len(), 1);
+    store.use_invite_link(&link_box).unwrap();
+    assert!(store.invite_link(&link_box).unwrap().unwrap().used);
+    assert_eq!(
+        store.add_link_blob(&link_box, b"c").unwrap().len(),
+        1,
+        "its blobs went"
+    );
+
+    let id = store
+        .add_join_request(&link_box, &channel, b"kp", &[4; 32], Timestamp(6))
+        .unwrap();
+    let other = ChannelId([8; 16]);
+    store
+        .add_join_request(&link_box, &other, b"kp2", &[5; 32], Timestamp(7))
+        .unwrap();
+    let requests = store.join_requests(Some(&channel)).unwrap();
+    assert_eq!(requests.len(), 1);
+    assert_eq!(
+        (requests[0].id, &requests[0].key_package[..]),
+        (id, &b"kp"[..])
+    );
+    assert_eq!(store.join_requests(None).unwrap().len(), 2);
+    store.remove_join_request(id).unwrap();
+    assert!(store.join_requests(Some(&channel)).unwrap().is_empty());
+
+    let answer_box = MailboxId([6; 16]);
+    store
+        .save_pending_join(
+            &PendingJoinRecord {
+                read_id: answer_box,
+                reply_key: Zeroizing::new([7; 32]),
+                inviter_key: [2; 32],
+                name: Some("ops".into()),
+            },
+            Timestamp(8),
+        )
+        .unwrap();
+    assert_eq!(store.pending_join_mailboxes().unwrap(), vec![answer_box]);
+    let pending = store.pending_join(&answer_box).unwrap().unwrap();
+    assert_eq!(
+        (*pending.reply_key, pending.inviter_key),
+        ([7; 32], [2; 32])
+    );
+    store.add_link_blob(&answer_box, b"reply").unwrap();
+    store.remove_pending_join(&answer_box).unwrap();
+    assert!(store.pending_join(&answer_box).unwrap().is_none());
+    assert_eq!(
+        store.add_link_blob(&answer_box, b"x").unwrap().len(),
+        1,
+        "its blobs went too"
+    );
 }
