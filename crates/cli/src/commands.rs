@@ -189,7 +189,11 @@ pub(crate) async fn channel_create(
 }
 
 pub(crate) async fn channel_list(g: &Global) -> Result<(), Failure> {
-    let client = open_client(g).await?;
+    let mut client = open_client(g).await?;
+    // A request to join through a link may have been answered meanwhile.
+    if !client.store().pending_join_mailboxes()?.is_empty() {
+        catch_up(g, &mut client).await;
+    }
     let channels = client.engine().channels();
     if g.json {
         for c in &channels {
@@ -409,9 +413,13 @@ pub(crate) async fn join(
     welcome: Option<PathBuf>,
     relay: Option<String>,
     name: Option<String>,
+    wait: u64,
 ) -> Result<(), Failure> {
     let Some(welcome) = welcome else {
         return match code {
+            Some(link) if crate::links::is_link(&link) => {
+                crate::links::join_with_link(g, &link, name.as_deref(), wait).await
+            }
             Some(code) => {
                 crate::invite::join_with_code(g, &code, relay.as_deref(), name.as_deref()).await
             }
@@ -546,7 +554,7 @@ pub(crate) async fn read(g: &Global, name: &str, follow: bool, all: bool) -> Res
                 stepped = client.step(Duration::from_millis(500)) => {
                     if stepped? {
                         let events = client.drain_events();
-                        if ending::report_changes(g, &client, &events).iter().any(|n| n == name) {
+                        if ending::report_changes(g, &mut client, &events).iter().any(|n| n == name) {
                             // Send the receipt, and delete our mailboxes for it.
                             let _ = client.flush(RELAY_LIMIT).await;
                             if let Err(e) = client.retire_closed().await {

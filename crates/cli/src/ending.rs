@@ -80,7 +80,11 @@ pub(crate) fn erasure_notice(name: &str, why: &Erasure) -> String {
 
 /// Tells the person what changed about their channels: erased (burned by a member,
 /// or past their end date), or given new rules. Returns the names of those erased.
-pub(crate) fn report_changes(g: &Global, client: &Client, events: &[Event]) -> Vec<String> {
+pub(crate) fn report_changes(g: &Global, client: &mut Client, events: &[Event]) -> Vec<String> {
+    // Join requests that arrived, answers to ours: for the person, not for scripts.
+    for notice in client.take_notices() {
+        eprintln!("{notice}");
+    }
     let mut gone = Vec::new();
     for event in events {
         match event {

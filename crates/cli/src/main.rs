@@ -12,6 +12,7 @@ mod commands;
 mod demo;
 mod ending;
 mod invite;
+mod links;
 mod output;
 mod profile;
 mod relay_cmd;
@@ -77,21 +78,50 @@ enum Command {
         suite: String,
     },
     /// Invite someone with a one-time code said aloud: prints the code (first line)
-    /// and waits for them to join.
+    /// and waits for them to join. With --link, prints an invite link and its QR code
+    /// instead, for someone who joins later.
     Invite {
         /// The channel (you administer it).
         name: String,
-        /// The relay for the rendezvous (default: your mailbox's relay in the channel).
+        /// The relay for the rendezvous or the link's mailbox (default: your
+        /// mailbox's relay in the channel).
         #[arg(long, value_name = "ADDR")]
         relay: Option<String>,
         /// Seconds to wait for the joiner (the code lives at most as long as the relay
         /// allows, 10 minutes by default).
         #[arg(long, default_value_t = 600)]
         wait: u64,
+        /// Make an invite link (and QR code) instead of a code.
+        #[arg(long)]
+        link: bool,
+        /// With --link: admit whoever uses the link without asking you first.
+        #[arg(long, requires = "link")]
+        no_approval: bool,
+    },
+    /// Requests to join through your invite links, with their safety numbers.
+    Requests {
+        /// Only this channel's.
+        name: Option<String>,
+    },
+    /// Admit someone who asked to join through an invite link (after comparing
+    /// safety numbers).
+    Admit {
+        /// The channel.
+        name: String,
+        /// The request's number (from `backchannel requests`).
+        id: u64,
+    },
+    /// Refuse a request to join; the person is told.
+    Refuse {
+        /// The channel.
+        name: String,
+        /// The request's number (from `backchannel requests`).
+        id: u64,
     },
     /// Join a channel.
     Join {
-        /// A one-time code from `backchannel invite`, like 17-ocean-violin.
+        /// A one-time code from `backchannel invite`, like 17-ocean-violin, or an
+        /// invite link (BCJ1...) from `backchannel invite --link`.
         code: Option<String>,
         /// A welcome file from `backchannel channel add`.
         #[arg(long, value_name = "FILE")]
@@ -104,6 +134,9 @@ enum Command {
         /// Your local name for the channel (default: the name its creator gave it).
         #[arg(long)]
         name: Option<String>,
+        /// With a link: seconds to wait for the inviter's answer.
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
     },
     /// Send a message.
     Send {
@@ -342,15 +375,26 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             name,
             suite,
         } => commands::key_package(&g, relay.as_deref(), &out, name, &suite).await,
-        Command::Invite { name, relay, wait } => {
-            invite::invite(&g, &name, relay.as_deref(), wait).await
-        }
+        Command::Invite {
+            name,
+            relay,
+            link: true,
+            no_approval,
+            ..
+        } => links::invite_link(&g, &name, relay.as_deref(), no_approval).await,
+        Command::Invite {
+            name, relay, wait, ..
+        } => invite::invite(&g, &name, relay.as_deref(), wait).await,
+        Command::Requests { name } => links::requests(&g, name.as_deref()).await,
+        Command::Admit { name, id } => links::admit(&g, &name, id).await,
+        Command::Refuse { name, id } => links::refuse(&g, &name, id).await,
         Command::Join {
             code,
             welcome,
             relay,
             name,
-        } => commands::join(&g, code, welcome, relay, name).await,
+            wait,
+        } => commands::join(&g, code, welcome, relay, name, wait).await,
         Command::Send { name, text } => commands::send(&g, &name, &text).await,
         Command::Read { name, follow, all } => commands::read(&g, &name, follow, all).await,
         Command::Remove { name, member } => commands::remove(&g, &name, &member).await,

@@ -8,7 +8,7 @@ use crate::profile::open_client;
 use crate::{Failure, Global};
 
 /// The number as people read it aloud: three lines of four groups.
-fn layout(number: &str) -> String {
+pub(crate) fn layout(number: &str) -> String {
     let groups: Vec<&str> = number.split(' ').collect();
     groups
         .chunks(4)
@@ -18,7 +18,7 @@ fn layout(number: &str) -> String {
 }
 
 /// A QR code of the number, drawn with half blocks (two rows per line).
-fn qr(number: &str) -> Option<String> {
+pub(crate) fn qr(number: &str) -> Option<String> {
     let code = qrcode::QrCode::new(number.replace(' ', "").as_bytes()).ok()?;
     Some(
         code.render::<qrcode::render::unicode::Dense1x2>()
