@@ -522,10 +522,13 @@ fn show_new(g: &Global, client: &Client, name: &str, all: bool) -> Result<usize,
         for m in &batch {
             last = m.position;
             if m.kind == MessageKind::Text {
+                let introducer = client.introduced_by(&id, &m.sender);
                 let sender = if Some(m.sender) == me {
                     output::Sender::Own
                 } else if summary.verified.contains(&m.sender) {
                     output::Sender::Verified
+                } else if let Some(by) = &introducer {
+                    output::Sender::Introduced(by)
                 } else {
                     output::Sender::Unverified
                 };

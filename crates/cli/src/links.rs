@@ -1,9 +1,9 @@
-//! Invite links: `invite NAME --link`, `requests`, `admit`, `refuse`, and
-//! `join LINK`.
+//! Invite links (`invite NAME --link`, `requests`, `admit`, `refuse`, and
+//! `join LINK`) and introductions (`introduce`).
 
 use std::time::Duration;
 
-use backchannel_client::{Client, LinkAnswer};
+use backchannel_client::{Client, IntroProgress, LinkAnswer};
 use backchannel_proto::link::{InviteLink, LINK_PREFIX};
 use serde_json::json;
 
@@ -234,4 +234,45 @@ pub(crate) async fn join_with_link(
             Ok(())
         }
     }
+}
+
+pub(crate) async fn introduce(g: &Global, names: [&str; 4], wait: u64) -> Result<(), Failure> {
+    let [channel, member, channel2, member2] = names;
+    let mut client = open_client(g).await?;
+    client.engine().channel(channel)?;
+    client.engine().channel(channel2)?;
+    catch_up(g, &mut client).await;
+    let id = client.introduce(channel, member, channel2, member2)?;
+    deliver(&mut client).await?;
+    if !g.json {
+        eprintln!(
+            "Introducing {member} (of '{channel}') and {member2} (of '{channel2}'); waiting for \
+             their clients to answer..."
+        );
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(wait);
+    while client.introduction_progress(&id) != Some(IntroProgress::Done)
+        && std::time::Instant::now() < deadline
+    {
+        client.step(Duration::from_millis(250)).await?;
+    }
+    let events = client.drain_events();
+    crate::ending::report_changes(g, &mut client, &events);
+    deliver(&mut client).await?;
+    let done = client.introduction_progress(&id) == Some(IntroProgress::Done);
+    print(
+        g,
+        if done {
+            format!(
+                "{member} and {member2} are introduced: they have a channel of their own, \
+                 and each sees the other as introduced by you."
+            )
+        } else {
+            "The introduction is under way: it completes as they answer, each time you run \
+             backchannel (for example `backchannel read`)."
+                .to_owned()
+        },
+        json!({"introduced": [member, member2], "done": done}),
+    );
+    Ok(())
 }

@@ -98,6 +98,22 @@ enum Command {
         #[arg(long, requires = "link")]
         no_approval: bool,
     },
+    /// Introduce two people you each share a channel with: MEMBER of CHANNEL makes a
+    /// channel with MEMBER2 of CHANNEL2, each vouched for by you.
+    Introduce {
+        /// Your channel with the first person.
+        channel: String,
+        /// The first person (they make the new channel).
+        member: String,
+        /// Your channel with the second person.
+        channel2: String,
+        /// The second person (they join it).
+        member2: String,
+        /// Seconds to wait for both to answer (your client passes the answers on
+        /// whenever it runs).
+        #[arg(long, default_value_t = 60)]
+        wait: u64,
+    },
     /// Requests to join through your invite links, with their safety numbers.
     Requests {
         /// Only this channel's.
@@ -385,6 +401,13 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Invite {
             name, relay, wait, ..
         } => invite::invite(&g, &name, relay.as_deref(), wait).await,
+        Command::Introduce {
+            channel,
+            member,
+            channel2,
+            member2,
+            wait,
+        } => links::introduce(&g, [&channel, &member, &channel2, &member2], wait).await,
         Command::Requests { name } => links::requests(&g, name.as_deref()).await,
         Command::Admit { name, id } => links::admit(&g, &name, id).await,
         Command::Refuse { name, id } => links::refuse(&g, &name, id).await,

@@ -40,13 +40,15 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 /// Who sent a message, as far as the reader knows.
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum Sender {
+pub(crate) enum Sender<'a> {
     /// The reader.
     Own,
     /// A member whose safety number the reader compared.
     Verified,
     /// A member not (or no longer) verified.
     Unverified,
+    /// A member not verified by us, whose identity someone we know vouched for.
+    Introduced(&'a str),
 }
 
 /// One message, as a line for people or a JSON object.
@@ -57,7 +59,11 @@ pub(crate) fn message(channel: &str, m: &MessageRecord, sender: Sender, json: bo
             "channel": channel,
             "from": m.sender_name,
             "you": matches!(sender, Sender::Own),
-            "verified": !matches!(sender, Sender::Unverified),
+            "verified": matches!(sender, Sender::Own | Sender::Verified),
+            "introduced_by": match sender {
+                Sender::Introduced(by) => Some(by),
+                _ => None,
+            },
             "seq": m.seq,
             "text": text,
             "sent_at": rfc3339(m.sent_at),
@@ -70,6 +76,7 @@ pub(crate) fn message(channel: &str, m: &MessageRecord, sender: Sender, json: bo
             Sender::Own => format!("{} (you)", m.sender_name),
             Sender::Verified => m.sender_name.clone(),
             Sender::Unverified => format!("{} (unverified)", m.sender_name),
+            Sender::Introduced(by) => format!("{} (introduced by {by})", m.sender_name),
         };
         let late = if m.late { "  [arrived late]" } else { "" };
         format!("[{}] {who}: {text}{late}", short_time(m.sent_at))

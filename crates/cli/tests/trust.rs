@@ -139,3 +139,75 @@ fn a_key_package_substituted_in_transit_is_caught_by_the_safety_numbers() {
     // ...but the numbers they read to each other differ.
     assert_ne!(at_alice, at_bob);
 }
+
+#[test]
+fn an_introduction_gives_two_strangers_a_channel_and_read_says_who_introduced_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&tmp.path().join("relay"), free_port());
+    let carol = Person::new(tmp.path(), "carol");
+    let alice = Person::new(tmp.path(), "alice");
+    let bob = Person::new(tmp.path(), "bob");
+    set_up_channel(
+        tmp.path(),
+        "work",
+        &carol,
+        &relay.address,
+        &[(&alice, &relay.address)],
+    );
+    let press_files = tmp.path().join("press-files");
+    std::fs::create_dir(&press_files).unwrap();
+    set_up_channel(
+        &press_files,
+        "press",
+        &carol,
+        &relay.address,
+        &[(&bob, &relay.address)],
+    );
+    let started = carol
+        .run(&["introduce", "work", "alice", "press", "bob", "--wait", "1"])
+        .ok();
+    assert!(started.stdout.contains("under way"), "{}", started.stdout);
+
+    // Each side's client answers when it runs; carol's passes the answers on.
+    let asked = bob.run(&["read", "press"]).ok();
+    assert!(
+        asked.stderr.contains("carol is introducing you to alice"),
+        "{asked:?}"
+    );
+    carol.run(&["read", "work"]).ok();
+    let hosted = alice.run(&["read", "work"]).ok();
+    assert!(
+        hosted.stderr.contains("your channel with them is 'bob'"),
+        "{hosted:?}"
+    );
+    carol.run(&["read", "press"]).ok();
+    let joined = bob.run(&["read", "press"]).ok();
+    assert!(
+        joined.stderr.contains("your channel with them is 'alice'"),
+        "{joined:?}"
+    );
+
+    alice
+        .run(&["send", "bob", "hello, carol told me about you"])
+        .ok();
+    let human = bob.run(&["read", "alice"]).ok();
+    assert!(
+        human
+            .stdout
+            .contains("alice (introduced by carol): hello, carol told me about you"),
+        "{}",
+        human.stdout
+    );
+    bob.run(&["send", "alice", "likewise"]).ok();
+    let read: Vec<_> = json(&alice.run(&["--json", "read", "bob"]).ok().stdout)
+        .into_iter()
+        .filter(|m| m["you"] == false)
+        .collect();
+    assert_eq!(read[0]["text"], "likewise");
+    assert_eq!(read[0]["introduced_by"], "carol");
+    assert_eq!(read[0]["verified"], false);
+    // Carol is not in their channel.
+    let listed = carol.run(&["channel", "list"]).ok();
+    assert!(!listed.stdout.contains("alice") && !listed.stdout.contains("'bob'"));
+    assert_eq!(number(&alice, "bob", "bob"), number(&bob, "alice", "alice"));
+}

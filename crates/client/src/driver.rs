@@ -114,6 +114,8 @@ pub struct Client {
     /// Things to tell the person that are not engine events (join requests and
     /// their answers).
     pub(crate) notices: Vec<String>,
+    /// Introduction steps addressed to us, waiting to be carried out.
+    pub(crate) intro_steps: VecDeque<crate::intro::IntroStepIn>,
     /// Answers to our requests to join through links, by the mailbox they came to.
     pub(crate) link_answers: HashMap<MailboxId, crate::invite_link::LinkAnswer>,
     /// Relay problems seen, for the person.
@@ -142,6 +144,7 @@ impl Client {
             events: VecDeque::new(),
             notices: Vec::new(),
             link_answers: HashMap::new(),
+            intro_steps: VecDeque::new(),
             relay_errors: Vec::new(),
         };
         client.run_due_timers()?;
@@ -380,6 +383,17 @@ impl Client {
         while let Some(output) = self.engine.poll_output() {
             match output {
                 Output::Transmit(t) => self.dispatch(t),
+                Output::Event(Event::Introduction {
+                    channel,
+                    from,
+                    from_name,
+                    intro,
+                }) => self.intro_steps.push_back(crate::intro::IntroStepIn {
+                    channel,
+                    from,
+                    from_name,
+                    intro,
+                }),
                 Output::Event(event) => self.events.push_back(event),
                 _ => {}
             }
@@ -554,13 +568,17 @@ impl Client {
             self.engine.handle_timeout(now())?;
             self.pump();
         }
-        match event {
+        let handled = match event {
             Ok(Some(event)) => {
                 self.handle(event)?;
-                Ok(true)
+                true
             }
-            _ => Ok(false),
+            _ => false,
+        };
+        if !self.intro_steps.is_empty() {
+            self.run_introductions().await;
         }
+        Ok(handled)
     }
 
     fn handle(&mut self, event: LinkEvent) -> Result<(), ClientError> {

@@ -12,12 +12,14 @@
 #![deny(missing_docs)]
 
 mod driver;
+pub mod intro;
 pub mod invite;
 pub mod invite_link;
 mod link;
 pub mod relay;
 
 pub use driver::{Client, ClientConfig, ClientError, now};
+pub use intro::IntroProgress;
 pub use invite::{Invitation, InviteError};
 pub use invite_link::{JoinRequestView, LinkAnswer, LinkRequest};
 pub use link::LinkTiming;

@@ -580,6 +580,27 @@ impl<S: Storage> Engine<S> {
         })
     }
 
+    /// Sends a step of an introduction in channel `id` (see
+    /// [`backchannel_proto::control::Intro`]).
+    pub fn send_introduction(
+        &mut self,
+        now: Timestamp,
+        id: &ChannelId,
+        intro: backchannel_proto::control::Intro,
+    ) -> Result<(), CommandError> {
+        let body = backchannel_proto::control::Control::Intro(intro).encode();
+        self.transact(now, |engine| {
+            let (ch, mut ctx) = engine.channel_ctx(id, now)?;
+            ch.live()?;
+            ch.send_payload(
+                &mut ctx,
+                backchannel_proto::payload::PayloadKind::Control,
+                body,
+            )?;
+            Ok(())
+        })
+    }
+
     /// Sends our view of the channel to every member and asks for theirs. Their
     /// answers update [`ChannelSummary::peers`]; any disagreement raises an alert.
     pub fn request_status(&mut self, now: Timestamp, name: &str) -> Result<(), CommandError> {

@@ -248,6 +248,18 @@ impl Channel {
             Ok(Control::Status(s)) => s,
             Ok(Control::Burn { id }) => return self.receive_burn(ctx, sender, id, current_epoch),
             Ok(Control::BurnReceipt(r)) => return self.receive_burn_receipt(ctx, sender, r),
+            Ok(Control::Intro(intro)) => {
+                // Steps for other members are theirs; ours go to the client.
+                if intro.to == self.record.own_member.0 && sender != self.record.own_member {
+                    ctx.event(Event::Introduction {
+                        channel,
+                        from: sender,
+                        from_name: from,
+                        intro,
+                    });
+                }
+                return Ok(());
+            }
             Ok(_) | Err(_) => {
                 ctx.alert(
                     channel,

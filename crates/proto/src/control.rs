@@ -8,6 +8,11 @@
 //!                || u16 count || count x ([8] member, u64 seq, [32] chain hash)
 //! type 2 Burn:   [16] burn id
 //! type 3 BurnReceipt: [16] burn id || [32] member || u8 len, signature
+//! type 4 Intro:  [16] introduction id || [32] member it is for || u8 step || step body
+//!        step 1 Ask:     u8 len, peer name
+//!        step 2 Offer:   u32 len, key package
+//!        step 3 Add:     u8 len, peer name || u32 len, key package
+//!        step 4 Welcome: u32 len, welcome
 //! ```
 
 use crate::DecodeError;
@@ -32,6 +37,56 @@ pub enum Control {
     },
     /// "I have erased the channel."
     BurnReceipt(BurnReceipt),
+    /// One step of an introduction, for one member.
+    Intro(Intro),
+}
+
+/// Most bytes of a key package or welcome carried by an introduction.
+pub const MAX_INTRO_BLOB: usize = 60_000;
+
+/// One step of an introduction, addressed to one member of the channel it is sent
+/// in (the others ignore it).
+///
+/// The introducer asks the joiner for a key package (`Ask`), which comes back
+/// (`Offer`); the introducer gives it to the host (`Add`), who makes a channel with
+/// the joiner and sends back the welcome (`Welcome`), which the introducer passes
+/// on to the joiner (`Welcome`). Every step travels inside a channel the two sides
+/// of that step share, so each is authenticated by MLS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Intro {
+    /// Identifies the introduction.
+    pub id: [u8; 16],
+    /// The member identifier it is for.
+    pub to: [u8; 32],
+    /// The step.
+    pub step: IntroStep,
+}
+
+/// The steps of an introduction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IntroStep {
+    /// Introducer to joiner: "I introduce you to `peer`; send me a key package."
+    Ask {
+        /// The name of the person the joiner is introduced to.
+        peer: String,
+    },
+    /// Joiner to introducer: the key package.
+    Offer {
+        /// An MLS key package.
+        key_package: Vec<u8>,
+    },
+    /// Introducer to host: "make a channel with `peer`, whose key package this is."
+    Add {
+        /// The joiner's name as the introducer knows it.
+        peer: String,
+        /// The joiner's key package.
+        key_package: Vec<u8>,
+    },
+    /// Host to introducer, then introducer to joiner: the welcome.
+    Welcome {
+        /// An MLS welcome.
+        welcome: Vec<u8>,
+    },
 }
 
 /// Label of the bytes a burn receipt's signature covers.
@@ -113,6 +168,30 @@ impl Control {
                 w.put(&r.member);
                 w.bytes8(&r.signature);
             }
+            Control::Intro(i) => {
+                w.u8(4);
+                w.put(&i.id);
+                w.put(&i.to);
+                match &i.step {
+                    IntroStep::Ask { peer } => {
+                        w.u8(1);
+                        w.bytes8(peer.as_bytes());
+                    }
+                    IntroStep::Offer { key_package } => {
+                        w.u8(2);
+                        w.bytes32(key_package);
+                    }
+                    IntroStep::Add { peer, key_package } => {
+                        w.u8(3);
+                        w.bytes8(peer.as_bytes());
+                        w.bytes32(key_package);
+                    }
+                    IntroStep::Welcome { welcome } => {
+                        w.u8(4);
+                        w.bytes32(welcome);
+                    }
+                }
+            }
         }
         w.bytes
     }
@@ -158,6 +237,27 @@ impl Control {
                 member: r.array()?,
                 signature: r.bytes8(255)?.to_vec(),
             }),
+            4 => {
+                let id = r.array()?;
+                let to = r.array()?;
+                let step = match r.u8()? {
+                    1 => IntroStep::Ask {
+                        peer: r.str8(255)?.to_owned(),
+                    },
+                    2 => IntroStep::Offer {
+                        key_package: r.bytes32(MAX_INTRO_BLOB)?.to_vec(),
+                    },
+                    3 => IntroStep::Add {
+                        peer: r.str8(255)?.to_owned(),
+                        key_package: r.bytes32(MAX_INTRO_BLOB)?.to_vec(),
+                    },
+                    4 => IntroStep::Welcome {
+                        welcome: r.bytes32(MAX_INTRO_BLOB)?.to_vec(),
+                    },
+                    other => return Err(DecodeError::UnknownKind(other)),
+                };
+                Control::Intro(Intro { id, to, step })
+            }
             other => return Err(DecodeError::UnknownKind(other)),
         };
         r.finish()?;
@@ -205,6 +305,40 @@ mod tests {
         let signed = BurnReceipt::signed_bytes(&[1; 16], &[3; 16], &[4; 32]);
         assert!(signed.starts_with(BURN_RECEIPT_LABEL));
         assert_eq!(signed.len(), BURN_RECEIPT_LABEL.len() + 64);
+    }
+
+    #[test]
+    fn introduction_steps_round_trip() {
+        let steps = [
+            IntroStep::Ask {
+                peer: "alice".into(),
+            },
+            IntroStep::Offer {
+                key_package: vec![1; 3000],
+            },
+            IntroStep::Add {
+                peer: "bob".into(),
+                key_package: vec![2; 10],
+            },
+            IntroStep::Welcome {
+                welcome: vec![3; 5000],
+            },
+        ];
+        for (n, step) in steps.into_iter().enumerate() {
+            let intro = Control::Intro(Intro {
+                id: [5; 16],
+                to: [6; 32],
+                step,
+            });
+            let bytes = intro.encode();
+            assert_eq!(&bytes[..2], &[1, 4]);
+            assert_eq!(usize::from(bytes[50]), n + 1);
+            assert_eq!(Control::decode(&bytes).unwrap(), intro);
+            assert!(Control::decode(&bytes[..bytes.len() - 1]).is_err());
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert!(Control::decode(&longer).is_err(), "trailing bytes");
+        }
     }
 
     proptest! {

@@ -1,0 +1,486 @@
+//! Introductions: a member of two channels introduces two people who have never
+//! met, and they get a channel of their own.
+//!
+//! Carol shares channel A with Alice (the host) and channel B with Bob (the
+//! joiner). `introduce A alice B bob`:
+//!
+//! ```text
+//! carol -> bob   (in B)  Ask { peer: "alice" }
+//! bob   -> carol (in B)  Offer { key package, fresh identity, mailbox on bob's relay }
+//! carol -> alice (in A)  Add { peer: "bob", key package }
+//! alice -> carol (in A)  Welcome   (alice made a channel "bob" and added the package)
+//! carol -> bob   (in B)  Welcome   (bob joins channel "alice")
+//! ```
+//!
+//! Each step is a control message inside a channel the two sides of the step
+//! share, addressed to one member and acted on only if it comes from the member the
+//! introduction expects, so each side's new identity is vouched for by the
+//! introducer: Alice adds the key package Carol received from Bob; Bob joins the
+//! channel whose welcome Carol received from Alice. Both record "introduced by
+//! carol" for the other. The introducer cannot read the new channel (the welcome is
+//! sealed to Bob's key package), but as the one who vouches, could substitute
+//! either side: the new channel's safety number settles that. The other members of
+//! A and B can see that an introduction happens, not its channel.
+//!
+//! The introducer's client passes the steps on whenever it runs; the state of each
+//! introduction is kept in the profile.
+
+use backchannel_core::derive::MemberId;
+use backchannel_core::{ChannelId, ChannelOptions, ChannelSummary, CommandError};
+use backchannel_proto::control::{Intro, IntroStep};
+use rand::RngCore as _;
+
+use crate::driver::{Client, ClientError, now};
+
+/// Profile setting prefix: introductions we made.
+const MADE: &str = "intro:";
+/// Profile setting prefix: introductions we are the joiner of.
+const JOINING: &str = "intro-join:";
+/// Channel setting prefix: who introduced a member (by member identifier).
+pub const INTRODUCED_BY: &str = "introduced-by:";
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    if text.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// An introduction we made, as kept in the profile.
+struct Made {
+    host_channel: ChannelId,
+    host: MemberId,
+    joiner_channel: ChannelId,
+    joiner: MemberId,
+    state: &'static str,
+}
+
+impl Made {
+    fn encode(&self) -> String {
+        format!(
+            "{} {} {} {} {}",
+            hex(&self.host_channel.0),
+            hex(&self.host.0),
+            hex(&self.joiner_channel.0),
+            hex(&self.joiner.0),
+            self.state
+        )
+    }
+
+    fn decode(text: &str) -> Option<Self> {
+        let mut parts = text.split(' ');
+        let host_channel = ChannelId(unhex(parts.next()?)?);
+        let host = MemberId(unhex(parts.next()?)?);
+        let joiner_channel = ChannelId(unhex(parts.next()?)?);
+        let joiner = MemberId(unhex(parts.next()?)?);
+        let state = match parts.next()? {
+            "asked" => "asked",
+            "added" => "added",
+            "done" => "done",
+            _ => return None,
+        };
+        Some(Self {
+            host_channel,
+            host,
+            joiner_channel,
+            joiner,
+            state,
+        })
+    }
+}
+
+/// A step that arrived, waiting for the client to carry it out.
+pub(crate) struct IntroStepIn {
+    pub(crate) channel: ChannelId,
+    pub(crate) from: MemberId,
+    pub(crate) from_name: String,
+    pub(crate) intro: Intro,
+}
+
+/// How far an introduction we made has come.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IntroProgress {
+    /// Waiting for the joiner's key package.
+    Asked,
+    /// Waiting for the host's welcome.
+    Added,
+    /// The two have their channel.
+    Done,
+}
+
+impl Client {
+    fn summary_by_id(&self, id: &ChannelId) -> Result<ChannelSummary, ClientError> {
+        self.engine()
+            .channels()
+            .into_iter()
+            .find(|c| c.id == *id)
+            .ok_or_else(|| CommandError::UnknownChannel(id.to_string()).into())
+    }
+
+    /// Introduces `host` (a member of `host_channel`) and `joiner` (a member of
+    /// `joiner_channel`): `host` will make a channel and `joiner` join it. Returns the
+    /// introduction's identifier; it completes as the others' clients answer and ours
+    /// passes their answers on.
+    pub fn introduce(
+        &mut self,
+        host_channel: &str,
+        host: &str,
+        joiner_channel: &str,
+        joiner: &str,
+    ) -> Result<[u8; 16], ClientError> {
+        let a = self.engine().channel(host_channel)?;
+        let b = self.engine().channel(joiner_channel)?;
+        let member = |c: &ChannelSummary, name: &str| {
+            c.members
+                .iter()
+                .find(|m| m.name == name && !m.is_self)
+                .map(|m| m.member)
+                .ok_or_else(|| ClientError::from(CommandError::UnknownMember(name.to_owned())))
+        };
+        let (host_id, joiner_id) = (member(&a, host)?, member(&b, joiner)?);
+        if a.id == b.id {
+            return Err(ClientError::Link(
+                "they share that channel already: introduce people from two channels".into(),
+            ));
+        }
+        let mut id = [0u8; 16];
+        rand::rngs::OsRng.fill_bytes(&mut id);
+        let made = Made {
+            host_channel: a.id,
+            host: host_id,
+            joiner_channel: b.id,
+            joiner: joiner_id,
+            state: "asked",
+        };
+        self.store()
+            .set_setting(&format!("{MADE}{}", hex(&id)), &made.encode())?;
+        self.send_step(
+            &b.id,
+            id,
+            joiner_id,
+            IntroStep::Ask {
+                peer: host.to_owned(),
+            },
+        )?;
+        Ok(id)
+    }
+
+    /// How far introduction `id` (ours) has come.
+    pub fn introduction_progress(&self, id: &[u8; 16]) -> Option<IntroProgress> {
+        let text = self.store().setting(&format!("{MADE}{}", hex(id))).ok()??;
+        Some(match Made::decode(&text)?.state {
+            "asked" => IntroProgress::Asked,
+            "added" => IntroProgress::Added,
+            _ => IntroProgress::Done,
+        })
+    }
+
+    fn send_step(
+        &mut self,
+        channel: &ChannelId,
+        id: [u8; 16],
+        to: MemberId,
+        step: IntroStep,
+    ) -> Result<(), ClientError> {
+        self.send_intro_step(channel, Intro { id, to: to.0, step })
+    }
+
+    /// Sends one introduction step as it is, in `channel` (the steps above use it;
+    /// tests use it to play a member who lies).
+    pub fn send_intro_step(
+        &mut self,
+        channel: &ChannelId,
+        intro: Intro,
+    ) -> Result<(), ClientError> {
+        self.engine_mut().send_introduction(now(), channel, intro)?;
+        self.pump();
+        Ok(())
+    }
+
+    /// Carries out the introduction steps that arrived. A step that cannot be
+    /// carried out is dropped with a notice; it never stops the rest.
+    pub(crate) async fn run_introductions(&mut self) {
+        while let Some(step) = self.intro_steps.pop_front() {
+            let from = step.from_name.clone();
+            if let Err(e) = self.run_step(step).await {
+                self.notices
+                    .push(format!("an introduction from {from} failed: {e}"));
+            }
+        }
+    }
+
+    async fn run_step(&mut self, s: IntroStepIn) -> Result<(), ClientError> {
+        let id = s.intro.id;
+        match s.intro.step {
+            IntroStep::Ask { peer } => {
+                self.on_ask(&s.channel, s.from, &s.from_name, id, peer)
+                    .await
+            }
+            IntroStep::Offer { key_package } => self.on_offer(&s.channel, s.from, id, key_package),
+            IntroStep::Add { peer, key_package } => {
+                self.on_add(&s.channel, s.from, &s.from_name, id, &peer, &key_package)
+                    .await
+            }
+            IntroStep::Welcome { welcome } => {
+                self.on_welcome(&s.channel, s.from, &s.from_name, id, &welcome)
+            }
+        }
+    }
+
+    /// Our name, relay and suite in a channel: a new identity for the introduction
+    /// goes the same way.
+    fn own_place(
+        &self,
+        channel: &ChannelId,
+    ) -> Result<(ChannelSummary, String, backchannel_proto::addr::RelayAddr), ClientError> {
+        let summary = self.summary_by_id(channel)?;
+        let me = summary
+            .members
+            .iter()
+            .find(|m| m.is_self)
+            .ok_or(CommandError::NotActive)?;
+        let (name, relay) = (me.name.clone(), me.mailbox.relay.clone());
+        Ok((summary, name, relay))
+    }
+
+    /// A name for the new channel: the peer's, made unique.
+    fn free_channel_name(&self, peer: &str) -> String {
+        let mut name = peer.to_owned();
+        let mut n = 2;
+        while self.engine().channel_id(&name).is_ok() {
+            name = format!("{peer}-{n}");
+            n += 1;
+        }
+        name
+    }
+
+    /// We are the joiner: make a key package and send it to the introducer.
+    async fn on_ask(
+        &mut self,
+        channel: &ChannelId,
+        introducer: MemberId,
+        introducer_name: &str,
+        id: [u8; 16],
+        peer: String,
+    ) -> Result<(), ClientError> {
+        let key = format!("{JOINING}{}", hex(&id));
+        if self.store().setting(&key)?.is_some() {
+            return Ok(()); // asked again: answered already
+        }
+        backchannel_proto::member::check_name(&peer).map_err(CommandError::InvalidName)?;
+        let (summary, own_name, relay) = self.own_place(channel)?;
+        let key_package = self.key_package(&own_name, summary.suite, &relay).await?;
+        self.store().set_setting(
+            &key,
+            &format!("{} {} {peer}", hex(&channel.0), hex(&introducer.0)),
+        )?;
+        self.send_step(channel, id, introducer, IntroStep::Offer { key_package })?;
+        self.notices.push(format!(
+            "{introducer_name} is introducing you to {peer} (from '{}')",
+            summary.name
+        ));
+        Ok(())
+    }
+
+    fn made(&self, id: &[u8; 16]) -> Result<Option<Made>, ClientError> {
+        Ok(self
+            .store()
+            .setting(&format!("{MADE}{}", hex(id)))?
+            .and_then(|t| Made::decode(&t)))
+    }
+
+    fn save_made(&self, id: &[u8; 16], made: &Made) -> Result<(), ClientError> {
+        self.store()
+            .set_setting(&format!("{MADE}{}", hex(id)), &made.encode())?;
+        Ok(())
+    }
+
+    /// We introduced: pass the joiner's key package to the host.
+    fn on_offer(
+        &mut self,
+        channel: &ChannelId,
+        from: MemberId,
+        id: [u8; 16],
+        key_package: Vec<u8>,
+    ) -> Result<(), ClientError> {
+        let Some(mut made) = self.made(&id)? else {
+            return Err(ClientError::Link("it is not one we made".into()));
+        };
+        if made.state != "asked" || made.joiner_channel != *channel || made.joiner != from {
+            return Err(ClientError::Link(
+                "the key package did not come from the person we introduced".into(),
+            ));
+        }
+        let joiner = self.summary_by_id(channel)?;
+        let peer = joiner
+            .members
+            .iter()
+            .find(|m| m.member == from)
+            .map(|m| m.name.clone())
+            .ok_or(CommandError::NotActive)?;
+        let host_channel = made.host_channel;
+        self.send_step(
+            &host_channel,
+            id,
+            made.host,
+            IntroStep::Add { peer, key_package },
+        )?;
+        made.state = "added";
+        self.save_made(&id, &made)
+    }
+
+    /// We are the host: make a channel with the joiner, send the welcome back.
+    async fn on_add(
+        &mut self,
+        channel: &ChannelId,
+        introducer: MemberId,
+        introducer_name: &str,
+        id: [u8; 16],
+        peer: &str,
+        key_package: &[u8],
+    ) -> Result<(), ClientError> {
+        let kp = self.engine().inspect_key_package(key_package)?;
+        let (summary, own_name, relay) = self.own_place(channel)?;
+        if kp.suite != Some(summary.suite) {
+            return Err(ClientError::Link(
+                "the key package is for another ciphersuite".into(),
+            ));
+        }
+        backchannel_proto::member::check_name(peer).map_err(CommandError::InvalidName)?;
+        let name = self.free_channel_name(peer);
+        let new = self
+            .create_channel(
+                &name,
+                &own_name,
+                ChannelOptions::from(summary.suite),
+                &relay,
+            )
+            .await?;
+        let welcome = self.add_members(&name, &[key_package])?;
+        for m in self
+            .summary_by_id(&new)?
+            .members
+            .iter()
+            .filter(|m| !m.is_self)
+        {
+            self.store().set_channel_setting(
+                &new,
+                &format!("{INTRODUCED_BY}{}", hex(&m.member.0)),
+                introducer_name,
+            )?;
+        }
+        self.send_step(channel, id, introducer, IntroStep::Welcome { welcome })?;
+        self.notices.push(format!(
+            "{introducer_name} introduced you to {peer}: your channel with them is '{name}'"
+        ));
+        Ok(())
+    }
+
+    /// A welcome: passed on if we introduced, joined if we are the joiner.
+    fn on_welcome(
+        &mut self,
+        channel: &ChannelId,
+        from: MemberId,
+        from_name: &str,
+        id: [u8; 16],
+        welcome: &[u8],
+    ) -> Result<(), ClientError> {
+        if let Some(mut made) = self.made(&id)? {
+            if made.state != "added" || made.host_channel != *channel || made.host != from {
+                return Err(ClientError::Link(
+                    "the welcome did not come from the person we introduced".into(),
+                ));
+            }
+            let joiner_channel = made.joiner_channel;
+            self.send_step(
+                &joiner_channel,
+                id,
+                made.joiner,
+                IntroStep::Welcome {
+                    welcome: welcome.to_vec(),
+                },
+            )?;
+            made.state = "done";
+            self.save_made(&id, &made)?;
+            self.notices.push(format!(
+                "the introduction is made: {from_name} has a channel with the other"
+            ));
+            return Ok(());
+        }
+        let key = format!("{JOINING}{}", hex(&id));
+        let Some(text) = self.store().setting(&key)? else {
+            return Err(ClientError::Link(
+                "no introduction of ours has this welcome".into(),
+            ));
+        };
+        let mut parts = text.splitn(3, ' ');
+        let expected_channel = parts.next().and_then(unhex::<16>).map(ChannelId);
+        let expected_from = parts.next().and_then(unhex::<32>).map(MemberId);
+        let peer = parts.next().unwrap_or("introduced").to_owned();
+        if expected_channel != Some(*channel) || expected_from != Some(from) {
+            return Err(ClientError::Link(
+                "the welcome did not come from the person introducing us".into(),
+            ));
+        }
+        let name = self.free_channel_name(&peer);
+        let new = self.join(Some(&name), welcome)?;
+        for m in self
+            .summary_by_id(&new)?
+            .members
+            .iter()
+            .filter(|m| !m.is_self)
+        {
+            self.store().set_channel_setting(
+                &new,
+                &format!("{INTRODUCED_BY}{}", hex(&m.member.0)),
+                from_name,
+            )?;
+        }
+        self.store().set_setting(&key, "done")?;
+        self.notices.push(format!(
+            "{from_name} introduced you to {peer}: your channel with them is '{name}'"
+        ));
+        Ok(())
+    }
+
+    /// Who introduced `member` of `channel` to us, if someone did.
+    pub fn introduced_by(&self, channel: &ChannelId, member: &MemberId) -> Option<String> {
+        self.store()
+            .channel_setting(channel, &format!("{INTRODUCED_BY}{}", hex(&member.0)))
+            .ok()
+            .flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn state_round_trips() {
+        let made = Made {
+            host_channel: ChannelId([1; 16]),
+            host: MemberId([2; 32]),
+            joiner_channel: ChannelId([3; 16]),
+            joiner: MemberId([4; 32]),
+            state: "added",
+        };
+        let back = Made::decode(&made.encode()).unwrap();
+        assert_eq!(back.host_channel, made.host_channel);
+        assert_eq!(back.joiner, made.joiner);
+        assert_eq!(back.state, "added");
+        assert!(Made::decode("zz").is_none());
+        assert_eq!(unhex::<2>("0aff"), Some([10, 255]));
+        assert_eq!(unhex::<2>("0aff0"), None);
+        assert_eq!(unhex::<1>("g0"), None);
+    }
+}

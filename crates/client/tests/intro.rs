@@ -1,0 +1,184 @@
+//! Introductions end to end: three real clients and a real relay; the introducer
+//! passes the steps between two channels, and a member who is not the one
+//! introduced cannot slip its own key package in.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::time::Duration;
+
+use backchannel_client::{Client, ClientConfig, IntroProgress};
+use backchannel_core::Event;
+use backchannel_core::mls::Suite;
+use backchannel_proto::addr::RelayAddr;
+use backchannel_proto::control::{Intro, IntroStep};
+use backchannel_relay::{RelayConfig, RunningRelay};
+use backchannel_store::Store;
+
+const LIMIT: Duration = Duration::from_secs(15);
+
+async fn relay(dir: &std::path::Path) -> RunningRelay {
+    let config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.join("relay"));
+    backchannel_relay::start(config).await.unwrap()
+}
+
+fn client(dir: &std::path::Path, name: &str) -> Client {
+    let store = Store::create(&dir.join(name), b"pw").unwrap();
+    store.set_setting("name", name).unwrap();
+    Client::open(store, ClientConfig::default()).unwrap()
+}
+
+/// `admin` makes `channel` and adds each of `others`.
+async fn channel(
+    admin: (&mut Client, &str),
+    others: &mut [(&mut Client, &str)],
+    name: &str,
+    relay: &RelayAddr,
+) {
+    let (admin, admin_name) = admin;
+    admin
+        .create_channel(name, admin_name, Suite::XWing.into(), relay)
+        .await
+        .unwrap();
+    for (other, other_name) in others.iter_mut() {
+        let kp = other
+            .key_package(other_name, Suite::XWing, relay)
+            .await
+            .unwrap();
+        let welcome = admin.add_members(name, &[&kp]).unwrap();
+        other.join(Some(name), &welcome).unwrap();
+        other.flush(LIMIT).await.unwrap();
+    }
+    admin.flush(LIMIT).await.unwrap();
+    for (other, _) in others.iter_mut() {
+        other.sync(LIMIT).await.unwrap();
+    }
+}
+
+fn texts(client: &mut Client) -> Vec<String> {
+    client
+        .drain_events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Message(m) => Some(m.text),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_introduction_gives_two_strangers_a_channel_vouched_for_by_the_introducer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = relay(tmp.path()).await;
+    let (mut carol, mut alice, mut bob, mut dave) = (
+        client(tmp.path(), "carol"),
+        client(tmp.path(), "alice"),
+        client(tmp.path(), "bob"),
+        client(tmp.path(), "dave"),
+    );
+    channel(
+        (&mut carol, "carol"),
+        &mut [(&mut alice, "alice")],
+        "work",
+        &relay.address,
+    )
+    .await;
+    channel(
+        (&mut carol, "carol"),
+        &mut [(&mut bob, "bob"), (&mut dave, "dave")],
+        "press",
+        &relay.address,
+    )
+    .await;
+
+    let id = carol.introduce("work", "alice", "press", "bob").unwrap();
+    carol.flush(LIMIT).await.unwrap();
+    assert_eq!(carol.introduction_progress(&id), Some(IntroProgress::Asked));
+
+    // Dave, in the same channel as bob, tries to be the one introduced.
+    let dave_kp = dave
+        .key_package("bob", Suite::XWing, &relay.address)
+        .await
+        .unwrap();
+    let carol_in_press = dave
+        .engine()
+        .channel("press")
+        .unwrap()
+        .members
+        .into_iter()
+        .find(|m| m.name == "carol")
+        .unwrap()
+        .member;
+    let press = dave.engine().channel_id("press").unwrap();
+    dave.send_intro_step(
+        &press,
+        Intro {
+            id,
+            to: carol_in_press.0,
+            step: IntroStep::Offer {
+                key_package: dave_kp,
+            },
+        },
+    )
+    .unwrap();
+    dave.flush(LIMIT).await.unwrap();
+    carol.sync(LIMIT).await.unwrap();
+    let notices = carol.take_notices();
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.contains("did not come from the person we introduced")),
+        "{notices:?}"
+    );
+    assert_eq!(carol.introduction_progress(&id), Some(IntroProgress::Asked));
+
+    // Bob answers, carol passes it on, alice makes the channel, carol passes the
+    // welcome back, bob joins.
+    let mut people = [bob, carol, alice];
+    for turn in [0, 1, 2, 1, 0] {
+        people[turn].sync(LIMIT).await.unwrap();
+        people[turn].flush(LIMIT).await.unwrap();
+    }
+    let [mut bob, carol, mut alice] = people;
+    assert_eq!(carol.introduction_progress(&id), Some(IntroProgress::Done));
+    let at_alice = alice.engine().channel("bob").unwrap();
+    let at_bob = bob.engine().channel("alice").unwrap();
+    assert_eq!(at_alice.id, at_bob.id);
+    assert_eq!(at_alice.members.len(), 2);
+    let bob_there = at_alice.members.iter().find(|m| !m.is_self).unwrap();
+    let alice_there = at_bob.members.iter().find(|m| !m.is_self).unwrap();
+    assert_eq!(
+        alice
+            .introduced_by(&at_alice.id, &bob_there.member)
+            .as_deref(),
+        Some("carol")
+    );
+    assert_eq!(
+        bob.introduced_by(&at_bob.id, &alice_there.member)
+            .as_deref(),
+        Some("carol")
+    );
+    // New identities: not the keys they use with carol.
+    let bob_with_carol = carol.engine().channel("press").unwrap();
+    assert!(
+        bob_with_carol
+            .members
+            .iter()
+            .all(|m| m.signature_key != bob_there.signature_key)
+    );
+    assert!(carol.engine().channel("bob").is_err() && carol.engine().channel("alice").is_err());
+    assert!(dave.engine().channels().iter().all(|c| c.name == "press"));
+
+    alice.send_text("bob", "hello bob, carol says hi").unwrap();
+    alice.flush(LIMIT).await.unwrap();
+    bob.sync(LIMIT).await.unwrap();
+    assert_eq!(texts(&mut bob), vec!["hello bob, carol says hi"]);
+    assert_eq!(
+        alice.engine().safety_number("bob", "bob").unwrap(),
+        bob.engine().safety_number("alice", "alice").unwrap()
+    );
+}
