@@ -476,9 +476,16 @@ impl Client {
         self.retire_closed().await
     }
 
-    /// Deletes, at their relays, the mailboxes of channels we are no longer in:
-    /// closed, erased or expired.
+    /// Deletes, at their relays, the mailboxes of channels we are no longer in
+    /// (closed, erased or expired) and of invite links that were used.
     pub async fn retire_closed(&mut self) -> Result<(), ClientError> {
+        for read_id in self.store().used_invite_links()? {
+            // Requests and answers already in the outbox go first.
+            if self.mailboxes.contains_key(&read_id) {
+                self.delete_mailbox(read_id).await?;
+            }
+            self.store().forget_invite_link(&read_id)?;
+        }
         let active: HashSet<ChannelId> = self
             .engine
             .channels()

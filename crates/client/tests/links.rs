@@ -185,6 +185,7 @@ async fn a_refused_joiner_is_told_and_a_link_admits_one_person() {
     );
 
     // Carol is admitted; the link is used up.
+    let mailboxes = alice.mailboxes().count();
     alice.admit_request(requests[1].id).unwrap();
     alice.flush(LIMIT).await.unwrap();
     let answer = carol
@@ -204,6 +205,8 @@ async fn a_refused_joiner_is_told_and_a_link_admits_one_person() {
     dave.flush(LIMIT).await.unwrap();
     alice.sync(LIMIT).await.unwrap();
     assert!(alice.join_requests(None).unwrap().is_empty());
+    // Its mailbox is deleted at the relay.
+    assert_eq!(alice.mailboxes().count(), mailboxes - 1);
     let members: Vec<String> = alice
         .engine()
         .channel("ops")

@@ -290,6 +290,28 @@ impl Store {
         .transpose()
     }
 
+    /// The mailboxes of links that were used (to be deleted at their relays).
+    pub fn used_invite_links(&self) -> Result<Vec<MailboxId>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT read_id FROM invite_links WHERE used = 1")?;
+        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(MailboxId(id16(row?)?));
+        }
+        Ok(out)
+    }
+
+    /// Forgets a used link whose mailbox is gone.
+    pub fn forget_invite_link(&self, read_id: &MailboxId) -> Result<(), StoreError> {
+        self.conn.execute(
+            "DELETE FROM invite_links WHERE read_id = ?1",
+            [&read_id.0[..]],
+        )?;
+        Ok(())
+    }
+
     /// Marks a link used (someone was admitted through it) and forgets its blobs.
     pub fn use_invite_link(&self, read_id: &MailboxId) -> Result<(), StoreError> {
         let id = &read_id.0[..];

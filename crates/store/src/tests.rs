@@ -420,6 +420,7 @@ fn invite_link_tables() {
     assert_eq!(store.add_link_blob(&link_box, b"b").unwrap().len(), 1);
     store.use_invite_link(&link_box).unwrap();
     assert!(store.invite_link(&link_box).unwrap().unwrap().used);
+    assert_eq!(store.used_invite_links().unwrap(), vec![link_box]);
     assert_eq!(
         store.add_link_blob(&link_box, b"c").unwrap().len(),
         1,
@@ -442,6 +443,9 @@ fn invite_link_tables() {
     assert_eq!(store.join_requests(None).unwrap().len(), 2);
     store.remove_join_request(id).unwrap();
     assert!(store.join_requests(Some(&channel)).unwrap().is_empty());
+    store.forget_invite_link(&link_box).unwrap();
+    assert!(store.invite_link(&link_box).unwrap().is_none());
+    assert!(store.used_invite_links().unwrap().is_empty());
 
     let answer_box = MailboxId([6; 16]);
     store
