@@ -25,7 +25,12 @@ pub(crate) async fn invite_link(
     name: &str,
     relay: Option<&str>,
     auto_admit: bool,
+    expires_in: &str,
 ) -> Result<(), Failure> {
+    let valid_for = crate::ending::parse_duration(expires_in)?;
+    if valid_for == 0 {
+        return Err(Failure::new("a link must be valid for some time").hint("--expires-in 7d"));
+    }
     let mut client = open_client(g).await?;
     client.engine().channel(name)?;
     catch_up(g, &mut client).await;
@@ -39,7 +44,9 @@ pub(crate) async fn invite_link(
             .map(|m| m.mailbox.relay.clone())
             .ok_or_else(|| Failure::new("you are not a member of this channel"))?,
     };
-    let link = client.create_invite_link(name, &relay, auto_admit).await?;
+    let link = client
+        .create_invite_link(name, &relay, auto_admit, Duration::from_secs(valid_for))
+        .await?;
     deliver(&mut client).await?;
     // Upper case: QR codes hold it in their compact alphanumeric mode, and links
     // are read back in any case.
@@ -47,7 +54,12 @@ pub(crate) async fn invite_link(
     print(
         g,
         text.clone(),
-        json!({"link": text, "channel": name, "approval": !auto_admit}),
+        json!({
+            "link": text,
+            "channel": name,
+            "approval": !auto_admit,
+            "expires_at": output::rfc3339(backchannel_core::Timestamp(link.expires_at)),
+        }),
     );
     if !g.json {
         if let Some(code) = qr(&text) {
@@ -63,8 +75,9 @@ pub(crate) async fn invite_link(
             )
         };
         eprintln!(
-            "Give the link to the person joining (a chat, the QR code, paper); it admits one person. \
-             They run:\n  backchannel join LINK\n{then}"
+            "Give the link to the person joining (a chat, the QR code, paper); it admits one person \
+             and takes requests until {} UTC. They run:\n  backchannel join LINK\n{then}",
+            output::short_time(backchannel_core::Timestamp(link.expires_at))
         );
     }
     Ok(())
@@ -176,6 +189,13 @@ pub(crate) async fn join_with_link(
         .request_to_join(&link, &me, name, &mailbox_relay)
         .await?;
     deliver(&mut client).await?;
+    if !client.relay_errors.is_empty() && client.relay_errors.iter().any(|e| e.contains("refused"))
+    {
+        return Err(Failure::new(
+            "the inviter's relay no longer takes requests for this link: it was used or has expired",
+        )
+        .hint("ask for a new link"));
+    }
     if g.json {
         println!(
             "{}",

@@ -97,6 +97,9 @@ enum Command {
         /// With --link: admit whoever uses the link without asking you first.
         #[arg(long, requires = "link")]
         no_approval: bool,
+        /// With --link: how long it takes requests, like 30m, 12h or 7d.
+        #[arg(long, requires = "link", default_value = "7d", value_name = "DURATION")]
+        expires_in: String,
     },
     /// Introduce two people you each share a channel with: MEMBER of CHANNEL makes a
     /// channel with MEMBER2 of CHANNEL2, each vouched for by you.
@@ -396,8 +399,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             relay,
             link: true,
             no_approval,
+            expires_in,
             ..
-        } => links::invite_link(&g, &name, relay.as_deref(), no_approval).await,
+        } => links::invite_link(&g, &name, relay.as_deref(), no_approval, &expires_in).await,
         Command::Invite {
             name, relay, wait, ..
         } => invite::invite(&g, &name, relay.as_deref(), wait).await,

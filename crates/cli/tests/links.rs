@@ -97,7 +97,14 @@ fn a_link_join_is_admitted_after_comparing_safety_numbers() {
 
     // The link admitted one person: it is used up.
     let carol = Person::new(tmp.path(), "carol");
-    carol.run(&["join", &link, "--wait", "1"]).ok();
+    let late = carol.run(&["join", &link, "--wait", "1"]);
+    assert_eq!(late.code, 1, "{late:?}");
+    assert!(
+        late.stderr
+            .contains("no longer takes requests for this link"),
+        "{}",
+        late.stderr
+    );
     let none = alice.run(&["requests"]).ok();
     assert!(none.stdout.contains("No one is waiting"), "{}", none.stdout);
 }

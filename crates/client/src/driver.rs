@@ -477,9 +477,9 @@ impl Client {
     }
 
     /// Deletes, at their relays, the mailboxes of channels we are no longer in
-    /// (closed, erased or expired) and of invite links that were used.
+    /// (closed, erased or expired) and of invite links that were used or expired.
     pub async fn retire_closed(&mut self) -> Result<(), ClientError> {
-        for read_id in self.store().used_invite_links()? {
+        for read_id in self.store().closed_invite_links(now())? {
             // Requests and answers already in the outbox go first.
             if self.mailboxes.contains_key(&read_id) {
                 self.delete_mailbox(read_id).await?;

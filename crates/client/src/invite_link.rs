@@ -40,6 +40,9 @@ pub enum LinkJoinError {
     /// There is no request with this number.
     #[error("there is no request to join with number {0}; see `backchannel requests`")]
     NoSuchRequest(u64),
+    /// The link's time is up.
+    #[error("this invite link has expired; ask for a new one")]
+    Expired,
     /// The request's key package does not hold up.
     #[error("the request is not valid: {0}")]
     Invalid(String),
@@ -93,14 +96,17 @@ pub enum LinkAnswer {
 }
 
 impl Client {
-    /// Makes an invite link to `channel` with a new mailbox on `relay`. Unless
-    /// `auto_admit`, each request waits for [`Client::admit_request`].
+    /// Makes an invite link to `channel` with a new mailbox on `relay`, taking
+    /// requests for `valid_for`. Unless `auto_admit`, each request waits for
+    /// [`Client::admit_request`].
     pub async fn create_invite_link(
         &mut self,
         channel: &str,
         relay: &RelayAddr,
         auto_admit: bool,
+        valid_for: Duration,
     ) -> Result<InviteLink, ClientError> {
+        let expires_at = Timestamp(now().0.saturating_add(valid_for.as_millis() as u64));
         let summary = self.engine().channel(channel)?;
         if !summary.admin {
             return Err(CommandError::NotAdmin.into());
@@ -127,6 +133,7 @@ impl Client {
                 seed,
                 auto_admit,
                 used: false,
+                expires_at,
             },
             now(),
         )?;
@@ -135,6 +142,7 @@ impl Client {
             relay: relay.clone(),
             mailbox: mailbox.send_id,
             suite: summary.suite.code(),
+            expires_at: expires_at.0,
             inviter_key,
             public_key,
         })
@@ -161,6 +169,9 @@ impl Client {
             && self.engine().channel_id(name).is_ok()
         {
             return Err(CommandError::NameTaken(name.into()).into());
+        }
+        if now().0 >= link.expires_at {
+            return Err(LinkJoinError::Expired.into());
         }
         let suite = Suite::from_code(link.suite).ok_or(LinkJoinError::Suite(link.suite))?;
         let key_package = self.key_package(own_name, suite, mailbox_relay).await?;
@@ -270,7 +281,9 @@ impl Client {
         store.begin()?;
         let result = (|| -> Result<Vec<(u64, String)>, ClientError> {
             let mut added = Vec::new();
-            if !link.used {
+            // A used or expired link takes nothing more (its mailbox is deleted
+            // at the next sync).
+            if !link.closed(now()) {
                 let kept = store.add_link_blob(&link.read_id, blob)?;
                 let blobs: Vec<Vec<u8>> = kept.iter().map(|(_, b)| b.clone()).collect();
                 for found in self.engine().find_join_requests(&link.seed, &blobs)? {

@@ -18,6 +18,7 @@ use backchannel_relay::{RelayConfig, RunningRelay};
 use backchannel_store::Store;
 
 const LIMIT: Duration = Duration::from_secs(15);
+const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
 
 async fn relay(dir: &std::path::Path) -> RunningRelay {
     let config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.join("relay"));
@@ -63,7 +64,7 @@ async fn a_link_join_waits_for_approval_and_safety_numbers_match() {
         .await
         .unwrap();
     let link = alice
-        .create_invite_link("ops", &relay_a.address, false)
+        .create_invite_link("ops", &relay_a.address, false, WEEK)
         .await
         .unwrap();
 
@@ -152,7 +153,7 @@ async fn a_refused_joiner_is_told_and_a_link_admits_one_person() {
         .await
         .unwrap();
     let link = alice
-        .create_invite_link("ops", &relay.address, false)
+        .create_invite_link("ops", &relay.address, false, WEEK)
         .await
         .unwrap();
     let mut asked = Vec::new();
@@ -229,7 +230,7 @@ async fn a_link_told_to_admit_without_asking_does() {
         .await
         .unwrap();
     let link = alice
-        .create_invite_link("ops", &relay.address, true)
+        .create_invite_link("ops", &relay.address, true, WEEK)
         .await
         .unwrap();
     let request = bob
@@ -252,4 +253,42 @@ async fn a_link_told_to_admit_without_asking_does() {
         .unwrap();
     assert!(matches!(answer, Some(LinkAnswer::Joined(_))), "{answer:?}");
     assert_eq!(bob.engine().channel("ops").unwrap().members.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_link_takes_no_requests_even_if_its_date_is_altered() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = relay(tmp.path()).await;
+    let (mut alice, mut bob) = (client(tmp.path(), "alice"), client(tmp.path(), "bob"));
+    alice
+        .create_channel("ops", "alice", Suite::Classic.into(), &relay.address)
+        .await
+        .unwrap();
+    let mailboxes = alice.mailboxes().count();
+    let link = alice
+        .create_invite_link("ops", &relay.address, true, Duration::from_millis(300))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let late = bob
+        .request_to_join(&link, "bob", None, &relay.address)
+        .await
+        .unwrap_err();
+    assert!(late.to_string().contains("expired"), "{late}");
+
+    // A joiner who moves the date on is still turned away by the inviter.
+    let mut altered = link.clone();
+    altered.expires_at = u64::MAX;
+    let request = bob
+        .request_to_join(&altered, "bob", None, &relay.address)
+        .await
+        .unwrap();
+    bob.flush(LIMIT).await.unwrap();
+    alice.sync(LIMIT).await.unwrap();
+    assert!(alice.join_requests(None).unwrap().is_empty());
+    assert_eq!(alice.engine().channel("ops").unwrap().members.len(), 1);
+    // The expired link's mailbox is deleted at the relay.
+    assert_eq!(alice.mailboxes().count(), mailboxes);
+    bob.sync(LIMIT).await.unwrap();
+    assert_eq!(bob.link_answer(&request.answer_mailbox), None);
 }

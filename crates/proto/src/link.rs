@@ -8,7 +8,8 @@
 //! ```text
 //! text:  "bcj1" || lowercase base32 of the bytes below (no padding)
 //! bytes: u8 version (1) || u8 len, relay address || [16] mailbox send id
-//!        || u16 suite || [32] inviter signature key || u16 len, public key
+//!        || u16 suite || u64 expires at (ms since the epoch)
+//!        || [32] inviter signature key || u16 len, public key
 //! ```
 //!
 //! A join request is a sequence of blobs in the link's mailbox: first the HPKE
@@ -37,6 +38,8 @@ pub struct InviteLink {
     pub mailbox: MailboxId,
     /// The channel's MLS ciphersuite.
     pub suite: u16,
+    /// When the inviter stops taking requests (milliseconds since the Unix epoch).
+    pub expires_at: u64,
     /// The inviter's signature key in the channel.
     pub inviter_key: [u8; 32],
     /// The HPKE public key requests are sealed to.
@@ -57,6 +60,7 @@ impl InviteLink {
         w.bytes8(self.relay.to_string().as_bytes());
         w.put(&self.mailbox.0);
         w.u16(self.suite);
+        w.u64(self.expires_at);
         w.put(&self.inviter_key);
         w.u16(self.public_key.len().min(MAX_PUBLIC_KEY) as u16);
         w.put(
@@ -80,6 +84,7 @@ impl InviteLink {
             .map_err(|_| DecodeError::InvalidValue("relay address"))?;
         let mailbox = MailboxId(r.array()?);
         let suite = r.u16()?;
+        let expires_at = r.u64()?;
         let inviter_key = r.array()?;
         let len = usize::from(r.u16()?);
         if len > MAX_PUBLIC_KEY {
@@ -91,6 +96,7 @@ impl InviteLink {
             relay,
             mailbox,
             suite,
+            expires_at,
             inviter_key,
             public_key,
         })
@@ -178,6 +184,7 @@ mod tests {
             relay: RelayAddr::new(Fingerprint([7; 32]), "relay.example", 7443).unwrap(),
             mailbox: MailboxId([9; 16]),
             suite: 0x004d,
+            expires_at: 1_800_000_000_000,
             inviter_key: [3; 32],
             public_key: vec![5; 1216],
         }

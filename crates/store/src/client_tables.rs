@@ -207,6 +207,15 @@ pub struct InviteLinkRecord {
     pub auto_admit: bool,
     /// Someone was admitted through it: it takes no more requests.
     pub used: bool,
+    /// It takes no requests after this.
+    pub expires_at: Timestamp,
+}
+
+impl InviteLinkRecord {
+    /// Whether it no longer takes requests (used, or expired at `now`).
+    pub fn closed(&self, now: Timestamp) -> bool {
+        self.used || now >= self.expires_at
+    }
 }
 
 /// A request to join one of our channels, awaiting a decision.
@@ -258,13 +267,15 @@ impl Store {
         now: Timestamp,
     ) -> Result<(), StoreError> {
         self.conn.execute(
-            "INSERT INTO invite_links (read_id, channel, seed, auto_admit, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO invite_links (read_id, channel, seed, auto_admit, created_at, expires_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             params![
                 &link.read_id.0[..],
                 &link.channel.0[..],
                 &link.seed[..],
                 link.auto_admit,
-                now.0 as i64
+                now.0 as i64,
+                link.expires_at.0.min(i64::MAX as u64) as i64
             ],
         )?;
         Ok(())
@@ -272,32 +283,39 @@ impl Store {
 
     /// The invite link whose mailbox this is.
     pub fn invite_link(&self, read_id: &MailboxId) -> Result<Option<InviteLinkRecord>, StoreError> {
-        let row: Option<(Vec<u8>, Vec<u8>, bool, bool)> = self
+        /// channel, seed, auto_admit, used, expires_at
+        type Row = (Vec<u8>, Vec<u8>, bool, bool, i64);
+        let row: Option<Row> = self
             .conn
             .query_row(
-                "SELECT channel, seed, auto_admit, used FROM invite_links WHERE read_id = ?1",
+                "SELECT channel, seed, auto_admit, used, expires_at FROM invite_links
+                 WHERE read_id = ?1",
                 [&read_id.0[..]],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .optional()?;
-        row.map(|(channel, seed, auto_admit, used)| {
+        row.map(|(channel, seed, auto_admit, used, expires_at)| {
             Ok(InviteLinkRecord {
                 read_id: *read_id,
                 channel: ChannelId(id16(channel)?),
                 seed: key32(seed)?,
                 auto_admit,
                 used,
+                expires_at: Timestamp(expires_at.max(0) as u64),
             })
         })
         .transpose()
     }
 
-    /// The mailboxes of links that were used (to be deleted at their relays).
-    pub fn used_invite_links(&self) -> Result<Vec<MailboxId>, StoreError> {
+    /// The mailboxes of links that were used or have expired at `now` (to be
+    /// deleted at their relays).
+    pub fn closed_invite_links(&self, now: Timestamp) -> Result<Vec<MailboxId>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT read_id FROM invite_links WHERE used = 1")?;
-        let rows = stmt.query_map([], |r| r.get::<_, Vec<u8>>(0))?;
+            .prepare("SELECT read_id FROM invite_links WHERE used = 1 OR expires_at <= ?1")?;
+        let rows = stmt.query_map([now.0.min(i64::MAX as u64) as i64], |r| {
+            r.get::<_, Vec<u8>>(0)
+        })?;
         let mut out = Vec::new();
         for row in rows {
             out.push(MailboxId(id16(row?)?));

@@ -110,7 +110,7 @@ DELETE FROM settings WHERE key LIKE 'read-cursor:%';
 
 /// Version 4: invite links. On the inviter's side, each link (its mailbox, the
 /// seed of its key pair, whether requests are admitted without asking, whether it
-/// was used), the blobs its mailbox delivered that are not yet part of a complete
+/// was used, when it expires), the blobs its mailbox delivered that are not yet part of a complete
 /// request, and the requests awaiting a decision; on the joiner's side, requests awaiting an answer
 /// (the mailbox it will come to, the key that opens it, and the inviter's
 /// signature key that the link named).
@@ -121,7 +121,8 @@ CREATE TABLE invite_links (
     seed BLOB NOT NULL,
     auto_admit INTEGER NOT NULL,
     used INTEGER NOT NULL DEFAULT 0,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
 );
 CREATE TABLE link_blobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,

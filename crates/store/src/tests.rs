@@ -393,6 +393,7 @@ fn invite_link_tables() {
                 seed: Zeroizing::new([9; 32]),
                 auto_admit: false,
                 used: false,
+                expires_at: Timestamp(1_000),
             },
             Timestamp(5),
         )
@@ -403,6 +404,18 @@ fn invite_link_tables() {
         (channel, [9; 32], false)
     );
     assert!(store.invite_link(&MailboxId([2; 16])).unwrap().is_none());
+    // Open until it expires.
+    assert!(!link.closed(Timestamp(999)) && link.closed(Timestamp(1_000)));
+    assert!(
+        store
+            .closed_invite_links(Timestamp(999))
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store.closed_invite_links(Timestamp(1_000)).unwrap(),
+        vec![link_box]
+    );
 
     // A blob delivered twice is kept once; at most LINK_BLOBS_KEPT are kept.
     store.add_link_blob(&link_box, b"a").unwrap();
@@ -420,7 +433,10 @@ fn invite_link_tables() {
     assert_eq!(store.add_link_blob(&link_box, b"b").unwrap().len(), 1);
     store.use_invite_link(&link_box).unwrap();
     assert!(store.invite_link(&link_box).unwrap().unwrap().used);
-    assert_eq!(store.used_invite_links().unwrap(), vec![link_box]);
+    assert_eq!(
+        store.closed_invite_links(Timestamp(10)).unwrap(),
+        vec![link_box]
+    );
     assert_eq!(
         store.add_link_blob(&link_box, b"c").unwrap().len(),
         1,
@@ -445,7 +461,7 @@ fn invite_link_tables() {
     assert!(store.join_requests(Some(&channel)).unwrap().is_empty());
     store.forget_invite_link(&link_box).unwrap();
     assert!(store.invite_link(&link_box).unwrap().is_none());
-    assert!(store.used_invite_links().unwrap().is_empty());
+    assert!(store.closed_invite_links(Timestamp(10)).unwrap().is_empty());
 
     let answer_box = MailboxId([6; 16]);
     store
