@@ -36,6 +36,8 @@ use crate::driver::{Client, ClientError, now};
 const MADE: &str = "intro:";
 /// Profile setting prefix: introductions we are the joiner of.
 const JOINING: &str = "intro-join:";
+/// Profile setting prefix: introductions we hosted (the channel made for them).
+const HOSTED: &str = "intro-host:";
 /// Channel setting prefix: who introduced a member (by member identifier).
 pub const INTRODUCED_BY: &str = "introduced-by:";
 
@@ -347,6 +349,12 @@ impl Client {
         peer: &str,
         key_package: &[u8],
     ) -> Result<(), ClientError> {
+        let hosted = format!("{HOSTED}{}", hex(&id));
+        if self.store().setting(&hosted)?.is_some() {
+            return Err(ClientError::Link(
+                "it asked again for a channel we made already".into(),
+            ));
+        }
         let kp = self.engine().inspect_key_package(key_package)?;
         let (summary, own_name, relay) = self.own_place(channel)?;
         if kp.suite != Some(summary.suite) {
@@ -364,6 +372,7 @@ impl Client {
                 &relay,
             )
             .await?;
+        self.store().set_setting(&hosted, &hex(&new.0))?;
         let welcome = self.add_members(&name, &[key_package])?;
         for m in self
             .summary_by_id(&new)?

@@ -173,6 +173,45 @@ async fn an_introduction_gives_two_strangers_a_channel_vouched_for_by_the_introd
     assert!(carol.engine().channel("bob").is_err() && carol.engine().channel("alice").is_err());
     assert!(dave.engine().channels().iter().all(|c| c.name == "press"));
 
+    // The same step again (a replaying or confused introducer) makes no second channel.
+    let alice_in_work = carol
+        .engine()
+        .channel("work")
+        .unwrap()
+        .members
+        .into_iter()
+        .find(|m| m.name == "alice")
+        .unwrap()
+        .member;
+    let again = bob
+        .key_package("bob", Suite::XWing, &relay.address)
+        .await
+        .unwrap();
+    let mut carol = carol;
+    let work = carol.engine().channel_id("work").unwrap();
+    carol
+        .send_intro_step(
+            &work,
+            Intro {
+                id,
+                to: alice_in_work.0,
+                step: IntroStep::Add {
+                    peer: "bob".into(),
+                    key_package: again,
+                },
+            },
+        )
+        .unwrap();
+    carol.flush(LIMIT).await.unwrap();
+    alice.sync(LIMIT).await.unwrap();
+    assert!(
+        alice
+            .take_notices()
+            .iter()
+            .any(|n| n.contains("asked again")),
+    );
+    assert!(alice.engine().channel("bob-2").is_err());
+
     alice.send_text("bob", "hello bob, carol says hi").unwrap();
     alice.flush(LIMIT).await.unwrap();
     bob.sync(LIMIT).await.unwrap();
