@@ -271,28 +271,88 @@ pub(crate) async fn introduce(g: &Global, names: [&str; 4], wait: u64) -> Result
         );
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(wait);
-    while client.introduction_progress(&id) != Some(IntroProgress::Done)
-        && std::time::Instant::now() < deadline
-    {
+    let finished = |p| matches!(p, Some(IntroProgress::Done | IntroProgress::Declined));
+    while !finished(client.introduction_progress(&id)) && std::time::Instant::now() < deadline {
         client.step(Duration::from_millis(250)).await?;
     }
     let events = client.drain_events();
     crate::ending::report_changes(g, &mut client, &events);
     deliver(&mut client).await?;
-    let done = client.introduction_progress(&id) == Some(IntroProgress::Done);
-    print(
-        g,
-        if done {
+    let progress = client.introduction_progress(&id);
+    let (human, state) = match progress {
+        Some(IntroProgress::Done) => (
             format!(
                 "{member} and {member2} are introduced: they have a channel of their own, \
                  and each sees the other as introduced by you."
-            )
+            ),
+            "done",
+        ),
+        Some(IntroProgress::Declined) => ("The introduction was declined.".to_owned(), "declined"),
+        _ => (
+            format!(
+                "The introduction is under way: {member2}, then {member}, are asked to accept; \
+                 your client passes their answers on each time you run backchannel (for \
+                 example `backchannel read`)."
+            ),
+            "under-way",
+        ),
+    };
+    print(
+        g,
+        human,
+        json!({"introduced": [member, member2], "state": state}),
+    );
+    Ok(())
+}
+
+pub(crate) async fn introductions(g: &Global) -> Result<(), Failure> {
+    let mut client = open_client(g).await?;
+    catch_up(g, &mut client).await;
+    let waiting = client.pending_introductions()?;
+    if g.json {
+        for p in &waiting {
+            println!(
+                "{}",
+                json!({"id": p.id, "by": p.by, "channel": p.channel, "peer": p.peer, "hosting": p.hosting})
+            );
+        }
+        return Ok(());
+    }
+    if waiting.is_empty() {
+        println!("No introduction is waiting for you.");
+    }
+    for p in &waiting {
+        println!(
+            "{}: {} (in '{}') introduces you to {}; you would {} the channel.",
+            p.id,
+            p.by,
+            p.channel,
+            p.peer,
+            if p.hosting { "make" } else { "join" }
+        );
+    }
+    Ok(())
+}
+
+pub(crate) async fn answer_introduction(g: &Global, id: &str, yes: bool) -> Result<(), Failure> {
+    let mut client = open_client(g).await?;
+    catch_up(g, &mut client).await;
+    if yes {
+        client.accept_introduction(id).await?;
+    } else {
+        client.decline_introduction(id)?;
+    }
+    deliver(&mut client).await?;
+    let events = client.drain_events();
+    crate::ending::report_changes(g, &mut client, &events);
+    print(
+        g,
+        if yes {
+            "Accepted; the introducer's client passes your answer on.".to_owned()
         } else {
-            "The introduction is under way: it completes as they answer, each time you run \
-             backchannel (for example `backchannel read`)."
-                .to_owned()
+            "Declined; the introducer is told.".to_owned()
         },
-        json!({"introduced": [member, member2], "done": done}),
+        json!({"introduction": id, "accepted": yes}),
     );
     Ok(())
 }

@@ -101,8 +101,8 @@ enum Command {
         #[arg(long, requires = "link", default_value = "7d", value_name = "DURATION")]
         expires_in: String,
     },
-    /// Introduce two people you each share a channel with: MEMBER of CHANNEL makes a
-    /// channel with MEMBER2 of CHANNEL2, each vouched for by you.
+    /// Introduce two people you each share a channel with: once both accept, MEMBER
+    /// of CHANNEL makes a channel with MEMBER2 of CHANNEL2, each vouched for by you.
     Introduce {
         /// Your channel with the first person.
         channel: String,
@@ -116,6 +116,18 @@ enum Command {
         /// whenever it runs).
         #[arg(long, default_value_t = 60)]
         wait: u64,
+    },
+    /// Introductions waiting for your answer.
+    Introductions,
+    /// Say yes to an introduction (by the id `introductions` shows).
+    Accept {
+        /// The introduction.
+        id: String,
+    },
+    /// Say no to an introduction; the introducer is told.
+    Decline {
+        /// The introduction.
+        id: String,
     },
     /// Requests to join through your invite links, with their safety numbers.
     Requests {
@@ -412,6 +424,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             member2,
             wait,
         } => links::introduce(&g, [&channel, &member, &channel2, &member2], wait).await,
+        Command::Introductions => links::introductions(&g).await,
+        Command::Accept { id } => links::answer_introduction(&g, &id, true).await,
+        Command::Decline { id } => links::answer_introduction(&g, &id, false).await,
         Command::Requests { name } => links::requests(&g, name.as_deref()).await,
         Command::Admit { name, id } => links::admit(&g, &name, id).await,
         Command::Refuse { name, id } => links::refuse(&g, &name, id).await,

@@ -168,14 +168,23 @@ fn an_introduction_gives_two_strangers_a_channel_and_read_says_who_introduced_th
         .ok();
     assert!(started.stdout.contains("under way"), "{}", started.stdout);
 
-    // Each side's client answers when it runs; carol's passes the answers on.
+    // Each is asked first; carol's client passes the answers on when it runs.
     let asked = bob.run(&["read", "press"]).ok();
     assert!(
-        asked.stderr.contains("carol is introducing you to alice"),
+        asked
+            .stderr
+            .contains("carol wants to introduce you to alice"),
         "{asked:?}"
     );
+    let accept = |p: &Person| {
+        let waiting = json(&p.run(&["--json", "introductions"]).ok().stdout);
+        assert_eq!(waiting.len(), 1, "{waiting:?}");
+        let id = waiting[0]["id"].as_str().unwrap().to_owned();
+        p.run(&["accept", &id]).ok()
+    };
+    accept(&bob);
     carol.run(&["read", "work"]).ok();
-    let hosted = alice.run(&["read", "work"]).ok();
+    let hosted = accept(&alice);
     assert!(
         hosted.stderr.contains("your channel with them is 'bob'"),
         "{hosted:?}"

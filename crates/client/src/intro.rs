@@ -38,6 +38,56 @@ const MADE: &str = "intro:";
 const JOINING: &str = "intro-join:";
 /// Profile setting prefix: introductions we hosted (the channel made for them).
 const HOSTED: &str = "intro-host:";
+/// Profile setting prefix: steps waiting for our consent (empty once answered).
+const PENDING: &str = "intro-pending:";
+
+/// The first 8 hex digits of an introduction's id: what people type.
+fn short_id(id: &[u8; 16]) -> String {
+    hex(&id[..4])
+}
+
+fn parse_pending(text: &str) -> Option<IntroStepIn> {
+    let mut parts = text.splitn(4, ' ');
+    let channel = ChannelId(unhex(parts.next()?)?);
+    let from = MemberId(unhex(parts.next()?)?);
+    let control = unhex_vec(parts.next()?)?;
+    let from_name = parts.next()?.to_owned();
+    let backchannel_proto::control::Control::Intro(intro) =
+        backchannel_proto::control::Control::decode(&control).ok()?
+    else {
+        return None;
+    };
+    Some(IntroStepIn {
+        channel,
+        from,
+        from_name,
+        intro,
+    })
+}
+
+fn unhex_vec(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len() / 2)
+        .map(|i| u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok())
+        .collect()
+}
+
+/// An introduction waiting for our answer.
+#[derive(Clone, Debug)]
+pub struct PendingIntroduction {
+    /// What to type to answer it.
+    pub id: String,
+    /// Who introduces.
+    pub by: String,
+    /// The channel it came through.
+    pub channel: String,
+    /// The person we are introduced to.
+    pub peer: String,
+    /// We would make the channel (else we would join it).
+    pub hosting: bool,
+}
 /// Channel setting prefix: who introduced a member (by member identifier).
 pub const INTRODUCED_BY: &str = "introduced-by:";
 
@@ -87,6 +137,7 @@ impl Made {
             "asked" => "asked",
             "added" => "added",
             "done" => "done",
+            "declined" => "declined",
             _ => return None,
         };
         Some(Self {
@@ -116,6 +167,8 @@ pub enum IntroProgress {
     Added,
     /// The two have their channel.
     Done,
+    /// One of them said no.
+    Declined,
 }
 
 impl Client {
@@ -181,6 +234,7 @@ impl Client {
         Some(match Made::decode(&text)?.state {
             "asked" => IntroProgress::Asked,
             "added" => IntroProgress::Added,
+            "declined" => IntroProgress::Declined,
             _ => IntroProgress::Done,
         })
     }
@@ -222,19 +276,157 @@ impl Client {
     async fn run_step(&mut self, s: IntroStepIn) -> Result<(), ClientError> {
         let id = s.intro.id;
         match s.intro.step {
-            IntroStep::Ask { peer } => {
-                self.on_ask(&s.channel, s.from, &s.from_name, id, peer)
-                    .await
-            }
+            // Nobody is introduced without saying yes: these wait for `accept`.
+            IntroStep::Ask { .. } | IntroStep::Add { .. } => self.hold(s),
             IntroStep::Offer { key_package } => self.on_offer(&s.channel, s.from, id, key_package),
-            IntroStep::Add { peer, key_package } => {
-                self.on_add(&s.channel, s.from, &s.from_name, id, &peer, &key_package)
-                    .await
-            }
             IntroStep::Welcome { welcome } => {
                 self.on_welcome(&s.channel, s.from, &s.from_name, id, &welcome)
             }
+            IntroStep::Declined => self.on_declined(&s.channel, s.from, &s.from_name, id),
         }
+    }
+
+    /// Keeps a step that needs our consent, and tells the person.
+    fn hold(&mut self, s: IntroStepIn) -> Result<(), ClientError> {
+        let key = format!("{PENDING}{}", hex(&s.intro.id));
+        if self.store().setting(&key)?.is_some()
+            || self
+                .store()
+                .setting(&format!("{JOINING}{}", hex(&s.intro.id)))?
+                .is_some()
+            || self
+                .store()
+                .setting(&format!("{HOSTED}{}", hex(&s.intro.id)))?
+                .is_some()
+        {
+            return Err(ClientError::Link("it was asked already".into()));
+        }
+        let (IntroStep::Ask { peer } | IntroStep::Add { peer, .. }) = &s.intro.step else {
+            return Ok(());
+        };
+        backchannel_proto::member::check_name(peer).map_err(CommandError::InvalidName)?;
+        let channel = self.summary_by_id(&s.channel)?.name;
+        let short = short_id(&s.intro.id);
+        self.notices.push(format!(
+            "{} wants to introduce you to {peer} (through '{channel}'): `backchannel accept {short}` \
+             gives you a channel with them, `backchannel decline {short}` says no",
+            s.from_name
+        ));
+        let control = backchannel_proto::control::Control::Intro(s.intro).encode();
+        self.store().set_setting(
+            &key,
+            &format!(
+                "{} {} {} {}",
+                hex(&s.channel.0),
+                hex(&s.from.0),
+                hex(&control),
+                s.from_name
+            ),
+        )?;
+        Ok(())
+    }
+
+    /// Introductions waiting for our answer.
+    pub fn pending_introductions(&self) -> Result<Vec<PendingIntroduction>, ClientError> {
+        let mut out = Vec::new();
+        for (key, value) in self.store().settings_with_prefix(PENDING)? {
+            let Some(step) = parse_pending(&value) else {
+                continue;
+            };
+            let Some(id) = key.strip_prefix(PENDING).and_then(unhex::<16>) else {
+                continue;
+            };
+            let (peer, hosting) = match &step.intro.step {
+                IntroStep::Ask { peer } => (peer.clone(), false),
+                IntroStep::Add { peer, .. } => (peer.clone(), true),
+                _ => continue,
+            };
+            out.push(PendingIntroduction {
+                id: short_id(&id),
+                by: step.from_name.clone(),
+                channel: self
+                    .summary_by_id(&step.channel)
+                    .map(|c| c.name)
+                    .unwrap_or_default(),
+                peer,
+                hosting,
+            });
+        }
+        Ok(out)
+    }
+
+    fn take_pending(&self, short: &str) -> Result<(String, IntroStepIn), ClientError> {
+        let short = short.trim().to_ascii_lowercase();
+        let matches: Vec<(String, String)> = self
+            .store()
+            .settings_with_prefix(PENDING)?
+            .into_iter()
+            .filter(|(k, _)| {
+                short.len() >= 4
+                    && k.strip_prefix(PENDING)
+                        .is_some_and(|id| id.starts_with(&short))
+            })
+            .collect();
+        let [(key, value)] = matches.as_slice() else {
+            return Err(ClientError::Link(format!(
+                "no introduction waits under '{short}'; see `backchannel introductions`"
+            )));
+        };
+        let step = parse_pending(value)
+            .ok_or_else(|| ClientError::Link("the stored introduction is damaged".into()))?;
+        Ok((key.clone(), step))
+    }
+
+    /// Says yes to an introduction waiting for us (by the start of its id).
+    pub async fn accept_introduction(&mut self, short: &str) -> Result<(), ClientError> {
+        let (key, s) = self.take_pending(short)?;
+        let id = s.intro.id;
+        match s.intro.step {
+            IntroStep::Ask { peer } => {
+                self.on_ask(&s.channel, s.from, &s.from_name, id, peer)
+                    .await?
+            }
+            IntroStep::Add { peer, key_package } => {
+                self.on_add(&s.channel, s.from, &s.from_name, id, &peer, &key_package)
+                    .await?
+            }
+            _ => {}
+        }
+        self.store().set_setting(&key, "")?;
+        Ok(())
+    }
+
+    /// Says no to an introduction waiting for us; the introducer is told.
+    pub fn decline_introduction(&mut self, short: &str) -> Result<(), ClientError> {
+        let (key, s) = self.take_pending(short)?;
+        self.send_step(&s.channel, s.intro.id, s.from, IntroStep::Declined)?;
+        self.store().set_setting(&key, "")?;
+        Ok(())
+    }
+
+    /// One of the two said no.
+    fn on_declined(
+        &mut self,
+        channel: &ChannelId,
+        from: MemberId,
+        from_name: &str,
+        id: [u8; 16],
+    ) -> Result<(), ClientError> {
+        let Some(mut made) = self.made(&id)? else {
+            return Err(ClientError::Link("it is not one we made".into()));
+        };
+        let asked = made.state == "asked" && made.joiner_channel == *channel && made.joiner == from;
+        let added = made.state == "added" && made.host_channel == *channel && made.host == from;
+        if !asked && !added {
+            return Err(ClientError::Link(
+                "the answer did not come from the person we introduced".into(),
+            ));
+        }
+        made.state = "declined";
+        self.save_made(&id, &made)?;
+        self.notices
+            .push(format!("{from_name} declined the introduction"));
+        Ok(())
     }
 
     /// Our name, relay and suite in a channel: a new identity for the introduction

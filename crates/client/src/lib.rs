@@ -19,7 +19,7 @@ mod link;
 pub mod relay;
 
 pub use driver::{Client, ClientConfig, ClientError, now};
-pub use intro::IntroProgress;
+pub use intro::{IntroProgress, PendingIntroduction};
 pub use invite::{Invitation, InviteError};
 pub use invite_link::{JoinRequestView, LinkAnswer, LinkRequest};
 pub use link::LinkTiming;

@@ -136,14 +136,43 @@ async fn an_introduction_gives_two_strangers_a_channel_vouched_for_by_the_introd
     );
     assert_eq!(carol.introduction_progress(&id), Some(IntroProgress::Asked));
 
-    // Bob answers, carol passes it on, alice makes the channel, carol passes the
-    // welcome back, bob joins.
-    let mut people = [bob, carol, alice];
-    for turn in [0, 1, 2, 1, 0] {
-        people[turn].sync(LIMIT).await.unwrap();
-        people[turn].flush(LIMIT).await.unwrap();
-    }
-    let [mut bob, carol, mut alice] = people;
+    // Nothing happens until bob says yes.
+    bob.sync(LIMIT).await.unwrap();
+    assert!(
+        bob.take_notices()
+            .iter()
+            .any(|n| n.contains("carol wants to introduce you to alice"))
+    );
+    let waiting = bob.pending_introductions().unwrap();
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(
+        (waiting[0].by.as_str(), waiting[0].peer.as_str()),
+        ("carol", "alice")
+    );
+    assert!(!waiting[0].hosting);
+    bob.accept_introduction(&waiting[0].id).await.unwrap();
+    bob.flush(LIMIT).await.unwrap();
+    assert!(bob.pending_introductions().unwrap().is_empty());
+
+    // Carol passes bob's key package on; alice says yes too and makes the channel;
+    // carol passes the welcome back; bob joins.
+    carol.sync(LIMIT).await.unwrap();
+    carol.flush(LIMIT).await.unwrap();
+    assert_eq!(carol.introduction_progress(&id), Some(IntroProgress::Added));
+    alice.sync(LIMIT).await.unwrap();
+    assert!(
+        alice.engine().channel("bob").is_err(),
+        "not before she says yes"
+    );
+    let waiting = alice.pending_introductions().unwrap();
+    assert_eq!(waiting.len(), 1);
+    assert!(waiting[0].hosting);
+    assert_eq!(waiting[0].peer, "bob");
+    alice.accept_introduction(&waiting[0].id).await.unwrap();
+    alice.flush(LIMIT).await.unwrap();
+    carol.sync(LIMIT).await.unwrap();
+    carol.flush(LIMIT).await.unwrap();
+    bob.sync(LIMIT).await.unwrap();
     assert_eq!(carol.introduction_progress(&id), Some(IntroProgress::Done));
     let at_alice = alice.engine().channel("bob").unwrap();
     let at_bob = bob.engine().channel("alice").unwrap();
@@ -187,7 +216,6 @@ async fn an_introduction_gives_two_strangers_a_channel_vouched_for_by_the_introd
         .key_package("bob", Suite::XWing, &relay.address)
         .await
         .unwrap();
-    let mut carol = carol;
     let work = carol.engine().channel_id("work").unwrap();
     carol
         .send_intro_step(
@@ -208,9 +236,34 @@ async fn an_introduction_gives_two_strangers_a_channel_vouched_for_by_the_introd
         alice
             .take_notices()
             .iter()
-            .any(|n| n.contains("asked again")),
+            .any(|n| n.contains("asked already")),
     );
     assert!(alice.engine().channel("bob-2").is_err());
+
+    // Dave says no: carol is told, nobody gets a channel.
+    let declined = carol.introduce("work", "alice", "press", "dave").unwrap();
+    carol.flush(LIMIT).await.unwrap();
+    dave.sync(LIMIT).await.unwrap();
+    let waiting = dave.pending_introductions().unwrap();
+    dave.decline_introduction(&waiting[0].id).unwrap();
+    dave.flush(LIMIT).await.unwrap();
+    carol.sync(LIMIT).await.unwrap();
+    assert_eq!(
+        carol.introduction_progress(&declined),
+        Some(IntroProgress::Declined)
+    );
+    assert!(
+        carol
+            .take_notices()
+            .iter()
+            .any(|n| n.contains("dave declined the introduction"))
+    );
+    assert!(
+        dave.accept_introduction(&waiting[0].id).await.is_err(),
+        "answered"
+    );
+    alice.sync(LIMIT).await.unwrap();
+    assert!(alice.pending_introductions().unwrap().is_empty());
 
     alice.send_text("bob", "hello bob, carol says hi").unwrap();
     alice.flush(LIMIT).await.unwrap();

@@ -13,6 +13,7 @@
 //!        step 2 Offer:   u32 len, key package
 //!        step 3 Add:     u8 len, peer name || u32 len, key package
 //!        step 4 Welcome: u32 len, welcome
+//!        step 5 Declined (empty)
 //! ```
 
 use crate::DecodeError;
@@ -87,6 +88,8 @@ pub enum IntroStep {
         /// An MLS welcome.
         welcome: Vec<u8>,
     },
+    /// Joiner or host to introducer: "no, thank you."
+    Declined,
 }
 
 /// Label of the bytes a burn receipt's signature covers.
@@ -190,6 +193,7 @@ impl Control {
                         w.u8(4);
                         w.bytes32(welcome);
                     }
+                    IntroStep::Declined => w.u8(5),
                 }
             }
         }
@@ -254,6 +258,7 @@ impl Control {
                     4 => IntroStep::Welcome {
                         welcome: r.bytes32(MAX_INTRO_BLOB)?.to_vec(),
                     },
+                    5 => IntroStep::Declined,
                     other => return Err(DecodeError::UnknownKind(other)),
                 };
                 Control::Intro(Intro { id, to, step })
@@ -323,6 +328,7 @@ mod tests {
             IntroStep::Welcome {
                 welcome: vec![3; 5000],
             },
+            IntroStep::Declined,
         ];
         for (n, step) in steps.into_iter().enumerate() {
             let intro = Control::Intro(Intro {

@@ -32,6 +32,17 @@ fn create_then_open() {
     }
     let store = Store::open(&dir, PASS).unwrap();
     assert_eq!(store.setting("name").unwrap().as_deref(), Some("alice"));
+    store.set_setting("intro:b", "2").unwrap();
+    store.set_setting("intro:a", "1").unwrap();
+    store.set_setting("intro:c", "").unwrap();
+    store.set_setting("intro", "x").unwrap();
+    assert_eq!(
+        store.settings_with_prefix("intro:").unwrap(),
+        vec![
+            ("intro:a".into(), "1".into()),
+            ("intro:b".into(), "2".into())
+        ]
+    );
     assert!(matches!(
         Store::create(&dir, PASS),
         Err(OpenError::AlreadyExists(_))
