@@ -456,16 +456,14 @@ fn joined_by(client: &mut Client) -> Option<String> {
     by
 }
 
-fn channel_by_id(
+pub(crate) fn channel_by_id(
     client: &Client,
     id: ChannelId,
 ) -> Result<backchannel_core::ChannelSummary, Failure> {
     client
         .engine()
-        .channels()
-        .into_iter()
-        .find(|c| c.id == id)
-        .ok_or_else(|| Failure::new("the channel vanished"))
+        .channel_by_id(&id)
+        .map_err(|_| Failure::new("the channel vanished"))
 }
 
 pub(crate) async fn send(g: &Global, name: &str, text: &str) -> Result<(), Failure> {

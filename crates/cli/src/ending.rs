@@ -106,13 +106,7 @@ pub(crate) fn report_changes(g: &Global, client: &mut Client, events: &[Event]) 
                 disappearing_secs,
                 expires_at,
             } => {
-                let Some(name) = client
-                    .engine()
-                    .channels()
-                    .into_iter()
-                    .find(|c| c.id == *channel)
-                    .map(|c| c.name)
-                else {
+                let Ok(name) = client.engine().channel_by_id(channel).map(|c| c.name) else {
                     continue;
                 };
                 let timer = match disappearing_secs {

@@ -110,12 +110,7 @@ pub(crate) async fn join_with_code(
         .join_with_code(&relay, &mailbox_relay, &code, &me, name)
         .await
         .map_err(|e| invite_failure(e, false))?;
-    let summary = client
-        .engine()
-        .channels()
-        .into_iter()
-        .find(|c| c.id == id)
-        .ok_or_else(|| Failure::new("the channel vanished"))?;
+    let summary = crate::commands::channel_by_id(&client, id)?;
     // Our key package's mailbox was made on this relay; now tell the relays we are in.
     catch_up(g, &mut client).await;
     print(

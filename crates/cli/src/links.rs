@@ -217,12 +217,7 @@ pub(crate) async fn join_with_link(
     crate::ending::report_changes(g, &mut client, &events);
     match answer {
         Some(LinkAnswer::Joined(id)) => {
-            let summary = client
-                .engine()
-                .channels()
-                .into_iter()
-                .find(|c| c.id == id)
-                .ok_or_else(|| Failure::new("the channel vanished"))?;
+            let summary = crate::commands::channel_by_id(&client, id)?;
             catch_up(g, &mut client).await;
             print(
                 g,

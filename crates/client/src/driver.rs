@@ -285,12 +285,7 @@ impl Client {
     /// Joins a channel with a welcome made for one of our key packages.
     pub fn join(&mut self, name: Option<&str>, welcome: &[u8]) -> Result<ChannelId, ClientError> {
         let id = self.engine.join(now(), name, welcome)?;
-        let summary = self
-            .engine
-            .channels()
-            .into_iter()
-            .find(|c| c.id == id)
-            .ok_or_else(|| CommandError::UnknownChannel(id.to_string()))?;
+        let summary = self.engine.channel_by_id(&id)?;
         if let Some(me) = summary.members.iter().find(|m| m.is_self) {
             let mailbox = me.mailbox.clone();
             self.bind(&mailbox, id)?;

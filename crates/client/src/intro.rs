@@ -172,14 +172,6 @@ pub enum IntroProgress {
 }
 
 impl Client {
-    fn summary_by_id(&self, id: &ChannelId) -> Result<ChannelSummary, ClientError> {
-        self.engine()
-            .channels()
-            .into_iter()
-            .find(|c| c.id == *id)
-            .ok_or_else(|| CommandError::UnknownChannel(id.to_string()).into())
-    }
-
     /// Introduces `host` (a member of `host_channel`) and `joiner` (a member of
     /// `joiner_channel`): `host` will make a channel and `joiner` join it. Returns the
     /// introduction's identifier; it completes as the others' clients answer and ours
@@ -305,7 +297,7 @@ impl Client {
             return Ok(());
         };
         backchannel_proto::member::check_name(peer).map_err(CommandError::InvalidName)?;
-        let channel = self.summary_by_id(&s.channel)?.name;
+        let channel = self.engine().channel_by_id(&s.channel)?.name;
         let short = short_id(&s.intro.id);
         self.notices.push(format!(
             "{} wants to introduce you to {peer} (through '{channel}'): `backchannel accept {short}` \
@@ -345,7 +337,8 @@ impl Client {
                 id: short_id(&id),
                 by: step.from_name.clone(),
                 channel: self
-                    .summary_by_id(&step.channel)
+                    .engine()
+                    .channel_by_id(&step.channel)
                     .map(|c| c.name)
                     .unwrap_or_default(),
                 peer,
@@ -435,7 +428,7 @@ impl Client {
         &self,
         channel: &ChannelId,
     ) -> Result<(ChannelSummary, String, backchannel_proto::addr::RelayAddr), ClientError> {
-        let summary = self.summary_by_id(channel)?;
+        let summary = self.engine().channel_by_id(channel)?;
         let me = summary
             .members
             .iter()
@@ -513,7 +506,7 @@ impl Client {
                 "the key package did not come from the person we introduced".into(),
             ));
         }
-        let joiner = self.summary_by_id(channel)?;
+        let joiner = self.engine().channel_by_id(channel)?;
         let peer = joiner
             .members
             .iter()
@@ -567,7 +560,8 @@ impl Client {
         self.store().set_setting(&hosted, &hex(&new.0))?;
         let welcome = self.add_members(&name, &[key_package])?;
         for m in self
-            .summary_by_id(&new)?
+            .engine()
+            .channel_by_id(&new)?
             .members
             .iter()
             .filter(|m| !m.is_self)
@@ -634,7 +628,8 @@ impl Client {
         let name = self.free_channel_name(&peer);
         let new = self.join(Some(&name), welcome)?;
         for m in self
-            .summary_by_id(&new)?
+            .engine()
+            .channel_by_id(&new)?
             .members
             .iter()
             .filter(|m| !m.is_self)

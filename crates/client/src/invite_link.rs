@@ -359,10 +359,8 @@ impl Client {
             .map_err(|e| e.to_string())?;
         let ch = self
             .engine()
-            .channels()
-            .into_iter()
-            .find(|c| c.id == *channel)
-            .ok_or("the channel is gone")?;
+            .channel_by_id(channel)
+            .map_err(|_| "the channel is gone")?;
         if summary.suite != Some(ch.suite) {
             return Err("it is for another ciphersuite".into());
         }
@@ -371,11 +369,9 @@ impl Client {
 
     fn channel_name(&self, channel: &ChannelId) -> String {
         self.engine()
-            .channels()
-            .into_iter()
-            .find(|c| c.id == *channel)
+            .channel_by_id(channel)
             .map(|c| c.name)
-            .unwrap_or_else(|| channel.to_string())
+            .unwrap_or_else(|_| channel.to_string())
     }
 
     /// A blob in the mailbox our request's answer comes to.
@@ -436,16 +432,11 @@ impl Client {
             Err(e) => return LinkAnswer::Failed(e.to_string()),
         };
         // The link named the inviter's key; the channel must hold it.
-        let inviter_there = self
-            .engine()
-            .channels()
-            .into_iter()
-            .find(|c| c.id == channel)
-            .is_some_and(|c| {
-                c.members
-                    .iter()
-                    .any(|m| !m.is_self && m.signature_key == pending.inviter_key)
-            });
+        let inviter_there = self.engine().channel_by_id(&channel).is_ok_and(|c| {
+            c.members
+                .iter()
+                .any(|m| !m.is_self && m.signature_key == pending.inviter_key)
+        });
         if !inviter_there {
             self.notices.push(
                 "warning: the person who made the invite link is not in the channel you were \

@@ -284,6 +284,14 @@ impl<S: Storage> Engine<S> {
         self.channels.values().map(|ch| self.summary(ch)).collect()
     }
 
+    /// One channel by identifier.
+    pub fn channel_by_id(&self, id: &ChannelId) -> Result<ChannelSummary, CommandError> {
+        self.channels
+            .get(id)
+            .map(|ch| self.summary(ch))
+            .ok_or_else(|| CommandError::UnknownChannel(id.to_string()))
+    }
+
     /// One channel by local name.
     pub fn channel(&self, name: &str) -> Result<ChannelSummary, CommandError> {
         let id = self.channel_id(name)?;
