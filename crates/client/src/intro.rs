@@ -50,7 +50,7 @@ fn parse_pending(text: &str) -> Option<IntroStepIn> {
     let mut parts = text.splitn(4, ' ');
     let channel = ChannelId(unhex(parts.next()?)?);
     let from = MemberId(unhex(parts.next()?)?);
-    let control = unhex_vec(parts.next()?)?;
+    let control = hex::decode(parts.next()?).ok()?;
     let from_name = parts.next()?.to_owned();
     let backchannel_proto::control::Control::Intro(intro) =
         backchannel_proto::control::Control::decode(&control).ok()?
@@ -63,15 +63,6 @@ fn parse_pending(text: &str) -> Option<IntroStepIn> {
         from_name,
         intro,
     })
-}
-
-fn unhex_vec(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len() / 2)
-        .map(|i| u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok())
-        .collect()
 }
 
 /// An introduction waiting for our answer.
@@ -92,17 +83,13 @@ pub struct PendingIntroduction {
 pub const INTRODUCED_BY: &str = "introduced-by:";
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
+/// Exactly `N` bytes of hex.
 fn unhex<const N: usize>(text: &str) -> Option<[u8; N]> {
-    if text.len() != 2 * N {
-        return None;
-    }
     let mut out = [0u8; N];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
+    hex::decode_to_slice(text, &mut out).ok()?;
     Some(out)
 }
 
@@ -112,7 +99,7 @@ struct Made {
     host: MemberId,
     joiner_channel: ChannelId,
     joiner: MemberId,
-    state: &'static str,
+    state: IntroProgress,
 }
 
 impl Made {
@@ -123,7 +110,7 @@ impl Made {
             hex(&self.host.0),
             hex(&self.joiner_channel.0),
             hex(&self.joiner.0),
-            self.state
+            self.state.label()
         )
     }
 
@@ -133,13 +120,7 @@ impl Made {
         let host = MemberId(unhex(parts.next()?)?);
         let joiner_channel = ChannelId(unhex(parts.next()?)?);
         let joiner = MemberId(unhex(parts.next()?)?);
-        let state = match parts.next()? {
-            "asked" => "asked",
-            "added" => "added",
-            "done" => "done",
-            "declined" => "declined",
-            _ => return None,
-        };
+        let state = IntroProgress::from_label(parts.next()?)?;
         Some(Self {
             host_channel,
             host,
@@ -169,6 +150,24 @@ pub enum IntroProgress {
     Done,
     /// One of them said no.
     Declined,
+}
+
+impl IntroProgress {
+    /// How it is kept in the profile.
+    fn label(self) -> &'static str {
+        match self {
+            IntroProgress::Asked => "asked",
+            IntroProgress::Added => "added",
+            IntroProgress::Done => "done",
+            IntroProgress::Declined => "declined",
+        }
+    }
+
+    fn from_label(text: &str) -> Option<Self> {
+        [Self::Asked, Self::Added, Self::Done, Self::Declined]
+            .into_iter()
+            .find(|p| p.label() == text)
+    }
 }
 
 impl Client {
@@ -205,7 +204,7 @@ impl Client {
             host: host_id,
             joiner_channel: b.id,
             joiner: joiner_id,
-            state: "asked",
+            state: IntroProgress::Asked,
         };
         self.store()
             .set_setting(&format!("{MADE}{}", hex(&id)), &made.encode())?;
@@ -223,12 +222,7 @@ impl Client {
     /// How far introduction `id` (ours) has come.
     pub fn introduction_progress(&self, id: &[u8; 16]) -> Option<IntroProgress> {
         let text = self.store().setting(&format!("{MADE}{}", hex(id))).ok()??;
-        Some(match Made::decode(&text)?.state {
-            "asked" => IntroProgress::Asked,
-            "added" => IntroProgress::Added,
-            "declined" => IntroProgress::Declined,
-            _ => IntroProgress::Done,
-        })
+        Some(Made::decode(&text)?.state)
     }
 
     fn send_step(
@@ -408,14 +402,18 @@ impl Client {
         let Some(mut made) = self.made(&id)? else {
             return Err(ClientError::Link("it is not one we made".into()));
         };
-        let asked = made.state == "asked" && made.joiner_channel == *channel && made.joiner == from;
-        let added = made.state == "added" && made.host_channel == *channel && made.host == from;
+        let asked = made.state == IntroProgress::Asked
+            && made.joiner_channel == *channel
+            && made.joiner == from;
+        let added = made.state == IntroProgress::Added
+            && made.host_channel == *channel
+            && made.host == from;
         if !asked && !added {
             return Err(ClientError::Link(
                 "the answer did not come from the person we introduced".into(),
             ));
         }
-        made.state = "declined";
+        made.state = IntroProgress::Declined;
         self.save_made(&id, &made)?;
         self.notices
             .push(format!("{from_name} declined the introduction"));
@@ -501,7 +499,10 @@ impl Client {
         let Some(mut made) = self.made(&id)? else {
             return Err(ClientError::Link("it is not one we made".into()));
         };
-        if made.state != "asked" || made.joiner_channel != *channel || made.joiner != from {
+        if made.state != IntroProgress::Asked
+            || made.joiner_channel != *channel
+            || made.joiner != from
+        {
             return Err(ClientError::Link(
                 "the key package did not come from the person we introduced".into(),
             ));
@@ -520,7 +521,7 @@ impl Client {
             made.host,
             IntroStep::Add { peer, key_package },
         )?;
-        made.state = "added";
+        made.state = IntroProgress::Added;
         self.save_made(&id, &made)
     }
 
@@ -589,7 +590,10 @@ impl Client {
         welcome: &[u8],
     ) -> Result<(), ClientError> {
         if let Some(mut made) = self.made(&id)? {
-            if made.state != "added" || made.host_channel != *channel || made.host != from {
+            if made.state != IntroProgress::Added
+                || made.host_channel != *channel
+                || made.host != from
+            {
                 return Err(ClientError::Link(
                     "the welcome did not come from the person we introduced".into(),
                 ));
@@ -603,7 +607,7 @@ impl Client {
                     welcome: welcome.to_vec(),
                 },
             )?;
-            made.state = "done";
+            made.state = IntroProgress::Done;
             self.save_made(&id, &made)?;
             self.notices.push(format!(
                 "the introduction is made: {from_name} has a channel with the other"
@@ -668,12 +672,12 @@ mod tests {
             host: MemberId([2; 32]),
             joiner_channel: ChannelId([3; 16]),
             joiner: MemberId([4; 32]),
-            state: "added",
+            state: IntroProgress::Added,
         };
         let back = Made::decode(&made.encode()).unwrap();
         assert_eq!(back.host_channel, made.host_channel);
         assert_eq!(back.joiner, made.joiner);
-        assert_eq!(back.state, "added");
+        assert_eq!(back.state, IntroProgress::Added);
         assert!(Made::decode("zz").is_none());
         assert_eq!(unhex::<2>("0aff"), Some([10, 255]));
         assert_eq!(unhex::<2>("0aff0"), None);
