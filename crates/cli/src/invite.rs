@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use backchannel_client::InviteError;
+use backchannel_client::{Client, InviteError};
+use backchannel_core::ChannelSummary;
 use backchannel_proto::addr::RelayAddr;
 use backchannel_proto::code::InviteCode;
 use serde_json::json;
@@ -13,6 +14,35 @@ use crate::{Failure, Global};
 
 /// Profile setting: the relay used for codes when `--relay` is not given.
 pub(crate) const RELAY_SETTING: &str = "relay";
+
+/// The relay for an invitation to a channel: the one given, else the relay of our
+/// own mailbox in it.
+pub(crate) fn invitation_relay(
+    summary: &ChannelSummary,
+    given: Option<&str>,
+) -> Result<RelayAddr, Failure> {
+    match given {
+        Some(r) => relay_addr(r),
+        None => summary
+            .members
+            .iter()
+            .find(|m| m.is_self)
+            .map(|m| m.mailbox.relay.clone())
+            .ok_or_else(|| Failure::new("you are not a member of this channel")),
+    }
+}
+
+/// Where a joiner's mailbox for the new channel goes: its usual relay if it has
+/// one, else the inviter's.
+pub(crate) fn joiner_mailbox_relay(
+    client: &Client,
+    inviters: &RelayAddr,
+) -> Result<RelayAddr, Failure> {
+    match client.store().setting(RELAY_SETTING)? {
+        Some(usual) => relay_addr(&usual),
+        None => Ok(inviters.clone()),
+    }
+}
 
 fn invite_failure(e: InviteError, inviter: bool) -> Failure {
     let suspicious = matches!(e, InviteError::WrongCode | InviteError::Abandoned);
@@ -45,15 +75,7 @@ pub(crate) async fn invite(
             "only the administrator of '{name}' can invite to it"
         )));
     }
-    let relay: RelayAddr = match relay {
-        Some(r) => relay_addr(r)?,
-        None => summary
-            .members
-            .iter()
-            .find(|m| m.is_self)
-            .map(|m| m.mailbox.relay.clone())
-            .ok_or_else(|| Failure::new("you are not a member of this channel"))?,
-    };
+    let relay = invitation_relay(&summary, relay)?;
     let invitation = client
         .open_invitation(&relay)
         .await
@@ -100,11 +122,7 @@ pub(crate) async fn join_with_code(
     })?;
     let mut client = open_client(g).await?;
     let relay = chosen_relay(&client, relay)?;
-    // Our mailbox goes on our usual relay if we have one, else on the inviter's.
-    let mailbox_relay = match client.store().setting(RELAY_SETTING)? {
-        Some(usual) => relay_addr(&usual)?,
-        None => relay.clone(),
-    };
+    let mailbox_relay = joiner_mailbox_relay(&client, &relay)?;
     let me = own_name(&client)?;
     let (id, inviter) = client
         .join_with_code(&relay, &mailbox_relay, &code, &me, name)

@@ -7,8 +7,8 @@ use backchannel_client::{Client, IntroProgress, LinkAnswer};
 use backchannel_proto::link::{InviteLink, LINK_PREFIX};
 use serde_json::json;
 
-use crate::commands::{catch_up, deliver, print, relay_addr};
-use crate::invite::RELAY_SETTING;
+use crate::commands::{catch_up, deliver, print};
+use crate::invite::{invitation_relay, joiner_mailbox_relay};
 use crate::profile::{open_client, own_name};
 use crate::trust::{layout, qr};
 use crate::{Failure, Global, output};
@@ -35,15 +35,7 @@ pub(crate) async fn invite_link(
     client.engine().channel(name)?;
     catch_up(g, &mut client).await;
     let summary = client.engine().channel(name)?;
-    let relay = match relay {
-        Some(r) => relay_addr(r)?,
-        None => summary
-            .members
-            .iter()
-            .find(|m| m.is_self)
-            .map(|m| m.mailbox.relay.clone())
-            .ok_or_else(|| Failure::new("you are not a member of this channel"))?,
-    };
+    let relay = invitation_relay(&summary, relay)?;
     let link = client
         .create_invite_link(name, &relay, auto_admit, Duration::from_secs(valid_for))
         .await?;
@@ -179,18 +171,13 @@ pub(crate) async fn join_with_link(
             .hint("copy the whole link, from BCJ1 to its end")
     })?;
     let mut client = open_client(g).await?;
-    // Our mailbox goes on our usual relay if we have one, else on the inviter's.
-    let mailbox_relay = match client.store().setting(RELAY_SETTING)? {
-        Some(usual) => relay_addr(&usual)?,
-        None => link.relay.clone(),
-    };
+    let mailbox_relay = joiner_mailbox_relay(&client, &link.relay)?;
     let me = own_name(&client)?;
     let request = client
         .request_to_join(&link, &me, name, &mailbox_relay)
         .await?;
     deliver(&mut client).await?;
-    if !client.relay_errors.is_empty() && client.relay_errors.iter().any(|e| e.contains("refused"))
-    {
+    if client.relay_errors.iter().any(|e| e.contains("refused")) {
         return Err(Failure::new(
             "the inviter's relay no longer takes requests for this link: it was used or has expired",
         )
