@@ -9,28 +9,14 @@
     clippy::indexing_slicing
 )]
 
-use std::time::Duration;
+mod support;
 
-use backchannel_client::{Client, ClientConfig, IntroProgress};
-use backchannel_core::Event;
+use backchannel_client::{Client, IntroProgress};
 use backchannel_core::mls::Suite;
 use backchannel_proto::addr::RelayAddr;
 use backchannel_proto::control::{Intro, IntroStep};
-use backchannel_relay::{RelayConfig, RunningRelay};
-use backchannel_store::Store;
 
-const LIMIT: Duration = Duration::from_secs(15);
-
-async fn relay(dir: &std::path::Path) -> RunningRelay {
-    let config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.join("relay"));
-    backchannel_relay::start(config).await.unwrap()
-}
-
-fn client(dir: &std::path::Path, name: &str) -> Client {
-    let store = Store::create(&dir.join(name), b"pw").unwrap();
-    store.set_setting("name", name).unwrap();
-    Client::open(store, ClientConfig::default()).unwrap()
-}
+use support::{LIMIT, client, relay, texts};
 
 /// `admin` makes `channel` and adds each of `others`.
 async fn channel(
@@ -57,17 +43,6 @@ async fn channel(
     for (other, _) in others.iter_mut() {
         other.sync(LIMIT).await.unwrap();
     }
-}
-
-fn texts(client: &mut Client) -> Vec<String> {
-    client
-        .drain_events()
-        .into_iter()
-        .filter_map(|e| match e {
-            Event::Message(m) => Some(m.text),
-            _ => None,
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]

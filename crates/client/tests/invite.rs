@@ -8,28 +8,16 @@
     clippy::indexing_slicing
 )]
 
+mod support;
+
 use std::time::Duration;
 
-use backchannel_client::{Client, ClientConfig, InviteError};
+use backchannel_client::InviteError;
 use backchannel_core::mls::Suite;
 use backchannel_proto::code::InviteCode;
 use backchannel_proto::frame::ErrorCode;
-use backchannel_relay::{RelayConfig, RunningRelay};
-use backchannel_store::Store;
 
-const LIMIT: Duration = Duration::from_secs(15);
-
-async fn relay(dir: &std::path::Path, configure: impl FnOnce(&mut RelayConfig)) -> RunningRelay {
-    let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.join("relay"));
-    configure(&mut config);
-    backchannel_relay::start(config).await.unwrap()
-}
-
-fn client(dir: &std::path::Path, name: &str) -> Client {
-    let store = Store::create(&dir.join(name), b"pw").unwrap();
-    store.set_setting("name", name).unwrap();
-    Client::open(store, ClientConfig::default()).unwrap()
-}
+use support::{LIMIT, client, relay_with};
 
 /// The same code with other words.
 fn mistyped(code: &InviteCode) -> InviteCode {
@@ -46,9 +34,9 @@ fn mistyped(code: &InviteCode) -> InviteCode {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_code_said_aloud_brings_the_joiner_in() {
     let tmp = tempfile::tempdir().unwrap();
-    let relay = relay(tmp.path(), |_| {}).await;
+    let relay = relay_with(tmp.path(), |_| {}).await;
     // Bob keeps his mailbox on a relay of his own.
-    let bobs_relay = self::relay(&tmp.path().join("b"), |_| {}).await;
+    let bobs_relay = relay_with(&tmp.path().join("b"), |_| {}).await;
     let (mut alice, mut bob) = (client(tmp.path(), "alice"), client(tmp.path(), "bob"));
     alice
         .create_channel("ops", "alice", Suite::Classic.into(), &relay.address)
@@ -92,7 +80,7 @@ async fn a_code_said_aloud_brings_the_joiner_in() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_code_fails_on_both_sides_and_burns_the_code() {
     let tmp = tempfile::tempdir().unwrap();
-    let relay = relay(tmp.path(), |_| {}).await;
+    let relay = relay_with(tmp.path(), |_| {}).await;
     let (mut alice, mut mallory, mut bob) = (
         client(tmp.path(), "alice"),
         client(tmp.path(), "mallory"),
@@ -135,7 +123,7 @@ async fn a_wrong_code_fails_on_both_sides_and_burns_the_code() {
 #[tokio::test(flavor = "multi_thread")]
 async fn codes_expire_and_guessing_is_rate_limited() {
     let tmp = tempfile::tempdir().unwrap();
-    let relay = relay(tmp.path(), |c| {
+    let relay = relay_with(tmp.path(), |c| {
         c.rendezvous_ttl = Duration::from_secs(1);
         c.limits.rendezvous_per_minute = 3;
     })

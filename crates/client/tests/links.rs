@@ -8,39 +8,17 @@
     clippy::indexing_slicing
 )]
 
+mod support;
+
 use std::time::Duration;
 
-use backchannel_client::{Client, ClientConfig, LinkAnswer};
-use backchannel_core::Event;
+use backchannel_client::LinkAnswer;
 use backchannel_core::mls::Suite;
 use backchannel_proto::link::InviteLink;
-use backchannel_relay::{RelayConfig, RunningRelay};
-use backchannel_store::Store;
 
-const LIMIT: Duration = Duration::from_secs(15);
+use support::{LIMIT, client, relay, texts};
+
 const WEEK: Duration = Duration::from_secs(7 * 24 * 3600);
-
-async fn relay(dir: &std::path::Path) -> RunningRelay {
-    let config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.join("relay"));
-    backchannel_relay::start(config).await.unwrap()
-}
-
-fn client(dir: &std::path::Path, name: &str) -> Client {
-    let store = Store::create(&dir.join(name), b"pw").unwrap();
-    store.set_setting("name", name).unwrap();
-    Client::open(store, ClientConfig::default()).unwrap()
-}
-
-fn texts(client: &mut Client) -> Vec<String> {
-    client
-        .drain_events()
-        .into_iter()
-        .filter_map(|e| match e {
-            Event::Message(m) => Some(m.text),
-            _ => None,
-        })
-        .collect()
-}
 
 /// The link as it travels: through its text form.
 fn passed_on(link: &InviteLink) -> InviteLink {
