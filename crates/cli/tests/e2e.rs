@@ -155,10 +155,19 @@ fn a_reader_killed_between_fetch_and_acknowledgement_loses_nothing() {
         alice.run(&["send", "ops", &format!("n{i}")]).ok();
     }
     // Bob's reader is killed again and again while it works through the backlog:
-    // some kills land after it stored a message and before the relay heard the
-    // acknowledgement.
+    // each time as soon as the relay's metrics show a delivery not yet
+    // acknowledged (watched, not guessed from a fixed delay), so that kills land
+    // after it stored a message and before the relay heard the acknowledgement.
     let mut shown: Vec<(String, String)> = Vec::new();
+    let counts = || {
+        let m = http_get(metrics_port, "/metrics");
+        (
+            metric(&m, "backchannel_relay_messages_delivered_total"),
+            metric(&m, "backchannel_relay_messages_acked_total"),
+        )
+    };
     for round in 0..12u64 {
+        let (delivered, _) = counts();
         let mut child = Command::new(support::bin())
             .arg("--home")
             .arg(&bob.home)
@@ -168,10 +177,29 @@ fn a_reader_killed_between_fetch_and_acknowledgement_loses_nothing() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(150 + 37 * round));
+        // The first reader has the whole backlog waiting; a later one may find
+        // nothing left for it.
+        let limit = Duration::from_secs(if round == 0 { 60 } else { 10 });
+        let end = std::time::Instant::now() + limit;
+        let mut caught = false;
+        while std::time::Instant::now() < end {
+            let (d, a) = counts();
+            if d > delivered && d > a {
+                caught = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
         child.kill().unwrap();
         let out = child.wait_with_output().unwrap();
         shown.extend(parse_messages(&String::from_utf8_lossy(&out.stdout)));
+        assert!(
+            caught || round > 0,
+            "the first reader was delivered nothing"
+        );
+        if !caught {
+            break;
+        }
     }
     shown.extend(bob.read("ops"));
     let got = texts(&shown);

@@ -276,11 +276,14 @@ async fn a_full_disk_stops_acknowledgements_and_loses_nothing_acknowledged() {
     .await;
     let mut reader = connect(&relay).await;
     let mut deliveries = reader.deliveries().unwrap();
-    reader.subscribe(read_id, &owner).await.unwrap();
+    let backlog = reader.subscribe(read_id, &owner).await.unwrap();
+    assert_eq!(backlog, acknowledged.len() as u64);
     let mut got = Vec::new();
-    while let Ok(Some(d)) =
-        tokio::time::timeout(Duration::from_millis(500), deliveries.recv()).await
-    {
+    while (got.len() as u64) < backlog {
+        let d = tokio::time::timeout(T, deliveries.recv())
+            .await
+            .unwrap()
+            .unwrap();
         got.push(number(&d.blob));
         reader.ack(read_id, d.message_id).await.unwrap();
     }
@@ -300,9 +303,21 @@ async fn messages_expire() {
     let owner = key();
     let (send_id, read_id) = client.create_mailbox(&owner).await.unwrap();
     client.send(send_id, 0, blob(1)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let held = || {
+        rusqlite::Connection::open(tmp.path().join(backchannel_relay::DATABASE_FILE))
+            .unwrap()
+            .query_row("SELECT count(*) FROM messages", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+    };
+    // The sweeper deletes it once its time has passed: wait for that, however
+    // slowly this machine runs.
+    let deadline = std::time::Instant::now() + T;
+    while held() > 0 {
+        assert!(std::time::Instant::now() < deadline, "never expired");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut deliveries = client.deliveries().unwrap();
-    client.subscribe(read_id, &owner).await.unwrap();
+    assert_eq!(client.subscribe(read_id, &owner).await.unwrap(), 0);
     assert!(
         tokio::time::timeout(Duration::from_millis(300), deliveries.recv())
             .await
