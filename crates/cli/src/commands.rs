@@ -6,7 +6,7 @@ use std::time::Duration;
 use backchannel_client::{Client, ClientError};
 use backchannel_core::mls::Suite;
 use backchannel_core::store::{ChannelStatus, MessageKind};
-use backchannel_core::{ChannelId, ChannelOptions, ChannelSummary, Event, Timestamp};
+use backchannel_core::{ChannelId, ChannelOptions, ChannelSummary, Event, Pending, Timestamp};
 use backchannel_proto::addr::RelayAddr;
 use backchannel_store::Store;
 use serde_json::json;
@@ -73,7 +73,16 @@ pub(crate) fn print(g: &Global, human: String, machine: serde_json::Value) {
 /// by a member, or past their end date) and returns their names.
 pub(crate) async fn catch_up(g: &Global, client: &mut Client) -> Vec<String> {
     if let Err(e) = client.sync(RELAY_LIMIT).await {
-        eprintln!("warning: {e}");
+        // A relay that answers but delivered less than it counted (another reader
+        // of the profile took messages meanwhile) leaves nothing to say: what is
+        // really missing is shown as waiting. Unreachable relays and unsent
+        // messages are worth a word.
+        let quiet = matches!(e, ClientError::Timeout(_))
+            && client.unsent() == 0
+            && client.relay_errors.is_empty();
+        if !quiet {
+            eprintln!("warning: {e}");
+        }
     }
     let events = client.drain_events();
     ending::report_changes(g, client, &events)
@@ -549,6 +558,7 @@ pub(crate) async fn read(g: &Global, name: &str, follow: bool, all: bool) -> Res
         return Ok(());
     }
     let mut alerts = show_new(g, &client, name, all)?;
+    let mut waiting = show_pending(g, &client, name, None)?;
     if follow {
         loop {
             tokio::select! {
@@ -565,6 +575,7 @@ pub(crate) async fn read(g: &Global, name: &str, follow: bool, all: bool) -> Res
                         }
                         alerts += show_new(g, &client, name, false)?;
                     }
+                    waiting = show_pending(g, &client, name, Some(&waiting))?;
                 }
                 _ = tokio::signal::ctrl_c() => break,
             }
@@ -682,12 +693,34 @@ pub(crate) async fn status(g: &Global, name: &str, wait: u64) -> Result<(), Fail
         }
     }
     let alerts = show_alerts(g, &client, name)?;
+    show_pending(g, &client, name, None)?;
     if alerts > 0 {
         return Err(Failure::alert(format!(
             "{alerts} security alert(s) in '{name}' (shown above)"
         )));
     }
     Ok(())
+}
+
+/// Prints what the channel still waits for, unless it is what `shown` was;
+/// returns it.
+fn show_pending(
+    g: &Global,
+    client: &Client,
+    name: &str,
+    shown: Option<&Pending>,
+) -> Result<Pending, Failure> {
+    let pending = client.engine().pending(name)?;
+    if shown != Some(&pending)
+        && let Some(text) = output::pending(name, &pending, g.json)
+    {
+        if g.json {
+            println!("{text}");
+        } else {
+            eprintln!("{text}");
+        }
+    }
+    Ok(pending)
 }
 
 /// Prints (and marks shown) a channel's unshown alerts; returns how many.

@@ -1,7 +1,7 @@
 //! Printing for people and for programs.
 
-use backchannel_core::Timestamp;
 use backchannel_core::store::MessageRecord;
+use backchannel_core::{Pending, Timestamp};
 use backchannel_store::AlertRecord;
 use serde_json::json;
 
@@ -96,6 +96,61 @@ pub(crate) fn alert(channel: &str, a: &AlertRecord, json: bool) -> String {
     } else {
         format!("!! SECURITY ALERT in {channel}: {}", a.text)
     }
+}
+
+/// What a channel still waits for: lines for people, or one JSON object. Nothing
+/// when it waits for nothing.
+pub(crate) fn pending(channel: &str, p: &Pending, json: bool) -> Option<String> {
+    if p.is_empty() {
+        return None;
+    }
+    if json {
+        let gaps: Vec<_> = p
+            .gaps
+            .iter()
+            .map(|g| {
+                json!({
+                    "from": g.from,
+                    "missing": g.missing,
+                    "since": rfc3339(g.since),
+                    "reported_by": g.reported_by,
+                })
+            })
+            .collect();
+        let update = p
+            .update
+            .as_ref()
+            .map(|u| json!({"epoch": u.epoch, "by": u.by, "since": rfc3339(u.since)}));
+        return Some(
+            json!({
+                "channel": channel,
+                "pending": {"gaps": gaps, "parked": p.parked, "update": update},
+            })
+            .to_string(),
+        );
+    }
+    let mut lines = Vec::new();
+    for g in &p.gaps {
+        lines.push(format!(
+            "waiting in {channel} for {g}, missing since {}",
+            short_time(g.since)
+        ));
+    }
+    if let Some(u) = &p.update {
+        lines.push(format!(
+            "waiting in {channel} for update {} that {} has reached, since {}",
+            u.epoch,
+            u.by,
+            short_time(u.since)
+        ));
+    }
+    if p.parked > 0 && p.gaps.is_empty() && p.update.is_none() {
+        lines.push(format!(
+            "waiting in {channel}: {} received item(s) cannot be read yet",
+            p.parked
+        ));
+    }
+    Some(lines.join("\n"))
 }
 
 #[cfg(test)]

@@ -62,7 +62,14 @@ pub struct ClientConfig {
     pub engine: EngineConfig,
     /// After catching up, how long to wait for stragglers before a sync ends.
     pub quiet: Duration,
+    /// While connected, our status goes to every channel at least this often (a
+    /// relay withholding our last messages is caught within this, plus the gap
+    /// grace period, after we were last online).
+    pub status_interval: Duration,
 }
+
+/// Default of [`ClientConfig::status_interval`].
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(10 * 60);
 
 impl Default for ClientConfig {
     fn default() -> Self {
@@ -70,6 +77,7 @@ impl Default for ClientConfig {
             timing: LinkTiming::default(),
             engine: EngineConfig::default(),
             quiet: Duration::from_millis(250),
+            status_interval: STATUS_INTERVAL,
         }
     }
 }
@@ -456,6 +464,11 @@ impl Client {
         }
     }
 
+    /// Outbox entries handed to relays and not yet stored by them.
+    pub fn unsent(&self) -> usize {
+        self.in_flight.len()
+    }
+
     /// Whether every subscription has delivered its backlog and the outbox is empty.
     fn settled(&self) -> bool {
         self.in_flight.is_empty() && self.awaiting.values().all(Catchup::done)
@@ -465,6 +478,7 @@ impl Client {
     /// once everything is settled and quiet for a moment, or when `limit` passes
     /// (what is unsent stays in the outbox for next time).
     pub async fn sync(&mut self, limit: Duration) -> Result<(), ClientError> {
+        self.send_due_status()?;
         self.resend_outbox()?;
         self.subscribe_all();
         self.run_until(limit, true).await?;
@@ -557,9 +571,19 @@ impl Client {
         Ok(())
     }
 
+    /// Sends our status where the last is older than the status interval.
+    fn send_due_status(&mut self) -> Result<(), ClientError> {
+        let interval = self.config.status_interval.as_millis() as u64;
+        if self.engine.send_due_status(now(), interval)? > 0 {
+            self.pump();
+        }
+        Ok(())
+    }
+
     /// Waits up to `wait` for one relay event or engine timer, and handles it.
-    /// Returns whether anything happened.
+    /// Returns whether anything happened. Our status goes out when due.
     pub async fn step(&mut self, wait: Duration) -> Result<bool, ClientError> {
+        self.send_due_status()?;
         let timer = self.engine.poll_timeout();
         let wait = match timer {
             Some(t) => Duration::from_millis(t.0.saturating_sub(now().0)).min(wait),

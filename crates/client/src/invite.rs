@@ -9,7 +9,12 @@
 //! inviter -> joiner   Pake, Confirm, sealed Offer (channel, suite)
 //! joiner  -> inviter  Confirm, sealed key package (its mailbox inside)
 //! inviter -> joiner   sealed welcome
+//! joiner  -> inviter  sealed "joined" (once the welcome is applied)
 //! ```
+//!
+//! The inviter adds the joiner (an MLS commit) before the welcome exists; if the
+//! joiner does not confirm, it removes the joiner again, so a failed transfer never
+//! leaves a member nobody holds the keys of.
 //!
 //! Each side checks the other's confirmation before it trusts anything sealed. A
 //! failed check ends the exchange on both sides; the relay never lets anyone join
@@ -30,6 +35,12 @@ use tokio::sync::mpsc;
 
 use crate::driver::{Client, ClientError};
 use crate::relay::{RelayClient, RelayClientError};
+
+/// What the joiner seals once it has applied the welcome.
+const JOINED: &[u8] = b"backchannel/v1/joined";
+
+/// How long a side that left may take to tell us why (its words are on their way).
+const GONE_WAIT: Duration = Duration::from_secs(5);
 
 /// How long each step of the exchange may take once both sides are there.
 const STEP: Duration = Duration::from_secs(60);
@@ -108,29 +119,37 @@ impl Line {
         {
             Ok(()) => Ok(()),
             Err(RelayClientError::Refused(ErrorCode::NoPeer | ErrorCode::UnknownRendezvous)) => {
-                Err(self.why_gone())
+                Err(self.why_gone().await)
             }
             Err(e) => Err(e.into()),
         }
     }
 
-    /// The other side is gone: did it say why before it left?
-    fn why_gone(&mut self) -> InviteError {
-        while let Ok((n, event)) = self.events.try_recv() {
-            if n != self.nameplate {
-                continue;
-            }
-            if let RendezvousEvent::Data(bytes) = event {
-                match Wire::decode(&bytes) {
+    /// The other side is gone: did it say why before it left? What it said comes
+    /// on the event stream, which may lag the answer to our send: read it up to the
+    /// relay's notice that the rendezvous closed (or a few seconds, if that notice
+    /// never comes).
+    async fn why_gone(&mut self) -> InviteError {
+        let deadline = Instant::now() + GONE_WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let event = match tokio::time::timeout(left, self.events.recv()).await {
+                Ok(Some((n, event))) if n == self.nameplate => event,
+                Ok(Some(_)) => continue,
+                Ok(None) | Err(_) => return InviteError::Left,
+            };
+            match event {
+                RendezvousEvent::Data(bytes) => match Wire::decode(&bytes) {
                     Ok(Wire::Abort(AbortReason::WrongCode)) => return InviteError::WrongCode,
                     Ok(Wire::Abort(AbortReason::Refused)) => {
                         return InviteError::Refused("they declined".into());
                     }
                     _ => {}
-                }
+                },
+                RendezvousEvent::Closed => return InviteError::Left,
+                _ => {}
             }
         }
-        InviteError::Left
     }
 
     async fn send_sealed(
@@ -360,25 +379,50 @@ impl Client {
         let key_package = line
             .next_sealed(&mut session, step(), || InviteError::Left)
             .await?;
-        let before: Vec<String> = summary.members.iter().map(|m| m.name.clone()).collect();
+        let before: Vec<_> = summary.members.iter().map(|m| m.member).collect();
         let welcome = match self.add_members(channel, &[&key_package]) {
             Ok(w) => w,
             Err(e) => return Err(line.abort(AbortReason::Refused, e.into()).await),
         };
-        line.send_sealed(&mut session, &welcome).await?;
-        // Give the joiner a moment to take it before the rendezvous closes.
-        let _ = line.event(Instant::now() + Duration::from_secs(5)).await;
-        line.close().await;
         let joined = self
             .engine()
             .channel(channel)
             .map_err(ClientError::from)?
             .members
             .into_iter()
+            .find(|m| !before.contains(&m.member))
             .map(|m| m.name)
-            .find(|n| !before.contains(n))
             .unwrap_or_default();
-        Ok(joined)
+        let confirmed = match line.send_sealed(&mut session, &welcome).await {
+            Ok(()) => line
+                .next_sealed(&mut session, step(), || InviteError::Left)
+                .await
+                .map(|ack| ack == JOINED),
+            Err(e) => Err(e),
+        };
+        line.close().await;
+        match confirmed {
+            Ok(true) => Ok(joined),
+            Ok(false) => {
+                self.remove_ghost(channel, &joined)?;
+                Err(InviteError::Protocol(
+                    "the joiner could not use the welcome".into(),
+                ))
+            }
+            Err(e) => {
+                self.remove_ghost(channel, &joined)?;
+                Err(e)
+            }
+        }
+    }
+
+    /// The joiner never confirmed: takes it out again (what it would have read is
+    /// sealed under keys it never got).
+    fn remove_ghost(&mut self, channel: &str, name: &str) -> Result<(), InviteError> {
+        if !name.is_empty() {
+            self.remove_member(channel, name)?;
+        }
+        Ok(())
     }
 
     /// Joins a channel with a code: the rendezvous is at `relay`; our mailbox for the
@@ -468,8 +512,13 @@ impl Client {
         let welcome = line
             .next_sealed(&mut session, step(), || InviteError::Left)
             .await?;
+        let id = match self.join(name, &welcome) {
+            Ok(id) => id,
+            Err(e) => return Err(line.abort(AbortReason::Failed, e.into()).await),
+        };
+        let sent = line.send_sealed(&mut session, JOINED).await;
         line.close().await;
-        let id = self.join(name, &welcome)?;
+        sent?;
         Ok((id, offer.inviter))
     }
 }

@@ -384,7 +384,7 @@ impl Client {
         let read_id = pending.read_id;
         // Kept first (once, however often it is delivered), recorded processed only
         // once it has been dealt with: a crash in between delivers it again.
-        let kept = self.store().add_link_blob(&read_id, blob)?;
+        let kept = self.store().add_answer_blob(&read_id, blob)?;
         let blobs: Vec<Vec<u8>> = kept.into_iter().map(|(_, b)| b).collect();
         if let Some((reply, used)) = open_reply(&pending.reply_key, &blobs) {
             let answer = match reply {

@@ -18,7 +18,7 @@ pub mod invite_link;
 mod link;
 pub mod relay;
 
-pub use driver::{Client, ClientConfig, ClientError, now};
+pub use driver::{Client, ClientConfig, ClientError, STATUS_INTERVAL, now};
 pub use intro::{IntroProgress, PendingIntroduction};
 pub use invite::{Invitation, InviteError};
 pub use invite_link::{JoinRequestView, LinkAnswer, LinkRequest};

@@ -4,8 +4,14 @@
 //! backoff, subscribes again to every mailbox it serves after each reconnection,
 //! and keeps every blob it was asked to send until the relay has stored it,
 //! sending again after a reconnection. It reports what happens as [`LinkEvent`]s.
+//!
+//! Sends are paced: at most [`SEND_WINDOW`] wait for the relay's answer at once, in
+//! the order they were asked for, and a blob the relay asks to slow down for (rate
+//! limited, busy) goes back to the head of the queue after a short pause, so that a
+//! large fan-out (an add to a channel of hundreds) drains at the relay's pace
+//! instead of failing.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -100,11 +106,87 @@ pub(crate) fn spawn(
 /// A blob on its way: mailbox, relay lifetime, contents.
 type Outgoing = (MailboxId, u32, Blob);
 
+/// Most sends waiting for the relay's answer at once on one link.
+pub(crate) const SEND_WINDOW: usize = 64;
+
+/// First pause after the relay asked us to slow down; doubled while it keeps
+/// asking, up to [`SLOW_DOWN_MAX`], and reset by the next stored blob.
+const SLOW_DOWN_MIN: Duration = Duration::from_millis(50);
+const SLOW_DOWN_MAX: Duration = Duration::from_secs(2);
+
 enum Internal {
     SendDone {
         id: u64,
         result: Result<(), RelayClientError>,
     },
+    /// A pause after "slow down" is over.
+    Resume,
+}
+
+/// The blobs of one link not yet stored, in the order they were asked for.
+#[derive(Default)]
+struct SendQueue {
+    pending: BTreeMap<u64, Outgoing>,
+    queued: VecDeque<u64>,
+    in_flight: HashSet<u64>,
+    /// While set, nothing new goes out.
+    paused: bool,
+    slow_down: Option<Duration>,
+}
+
+impl SendQueue {
+    fn push(&mut self, id: u64, outgoing: Outgoing) {
+        if self.pending.insert(id, outgoing).is_none() {
+            self.queued.push_back(id);
+        }
+    }
+
+    /// After a reconnection: everything not stored goes again, in order.
+    fn restart(&mut self) {
+        self.in_flight.clear();
+        self.queued = self.pending.keys().copied().collect();
+        self.paused = false;
+    }
+
+    /// The next blobs to send, within the window.
+    fn next(&mut self) -> Vec<(u64, Outgoing)> {
+        let mut out = Vec::new();
+        while !self.paused && self.in_flight.len() < SEND_WINDOW {
+            let Some(id) = self.queued.pop_front() else {
+                break;
+            };
+            if let Some(outgoing) = self.pending.get(&id) {
+                self.in_flight.insert(id);
+                out.push((id, outgoing.clone()));
+            }
+        }
+        out
+    }
+
+    fn stored(&mut self, id: u64) {
+        self.pending.remove(&id);
+        self.in_flight.remove(&id);
+        self.slow_down = None;
+    }
+
+    /// The relay asked to slow down: the blob goes back to the head of the queue
+    /// and sending pauses for the returned time.
+    fn slow_down(&mut self, id: u64) -> Option<Duration> {
+        self.in_flight.remove(&id);
+        if !self.pending.contains_key(&id) {
+            return None;
+        }
+        self.queued.push_front(id);
+        if self.paused {
+            return None;
+        }
+        self.paused = true;
+        let pause = self
+            .slow_down
+            .map_or(SLOW_DOWN_MIN, |d| (d * 2).min(SLOW_DOWN_MAX));
+        self.slow_down = Some(pause);
+        Some(pause)
+    }
 }
 
 async fn run(
@@ -113,14 +195,14 @@ async fn run(
     mut commands: mpsc::UnboundedReceiver<LinkCommand>,
     events: mpsc::UnboundedSender<LinkEvent>,
 ) {
-    let mut pending: BTreeMap<u64, Outgoing> = BTreeMap::new();
+    let mut sends = SendQueue::default();
     let mut subs: HashMap<MailboxId, SigningKey> = HashMap::new();
     let mut waiting: Vec<LinkCommand> = Vec::new();
     let mut backoff = timing.backoff_min;
     'reconnect: loop {
         // Take every order that came in while disconnected.
         while let Ok(cmd) = commands.try_recv() {
-            absorb(cmd, &mut pending, &mut subs, &mut waiting);
+            absorb(cmd, &mut sends, &mut subs, &mut waiting);
         }
         let mut client = match RelayClient::connect(&relay, timing.timeout).await {
             Ok(c) => c,
@@ -139,7 +221,7 @@ async fn run(
                     tokio::select! {
                         () = &mut sleep => break,
                         cmd = commands.recv() => match cmd {
-                            Some(cmd) => absorb(cmd, &mut pending, &mut subs, &mut waiting),
+                            Some(cmd) => absorb(cmd, &mut sends, &mut subs, &mut waiting),
                             None => return,
                         },
                     }
@@ -154,20 +236,21 @@ async fn run(
         };
         let client = Arc::new(client);
         let (internal_tx, mut internal) = mpsc::unbounded_channel::<Internal>();
-        let send = |id: u64, (send_id, ttl_secs, blob): Outgoing| {
-            let client = client.clone();
-            let internal_tx = internal_tx.clone();
-            tokio::spawn(async move {
-                let result = client.send(send_id, ttl_secs, blob).await;
-                let _ = internal_tx.send(Internal::SendDone { id, result });
-            });
+        let send_next = |sends: &mut SendQueue| {
+            for (id, (send_id, ttl_secs, blob)) in sends.next() {
+                let client = client.clone();
+                let internal_tx = internal_tx.clone();
+                tokio::spawn(async move {
+                    let result = client.send(send_id, ttl_secs, blob).await;
+                    let _ = internal_tx.send(Internal::SendDone { id, result });
+                });
+            }
         };
         for (read_id, key) in &subs {
             subscribe(&client, *read_id, key.clone(), &events);
         }
-        for (id, outgoing) in &pending {
-            send(*id, outgoing.clone());
-        }
+        sends.restart();
+        send_next(&mut sends);
         for cmd in waiting.drain(..) {
             perform(&client, cmd);
         }
@@ -190,44 +273,44 @@ async fn run(
                     }
                 },
                 done = internal.recv() => {
-                    let Some(Internal::SendDone { id, result }) = done else { continue };
-                    match result {
-                        Ok(()) => {
-                            pending.remove(&id);
+                    match done {
+                        Some(Internal::SendDone { id, result: Ok(()) }) => {
+                            sends.stored(id);
                             let _ = events.send(LinkEvent::Stored { id });
                         }
-                        Err(RelayClientError::Refused(
-                            code @ (ErrorCode::UnknownMailbox | ErrorCode::Malformed),
-                        )) => {
-                            pending.remove(&id);
+                        Some(Internal::SendDone {
+                            id,
+                            result: Err(RelayClientError::Refused(
+                                code @ (ErrorCode::UnknownMailbox | ErrorCode::Malformed),
+                            )),
+                        }) => {
+                            sends.stored(id);
                             let _ = events.send(LinkEvent::Refused { id, code });
                         }
-                        Err(RelayClientError::Refused(_)) => {
-                            // Full, busy or rate-limited: try again a little later.
-                            if let Some((send_id, ttl_secs, blob)) = pending.get(&id).cloned() {
-                                let client = client.clone();
+                        Some(Internal::SendDone { id, result: Err(RelayClientError::Refused(_)) }) => {
+                            // Full, busy or rate-limited: slow down, then go on.
+                            if let Some(pause) = sends.slow_down(id) {
                                 let internal_tx = internal_tx.clone();
-                                let delay = backoff;
                                 tokio::spawn(async move {
-                                    tokio::time::sleep(delay).await;
-                                    let result = client.send(send_id, ttl_secs, blob).await;
-                                    let _ = internal_tx.send(Internal::SendDone { id, result });
+                                    tokio::time::sleep(pause).await;
+                                    let _ = internal_tx.send(Internal::Resume);
                                 });
-                                backoff = (backoff * 2).min(timing.backoff_max);
                             }
                         }
-                        Err(_) => {
+                        Some(Internal::SendDone { result: Err(_), .. }) => {
                             // The connection is gone; everything pending goes again
                             // after reconnecting.
                             continue 'reconnect;
                         }
+                        Some(Internal::Resume) => sends.paused = false,
+                        None => continue,
                     }
+                    send_next(&mut sends);
                 }
                 cmd = commands.recv() => match cmd {
                     Some(LinkCommand::Send { id, send_id, ttl_secs, blob }) => {
-                        let outgoing = (send_id, ttl_secs, blob);
-                        pending.insert(id, outgoing.clone());
-                        send(id, outgoing);
+                        sends.push(id, (send_id, ttl_secs, blob));
+                        send_next(&mut sends);
                     }
                     Some(LinkCommand::Subscribe { read_id, key }) => {
                         subs.insert(read_id, key.clone());
@@ -247,7 +330,7 @@ async fn run(
 /// Records an order while disconnected.
 fn absorb(
     cmd: LinkCommand,
-    pending: &mut BTreeMap<u64, Outgoing>,
+    sends: &mut SendQueue,
     subs: &mut HashMap<MailboxId, SigningKey>,
     waiting: &mut Vec<LinkCommand>,
 ) {
@@ -257,9 +340,7 @@ fn absorb(
             send_id,
             ttl_secs,
             blob,
-        } => {
-            pending.insert(id, (send_id, ttl_secs, blob));
-        }
+        } => sends.push(id, (send_id, ttl_secs, blob)),
         LinkCommand::Subscribe { read_id, key } => {
             subs.insert(read_id, key);
         }

@@ -22,7 +22,7 @@ use backchannel_relay::adversary::{Adversary, AdversaryHandle};
 use backchannel_relay::{RelayConfig, RunningRelay};
 use backchannel_store::Store;
 
-const LIMIT: Duration = Duration::from_secs(15);
+const LIMIT: Duration = Duration::from_secs(60);
 
 type SendRule = Box<dyn FnMut(MailboxId, &Blob) -> Vec<(MailboxId, Blob)> + Send>;
 
@@ -67,6 +67,10 @@ async fn world() -> World {
 }
 
 fn client(world: &World, name: &str) -> Client {
+    client_with(world, name, |_| {})
+}
+
+fn client_with(world: &World, name: &str, tweak: impl FnOnce(&mut ClientConfig)) -> Client {
     let dir = world.dir.path().join(name);
     let store = if Store::exists(&dir) {
         Store::open(&dir, b"pw").unwrap()
@@ -76,13 +80,17 @@ fn client(world: &World, name: &str) -> Client {
     store.set_setting("name", name).unwrap();
     let config = ClientConfig {
         engine: EngineConfig {
-            gap_grace_ms: 400,
-            pending_grace_ms: 600,
+            // Long enough that a loaded machine does not turn reordering into a
+            // gap; the tests wait for the alerts, so only the attack cases pay it.
+            gap_grace_ms: 1500,
+            pending_grace_ms: 2000,
             ..EngineConfig::default()
         },
         quiet: Duration::from_millis(150),
         ..ClientConfig::default()
     };
+    let mut config = config;
+    tweak(&mut config);
     Client::open(store, config).unwrap()
 }
 
@@ -130,12 +138,22 @@ fn send_id_of(c: &Client, channel: &str, member: &str) -> MailboxId {
         .send_id
 }
 
-/// Syncs, lets timers run for a while, and returns (texts, alerts) seen.
+/// Syncs, then handles relay events and timers until nothing is left waiting in the
+/// engine (no open gap, no parked blob, no update expected): every alert the inputs
+/// can raise has been raised. Returns (texts, alerts) seen. Waits for that condition,
+/// not for a fixed time, so a slow machine only makes it take longer.
 async fn settle(c: &mut Client) -> (Vec<String>, Vec<Alert>) {
     if let Err(e) = c.sync(LIMIT).await {
         panic!("{e}: {:?}", c.relay_errors);
     }
-    c.idle(Duration::from_millis(900)).await.unwrap();
+    let deadline = std::time::Instant::now() + LIMIT;
+    while c.engine().is_waiting() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the engine still waits for something after {LIMIT:?}"
+        );
+        c.step(Duration::from_millis(50)).await.unwrap();
+    }
     c.sync(LIMIT).await.unwrap();
     let mut texts = Vec::new();
     let mut alerts = Vec::new();
@@ -177,7 +195,8 @@ async fn a_dropped_message_is_reported_as_withheld() {
         alerts,
         vec![Alert::Withheld {
             from: "alice".into(),
-            missing: vec![1]
+            missing: vec![1],
+            reported_by: None,
         }]
     );
 }
@@ -213,7 +232,8 @@ async fn a_message_withheld_from_one_member_is_revealed_by_the_others() {
         alerts,
         vec![Alert::Withheld {
             from: "alice".into(),
-            missing: vec![1]
+            missing: vec![1],
+            reported_by: Some("bob".into()),
         }]
     );
 }
@@ -447,4 +467,50 @@ async fn the_relay_cannot_burn_a_channel() {
     say(&mut alice, "ops", "still here").await;
     let (texts, _) = settle(&mut bob).await;
     assert_eq!(texts, vec!["still here"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn withholding_the_last_message_is_caught_while_its_sender_is_online() {
+    let w = world().await;
+    let mut alice = client_with(&w, "alice", |c| {
+        c.status_interval = Duration::from_millis(500);
+    });
+    let mut bob = client(&w, "bob");
+    channel(&w, &mut alice, "alice", "ops", &mut [(&mut bob, "bob")]).await;
+    let bob_box = send_id_of(&alice, "ops", "bob");
+    let mut dropped = false;
+    w.script.set(move |to, blob| {
+        if to == bob_box && !dropped {
+            dropped = true;
+            vec![]
+        } else {
+            vec![(to, blob.clone())]
+        }
+    });
+    // Alice's last word is dropped; she says nothing more but stays online.
+    say(&mut alice, "ops", "the last word").await;
+    bob.sync(LIMIT).await.unwrap();
+    let deadline = std::time::Instant::now() + LIMIT;
+    let mut alerts = Vec::new();
+    while alerts.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bob never learned of the withheld message"
+        );
+        alice.step(Duration::from_millis(20)).await.unwrap();
+        bob.step(Duration::from_millis(20)).await.unwrap();
+        while let Some(e) = bob.take_event() {
+            if let Event::Alert { alert, .. } = e {
+                alerts.push(alert);
+            }
+        }
+    }
+    assert_eq!(
+        alerts,
+        vec![Alert::Withheld {
+            from: "alice".into(),
+            missing: vec![1],
+            reported_by: None,
+        }]
+    );
 }

@@ -164,3 +164,38 @@ async fn codes_expire_and_guessing_is_rate_limited() {
         "{refused:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_joiner_who_cannot_use_the_welcome_is_taken_out_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = relay_with(tmp.path(), |_| {}).await;
+    let (mut alice, mut bob) = (client(tmp.path(), "alice"), client(tmp.path(), "bob"));
+    alice
+        .create_channel("ops", "alice", Suite::Classic.into(), &relay.address)
+        .await
+        .unwrap();
+    // Bob has a channel called "ops" already: the welcome arrives, and his client
+    // cannot take it under that name.
+    bob.create_channel("ops", "bob", Suite::Classic.into(), &relay.address)
+        .await
+        .unwrap();
+    let invitation = alice.open_invitation(&relay.address).await.unwrap();
+    let code = invitation.code;
+    let (admitted, joined) = tokio::join!(
+        alice.admit("ops", invitation, LIMIT),
+        bob.join_with_code(&relay.address, &relay.address, &code, "bob", Some("ops"))
+    );
+    assert!(joined.is_err());
+    assert!(admitted.is_err(), "{admitted:?}");
+    // No member is left whose keys nobody holds.
+    let members: Vec<String> = alice
+        .engine()
+        .channel("ops")
+        .unwrap()
+        .members
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(members, vec!["alice"]);
+    alice.flush(LIMIT).await.unwrap();
+}

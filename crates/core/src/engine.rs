@@ -20,6 +20,7 @@ use backchannel_proto::addr::MailboxAddr;
 use backchannel_proto::envelope::{BLOB_LEN, ContentKind, Fragment};
 use backchannel_proto::member::{
     CHANNEL_POLICY_EXTENSION, ChannelPolicy, MEMBER_INFO_EXTENSION, MemberInfo, check_name,
+    names_clash,
 };
 use backchannel_proto::payload::{Payload, PayloadKind};
 use openmls::framing::errors::{MessageDecryptionError, SecretTreeError};
@@ -42,10 +43,17 @@ use crate::store::{
 };
 use crate::{ChannelId, Timestamp};
 
-/// Envelope keys of this many recent epochs are kept. More than the MLS past epochs:
-/// an epoch announcement is sealed under the previous epoch's key and may arrive after
-/// several more updates. They reveal no content, only which blobs are the channel's.
-pub const ENVELOPE_KEY_EPOCHS: usize = 16;
+/// Content is accepted under the envelope keys of this many recent epochs: the
+/// current one and the [`crate::mls::MAX_PAST_EPOCHS`] whose MLS secrets OpenMLS
+/// keeps. A message sealed under an older key (a removed member's, a replay) is
+/// rejected as soon as it arrives, never parked or processed.
+pub const ENVELOPE_KEY_EPOCHS: usize = 1 + crate::mls::MAX_PAST_EPOCHS;
+
+/// Keys of this many epochs are kept, only to read epoch announcements: each is
+/// sealed under the key of the epoch before the one it announces, and in a burst of
+/// updates (an administrator adding people one after another) it may arrive after
+/// several more. Anything else under these older keys is rejected.
+pub const ANNOUNCEMENT_KEY_EPOCHS: usize = 16;
 
 /// A storage provider the engine can run on: OpenMLS's storage plus ours.
 pub trait Storage: StorageProvider<CURRENT_VERSION> + EngineStore {}
@@ -120,6 +128,9 @@ pub enum CommandError {
     /// No member by that name.
     #[error("there is no member called '{0}' in this channel")]
     UnknownMember(String),
+    /// Several members go by that name, or by names one could take for it.
+    #[error("more than one member of this channel could be '{0}'; nothing was done")]
+    AmbiguousMember(String),
     /// A member by that name is in the channel already.
     #[error("someone called '{0}' is in this channel already")]
     MemberNameTaken(String),
@@ -178,6 +189,10 @@ pub(crate) struct Channel {
     pub(crate) erased: bool,
     /// When the oldest message in the history arrived.
     pub(crate) oldest: Option<Timestamp>,
+    /// The epochs whose envelope keys every parked sealed blob has been tried with:
+    /// a blob no key opened is tried again only with a key that came since, so a
+    /// mailbox full of junk costs nothing per later input.
+    pub(crate) sealed_tried: Vec<u64>,
 }
 
 pub(crate) struct Live {
@@ -277,6 +292,45 @@ impl<S: Storage> Engine<S> {
                     .chain(ch.lifecycle_deadline())
             })
             .min()
+    }
+
+    /// What a channel waits for now: gaps in senders' numbers, inputs it cannot
+    /// read yet, an update others reached. Each becomes an alert if its grace period
+    /// ends first; until then it is shown as waiting.
+    pub fn pending(&self, name: &str) -> Result<crate::Pending, CommandError> {
+        let id = self.channel_id(name)?;
+        let ch = self
+            .channels
+            .get(&id)
+            .ok_or_else(|| CommandError::UnknownChannel(name.to_owned()))?;
+        let gaps = ch
+            .senders
+            .values()
+            .filter_map(|s| {
+                let since = s.gap_since?;
+                let missing = s.missing();
+                (!missing.is_empty()).then(|| crate::Gap {
+                    from: s.name.clone(),
+                    missing,
+                    since,
+                    reported_by: s.claimed_by.as_ref().map(|c| c.name.clone()),
+                })
+            })
+            .collect();
+        Ok(crate::Pending {
+            gaps,
+            parked: ch.pending.len(),
+            update: ch.record.expected.clone(),
+        })
+    }
+
+    /// Whether any channel waits for something (see [`Engine::pending`]).
+    pub fn is_waiting(&self) -> bool {
+        self.channels.values().any(|ch| {
+            !ch.pending.is_empty()
+                || ch.record.expected.is_some()
+                || ch.senders.values().any(|s| s.gap_since.is_some())
+        })
     }
 
     /// Every channel, by name.
@@ -426,6 +480,7 @@ impl<S: Storage> Engine<S> {
                 pending: Vec::new(),
                 erased: false,
                 oldest: None,
+                sealed_tried: Vec::new(),
             };
             let mut ctx = engine.ctx(now);
             channel.enter_epoch(&mut ctx)?;
@@ -492,6 +547,7 @@ impl<S: Storage> Engine<S> {
                 pending: Vec::new(),
                 erased: false,
                 oldest: None,
+                sealed_tried: Vec::new(),
             };
             let mut ctx = engine.ctx(now);
             channel.enter_epoch(&mut ctx)?;
@@ -606,6 +662,41 @@ impl<S: Storage> Engine<S> {
                 body,
             )?;
             Ok(())
+        })
+    }
+
+    /// Sends our status in every active channel whose last status is older than
+    /// `interval_ms`: a sender's own word on how far its messages go, so that a relay
+    /// withholding our last messages is caught while we are online (a withheld
+    /// message is reported at most `interval_ms` plus the gap grace period after its
+    /// sender was last online). Returns how many went out.
+    pub fn send_due_status(
+        &mut self,
+        now: Timestamp,
+        interval_ms: u64,
+    ) -> Result<usize, CommandError> {
+        let due: Vec<ChannelId> = self
+            .channels
+            .values()
+            .filter(|ch| {
+                ch.live.is_some()
+                    && ch.record.status == ChannelStatus::Active
+                    && ch
+                        .record
+                        .last_status_at
+                        .is_none_or(|t| now.0 >= t.0.saturating_add(interval_ms))
+            })
+            .map(|ch| ch.record.id)
+            .collect();
+        if due.is_empty() {
+            return Ok(0);
+        }
+        self.transact(now, |engine| {
+            for id in &due {
+                let (ch, mut ctx) = engine.channel_ctx(id, now)?;
+                ch.send_status(&mut ctx, false)?;
+            }
+            Ok(due.len())
         })
     }
 
@@ -848,6 +939,7 @@ impl<S: Storage> Engine<S> {
                     pending,
                     erased: false,
                     oldest,
+                    sealed_tried: Vec::new(),
                 },
             );
         }
@@ -1096,7 +1188,7 @@ impl Channel {
                 ));
             }
             let info = check_leaf(kp.leaf_node()).map_err(|e| bad(&e))?;
-            if names.contains(&info.name) {
+            if names.iter().any(|n| names_clash(n, &info.name)) {
                 return Err(CommandError::MemberNameTaken(info.name));
             }
             names.push(info.name);
@@ -1104,9 +1196,12 @@ impl Channel {
         }
         let targets = self.others();
         let live = self.live_mut()?;
+        // Adds carry no path (RFC 9420 §12.4: a commit of only Add proposals needs
+        // none): the commit stays the size of the key packages whatever the size of
+        // the channel. Our keys are refreshed by self-updates on their own schedule.
         let (commit, welcome, _) = live
             .group
-            .add_members(ctx.backend, &live.signer, &valid)
+            .add_members_without_update(ctx.backend, &live.signer, &valid)
             .map_err(internal)?;
         self.commit_and_merge(ctx, &commit, &targets)?;
         welcome.tls_serialize_detached().map_err(internal)
@@ -1121,14 +1216,10 @@ impl Channel {
         if !self.is_admin() {
             return Err(CommandError::NotAdmin);
         }
-        let target = self
-            .members
-            .iter()
-            .find(|m| m.name == member)
-            .ok_or_else(|| CommandError::UnknownMember(member.to_owned()))?;
-        if target.is_self {
+        if self.members.iter().any(|m| m.is_self && m.name == member) {
             return Err(CommandError::IsSelf);
         }
+        let target = crate::trust::find_other(&self.members, member)?;
         let leaf = LeafNodeIndex::new(target.leaf);
         // The removed member gets the commit too, so that it learns of its removal.
         let targets = self.others();
@@ -1240,6 +1331,7 @@ impl Channel {
         let key = derive::envelope_key(&secret);
         self.record.epoch_keys.retain(|k| k.epoch != epoch);
         self.record.epoch_keys.push(EpochKey { epoch, key: *key });
+        self.sealed_tried.retain(|e| *e != epoch);
         let authenticator = live.group.epoch_authenticator().as_slice().to_vec();
         self.record.authenticators.retain(|a| a.epoch != epoch);
         self.record
@@ -1262,7 +1354,7 @@ impl Channel {
             .record
             .epoch_keys
             .len()
-            .saturating_sub(ENVELOPE_KEY_EPOCHS);
+            .saturating_sub(ANNOUNCEMENT_KEY_EPOCHS);
         self.record.epoch_keys.drain(..excess);
         self.members = members_of(&live.group, &self.record.signature_key);
         ctx.store()
@@ -1349,13 +1441,48 @@ impl Channel {
 
     // ----- Receiving --------------------------------------------------------------
 
-    /// The fragment inside a blob, if one of this channel's keys opens it.
-    pub(crate) fn open(&self, blob: &[u8]) -> Option<Vec<u8>> {
-        self.record
-            .epoch_keys
-            .iter()
-            .rev()
-            .find_map(|k| seal::open(&k.key, blob))
+    /// The fragment inside a blob, if one of this channel's keys opens it, and
+    /// whether that key is within the content window ([`ENVELOPE_KEY_EPOCHS`]).
+    pub(crate) fn open(&self, blob: &[u8]) -> Option<(Vec<u8>, bool)> {
+        self.open_with(self.record.epoch_keys.iter().rev(), blob)
+    }
+
+    fn open_with<'k>(
+        &self,
+        mut keys: impl Iterator<Item = &'k EpochKey>,
+        blob: &[u8],
+    ) -> Option<(Vec<u8>, bool)> {
+        let newest = self.record.epoch_keys.last().map(|k| k.epoch)?;
+        keys.find_map(|k| {
+            seal::open(&k.key, blob).map(|f| {
+                let recent = k.epoch.saturating_add(ENVELOPE_KEY_EPOCHS as u64) > newest;
+                (f, recent)
+            })
+        })
+    }
+
+    /// A fragment opened under a key `recent` or not: only announcements are read
+    /// under keys older than the content window.
+    fn receive_opened<S: Storage>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        fragment: Vec<u8>,
+        recent: bool,
+    ) -> Result<(), CommandError> {
+        let announcement =
+            Fragment::decode(&fragment).is_ok_and(|f| f.kind == ContentKind::Announcement);
+        if recent || announcement {
+            return self.receive_fragment(ctx, fragment);
+        }
+        // Too old to read: a replay, or a removed member using keys it kept.
+        ctx.alert(
+            self.record.id,
+            Alert::Replayed {
+                from: None,
+                seq: None,
+            },
+        );
+        Ok(())
     }
 
     fn receive_blob<S: Storage>(
@@ -1378,7 +1505,7 @@ impl Channel {
             return Ok(());
         }
         match self.open(&blob) {
-            Some(fragment) => self.receive_fragment(ctx, fragment),
+            Some((fragment, recent)) => self.receive_opened(ctx, fragment, recent),
             // It belongs to another of our channels: the relay moved it here.
             None if elsewhere => {
                 ctx.alert(self.record.id, Alert::Moved);
@@ -1543,33 +1670,51 @@ impl Channel {
             .map_err(store_err)
     }
 
-    /// Retries waiting inputs until none makes progress.
+    /// Retries waiting inputs until none makes progress. A parked sealed blob is
+    /// tried only with envelope keys it has not met yet, and each pass collects every
+    /// input that became ready before processing them, so the cost per input stays
+    /// linear in what is parked, however much junk a mailbox holds.
     fn drain_pending<S: Storage>(&mut self, ctx: &mut Ctx<'_, S>) -> Result<(), CommandError> {
         loop {
             let Some(live) = self.live.as_ref() else {
                 return Ok(());
             };
             let epoch = live.group.epoch().as_u64();
-            let ready = self.pending.iter().find_map(|(id, item)| match item {
-                PendingItem::Sealed { blob, .. } => self
-                    .record
-                    .epoch_keys
-                    .iter()
-                    .rev()
-                    .find_map(|k| seal::open(&k.key, blob))
-                    .map(|f| (*id, Ready::Fragment(f))),
-                PendingItem::Message {
-                    epoch: e, message, ..
-                } if *e <= epoch => Some((*id, Ready::Message(message.clone()))),
-                _ => None,
-            });
-            let Some((id, ready)) = ready else {
+            let new_keys: Vec<&EpochKey> = self
+                .record
+                .epoch_keys
+                .iter()
+                .rev()
+                .filter(|k| !self.sealed_tried.contains(&k.epoch))
+                .collect();
+            let ready: Vec<(u64, Ready)> = self
+                .pending
+                .iter()
+                .filter_map(|(id, item)| match item {
+                    PendingItem::Sealed { blob, .. } if !new_keys.is_empty() => self
+                        .open_with(new_keys.iter().copied(), blob)
+                        .map(|(f, recent)| (*id, Ready::Fragment(f, recent))),
+                    PendingItem::Message {
+                        epoch: e, message, ..
+                    } if *e <= epoch => Some((*id, Ready::Message(message.clone()))),
+                    _ => None,
+                })
+                .collect();
+            self.sealed_tried = self.record.epoch_keys.iter().map(|k| k.epoch).collect();
+            if ready.is_empty() {
                 return Ok(());
-            };
-            self.unpark(ctx, id)?;
-            match ready {
-                Ready::Fragment(f) => self.receive_fragment(ctx, f)?,
-                Ready::Message(m) => self.receive_mls(ctx, &m)?,
+            }
+            for (id, ready) in ready {
+                // An input processed before it may have closed the channel or
+                // consumed it.
+                if self.live.is_none() || !self.pending.iter().any(|(i, _)| *i == id) {
+                    continue;
+                }
+                self.unpark(ctx, id)?;
+                match ready {
+                    Ready::Fragment(f, recent) => self.receive_opened(ctx, f, recent)?,
+                    Ready::Message(m) => self.receive_mls(ctx, &m)?,
+                }
             }
         }
     }
@@ -1820,9 +1965,9 @@ impl Channel {
         if self.oldest.is_none() {
             self.oldest = Some(record.received_at);
         }
-        self.receive_heads(ctx, &heads)?;
+        self.receive_heads(ctx, sender, record.seq, &heads)?;
         if kind == MessageKind::Control {
-            self.receive_control(ctx, sender, &record.body, current_epoch)?;
+            self.receive_control(ctx, sender, record.seq, &record.body, current_epoch)?;
         }
         Ok(())
     }
@@ -1837,9 +1982,13 @@ impl Channel {
         let channel = self.record.id;
         let by = self.name_of(&sender);
         let refused = match proposal.proposal() {
-            Proposal::Update(update) => check_leaf(update.leaf_node())
-                .err()
-                .map(|e| format!("update their keys with an invalid leaf ({e})")),
+            Proposal::Update(update) => match check_leaf(update.leaf_node()) {
+                Err(e) => Some(format!("update their keys with an invalid leaf ({e})")),
+                Ok(info) => {
+                    let current = self.members.iter().find(|m| m.leaf == sender_leaf.u32());
+                    renaming(current, &info.name)
+                }
+            },
             Proposal::Remove(remove) if remove.removed() == sender_leaf => None,
             Proposal::Remove(_) => Some("remove another member".to_owned()),
             Proposal::Add(_) => Some("add a member".to_owned()),
@@ -1847,6 +1996,22 @@ impl Channel {
         };
         if let Some(what) = refused {
             ctx.alert(channel, Alert::RefusedChange { by, what });
+            return Ok(());
+        }
+        if let Err(first) = self.spend(sender, false, ctx.now) {
+            self.save(ctx)?;
+            if first {
+                ctx.alert(
+                    channel,
+                    Alert::RefusedChange {
+                        by,
+                        what: format!(
+                            "change their keys or membership more than {} times in an hour",
+                            crate::integrity::PROPOSALS_PER_WINDOW
+                        ),
+                    },
+                );
+            }
             return Ok(());
         }
         let is_update = matches!(proposal.proposal(), Proposal::Update(_));
@@ -1897,7 +2062,7 @@ impl Channel {
             );
             return Ok(());
         }
-        if let Err(what) = check_commit(&commit, &self.members) {
+        if let Err(what) = check_commit(&commit, &self.members, &committer) {
             ctx.alert(channel, Alert::RefusedChange { by, what });
             return Ok(());
         }
@@ -1969,7 +2134,7 @@ impl Channel {
             );
         }
         for state in self.senders.values_mut() {
-            if let Some(missing) = state.expire(ctx.now, ctx.config.gap_grace_ms) {
+            if let Some((missing, claim)) = state.expire(ctx.now, ctx.config.gap_grace_ms) {
                 ctx.store()
                     .save_sender(&channel, state)
                     .map_err(store_err)?;
@@ -1978,6 +2143,7 @@ impl Channel {
                     alert: Alert::Withheld {
                         from: state.name.clone(),
                         missing,
+                        reported_by: claim.map(|c| c.name),
                     },
                 });
             }
@@ -2027,7 +2193,7 @@ impl Channel {
 }
 
 enum Ready {
-    Fragment(Vec<u8>),
+    Fragment(Vec<u8>, bool),
     Message(Vec<u8>),
 }
 
@@ -2113,9 +2279,9 @@ pub(crate) fn accept_welcome<S: Storage>(
             .leaf(member.index)
             .ok_or_else(|| CommandError::InvalidWelcome("a member has no leaf".into()))?;
         let info = check_leaf(leaf).map_err(|e| invalid(&e))?;
-        if names.contains(&info.name) {
+        if names.iter().any(|n: &String| names_clash(n, &info.name)) {
             return Err(CommandError::InvalidWelcome(format!(
-                "two members are called '{}'",
+                "two members are called '{}' or alike",
                 info.name
             )));
         }
@@ -2202,7 +2368,11 @@ pub(crate) fn check_leaf(leaf: &LeafNode) -> Result<MemberInfo, String> {
 
 /// Our policy for a commit by the administrator: every new or changed leaf must be
 /// valid, names stay unique, and only the proposal types we use appear.
-pub(crate) fn check_commit(commit: &StagedCommit, members: &[MemberRecord]) -> Result<(), String> {
+pub(crate) fn check_commit(
+    commit: &StagedCommit,
+    members: &[MemberRecord],
+    committer: &MemberId,
+) -> Result<(), String> {
     // Names stay unique among those who remain and those who arrive (a re-added
     // member keeps its name).
     let removed: Vec<u32> = commit
@@ -2225,8 +2395,16 @@ pub(crate) fn check_commit(commit: &StagedCommit, members: &[MemberRecord]) -> R
                 names.push(info.name);
             }
             Proposal::Update(update) => {
-                check_leaf(update.leaf_node())
+                let info = check_leaf(update.leaf_node())
                     .map_err(|e| format!("accept an invalid key update ({e})"))?;
+                let leaf = match queued.sender() {
+                    Sender::Member(leaf) => Some(leaf.u32()),
+                    _ => None,
+                };
+                let current = members.iter().find(|m| Some(m.leaf) == leaf);
+                if let Some(what) = renaming(current, &info.name) {
+                    return Err(format!("accept a key update that would {what}"));
+                }
             }
             Proposal::Remove(_) => {}
             Proposal::GroupContextExtensions(gce) => {
@@ -2240,9 +2418,25 @@ pub(crate) fn check_commit(commit: &StagedCommit, members: &[MemberRecord]) -> R
         }
     }
     if let Some(leaf) = commit.update_path_leaf_node() {
-        check_leaf(leaf).map_err(|e| format!("update their keys with an invalid leaf ({e})"))?;
+        let info = check_leaf(leaf)
+            .map_err(|e| format!("update their keys with an invalid leaf ({e})"))?;
+        let current = members.iter().find(|m| m.member == *committer);
+        if let Some(what) = renaming(current, &info.name) {
+            return Err(what);
+        }
     }
     Ok(())
+}
+
+/// What a key update that brings `new_name` would do to `current`'s name, if it is
+/// not the same: names are chosen when a member joins and never change, so no one
+/// can take another's name (or a look-alike) by updating their keys.
+pub(crate) fn renaming(current: Option<&MemberRecord>, new_name: &str) -> Option<String> {
+    match current {
+        Some(m) if m.name == new_name => None,
+        Some(m) => Some(format!("change the name '{}' to '{new_name}'", m.name)),
+        None => Some(format!("take the name '{new_name}' for an unknown member")),
+    }
 }
 
 pub(crate) fn members_of(group: &MlsGroup, own_key: &[u8]) -> Vec<MemberRecord> {

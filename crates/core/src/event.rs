@@ -145,6 +145,58 @@ pub struct ReceivedMessage {
     pub late: bool,
 }
 
+/// What a channel is still waiting for, shown from the first moment (an alert
+/// follows only when the grace period ends): see [`crate::Engine::pending`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// Messages known to exist that have not arrived, per sender.
+    pub gaps: Vec<Gap>,
+    /// Inputs kept because they cannot be read yet (an update that has not come,
+    /// pieces of a message whose other pieces have not come, blobs no key opens).
+    pub parked: usize,
+    /// An update another member reached that has not reached us.
+    pub update: Option<crate::store::ExpectedEpoch>,
+}
+
+impl Pending {
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.gaps.is_empty() && self.parked == 0 && self.update.is_none()
+    }
+}
+
+/// Messages of one sender that are known to exist and have not arrived.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gap {
+    /// The sender.
+    pub from: String,
+    /// Their numbers (at most 10,000 listed).
+    pub missing: Vec<u64>,
+    /// Since when we wait for them (our clock).
+    pub since: Timestamp,
+    /// The member whose report alone says some of them exist.
+    pub reported_by: Option<String>,
+}
+
+impl fmt::Display for Gap {
+    /// "2 messages from alice (#3-4)", with "by bob's report" when only a report
+    /// says they exist.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.missing.len();
+        let plural = if n == 1 { "" } else { "s" };
+        write!(
+            f,
+            "{n} message{plural} from {} ({})",
+            self.from,
+            describe_numbers(&self.missing)
+        )?;
+        if let Some(by) = &self.reported_by {
+            write!(f, " by {by}'s report")?;
+        }
+        Ok(())
+    }
+}
+
 /// An integrity alert: an attack or a fault that the person must see.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -155,6 +207,9 @@ pub enum Alert {
         from: String,
         /// The missing sequence numbers (may be long; see `Display`).
         missing: Vec<u64>,
+        /// The member whose report alone says some of them exist (None when the
+        /// sender's own later messages show it).
+        reported_by: Option<String>,
     },
     /// A message arrived again.
     Replayed {
@@ -205,10 +260,12 @@ pub enum Alert {
     /// Others received messages from us that this profile never sent: it was
     /// restored from an old copy, or cloned.
     Rollback {
-        /// The highest number others reported.
+        /// The highest number reported.
         reported: u64,
         /// The highest number this profile has sent.
         own: u64,
+        /// Who reported it.
+        by: String,
     },
     /// A message numbered far beyond the sender's previous ones; it was rejected.
     SequenceJump {
@@ -248,6 +305,19 @@ pub enum Alert {
         /// Who reported the other version.
         witness: String,
     },
+    /// A member reported that another's messages go up to a number, and that
+    /// member's own later message (sent after it had received the report) shows
+    /// fewer: the report was false. It is withdrawn.
+    FalseReport {
+        /// Who made the report.
+        by: String,
+        /// Whom it was about.
+        about: String,
+        /// The number it claimed.
+        claimed: u64,
+        /// The number the member's own message carries.
+        own: u64,
+    },
     /// After a fork, we were re-added on the administrator's history.
     ForkRecovered {
         /// Messages that were waiting and could not be read.
@@ -274,7 +344,7 @@ impl Alert {
             Alert::FromRemoved { .. } => "from-removed-member",
             Alert::Fork { .. } => "fork",
             Alert::UpdateWithheld { .. } => "update-withheld",
-            Alert::Equivocation { .. } => "equivocation",
+            Alert::Equivocation { .. } | Alert::FalseReport { .. } => "equivocation",
             Alert::ForkRecovered { .. } => "fork-recovered",
         }
     }
@@ -283,7 +353,11 @@ impl Alert {
 impl fmt::Display for Alert {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Alert::Withheld { from, missing } => {
+            Alert::Withheld {
+                from,
+                missing,
+                reported_by: None,
+            } => {
                 let n = missing.len();
                 let list = describe_numbers(missing);
                 let plural = if n == 1 { "" } else { "s" };
@@ -291,6 +365,21 @@ impl fmt::Display for Alert {
                     f,
                     "{n} message{plural} from {from} never arrived ({list}) although later ones did: \
                      the relay or the network may be withholding them"
+                )
+            }
+            Alert::Withheld {
+                from,
+                missing,
+                reported_by: Some(by),
+            } => {
+                let n = missing.len();
+                let list = describe_numbers(missing);
+                let plural = if n == 1 { "" } else { "s" };
+                write!(
+                    f,
+                    "{by} reports having received messages from {from} that never reached you: \
+                     {n} message{plural} ({list}); the relay or the network may be withholding \
+                     them (or {by}'s report is false)"
                 )
             }
             Alert::Replayed { from, seq } => {
@@ -347,11 +436,11 @@ impl fmt::Display for Alert {
                 "a message of another of your channels was put into this channel's mailbox and \
                  was not shown here: the relay is moving messages between channels",
             ),
-            Alert::Rollback { reported, own } => write!(
+            Alert::Rollback { reported, own, by } => write!(
                 f,
-                "other members have received message #{reported} from you, but this profile has \
-                 sent only up to #{own}: it was restored from an old copy or cloned; messages that \
-                 arrive now may be old ones replayed"
+                "{by} reports having received message #{reported} from you, but this profile has \
+                 sent only up to #{own}: it was restored from an old copy or cloned (or {by}'s \
+                 report is false); messages that arrive now may be old ones replayed"
             ),
             Alert::SequenceJump { from, seq, last } => write!(
                 f,
@@ -377,6 +466,17 @@ impl fmt::Display for Alert {
                 f,
                 "{witness} received a different message #{seq} from {from} than you did: {from} (or \
                  a clone of {from}'s device) sent different members different messages"
+            ),
+            Alert::FalseReport {
+                by,
+                about,
+                claimed,
+                own,
+            } => write!(
+                f,
+                "{by} reported messages from {about} up to #{claimed}, but {about}'s own later \
+                 message is #{own}: {by}'s report was false and is ignored; {by}'s client is \
+                 broken or misbehaving"
             ),
             Alert::ForkRecovered { lost } => write!(
                 f,
@@ -424,6 +524,7 @@ mod tests {
         let a = Alert::Withheld {
             from: "bob".into(),
             missing: vec![3, 4, 5, 9],
+            reported_by: None,
         };
         assert_eq!(
             a.to_string(),

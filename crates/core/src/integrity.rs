@@ -36,10 +36,25 @@ use crate::engine::{
 };
 use crate::event::{Alert, Event};
 use crate::mls;
-use crate::store::{ExpectedEpoch, KeyPackageRecord, MemberRecord, PeerView};
+use crate::store::{Claim, ExpectedEpoch, KeyPackageRecord, MemberRecord, PeerView, Spent};
 
 /// Most heads a payload carries.
 pub(crate) const MAX_HEADS: usize = 32;
+
+/// The window members' budgets of proposals and re-add requests refill over.
+/// (Per epoch they are one each by construction: the administrator commits the
+/// first at once, which ends the epoch; the window bounds the churn a member can
+/// cause by asking again in every new epoch.)
+pub(crate) const BUDGET_WINDOW_MS: u64 = 60 * 60 * 1000;
+
+/// Proposals (key updates, a leave) one member may send per window.
+pub(crate) const PROPOSALS_PER_WINDOW: u32 = 12;
+
+/// Re-add requests one member may send per window.
+pub(crate) const REJOINS_PER_WINDOW: u32 = 3;
+
+/// How many members each member announces a new epoch to.
+pub(crate) const ANNOUNCE_TO: usize = 2;
 
 /// How far beyond what came before a sequence number may jump.
 pub(crate) const MAX_SEQ_JUMP: u64 = 10_000;
@@ -132,12 +147,13 @@ impl Channel {
         heads
     }
 
-    /// Takes note of another member's report that `member`'s messages go up to `seq`.
+    /// Takes note of `claim`'s report that `member`'s messages go up to `seq`.
     fn reported<S: Storage>(
         &mut self,
         ctx: &mut Ctx<'_, S>,
         short: &[u8; 8],
         seq: u64,
+        claim: &Claim,
     ) -> Result<(), CommandError> {
         if short == &self.record.own_member.short() {
             if seq > self.record.own_seq && seq > self.record.rollback_alerted {
@@ -148,6 +164,7 @@ impl Channel {
                     Alert::Rollback {
                         reported: seq,
                         own: self.record.own_seq,
+                        by: claim.name.clone(),
                     },
                 );
             }
@@ -156,6 +173,9 @@ impl Channel {
         let Some((member, name)) = self.resolve(short) else {
             return Ok(());
         };
+        // A member's report of its own numbers is its own signed word, not a claim
+        // about someone else.
+        let own_word = member == claim.member;
         let channel = self.record.id;
         let state = self
             .senders
@@ -166,7 +186,14 @@ impl Channel {
                 ..Default::default()
             });
         if seq > state.contiguous.max(state.announced) {
-            state.announce(seq.min(state.contiguous + MAX_SEQ_JUMP), ctx.now);
+            state.announce(
+                seq.min(state.contiguous + MAX_SEQ_JUMP),
+                ctx.now,
+                claim.clone(),
+            );
+            if own_word {
+                state.claimed_by = None;
+            }
             ctx.store()
                 .save_sender(&channel, state)
                 .map_err(store_err)?;
@@ -174,16 +201,89 @@ impl Channel {
         Ok(())
     }
 
-    /// Heads that came with a payload.
+    /// Heads that came with `sender`'s payload numbered `seq`: its reports of how
+    /// far it has received from the others. First, what `sender`'s own number says
+    /// of earlier reports about it.
     pub(crate) fn receive_heads<S: Storage>(
         &mut self,
         ctx: &mut Ctx<'_, S>,
+        sender: MemberId,
+        seq: u64,
         heads: &[Head],
     ) -> Result<(), CommandError> {
+        let channel = self.record.id;
+        if let Some(state) = self.senders.get_mut(&sender) {
+            let heard = |claim: &Claim| {
+                heads
+                    .iter()
+                    .any(|h| h.member == claim.member.short() && h.seq >= claim.at_seq)
+            };
+            if let Some((claim, claimed)) = state.contradicts(seq, heard, ctx.now) {
+                ctx.store()
+                    .save_sender(&channel, state)
+                    .map_err(store_err)?;
+                ctx.alert(
+                    channel,
+                    Alert::FalseReport {
+                        by: claim.name,
+                        about: state.name.clone(),
+                        claimed,
+                        own: seq,
+                    },
+                );
+            }
+        }
+        let claim = Claim {
+            member: sender,
+            name: self.name_of(&sender),
+            at_seq: seq,
+        };
         for head in heads {
-            self.reported(ctx, &head.member, head.seq)?;
+            self.reported(ctx, &head.member, head.seq, &claim)?;
         }
         Ok(())
+    }
+
+    // ----- Budgets ----------------------------------------------------------------
+
+    /// Takes one of `member`'s proposals (`rejoin`: re-add requests) from its budget
+    /// of the current window. `Ok(())` if within it; otherwise whether this is the
+    /// first refusal of the window (worth an alert; the rest are dropped quietly).
+    pub(crate) fn spend(
+        &mut self,
+        member: MemberId,
+        rejoin: bool,
+        now: crate::Timestamp,
+    ) -> Result<(), bool> {
+        self.record
+            .spent
+            .retain(|s| now.0 < s.since.0.saturating_add(BUDGET_WINDOW_MS));
+        let index = match self.record.spent.iter().position(|s| s.member == member) {
+            Some(i) => i,
+            None => {
+                self.record.spent.push(Spent {
+                    member,
+                    since: now,
+                    proposals: 0,
+                    rejoins: 0,
+                });
+                self.record.spent.len() - 1
+            }
+        };
+        let Some(spent) = self.record.spent.get_mut(index) else {
+            return Err(false);
+        };
+        let (used, limit) = if rejoin {
+            (&mut spent.rejoins, REJOINS_PER_WINDOW)
+        } else {
+            (&mut spent.proposals, PROPOSALS_PER_WINDOW)
+        };
+        *used = used.saturating_add(1);
+        if *used <= limit {
+            Ok(())
+        } else {
+            Err(*used == limit + 1)
+        }
     }
 
     // ----- Status ---------------------------------------------------------------
@@ -239,11 +339,17 @@ impl Channel {
         &mut self,
         ctx: &mut Ctx<'_, S>,
         sender: MemberId,
+        seq: u64,
         body: &[u8],
         current_epoch: bool,
     ) -> Result<(), CommandError> {
         let channel = self.record.id;
         let from = self.name_of(&sender);
+        let claim = Claim {
+            member: sender,
+            name: from.clone(),
+            at_seq: seq,
+        };
         let status = match Control::decode(body) {
             Ok(Control::Status(s)) => s,
             Ok(Control::Burn { id }) => return self.receive_burn(ctx, sender, id, current_epoch),
@@ -286,7 +392,7 @@ impl Channel {
         }
         for entry in &status.entries {
             if entry.member == self.record.own_member.short() {
-                self.reported(ctx, &entry.member, entry.seq)?;
+                self.reported(ctx, &entry.member, entry.seq, &claim)?;
                 continue;
             }
             let Some((member, name)) = self.resolve(&entry.member) else {
@@ -309,7 +415,7 @@ impl Channel {
                     );
                 }
                 Some(_) => {}
-                None => self.reported(ctx, &entry.member, entry.seq)?,
+                None => self.reported(ctx, &entry.member, entry.seq, &claim)?,
             }
         }
         self.note_peer(sender, from, status.epoch, agrees, ctx.now);
@@ -326,8 +432,11 @@ impl Channel {
 
     // ----- Announcements ---------------------------------------------------------
 
-    /// Announces our new epoch to the members we shared the previous one with, under
-    /// the previous epoch's key.
+    /// Announces our new epoch, under the previous epoch's key, to the next
+    /// [`ANNOUNCE_TO`] members after us (by tree position) among those we shared the
+    /// previous epoch with: every member hears from others besides the committer,
+    /// and an update costs each member a constant number of blobs, not one per
+    /// member (which made a channel of hundreds send hundreds of thousands).
     pub(crate) fn announce<S: Storage>(
         &mut self,
         ctx: &mut Ctx<'_, S>,
@@ -345,10 +454,17 @@ impl Channel {
             member,
             signature,
         };
-        let targets: Vec<_> = before
+        let mut ring: Vec<&MemberRecord> = before
             .iter()
-            .filter(|b| !b.is_self && self.members.iter().any(|m| m.member == b.member))
-            .map(|b| b.mailbox.clone())
+            .filter(|b| b.is_self || self.members.iter().any(|m| m.member == b.member))
+            .collect();
+        ring.sort_by_key(|m| m.leaf);
+        let me = ring.iter().position(|m| m.is_self).unwrap_or(0);
+        let targets: Vec<_> = (1..ring.len())
+            .filter_map(|step| ring.get((me + step) % ring.len()))
+            .filter(|m| !m.is_self)
+            .take(ANNOUNCE_TO)
+            .map(|m| m.mailbox.clone())
             .collect();
         self.transmit_content(
             ctx,
@@ -535,6 +651,17 @@ impl Channel {
             );
             return Ok(());
         }
+        if let Err(first) = self.spend(old.member, true, ctx.now) {
+            self.save(ctx)?;
+            if first {
+                refuse(
+                    ctx,
+                    old.name.clone(),
+                    "be re-added more often than the channel allows (3 times an hour)",
+                );
+            }
+            return Ok(());
+        }
         let Some(common_key) = request.epoch.checked_sub(1).and_then(|e| self.key_at(e)) else {
             refuse(
                 ctx,
@@ -676,6 +803,7 @@ impl Channel {
         self.record.rejoining = None;
         self.record.expected = None;
         self.record.epoch_keys.clear();
+        self.sealed_tried.clear();
         self.record.authenticators.clear();
         self.live = Some(Live { group, signer });
         self.enter_epoch(ctx)?;

@@ -35,7 +35,7 @@ pub mod store;
 mod trust;
 
 pub use engine::{ChannelSummary, CommandError, Engine, EngineConfig, Output, Storage, Transmit};
-pub use event::{Alert, Erasure, Event, ReceivedMessage};
+pub use event::{Alert, Erasure, Event, Gap, Pending, ReceivedMessage};
 pub use lifecycle::{BurnState, ChannelOptions};
 pub use trust::{KeyPackageSummary, Verified};
 

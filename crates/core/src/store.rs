@@ -185,6 +185,10 @@ pub struct ChannelRecord {
     /// alerted about (a restored or cloned profile).
     #[serde(default)]
     pub rollback_alerted: u64,
+    /// What each member has spent of its budget of proposals and re-add requests
+    /// (the administrator commits each at once, so each is bounded).
+    #[serde(default)]
+    pub spent: Vec<Spent>,
     /// What other members last told us of their view.
     #[serde(default)]
     pub peers: Vec<PeerView>,
@@ -194,6 +198,19 @@ pub struct ChannelRecord {
     /// Members whose safety number we compared, with the key we verified.
     #[serde(default)]
     pub verified: Vec<crate::trust::Verified>,
+}
+
+/// Proposals and re-add requests one member sent in the current window.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spent {
+    /// The member.
+    pub member: MemberId,
+    /// When the window began.
+    pub since: Timestamp,
+    /// Proposals taken.
+    pub proposals: u32,
+    /// Re-add requests taken.
+    pub rejoins: u32,
 }
 
 /// The epoch authenticator of one epoch.
@@ -264,6 +281,7 @@ impl ChannelRecord {
             last_status_at: Some(joined_at),
             last_reply_at: None,
             rollback_alerted: 0,
+            spent: Vec::new(),
             peers: Vec::new(),
             burn: None,
             verified: Vec::new(),
@@ -332,6 +350,22 @@ pub struct SenderState {
     /// When we processed this sender's removal from the channel.
     #[serde(default)]
     pub removed_at: Option<Timestamp>,
+    /// Who reported `announced`, when that report goes beyond what the sender's own
+    /// messages show: an alert built on it names them, and the sender's own signed
+    /// sequence can prove it false.
+    #[serde(default)]
+    pub claimed_by: Option<Claim>,
+}
+
+/// A member's report that another member's messages go up to some number.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    /// Who reported it.
+    pub member: MemberId,
+    /// Their name.
+    pub name: String,
+    /// The reporter's own sequence number of the message that carried the report.
+    pub at_seq: u64,
 }
 
 /// Whether a stored message is for people or for the clients.

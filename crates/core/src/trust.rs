@@ -61,14 +61,27 @@ impl<S: Storage> Engine<S> {
     }
 }
 
-fn find_other<'a>(
+/// The other member called `name`: by exact name, or else by the name's confusable
+/// key ([`backchannel_proto::member::name_key`]). Two candidates either way make
+/// the name ambiguous, and nothing is done to either.
+pub(crate) fn find_other<'a>(
     members: &'a [MemberRecord],
     name: &str,
 ) -> Result<&'a MemberRecord, CommandError> {
-    members
-        .iter()
-        .find(|m| m.name == name && !m.is_self)
-        .ok_or_else(|| CommandError::UnknownMember(name.to_owned()))
+    let others = || members.iter().filter(|m| !m.is_self);
+    let exact: Vec<&MemberRecord> = others().filter(|m| m.name == name).collect();
+    let candidates = if exact.is_empty() {
+        others()
+            .filter(|m| backchannel_proto::member::names_clash(&m.name, name))
+            .collect()
+    } else {
+        exact
+    };
+    match candidates.as_slice() {
+        [one] => Ok(one),
+        [] => Err(CommandError::UnknownMember(name.to_owned())),
+        _ => Err(CommandError::AmbiguousMember(name.to_owned())),
+    }
 }
 
 impl Channel {

@@ -108,7 +108,7 @@ pub struct Fragment {
     pub message_id: [u8; 16],
     /// Position of this fragment, from 0.
     pub index: u16,
-    /// Number of fragments of the message (a power of two).
+    /// Number of fragments of the message ([`fragment_class`] of what it needs).
     pub count: u16,
     /// Length of the whole message.
     pub total_len: u32,
@@ -183,14 +183,11 @@ impl Fragment {
         let index = r.u16()?;
         let count = r.u16()?;
         let total_len = r.u32()?;
-        let count_ok = count != 0
-            && usize::from(count) <= MAX_FRAGMENTS
-            && count.is_power_of_two()
-            && index < count;
+        // The count must be the one the sender's `split` gives for this length: one
+        // definition for both sides, so no length is cut by one and refused by the
+        // other, and no sender chooses its count on the wire.
         let needed = (total_len as usize).div_ceil(CHUNK_LEN).max(1);
-        if !count_ok
-            || needed > usize::from(count)
-            || needed.next_power_of_two() != usize::from(count)
+        if needed > MAX_FRAGMENTS || usize::from(count) != fragment_class(needed) || index >= count
         {
             return Err(DecodeError::InvalidValue("fragment count"));
         }
@@ -308,6 +305,61 @@ mod tests {
         let mut bad = good;
         bad[1] = 9;
         assert_eq!(Fragment::decode(&bad), Err(DecodeError::UnknownKind(9)));
+    }
+
+    /// Every number of fragments a message can need, from 1 to [`MAX_FRAGMENTS`], at
+    /// the shortest and longest length that needs it: the sender's split is what
+    /// every receiver accepts, and the count on the wire is the size class.
+    #[test]
+    fn every_fragment_count_is_accepted_as_split() {
+        let message = vec![0xa5u8; MAX_MESSAGE_LEN];
+        for needed in 1..=MAX_FRAGMENTS {
+            let shortest = if needed == 1 {
+                0
+            } else {
+                (needed - 1) * CHUNK_LEN + 1
+            };
+            for len in [shortest, needed * CHUNK_LEN] {
+                let parts = Fragment::split(ContentKind::Mls, [3; 16], &message[..len]).unwrap();
+                assert_eq!(parts.len(), fragment_class(needed), "{len} bytes");
+                assert!(parts.len() >= needed && parts.len() <= MAX_FRAGMENTS);
+                // Every fragment of the first, the last and every 97th count makes the
+                // round trip; of the others the first and the last fragment.
+                let whole = needed <= 2 || needed == MAX_FRAGMENTS || needed % 97 == 0;
+                let checked: Vec<&Fragment> = if whole {
+                    parts.iter().collect()
+                } else {
+                    vec![&parts[0], &parts[parts.len() - 1]]
+                };
+                let decoded: Vec<Fragment> = checked
+                    .iter()
+                    .map(|f| {
+                        Fragment::decode(&f.encode())
+                            .unwrap_or_else(|e| panic!("{len} bytes, {needed} needed: {e}"))
+                    })
+                    .collect();
+                if whole {
+                    assert_eq!(Fragment::join(&decoded).unwrap(), &message[..len]);
+                }
+            }
+        }
+    }
+
+    /// A count other than the size class of the length is refused.
+    #[test]
+    fn a_count_other_than_the_class_is_refused() {
+        let len = 40 * CHUNK_LEN; // needs 40, sent as 48
+        let parts = Fragment::split(ContentKind::Mls, [3; 16], &vec![1; len]).unwrap();
+        assert_eq!(parts.len(), 48);
+        for count in [40u16, 47, 49, 64, 1024] {
+            let mut f = parts[0].clone();
+            f.count = count;
+            assert_eq!(
+                Fragment::decode(&f.encode()),
+                Err(DecodeError::InvalidValue("fragment count")),
+                "{count}"
+            );
+        }
     }
 
     proptest! {

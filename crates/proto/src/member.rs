@@ -112,19 +112,76 @@ impl ChannelPolicy {
     }
 }
 
-/// Checks a display name: 1 to [`MAX_NAME_LEN`] bytes, no control characters, not
-/// only spaces.
+/// Checks a display name: 1 to [`MAX_NAME_LEN`] bytes, in Unicode normal form C, not
+/// only spaces, and free of anything a reader cannot see or that changes how text
+/// around it is shown: control characters, format characters (zero-width spaces and
+/// joiners, bidirectional overrides and isolates, soft hyphens), line and paragraph
+/// separators, private-use, unassigned and invisible filler characters.
+/// [`normalize_name`] turns typed text into the normal form first.
 pub fn check_name(name: &str) -> Result<(), &'static str> {
+    use unicode_normalization::is_nfc;
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
     if name.trim().is_empty() {
         return Err("a name cannot be empty");
     }
     if name.len() > MAX_NAME_LEN {
         return Err("a name can have at most 64 bytes");
     }
-    if name.chars().any(char::is_control) {
-        return Err("a name cannot contain control characters");
+    for c in name.chars() {
+        let hidden = matches!(
+            c.general_category(),
+            GeneralCategory::Control
+                | GeneralCategory::Format
+                | GeneralCategory::LineSeparator
+                | GeneralCategory::ParagraphSeparator
+                | GeneralCategory::PrivateUse
+                | GeneralCategory::Surrogate
+                | GeneralCategory::Unassigned
+        );
+        if hidden || INVISIBLE_LETTERS.contains(&c) {
+            return Err(
+                "a name cannot contain control, invisible or direction-changing characters",
+            );
+        }
+    }
+    if name != name.trim() {
+        return Err("a name cannot start or end with a space");
+    }
+    if !is_nfc(name) {
+        return Err("a name must be in Unicode normal form C");
     }
     Ok(())
+}
+
+/// Letters and spaces Unicode classes as visible although they show as nothing
+/// (Default_Ignorable_Code_Point outside the format category).
+const INVISIBLE_LETTERS: [char; 6] = [
+    '\u{115F}', // HANGUL CHOSEONG FILLER
+    '\u{1160}', // HANGUL JUNGSEONG FILLER
+    '\u{3164}', // HANGUL FILLER
+    '\u{FFA0}', // HALFWIDTH HANGUL FILLER
+    '\u{2800}', // BRAILLE PATTERN BLANK
+    '\u{034F}', // COMBINING GRAPHEME JOINER
+];
+
+/// A typed name in the form [`check_name`] accepts where that is only a matter of
+/// form: Unicode normal form C, surrounding spaces removed.
+pub fn normalize_name(typed: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    typed.trim().nfc().collect()
+}
+
+/// What two names are compared by: their Unicode TR39 confusable skeletons, case
+/// folded. "Alice", "alice" and "Аlice" (with a Cyrillic A) have one key, so a
+/// channel cannot hold two members one could take for the other.
+pub fn name_key(name: &str) -> String {
+    let skeleton: String = unicode_security::skeleton(name).collect();
+    skeleton.to_lowercase()
+}
+
+/// Whether two names could be taken for one another ([`name_key`]).
+pub fn names_clash(a: &str, b: &str) -> bool {
+    name_key(a) == name_key(b)
 }
 
 #[cfg(test)]
@@ -187,9 +244,42 @@ mod tests {
     fn names() {
         assert!(check_name("alice").is_ok());
         assert!(check_name("Zoë Ω").is_ok());
+        assert!(check_name("Jean-Luc O'Neil").is_ok());
         assert!(check_name("  ").is_err());
         assert!(check_name("a\nb").is_err());
         assert!(check_name(&"x".repeat(65)).is_err());
+        for hidden in [
+            "Alice\u{200B}",  // zero-width space
+            "Ali\u{200D}ce",  // zero-width joiner
+            "\u{202E}ecilA",  // right-to-left override
+            "Alice\u{2066}",  // left-to-right isolate
+            "Al\u{00AD}ice",  // soft hyphen
+            "Alice\u{3164}",  // Hangul filler
+            "Ali\u{034F}ce",  // combining grapheme joiner
+            "Alice\u{2028}x", // line separator
+            "Alice\u{E000}",  // private use
+            "Alice\u{1b}[2K", // escape sequence
+            " Alice",
+        ] {
+            assert!(check_name(hidden).is_err(), "{hidden:?}");
+        }
+        // "e" followed by a combining acute: not normal form C until normalised.
+        let decomposed = "Zoe\u{301}";
+        assert!(check_name(decomposed).is_err());
+        assert_eq!(normalize_name(decomposed), "Zo\u{e9}");
+        assert!(check_name(&normalize_name(decomposed)).is_ok());
+        assert_eq!(normalize_name("  bob \t"), "bob");
+    }
+
+    #[test]
+    fn confusable_names_clash() {
+        assert!(names_clash("Alice", "alice"));
+        assert!(names_clash("Alice", "\u{410}lice")); // Cyrillic A
+        assert!(names_clash("paypal", "p\u{430}yp\u{430}l")); // Cyrillic a
+        assert!(names_clash("Bob", "B\u{43e}b")); // Cyrillic o
+        assert!(names_clash("l1", "I1"));
+        assert!(!names_clash("alice", "alicia"));
+        assert!(!names_clash("bob", "rob"));
     }
 
     #[test]

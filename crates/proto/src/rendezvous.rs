@@ -19,8 +19,9 @@ use crate::frame::RENDEZVOUS_DATA_MAX;
 
 /// Most bytes of one part.
 pub const PART_MAX: usize = RENDEZVOUS_DATA_MAX - 8;
-/// Most parts of one message (so at most about 250 KB).
-pub const MAX_PARTS: u16 = 64;
+/// Most parts of one message (so at most about 4 MB: a welcome to a channel of
+/// hundreds of post-quantum members is several hundred KB).
+pub const MAX_PARTS: u16 = 1024;
 
 /// Why a side gives up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -276,7 +277,8 @@ mod tests {
             whole = r.add(index, count, bytes).unwrap();
         }
         assert_eq!(whole.unwrap(), message);
-        assert!(Wire::split(&vec![0; PART_MAX * 65]).is_none());
+        assert!(Wire::split(&vec![0; PART_MAX * (usize::from(MAX_PARTS) + 1)]).is_none());
+        assert!(Wire::split(&vec![0; PART_MAX * usize::from(MAX_PARTS)]).is_some());
         let mut r = Reassembly::default();
         r.add(0, 2, vec![1]).unwrap();
         assert!(r.add(1, 3, vec![2]).is_err(), "a contradicting count");

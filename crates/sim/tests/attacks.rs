@@ -86,7 +86,8 @@ fn a_message_withheld_from_one_member_shows_through_another_members_heads() {
         sim.nodes[carol].alerts(),
         vec![Alert::Withheld {
             from: "alice".into(),
-            missing: vec![1]
+            missing: vec![1],
+            reported_by: Some("bob".into()),
         }]
     );
     assert!(sim.nodes[bob].alerts().is_empty());
@@ -154,7 +155,8 @@ fn a_profile_restored_from_an_old_copy_learns_it_was_rolled_back() {
         alerts,
         vec![Alert::Rollback {
             reported: 3,
-            own: 0
+            own: 0,
+            by: "alice".into(),
         }]
     );
     assert!(
@@ -538,4 +540,224 @@ fn a_member_sending_different_messages_to_different_members_is_exposed_by_status
         .find(|p| p.name == "carol")
         .unwrap();
     assert!(!carol_view.agrees);
+}
+
+#[test]
+fn content_sealed_under_keys_older_than_the_content_window_is_rejected_at_once() {
+    let (mut sim, alice, bob, carol, id) = trio(16);
+    let carol_before = sim.copy_profile(carol);
+    let now = sim.now;
+    sim.nodes[alice]
+        .engine
+        .remove_member(now, "ops", "carol")
+        .unwrap();
+    sim.collect(alice);
+    sim.run();
+    // Five more epochs: the removal's epoch and the one before it leave the window
+    // of keys content is accepted under (the current and four past).
+    for _ in 0..5 {
+        let now = sim.now;
+        sim.nodes[alice].engine.self_update(now, "ops").unwrap();
+        sim.collect(alice);
+        sim.run();
+    }
+    sim.run_for(20 * 60 * 1000);
+    assert!(sim.nodes[bob].alerts().is_empty());
+    let mut old_carol = Sim::load_copy(&carol_before);
+    old_carol
+        .send_text(sim.now, "ops", "sealed under a key long gone")
+        .unwrap();
+    let bob_box = mailbox(&sim, "bob");
+    let mut forged = Vec::new();
+    while let Some(out) = old_carol.poll_output() {
+        if let backchannel_core::Output::Transmit(t) = out
+            && t.to == bob_box
+        {
+            forged.push(t.blob);
+        }
+    }
+    assert!(!forged.is_empty());
+    let count = forged.len();
+    for blob in forged {
+        sim.inject(bob, id, blob);
+    }
+    // Rejected as it arrives: nothing waits, nothing is shown.
+    assert!(sim.nodes[bob].engine.pending("ops").unwrap().is_empty());
+    let alerts = sim.nodes[bob].alerts();
+    assert_eq!(
+        alerts,
+        vec![
+            Alert::Replayed {
+                from: None,
+                seq: None
+            };
+            count
+        ]
+    );
+    assert!(!texts(&sim, bob).contains(&"sealed under a key long gone".to_owned()));
+}
+
+#[test]
+fn a_member_cannot_take_another_members_name_by_updating_its_keys() {
+    use backchannel_proto::member::{MEMBER_INFO_EXTENSION, MemberInfo};
+    use openmls::prelude::{Extension, Extensions, LeafNodeParameters, UnknownExtension};
+    let (mut sim, alice, bob, carol, id) = trio(17);
+    // Bob proposes a key update whose new leaf calls him "Alice" (and then a
+    // look-alike with a Cyrillic A), keeping his own mailbox.
+    for stolen in ["Alice", "\u{410}lice"] {
+        let mut insider = Insider::open(&sim, bob, id);
+        let key = insider.envelope_key();
+        let info = MemberInfo {
+            name: stolen.into(),
+            mailbox: mailbox(&sim, "bob"),
+        };
+        let extensions = Extensions::single(Extension::Unknown(
+            MEMBER_INFO_EXTENSION,
+            UnknownExtension(info.encode()),
+        ))
+        .unwrap();
+        let params = LeafNodeParameters::builder()
+            .with_extensions(extensions)
+            .build();
+        let (proposal, _) = insider
+            .group
+            .propose_self_update(&insider.backend, &insider.signer, params)
+            .unwrap();
+        let proposal = {
+            use tls_codec::Serialize as _;
+            proposal.tls_serialize_detached().unwrap()
+        };
+        for blob in Insider::seal(ContentKind::Mls, &proposal, &key) {
+            sim.inject(alice, id, blob);
+        }
+        sim.run();
+    }
+    let alerts = sim.nodes[alice].alerts();
+    assert_eq!(
+        alerts,
+        vec![
+            Alert::RefusedChange {
+                by: "bob".into(),
+                what: "change the name 'bob' to 'Alice'".into(),
+            },
+            Alert::RefusedChange {
+                by: "bob".into(),
+                what: "change the name 'bob' to '\u{410}lice'".into(),
+            },
+        ]
+    );
+    for n in [alice, bob, carol] {
+        let names: Vec<String> = sim.nodes[n]
+            .engine
+            .channel("ops")
+            .unwrap()
+            .members
+            .iter()
+            .map(|m| m.name.clone())
+            .collect();
+        assert_eq!(names, vec!["alice", "bob", "carol"], "at node {n}");
+    }
+    // Commands that name a member act on the one that name means.
+    let now = sim.now;
+    sim.nodes[alice]
+        .engine
+        .remove_member(now, "ops", "CAROL")
+        .unwrap();
+    sim.collect(alice);
+    sim.run();
+    let left: Vec<String> = sim.nodes[alice]
+        .engine
+        .channel("ops")
+        .unwrap()
+        .members
+        .iter()
+        .map(|m| m.name.clone())
+        .collect();
+    assert_eq!(left, vec!["alice", "bob"]);
+}
+
+#[test]
+fn a_false_report_of_anothers_messages_is_named_and_refuted_by_their_own_number() {
+    use backchannel_proto::payload::Head;
+    let (mut sim, alice, bob, carol, id) = trio(18);
+    let alice_id = sim.nodes[alice].engine.channel("ops").unwrap().own_member;
+    // Bob's message #1 claims he has received alice's messages up to #9; she has
+    // sent none.
+    let mut insider = Insider::open(&sim, bob, id);
+    let key = insider.envelope_key();
+    let payload = Payload {
+        kind: PayloadKind::Text,
+        seq: 1,
+        prev_hash: [0; 32],
+        sent_at: 1,
+        body: b"as alice said".to_vec(),
+        heads: vec![Head {
+            member: alice_id.short(),
+            seq: 9,
+        }],
+    };
+    let message = insider.message(&payload.encode().unwrap());
+    for blob in Insider::seal(ContentKind::Mls, &message, &key) {
+        sim.inject(alice, id, blob.clone());
+        sim.inject(carol, id, blob);
+    }
+    // Carol waits for alice's #1-9 on bob's word.
+    let waiting = sim.nodes[carol].engine.pending("ops").unwrap();
+    assert_eq!(waiting.gaps.len(), 1, "{waiting:?}");
+    assert_eq!(waiting.gaps[0].from, "alice");
+    assert_eq!(waiting.gaps[0].missing, (1..=9).collect::<Vec<u64>>());
+    assert_eq!(waiting.gaps[0].reported_by.as_deref(), Some("bob"));
+    // Alice, having read bob's message, sends her first: #1.
+    sim.send(alice, "ops", "I have said nothing yet");
+    sim.run_for(20 * 60 * 1000);
+    assert_eq!(
+        sim.nodes[carol].alerts(),
+        vec![Alert::FalseReport {
+            by: "bob".into(),
+            about: "alice".into(),
+            claimed: 9,
+            own: 1,
+        }]
+    );
+    assert!(sim.nodes[carol].engine.pending("ops").unwrap().is_empty());
+    assert_eq!(
+        sim.nodes[alice].alerts(),
+        vec![Alert::Rollback {
+            reported: 9,
+            own: 0,
+            by: "bob".into(),
+        }]
+    );
+}
+
+#[test]
+fn a_member_cannot_make_the_administrator_commit_without_end() {
+    let (mut sim, alice, bob, _carol, _id) = trio(19);
+    let epoch = sim.nodes[alice].engine.channel("ops").unwrap().epoch;
+    for _ in 0..14 {
+        let now = sim.now;
+        sim.nodes[bob].engine.self_update(now, "ops").unwrap();
+        sim.collect(bob);
+        sim.run_for(1000);
+    }
+    // Twelve updates an hour are carried out; the rest are refused, with one alert.
+    let after = sim.nodes[alice].engine.channel("ops").unwrap().epoch;
+    assert_eq!(after - epoch, 12);
+    assert_eq!(
+        sim.nodes[alice].alerts(),
+        vec![Alert::RefusedChange {
+            by: "bob".into(),
+            what: "change their keys or membership more than 12 times in an hour".into(),
+        }]
+    );
+    // An hour later bob may update again.
+    sim.run_for(60 * 60 * 1000);
+    let now = sim.now;
+    sim.nodes[bob].engine.self_update(now, "ops").unwrap();
+    sim.collect(bob);
+    sim.run_for(1000);
+    assert_eq!(
+        sim.nodes[alice].engine.channel("ops").unwrap().epoch,
+        after + 1
+    );
 }

@@ -258,6 +258,7 @@ fn a_message_withheld_from_one_member_alerts_that_member_only() {
         vec![Alert::Withheld {
             from: "bob".into(),
             missing: vec![2],
+            reported_by: None,
         }]
     );
     assert!(

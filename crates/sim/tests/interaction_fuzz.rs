@@ -150,7 +150,7 @@ fn run_scenario(seed: u64, max_delay_ms: u64, steps: &[Step]) -> Result<(), Test
                     prop_assert!(got.insert(key), "shown twice at {}", names[r]);
                 }
                 Event::Alert {
-                    alert: Alert::Withheld { from, missing },
+                    alert: Alert::Withheld { from, missing, .. },
                     ..
                 } => {
                     withheld

@@ -259,6 +259,13 @@ fn key32(bytes: Vec<u8>) -> Result<Zeroizing<[u8; 32]>, StoreError> {
 /// or three blobs.
 pub(crate) const LINK_BLOBS_KEPT: i64 = 64;
 
+/// How many blobs the mailbox an answer to our join request comes to keeps: a
+/// welcome to a channel of hundreds is hundreds of blobs (at most
+/// [`backchannel_proto::envelope::MAX_FRAGMENTS`]), and the channel's first
+/// messages may come before it is whole. Only the inviter (and the relay) can write
+/// there, and each arrival is one symmetric open per kept blob.
+pub(crate) const ANSWER_BLOBS_KEPT: i64 = backchannel_proto::envelope::MAX_FRAGMENTS as i64 + 64;
+
 impl Store {
     /// Records an invite link.
     pub fn save_invite_link(
@@ -349,6 +356,25 @@ impl Store {
         read_id: &MailboxId,
         blob: &[u8],
     ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        self.keep_blob(read_id, blob, LINK_BLOBS_KEPT)
+    }
+
+    /// Keeps a blob of the mailbox the answer to our join request comes to, as
+    /// [`Store::add_link_blob`] does, with room for a whole welcome.
+    pub fn add_answer_blob(
+        &self,
+        read_id: &MailboxId,
+        blob: &[u8],
+    ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
+        self.keep_blob(read_id, blob, ANSWER_BLOBS_KEPT)
+    }
+
+    fn keep_blob(
+        &self,
+        read_id: &MailboxId,
+        blob: &[u8],
+        keep: i64,
+    ) -> Result<Vec<(i64, Vec<u8>)>, StoreError> {
         let id = &read_id.0[..];
         self.conn.execute(
             "INSERT INTO link_blobs (read_id, blob) SELECT ?1, ?2
@@ -358,7 +384,7 @@ impl Store {
         self.conn.execute(
             "DELETE FROM link_blobs WHERE read_id = ?1 AND id NOT IN
                  (SELECT id FROM link_blobs WHERE read_id = ?1 ORDER BY id DESC LIMIT ?2)",
-            params![id, LINK_BLOBS_KEPT],
+            params![id, keep],
         )?;
         let mut stmt = self
             .conn
