@@ -39,6 +39,8 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value_t = 3)]
         seconds: u64,
     },
+    /// Build a channel of N members on real relays and measure adds and messages.
+    Channel(crate::bench_channel::ChannelArgs),
     /// Measure a relay's memory per idle connection.
     Idle {
         /// The relay.
@@ -83,6 +85,7 @@ pub(crate) struct RelayArgs {
 pub(crate) async fn run(g: &Global, cmd: BenchCommand) -> Result<(), Failure> {
     match cmd {
         BenchCommand::Relay(args) => relay(g, args).await,
+        BenchCommand::Channel(args) => crate::bench_channel::run(g, args).await,
         BenchCommand::Disk { dir, seconds } => {
             let report = disk(&dir, Duration::from_secs(seconds))?;
             print_disk(g, &report);

@@ -8,6 +8,7 @@
 #![deny(missing_docs)]
 
 mod bench;
+mod bench_channel;
 mod commands;
 mod demo;
 mod ending;
@@ -52,6 +53,7 @@ enum Command {
     Init {
         /// The name others see by default.
         #[arg(long)]
+        #[arg(value_parser = typed_name)]
         name: Option<String>,
         /// Your usual relay: where `join CODE` looks when not given --relay.
         #[arg(long, value_name = "ADDR")]
@@ -72,6 +74,7 @@ enum Command {
         out: PathBuf,
         /// The name to go by in that channel (default: your profile name).
         #[arg(long)]
+        #[arg(value_parser = typed_name)]
         name: Option<String>,
         /// The channel's ciphersuite: xwing (default) or classic.
         #[arg(long, default_value = "xwing")]
@@ -82,6 +85,7 @@ enum Command {
     /// instead, for someone who joins later.
     Invite {
         /// The channel (you administer it).
+        #[arg(value_parser = typed_name)]
         name: String,
         /// The relay for the rendezvous or the link's mailbox (default: your
         /// mailbox's relay in the channel).
@@ -105,12 +109,16 @@ enum Command {
     /// of CHANNEL makes a channel with MEMBER2 of CHANNEL2, each vouched for by you.
     Introduce {
         /// Your channel with the first person.
+        #[arg(value_parser = typed_name)]
         channel: String,
         /// The first person (they make the new channel).
+        #[arg(value_parser = typed_name)]
         member: String,
         /// Your channel with the second person.
+        #[arg(value_parser = typed_name)]
         channel2: String,
         /// The second person (they join it).
+        #[arg(value_parser = typed_name)]
         member2: String,
         /// Seconds to wait for both to answer (your client passes the answers on
         /// whenever it runs).
@@ -132,12 +140,14 @@ enum Command {
     /// Requests to join through your invite links, with their safety numbers.
     Requests {
         /// Only this channel's.
+        #[arg(value_parser = typed_name)]
         name: Option<String>,
     },
     /// Admit someone who asked to join through an invite link (after comparing
     /// safety numbers).
     Admit {
         /// The channel.
+        #[arg(value_parser = typed_name)]
         name: String,
         /// The request's number (from `backchannel requests`).
         id: u64,
@@ -145,6 +155,7 @@ enum Command {
     /// Refuse a request to join; the person is told.
     Refuse {
         /// The channel.
+        #[arg(value_parser = typed_name)]
         name: String,
         /// The request's number (from `backchannel requests`).
         id: u64,
@@ -164,6 +175,7 @@ enum Command {
         relay: Option<String>,
         /// Your local name for the channel (default: the name its creator gave it).
         #[arg(long)]
+        #[arg(value_parser = typed_name)]
         name: Option<String>,
         /// With a link: seconds to wait for the inviter's answer.
         #[arg(long, default_value_t = 60)]
@@ -172,6 +184,7 @@ enum Command {
     /// Send a message.
     Send {
         /// The channel.
+        #[arg(value_parser = typed_name)]
         name: String,
         /// The text.
         text: String,
@@ -179,6 +192,7 @@ enum Command {
     /// Show new messages (and any security alert).
     Read {
         /// The channel.
+        #[arg(value_parser = typed_name)]
         name: String,
         /// Keep running and show messages as they arrive.
         #[arg(long)]
@@ -190,19 +204,23 @@ enum Command {
     /// Remove a member from a channel you administer.
     Remove {
         /// The channel.
+        #[arg(value_parser = typed_name)]
         name: String,
         /// The member's name.
+        #[arg(value_parser = typed_name)]
         member: String,
     },
     /// Leave a channel.
     Leave {
         /// The channel.
+        #[arg(value_parser = typed_name)]
         name: String,
     },
     /// Compare your view of a channel with the other members' (forks, withheld or
     /// altered messages).
     Status {
         /// The channel.
+        #[arg(value_parser = typed_name)]
         name: String,
         /// Seconds to wait for the members' answers.
         #[arg(long, default_value_t = 5)]
@@ -212,8 +230,10 @@ enum Command {
     /// with theirs to know nobody is in between.
     Verify {
         /// The channel.
+        #[arg(value_parser = typed_name)]
         name: String,
         /// The member (default: every other member).
+        #[arg(value_parser = typed_name)]
         member: Option<String>,
         /// The numbers matched: mark the member verified.
         #[arg(long)]
@@ -222,12 +242,14 @@ enum Command {
     /// Replace your keys in a channel (heals the channel after a compromise).
     Update {
         /// The channel.
+        #[arg(value_parser = typed_name)]
         name: String,
     },
     /// Burn a channel: every member's device erases it (messages, keys, mailboxes)
     /// and confirms; you see who has.
     Burn {
         /// The channel.
+        #[arg(value_parser = typed_name)]
         name: String,
         /// Seconds to wait for the members' confirmations.
         #[arg(long, default_value_t = 10)]
@@ -263,6 +285,7 @@ enum ChannelCommand {
     /// Create a channel; you administer it.
     Create {
         /// Your local name for it (also its title for those who join).
+        #[arg(value_parser = typed_name)]
         name: String,
         /// The relay that will hold your mailbox for this channel (default: the one
         /// given to `init --relay`).
@@ -283,6 +306,7 @@ enum ChannelCommand {
     /// (30s, 10m, 1d, ..., or off).
     Disappear {
         /// The channel.
+        #[arg(value_parser = typed_name)]
         name: String,
         /// How long, or `off`.
         duration: String,
@@ -292,11 +316,13 @@ enum ChannelCommand {
     /// Show a channel and its members.
     Show {
         /// The channel.
+        #[arg(value_parser = typed_name)]
         name: String,
     },
     /// Add the owner of a key package; writes the welcome to hand to them.
     Add {
         /// The channel.
+        #[arg(value_parser = typed_name)]
         name: String,
         /// Their key package.
         #[arg(long, value_name = "FILE")]
@@ -305,6 +331,12 @@ enum ChannelCommand {
         #[arg(long, value_name = "FILE")]
         welcome_out: PathBuf,
     },
+}
+
+/// A name as typed, in the form names are kept in: Unicode normal form C,
+/// surrounding spaces removed (see `backchannel_proto::member::normalize_name`).
+fn typed_name(typed: &str) -> Result<String, String> {
+    Ok(backchannel_proto::member::normalize_name(typed))
 }
 
 /// An error for the person: what happened, and what to do.

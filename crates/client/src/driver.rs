@@ -128,6 +128,8 @@ pub struct Client {
     pub(crate) link_answers: HashMap<MailboxId, crate::invite_link::LinkAnswer>,
     /// Relay problems seen, for the person.
     pub relay_errors: Vec<String>,
+    /// Blobs the engine produced and this client handed to relays, since it opened.
+    transmitted: u64,
 }
 
 impl Client {
@@ -154,6 +156,7 @@ impl Client {
             link_answers: HashMap::new(),
             intro_steps: VecDeque::new(),
             relay_errors: Vec::new(),
+            transmitted: 0,
         };
         client.run_due_timers()?;
         Ok(client)
@@ -407,7 +410,9 @@ impl Client {
         let Ok(blob) = <[u8; BLOB_LEN]>::try_from(t.blob) else {
             return;
         };
-        self.in_flight.insert(t.id);
+        if self.in_flight.insert(t.id) {
+            self.transmitted += 1;
+        }
         let link = self.link(&t.to.relay);
         let _ = link.send(LinkCommand::Send {
             id: t.id,
@@ -462,6 +467,12 @@ impl Client {
                 key,
             });
         }
+    }
+
+    /// Blobs the engine produced for relays since this client opened (each counted
+    /// once, however often it is sent again).
+    pub fn transmitted(&self) -> u64 {
+        self.transmitted
     }
 
     /// Outbox entries handed to relays and not yet stored by them.
@@ -529,10 +540,12 @@ impl Client {
         let deadline = Instant::now() + limit;
         let mut quiet_since: Option<Instant> = None;
         loop {
+            if !quiet && self.in_flight.is_empty() {
+                // A flush waits for the relays to store what we sent, not for them
+                // to deliver what they hold for us.
+                return Ok(());
+            }
             if self.settled() {
-                if !quiet {
-                    return Ok(());
-                }
                 let since = *quiet_since.get_or_insert_with(Instant::now);
                 if since.elapsed() >= self.config.quiet {
                     return Ok(());
