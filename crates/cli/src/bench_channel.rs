@@ -383,7 +383,9 @@ async fn wait_for(
 }
 
 fn medians(samples: &[Sample], last: usize) -> Sample {
-    let tail = samples.get(samples.len().saturating_sub(last)..).unwrap_or_default();
+    let tail = samples
+        .get(samples.len().saturating_sub(last)..)
+        .unwrap_or_default();
     let median = |f: &dyn Fn(&Sample) -> f64| {
         let mut v: Vec<f64> = tail.iter().map(f).collect();
         v.sort_by(f64::total_cmp);
