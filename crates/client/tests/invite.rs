@@ -199,3 +199,37 @@ async fn a_joiner_who_cannot_use_the_welcome_is_taken_out_again() {
     assert_eq!(members, vec!["alice"]);
     alice.flush(LIMIT).await.unwrap();
 }
+
+/// An administrator's fan-out larger than the relay's rate allows is paced, not
+/// refused: the link slows down when the relay says so and everything is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_beyond_the_relays_rate_limit_is_paced_not_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = relay_with(tmp.path(), |c| {
+        c.limits.requests_per_second = 20;
+    })
+    .await;
+    let (mut alice, mut bob) = (client(tmp.path(), "alice"), client(tmp.path(), "bob"));
+    alice
+        .create_channel("ops", "alice", Suite::Classic.into(), &relay.address)
+        .await
+        .unwrap();
+    let kp = bob
+        .key_package("bob", Suite::Classic, &relay.address)
+        .await
+        .unwrap();
+    let welcome = alice.add_members("ops", &[&kp]).unwrap();
+    bob.join(None, &welcome).unwrap();
+    // 150 blobs at once: three times what 20 requests a second (burst 40) admit
+    // in the first two seconds.
+    for i in 0..150 {
+        alice.send_text("ops", &format!("m{i}")).unwrap();
+    }
+    // Within the time a command gives its relays (the old shared backoff grew to
+    // 30 s between tries and failed here).
+    alice.flush(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(alice.unsent(), 0);
+    bob.sync(Duration::from_secs(60)).await.unwrap();
+    let texts = support::texts(&mut bob);
+    assert_eq!(texts.len(), 150, "{texts:?}");
+}
