@@ -475,7 +475,43 @@ pub(crate) fn channel_by_id(
         .map_err(|_| Failure::new("the channel vanished"))
 }
 
-pub(crate) async fn send(g: &Global, name: &str, text: &str) -> Result<(), Failure> {
+/// The most a message read from standard input may have, in bytes (a text message's
+/// limit is about 64 KiB).
+const STDIN_LIMIT: u64 = 64 * 1024;
+
+/// The message of `send`: the argument, or else standard input to its end.
+fn message_text(text: Option<String>) -> Result<String, Failure> {
+    use std::io::{IsTerminal as _, Read as _};
+    if let Some(text) = text {
+        return Ok(text);
+    }
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!("Type the message, then Ctrl-D on a line of its own:");
+    }
+    let mut bytes = Vec::new();
+    stdin
+        .lock()
+        .take(STDIN_LIMIT + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Failure::new(format!("cannot read the message from standard input: {e}")))?;
+    if bytes.len() as u64 > STDIN_LIMIT {
+        return Err(Failure::new(format!(
+            "the message on standard input is longer than {STDIN_LIMIT} bytes"
+        )));
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|_| Failure::new("the message on standard input is not UTF-8 text"))?;
+    // One trailing newline is how a line ends, not part of the message.
+    let text = text.strip_suffix('\n').unwrap_or(&text).to_owned();
+    if text.trim().is_empty() {
+        return Err(Failure::new("the message is empty; nothing was sent"));
+    }
+    Ok(text)
+}
+
+pub(crate) async fn send(g: &Global, name: &str, text: Option<String>) -> Result<(), Failure> {
+    let text = &message_text(text)?;
     let mut client = open_client(g).await?;
     client.engine().channel(name)?;
     // Catch up first, so that we send in the newest epoch and never to someone the

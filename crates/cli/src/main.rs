@@ -186,8 +186,9 @@ enum Command {
         /// The channel.
         #[arg(value_parser = typed_name)]
         name: String,
-        /// The text.
-        text: String,
+        /// The text. Without it the message is read from standard input, to its end
+        /// (so it never sits in the process list or the shell history).
+        text: Option<String>,
     },
     /// Show new messages (and any security alert).
     Read {
@@ -469,7 +470,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             name,
             wait,
         } => commands::join(&g, code, welcome, relay, name, wait).await,
-        Command::Send { name, text } => commands::send(&g, &name, &text).await,
+        Command::Send { name, text } => commands::send(&g, &name, text).await,
         Command::Read { name, follow, all } => commands::read(&g, &name, follow, all).await,
         Command::Remove { name, member } => commands::remove(&g, &name, &member).await,
         Command::Leave { name } => commands::leave(&g, &name).await,

@@ -38,6 +38,28 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// Text from other people, made safe for a terminal: every character that could
+/// control the terminal or change how the text around it is shown (escape
+/// sequences, bidirectional overrides, zero-width characters) is written out
+/// visibly, as `\u{1b}`, and every line after the first starts with `indent`, so
+/// no text can begin a line that looks like a header of ours.
+pub(crate) fn for_terminal(text: &str, indent: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => {
+                out.push('\n');
+                out.push_str(indent);
+            }
+            c if backchannel_proto::member::is_hidden(c) => {
+                out.extend(c.escape_unicode());
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Who sent a message, as far as the reader knows.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Sender<'a> {
@@ -79,6 +101,8 @@ pub(crate) fn message(channel: &str, m: &MessageRecord, sender: Sender, json: bo
             Sender::Introduced(by) => format!("{} (introduced by {by})", m.sender_name),
         };
         let late = if m.late { "  [arrived late]" } else { "" };
+        let who = for_terminal(&who, "");
+        let text = for_terminal(&text, "    | ");
         format!("[{}] {who}: {text}{late}", short_time(m.sent_at))
     }
 }
@@ -94,7 +118,10 @@ pub(crate) fn alert(channel: &str, a: &AlertRecord, json: bool) -> String {
         })
         .to_string()
     } else {
-        format!("!! SECURITY ALERT in {channel}: {}", a.text)
+        format!(
+            "!! SECURITY ALERT in {channel}: {}",
+            for_terminal(&a.text, "   ")
+        )
     }
 }
 
@@ -156,6 +183,19 @@ pub(crate) fn pending(channel: &str, p: &Pending, json: bool) -> Option<String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_for_the_terminal_controls_nothing_and_starts_no_line() {
+        let attack = "ok\n[2026-11-28 23:59] Alice: wire-funds-now\x1b[2K\x1b]0;pwned\x07 \u{202e}evil\u{200b}";
+        let shown = for_terminal(attack, "    | ");
+        assert_eq!(
+            shown,
+            "ok\n    | [2026-11-28 23:59] Alice: wire-funds-now\\u{1b}[2K\\u{1b}]0;pwned\\u{7} \\u{202e}evil\\u{200b}"
+        );
+        assert!(!shown.chars().any(|c| c.is_control() && c != '\n'));
+        assert!(shown.lines().skip(1).all(|l| l.starts_with("    | ")));
+        assert_eq!(for_terminal("Zoë, 東京, مرحبا", ""), "Zoë, 東京, مرحبا");
+    }
 
     #[test]
     fn dates() {

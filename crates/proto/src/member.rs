@@ -120,29 +120,14 @@ impl ChannelPolicy {
 /// [`normalize_name`] turns typed text into the normal form first.
 pub fn check_name(name: &str) -> Result<(), &'static str> {
     use unicode_normalization::is_nfc;
-    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
     if name.trim().is_empty() {
         return Err("a name cannot be empty");
     }
     if name.len() > MAX_NAME_LEN {
         return Err("a name can have at most 64 bytes");
     }
-    for c in name.chars() {
-        let hidden = matches!(
-            c.general_category(),
-            GeneralCategory::Control
-                | GeneralCategory::Format
-                | GeneralCategory::LineSeparator
-                | GeneralCategory::ParagraphSeparator
-                | GeneralCategory::PrivateUse
-                | GeneralCategory::Surrogate
-                | GeneralCategory::Unassigned
-        );
-        if hidden || INVISIBLE_LETTERS.contains(&c) {
-            return Err(
-                "a name cannot contain control, invisible or direction-changing characters",
-            );
-        }
+    if name.chars().any(is_hidden) {
+        return Err("a name cannot contain control, invisible or direction-changing characters");
     }
     if name != name.trim() {
         return Err("a name cannot start or end with a space");
@@ -151,6 +136,25 @@ pub fn check_name(name: &str) -> Result<(), &'static str> {
         return Err("a name must be in Unicode normal form C");
     }
     Ok(())
+}
+
+/// Whether a character can control a terminal or change how the text around it is
+/// shown without being seen itself: control characters (escape sequences start with
+/// one), format characters (zero-width spaces and joiners, bidirectional overrides and
+/// isolates), line and paragraph separators, private-use, unassigned and invisible
+/// filler characters. Names may not contain them; people's text shows them escaped.
+pub fn is_hidden(c: char) -> bool {
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    matches!(
+        c.general_category(),
+        GeneralCategory::Control
+            | GeneralCategory::Format
+            | GeneralCategory::LineSeparator
+            | GeneralCategory::ParagraphSeparator
+            | GeneralCategory::PrivateUse
+            | GeneralCategory::Surrogate
+            | GeneralCategory::Unassigned
+    ) || INVISIBLE_LETTERS.contains(&c)
 }
 
 /// Letters and spaces Unicode classes as visible although they show as nothing
