@@ -80,6 +80,10 @@ pub struct LinkTiming {
     pub backoff_min: Duration,
     /// Longest reconnection delay.
     pub backoff_max: Duration,
+    /// A ping goes to the relay this often, so that a connection that only receives
+    /// (`read --follow`) is not closed as idle (relays close connections silent
+    /// for 120 seconds by default).
+    pub keepalive: Duration,
 }
 
 impl Default for LinkTiming {
@@ -88,6 +92,7 @@ impl Default for LinkTiming {
             timeout: Duration::from_secs(10),
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
+            keepalive: Duration::from_secs(30),
         }
     }
 }
@@ -254,8 +259,18 @@ async fn run(
         for cmd in waiting.drain(..) {
             perform(&client, cmd);
         }
+        let mut keepalive = tokio::time::interval_at(
+            tokio::time::Instant::now() + timing.keepalive,
+            timing.keepalive,
+        );
         loop {
             tokio::select! {
+                _ = keepalive.tick() => {
+                    let client = client.clone();
+                    tokio::spawn(async move {
+                        let _ = client.ping().await;
+                    });
+                }
                 delivery = deliveries.recv() => match delivery {
                     Some(d) => {
                         let _ = events.send(LinkEvent::Delivery {

@@ -656,3 +656,62 @@ async fn a_read_only_database_stops_acknowledgements_and_loses_nothing_acknowled
     assert_eq!(got, acknowledged);
     relay.shutdown().await;
 }
+
+/// A client that only receives keeps its connection: its link pings before the
+/// relay's idle timeout, so a long `read --follow` is never dropped and reconnected.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_reader_keeps_its_connection_with_keepalive_pings() {
+    use backchannel_client::{Client, ClientConfig, LinkTiming};
+    use backchannel_core::mls::Suite;
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = relay_with(tmp.path(), |c| c.idle_timeout = Duration::from_millis(1500)).await;
+    let store = backchannel_store::Store::create(&tmp.path().join("alice"), b"pw").unwrap();
+    let config = ClientConfig {
+        timing: LinkTiming {
+            keepalive: Duration::from_millis(200),
+            ..LinkTiming::default()
+        },
+        ..ClientConfig::default()
+    };
+    let mut alice = Client::open(store, config).unwrap();
+    alice
+        .create_channel("ops", "alice", Suite::Classic.into(), &relay.address)
+        .await
+        .unwrap();
+    alice.sync(T).await.unwrap();
+    // Three idle timeouts pass with nothing to send or receive.
+    let end = std::time::Instant::now() + Duration::from_millis(4500);
+    while std::time::Instant::now() < end {
+        alice.step(Duration::from_millis(100)).await.unwrap();
+    }
+    assert!(
+        alice.relay_errors.is_empty(),
+        "the connection was dropped: {:?}",
+        alice.relay_errors
+    );
+    relay.shutdown().await;
+}
+
+/// The relay's data is its user's alone: the directory 0700, the database and its
+/// log files 0600 (another local user cannot copy the stored ciphertext).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_relays_data_is_readable_by_its_user_only() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let relay = relay_with(&data, |_| {}).await;
+    let client = connect(&relay).await;
+    let owner = key();
+    let (send_id, _) = client.create_mailbox(&owner).await.unwrap();
+    client.send(send_id, 0, blob(1)).await.unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    let mut files = 0;
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+        files += 1;
+    }
+    assert!(files >= 3, "database, log and key files");
+    relay.shutdown().await;
+}

@@ -132,9 +132,31 @@ fn relay_address(
         .map_err(|e| RelayError::Address(e.to_string()))
 }
 
+/// Makes the data directory readable by the relay's user only (0700), and its
+/// database private (0600) before SQLite opens it: SQLite gives its WAL and shared
+/// memory files the database's mode. Tightens what an older version left open.
+fn keep_private(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    let db = dir.join(DATABASE_FILE);
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&db)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = dir.join(format!("{DATABASE_FILE}{suffix}"));
+        if file.exists() {
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+        }
+    }
+    Ok(())
+}
+
 /// Starts a relay and returns once it listens.
 pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
-    std::fs::create_dir_all(&config.data_dir)?;
+    keep_private(&config.data_dir)?;
     let identity = Identity::load_or_create(&config.data_dir)?;
     let tls = TlsAcceptor::from(identity.server_config()?);
     let db = config.data_dir.join(DATABASE_FILE);
