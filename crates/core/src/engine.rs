@@ -1638,8 +1638,28 @@ impl Channel {
         ctx: &mut Ctx<'_, S>,
         item: PendingItem,
     ) -> Result<(), CommandError> {
+        // Full: what no key opens yet (anyone holding the mailbox's address can
+        // write such blobs) makes room first, the oldest of it; what a key of ours
+        // opened is only ever pushed out by more of its own kind.
         while self.pending.len() >= ctx.config.max_pending {
-            let (id, _) = self.pending.remove(0);
+            let unopened = |p: &PendingItem| matches!(p, PendingItem::Sealed { .. });
+            let (victim, detail) = match self.pending.iter().position(|(_, p)| unopened(p)) {
+                Some(i) => (i, "the oldest unreadable one was dropped"),
+                None if unopened(&item) => {
+                    ctx.alert(
+                        self.record.id,
+                        Alert::Undecryptable {
+                            count: 1,
+                            detail: "too many messages were waiting; an unreadable one was \
+                                     dropped"
+                                .into(),
+                        },
+                    );
+                    return Ok(());
+                }
+                None => (0, "the oldest was dropped"),
+            };
+            let (id, _) = self.pending.remove(victim);
             ctx.store()
                 .remove_pending(&self.record.id, id)
                 .map_err(store_err)?;
@@ -1647,7 +1667,7 @@ impl Channel {
                 self.record.id,
                 Alert::Undecryptable {
                     count: 1,
-                    detail: "too many messages were waiting; the oldest was dropped".into(),
+                    detail: format!("too many messages were waiting; {detail}"),
                 },
             );
         }

@@ -154,9 +154,14 @@ impl Sim {
 
     /// Adds a person with a fresh profile; returns its index.
     pub fn add_node(&mut self, label: &str) -> usize {
+        self.add_node_with(label, EngineConfig::default())
+    }
+
+    /// Adds a person whose engine has `config`.
+    pub fn add_node_with(&mut self, label: &str, config: EngineConfig) -> usize {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::create(dir.path(), PASSPHRASE).unwrap();
-        let engine = Engine::load(store, EngineConfig::default()).unwrap();
+        let engine = Engine::load(store, config).unwrap();
         self.nodes.push(Node {
             label: label.to_owned(),
             engine,

@@ -761,3 +761,60 @@ fn a_member_cannot_make_the_administrator_commit_without_end() {
         after + 1
     );
 }
+
+#[test]
+fn junk_filling_the_waiting_room_never_pushes_out_pieces_of_a_real_message() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let mut sim = Sim::new(20);
+    let alice = sim.add_node("alice");
+    let bob = sim.add_node_with(
+        "bob",
+        backchannel_core::EngineConfig {
+            max_pending: 12,
+            ..backchannel_core::EngineConfig::default()
+        },
+    );
+    sim.create_channel(alice, "ops");
+    let id = sim.add(alice, "ops", bob);
+    sim.run();
+    // Alice's long message takes several blobs; the relay holds back the first.
+    let held: Rc<RefCell<Vec<Vec<u8>>>> = Rc::default();
+    let hold = held.clone();
+    sim.filter = Some(Box::new(move |_, t| {
+        let mut held = hold.borrow_mut();
+        if held.is_empty() {
+            held.push(t.blob.clone());
+            Verdict::Drop
+        } else {
+            Verdict::Deliver
+        }
+    }));
+    let long = "x".repeat(12_000);
+    sim.send(alice, "ops", &long);
+    sim.run_for(1000);
+    sim.filter = None;
+    let waiting = sim.nodes[bob].engine.pending("ops").unwrap().parked;
+    assert!(waiting >= 3, "the other pieces wait: {waiting}");
+    // Then a flood of junk, far more than the room holds.
+    for i in 0..40u8 {
+        let mut junk = vec![i; backchannel_proto::envelope::BLOB_LEN];
+        junk[1] = 0xa5;
+        sim.inject(bob, id, junk);
+    }
+    // The held piece comes at last: the message is whole.
+    let piece = held.borrow()[0].clone();
+    sim.inject(bob, id, piece);
+    assert!(
+        texts(&sim, bob).contains(&long),
+        "{:?}",
+        sim.nodes[bob].alerts()
+    );
+    assert!(
+        sim.nodes[bob].alerts().iter().all(
+            |a| matches!(a, Alert::Undecryptable { detail, .. } if detail.contains("unreadable"))
+        ),
+        "{:?}",
+        sim.nodes[bob].alerts()
+    );
+}
