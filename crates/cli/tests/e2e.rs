@@ -294,8 +294,12 @@ fn usage_errors_exit_2_and_user_errors_exit_1() {
         "{}",
         bad.stderr
     );
-    let missing = run(&home, &["send", "ops"]);
+    let missing = run(&home, &["remove", "ops"]);
     assert_eq!(missing.code, 2);
+    // Without text, send reads standard input: nothing there is a user error.
+    let empty = run(&home, &["send", "ops"]);
+    assert_eq!(empty.code, 1, "{empty:?}");
+    assert!(empty.stderr.contains("empty"), "{}", empty.stderr);
     let no_profile = run(&home, &["channel", "list"]);
     assert_eq!(no_profile.code, 1);
     assert_eq!(
