@@ -144,6 +144,15 @@ async fn build_and_measure(
             &relay_of(0).ok_or_else(no_relay)?,
         )
         .await?;
+    // The members' clients do their engines' work inside their tasks; on a runtime
+    // of their own they cannot starve the administrator's links (or an embedded
+    // relay), which share the process.
+    let members_rt = MembersRuntime(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?,
+    ));
     let (stop_tx, stop) = watch::channel(false);
     let mut probes: Vec<Arc<Probe>> = Vec::new();
     let mut tasks = Vec::new();
@@ -216,7 +225,7 @@ async fn build_and_measure(
             let probe = Arc::new(Probe::default());
             probe.epoch.store(epoch, Ordering::Relaxed);
             probes.push(probe.clone());
-            tasks.push(tokio::spawn(drive(joiner, probe, stop.clone())));
+            tasks.push(members_rt.spawn(drive(joiner, probe, stop.clone())));
         }
         bar.set_message(format!(
             "add: {engine_ms:.1} ms engine, {blobs} blobs, {wall_ms:.0} ms until all applied"
@@ -265,6 +274,7 @@ async fn build_and_measure(
     for task in tasks {
         let _ = task.await;
     }
+    drop(members_rt);
     let alerts: u64 = probes
         .iter()
         .map(|p| p.alerts.load(Ordering::Relaxed))
@@ -323,6 +333,30 @@ async fn build_and_measure(
         )));
     }
     Ok(())
+}
+
+/// The members' runtime; shut down without blocking (it is dropped inside the
+/// bench's own runtime, also when the bench fails half-way).
+struct MembersRuntime(Option<tokio::runtime::Runtime>);
+
+impl MembersRuntime {
+    fn spawn<F>(&self, task: F) -> tokio::task::JoinHandle<()>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        match &self.0 {
+            Some(rt) => rt.spawn(task),
+            None => tokio::spawn(task),
+        }
+    }
+}
+
+impl Drop for MembersRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// A member's task: keeps its client connected and reports what it applied.
