@@ -124,8 +124,18 @@ pub(crate) async fn run(g: &Global, args: ChannelArgs) -> Result<(), Failure> {
 
 fn member(dir: &std::path::Path, i: usize) -> Result<Client, Failure> {
     let store = Store::create(&dir.join(format!("m{i}")), PASSPHRASE)?;
-    Ok(Client::open(store, ClientConfig::default())?)
+    let config = ClientConfig {
+        // The bench measures adds and messages; a heartbeat from every member
+        // every 10 minutes (N × (N-1) blobs, all applied by everyone) would land
+        // in the middle of the measurements of a run that lasts longer than that.
+        status_interval: HEARTBEATS_OFF,
+        ..ClientConfig::default()
+    };
+    Ok(Client::open(store, config)?)
 }
+
+/// A status interval longer than any run.
+const HEARTBEATS_OFF: Duration = Duration::from_secs(7 * 24 * 3600);
 
 async fn build_and_measure(
     g: &Global,

@@ -85,7 +85,20 @@ pub(crate) async fn catch_up(g: &Global, client: &mut Client) -> Vec<String> {
         }
     }
     let events = client.drain_events();
-    ending::report_changes(g, client, &events)
+    let gone = ending::report_changes(g, client, &events);
+    if !gone.is_empty() {
+        // The sync sent what the erasure left to send (the receipt of a burn).
+        retire_erased(client).await;
+    }
+    gone
+}
+
+/// After a channel was erased: deletes our mailboxes for it at their relays. A
+/// relay that is down gets them next time; meanwhile no row names the channel.
+async fn retire_erased(client: &mut Client) {
+    if let Err(e) = client.retire_closed().await {
+        eprintln!("warning: {e}");
+    }
 }
 
 /// Waits until everything queued is on a relay; says so if it could not be.
@@ -199,8 +212,11 @@ pub(crate) async fn channel_create(
 
 pub(crate) async fn channel_list(g: &Global) -> Result<(), Failure> {
     let mut client = open_client(g).await?;
-    // A request to join through a link may have been answered meanwhile.
-    if !client.store().pending_join_mailboxes()?.is_empty() {
+    // A request to join through a link may have been answered meanwhile; what an
+    // earlier command left unsent (a burn receipt while a relay was down) goes.
+    if !client.store().pending_join_mailboxes()?.is_empty()
+        || !backchannel_core::store::EngineStore::outbox(client.store())?.is_empty()
+    {
         catch_up(g, &mut client).await;
     }
     let channels = client.engine().channels();
@@ -604,9 +620,7 @@ pub(crate) async fn read(g: &Global, name: &str, follow: bool, all: bool) -> Res
                         if ending::report_changes(g, &mut client, &events).iter().any(|n| n == name) {
                             // Send the receipt, and delete our mailboxes for it.
                             let _ = client.flush(RELAY_LIMIT).await;
-                            if let Err(e) = client.retire_closed().await {
-                                eprintln!("warning: {e}");
-                            }
+                            retire_erased(&mut client).await;
                             break;
                         }
                         alerts += show_new(g, &client, name, false)?;

@@ -286,26 +286,7 @@ pub(crate) async fn panic(g: &Global, yes: bool) -> Result<(), Failure> {
 
 /// The duress passphrase, from the environment or a prompt (twice).
 fn duress_passphrase() -> Result<Zeroizing<String>, Failure> {
-    if let Ok(p) = std::env::var(DURESS_ENV) {
-        return Ok(Zeroizing::new(p));
-    }
-    let prompt = |text: &str| {
-        rpassword::prompt_password(text)
-            .map(Zeroizing::new)
-            .map_err(|_| {
-                Failure::new("no duress passphrase given").hint(format!(
-                    "run in a terminal to be asked for it, or set {DURESS_ENV}"
-                ))
-            })
-    };
-    let first = prompt("Duress passphrase: ")?;
-    if first.is_empty() {
-        return Err(Failure::new("the duress passphrase cannot be empty"));
-    }
-    if *prompt("Duress passphrase again: ")? != *first {
-        return Err(Failure::new("the two passphrases differ").hint("try again"));
-    }
-    Ok(first)
+    profile::secret(DURESS_ENV, "duress passphrase", true)
 }
 
 pub(crate) async fn duress(g: &Global, clear: bool) -> Result<(), Failure> {

@@ -28,27 +28,39 @@ pub(crate) fn home(g: &Global) -> Result<PathBuf, Failure> {
 
 /// The passphrase, from the environment or a prompt. `confirm` asks twice.
 pub(crate) fn passphrase(confirm: bool) -> Result<Zeroizing<String>, Failure> {
-    if let Ok(p) = std::env::var(PASSPHRASE_ENV) {
-        return Ok(Zeroizing::new(p));
+    secret(PASSPHRASE_ENV, "passphrase", confirm)
+}
+
+/// A secret from the environment variable `env` or, without it, a prompt (twice
+/// with `confirm`). Empty is refused from either: it protects nothing.
+pub(crate) fn secret(env: &str, what: &str, confirm: bool) -> Result<Zeroizing<String>, Failure> {
+    let empty = || Failure::new(format!("the {what} cannot be empty"));
+    if let Ok(p) = std::env::var(env) {
+        let p = Zeroizing::new(p);
+        if p.is_empty() {
+            return Err(empty().hint(format!("{env} is set but empty")));
+        }
+        return Ok(p);
     }
     let prompt = |text: &str| {
         rpassword::prompt_password(text)
             .map(Zeroizing::new)
             .map_err(|_| {
-                Failure::new("no passphrase given").hint(format!(
-                    "run in a terminal to be asked for it, or set {PASSPHRASE_ENV}"
+                Failure::new(format!("no {what} given")).hint(format!(
+                    "run in a terminal to be asked for it, or set {env}"
                 ))
             })
     };
-    let first = prompt("Passphrase: ")?;
-    if confirm {
-        if first.is_empty() {
-            return Err(Failure::new("the passphrase cannot be empty"));
-        }
-        let again = prompt("Passphrase again: ")?;
-        if *again != *first {
-            return Err(Failure::new("the two passphrases differ").hint("try again"));
-        }
+    let mut label = what.to_owned();
+    if let Some(first) = label.get_mut(..1) {
+        first.make_ascii_uppercase();
+    }
+    let first = prompt(&format!("{label}: "))?;
+    if first.is_empty() {
+        return Err(empty());
+    }
+    if confirm && *prompt(&format!("{label} again: "))? != *first {
+        return Err(Failure::new(format!("the two {what}s differ")).hint("try again"));
     }
     Ok(first)
 }

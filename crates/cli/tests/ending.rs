@@ -236,6 +236,57 @@ fn a_burn_reaches_every_member_even_one_offline_and_leaves_nothing_anywhere() {
 }
 
 #[test]
+fn a_member_who_erases_a_burned_channel_while_a_relay_is_down_leaves_no_row_naming_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (data_a, data_b) = (tmp.path().join("relay-a"), tmp.path().join("relay-b"));
+    let port_a = free_port();
+    let mut relay_a = Relay::start(&data_a, port_a);
+    let relay_b = Relay::start(&data_b, free_port());
+    let alice = Person::new(tmp.path(), "alice");
+    let bob = Person::new(tmp.path(), "bob");
+    set_up_channel(
+        tmp.path(),
+        "ops",
+        &alice,
+        &relay_a.address,
+        &[(&bob, &relay_b.address)],
+    );
+    let texts = ["the drop is behind the station"];
+    alice.run(&["send", "ops", texts[0]]).ok();
+    assert_eq!(bob.read("ops").len(), 1);
+    let needles = profile_needles(&bob, "ops", &texts);
+
+    // Alice burns; the notice reaches Bob's mailbox; then Alice's relay goes down,
+    // so Bob's confirmation cannot leave.
+    alice.run(&["burn", "ops", "--wait", "0"]).ok();
+    relay_a.kill();
+    let back = bob.run(&["--json", "read", "ops"]);
+    assert!(back.stdout.contains("\"erased\""), "{back:?}");
+
+    // The confirmation waits in Bob's outbox, addressed to Alice's mailbox: that
+    // address and the sealed blob are all it keeps. Nothing else of the channel
+    // is left: no identifier, key, text or mailbox of his.
+    let waiting: Vec<_> = needles
+        .iter()
+        .filter(|(name, _)| !name.starts_with("alice's mailbox"))
+        .cloned()
+        .collect();
+    assert_profile_clean(&bob, &waiting);
+
+    // Alice's relay comes back: the confirmation leaves, and with it the last
+    // trace; Alice's burn completes.
+    let _relay_a = Relay::start(&data_a, port_a);
+    assert!(eventually(Duration::from_secs(30), || {
+        bob.run(&["channel", "list"]).code == 0
+            && alice
+                .run(&["burn", "ops"])
+                .stdout
+                .contains("every member confirmed")
+    }));
+    assert_profile_clean(&bob, &needles);
+}
+
+#[test]
 fn a_channel_ends_on_its_date_and_disappearing_messages_leave_the_relay() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("relay");
@@ -409,6 +460,22 @@ fn the_duress_passphrase_erases_the_profile_and_answers_wrong_passphrase() {
     );
     assert_eq!(same.code, 1);
     assert!(same.stderr.contains("must differ"), "{}", same.stderr);
+    // Empty passphrases are refused from the environment as from a prompt.
+    let empty = run_env(
+        &alice.home,
+        &["duress"],
+        &[
+            ("BACKCHANNEL_PASSPHRASE", PASSPHRASE),
+            ("BACKCHANNEL_DURESS_PASSPHRASE", ""),
+        ],
+    );
+    assert_eq!(empty.code, 1);
+    assert!(empty.stderr.contains("cannot be empty"), "{}", empty.stderr);
+    let fresh = tmp.path().join("fresh");
+    let init = run_env(&fresh, &["init"], &[("BACKCHANNEL_PASSPHRASE", "")]);
+    assert_eq!(init.code, 1);
+    assert!(init.stderr.contains("cannot be empty"), "{}", init.stderr);
+    assert!(!Store::exists(&fresh));
     run_env(
         &alice.home,
         &["duress"],

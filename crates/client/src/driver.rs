@@ -400,7 +400,17 @@ impl Client {
                     from_name,
                     intro,
                 }),
-                Output::Event(event) => self.events.push_back(event),
+                Output::Event(event) => {
+                    if let Event::Erased { channel, .. } = &event {
+                        // As the store now has them: under no name, until retired.
+                        for m in self.mailboxes.values_mut() {
+                            if m.channel == Some(*channel) {
+                                m.channel = Some(ChannelId::ERASED);
+                            }
+                        }
+                    }
+                    self.events.push_back(event)
+                }
                 _ => {}
             }
         }

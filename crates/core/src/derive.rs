@@ -22,6 +22,13 @@ pub const LINK_LABEL: &[u8] = b"backchannel/v1/invite-link";
 /// Label of [`safety_number`].
 pub const SAFETY_NUMBER_LABEL: &[u8] = b"backchannel/v1/safety-number";
 
+/// A derivation the hash library refused (a key or an output length out of its
+/// bounds). None of ours can be refused with the lengths they use, but a refusal
+/// is an error, never a key of zeros.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("key derivation failed: {0}")]
+pub struct DeriveError(&'static str);
+
 /// A member's identifier in a channel: a hash of its signature public key.
 #[derive(
     Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
@@ -64,14 +71,13 @@ pub fn chain_hash(unpadded_payload: &[u8]) -> [u8; 32] {
 /// The key that seals this epoch's blobs:
 /// `HKDF-Expand-SHA256(channel_secret, ENVELOPE_KEY_INFO, 32)`, where the channel
 /// secret is the MLS exporter output for [`CHANNEL_EXPORTER_LABEL`].
-pub fn envelope_key(channel_secret: &[u8; 32]) -> Zeroizing<[u8; 32]> {
+pub fn envelope_key(channel_secret: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>, DeriveError> {
     let mut out = Zeroizing::new([0u8; 32]);
-    // A 32-byte PRK is always valid for SHA-256 and 32 bytes is far below the
-    // 255 * 32 output limit, so neither call can fail.
-    if let Ok(hk) = Hkdf::<Sha256>::from_prk(channel_secret) {
-        let _ = hk.expand(ENVELOPE_KEY_INFO, out.as_mut());
-    }
-    out
+    Hkdf::<Sha256>::from_prk(channel_secret)
+        .map_err(|_| DeriveError("envelope key PRK"))?
+        .expand(ENVELOPE_KEY_INFO, out.as_mut())
+        .map_err(|_| DeriveError("envelope key length"))?;
+    Ok(out)
 }
 
 /// The number two members compare to know they hold each other's true key: 60
@@ -119,41 +125,44 @@ pub struct InviteKeys {
 /// `HKDF-SHA256(salt = INVITE_LABEL, ikm = pake_key)`, expanded with info
 /// `INVITE_LABEL || "/" || purpose` for each purpose: `confirm-inviter`,
 /// `confirm-joiner`, `seal-inviter`, `seal-joiner`.
-pub fn invite_keys(pake_key: &[u8]) -> InviteKeys {
+pub fn invite_keys(pake_key: &[u8]) -> Result<InviteKeys, DeriveError> {
     let hk = Hkdf::<Sha256>::new(Some(INVITE_LABEL), pake_key);
     let expand = |purpose: &str| {
         let mut info = INVITE_LABEL.to_vec();
         info.push(b'/');
         info.extend_from_slice(purpose.as_bytes());
-        let mut out = [0u8; 32];
-        // 32 bytes is far below HKDF-SHA256's output limit: this cannot fail.
-        let _ = hk.expand(&info, &mut out);
-        out
+        let mut out = Zeroizing::new([0u8; 32]);
+        hk.expand(&info, out.as_mut())
+            .map_err(|_| DeriveError("invite key length"))?;
+        Ok(out)
     };
-    InviteKeys {
-        confirm_inviter: expand("confirm-inviter"),
-        confirm_joiner: expand("confirm-joiner"),
-        seal_inviter: Zeroizing::new(expand("seal-inviter")),
-        seal_joiner: Zeroizing::new(expand("seal-joiner")),
-    }
+    Ok(InviteKeys {
+        confirm_inviter: *expand("confirm-inviter")?,
+        confirm_joiner: *expand("confirm-joiner")?,
+        seal_inviter: expand("seal-inviter")?,
+        seal_joiner: expand("seal-joiner")?,
+    })
 }
 
 /// The keys of one join request through an invite link, from the secret both
 /// sides export from HPKE: `HKDF-SHA256(salt = LINK_LABEL, ikm = secret)` expanded
 /// with info `LINK_LABEL || "/request"` (seals the request) and `... "/reply"`
 /// (seals the answer).
-pub fn link_keys(exported: &[u8]) -> (Zeroizing<[u8; 32]>, Zeroizing<[u8; 32]>) {
+pub fn link_keys(exported: &[u8]) -> Result<LinkKeys, DeriveError> {
     let hk = Hkdf::<Sha256>::new(Some(LINK_LABEL), exported);
     let expand = |purpose: &[u8]| {
         let mut info = LINK_LABEL.to_vec();
         info.extend_from_slice(purpose);
         let mut out = Zeroizing::new([0u8; 32]);
-        // 32 bytes is far below HKDF-SHA256's output limit: this cannot fail.
-        let _ = hk.expand(&info, out.as_mut());
-        out
+        hk.expand(&info, out.as_mut())
+            .map_err(|_| DeriveError("link key length"))?;
+        Ok(out)
     };
-    (expand(b"/request"), expand(b"/reply"))
+    Ok((expand(b"/request")?, expand(b"/reply")?))
 }
+
+/// The request key and the reply key of [`link_keys`].
+pub type LinkKeys = (Zeroizing<[u8; 32]>, Zeroizing<[u8; 32]>);
 
 #[cfg(test)]
 mod tests {
@@ -192,8 +201,8 @@ mod tests {
     }
 
     #[test]
-    fn invite_keys_known_answer() {
-        let keys = invite_keys(&[0x42; 32]);
+    fn invite_keys_known_answer() -> Result<(), DeriveError> {
+        let keys = invite_keys(&[0x42; 32])?;
         assert_eq!(
             hex::encode(keys.confirm_inviter),
             "50cfda4f198c16e418780303961de37ce5827daf3e4dfe73c38d98f6fc30c0df"
@@ -210,11 +219,12 @@ mod tests {
             hex::encode(keys.seal_joiner.as_ref()),
             "9be09b2011fbaa8d6d9526ac42bd9ace5bededd7eecc05b5f5b8d85fc42cff01"
         );
+        Ok(())
     }
 
     #[test]
-    fn link_keys_known_answer() {
-        let (request, reply) = link_keys(&[0x42; 32]);
+    fn link_keys_known_answer() -> Result<(), DeriveError> {
+        let (request, reply) = link_keys(&[0x42; 32])?;
         assert_eq!(
             hex::encode(request.as_ref()),
             "5bde24aaeb18809152aaa5c84dc408693b3ea916a316f50f2a5fda9dc643a53c"
@@ -223,13 +233,15 @@ mod tests {
             hex::encode(reply.as_ref()),
             "83390aea4d36bb956e485569531c372d30066150bca1d649a4cb85d0bac4f9b9"
         );
+        Ok(())
     }
 
     #[test]
-    fn envelope_key_known_answer() {
+    fn envelope_key_known_answer() -> Result<(), DeriveError> {
         assert_eq!(
-            hex::encode(envelope_key(&[0x42; 32]).as_ref()),
+            hex::encode(envelope_key(&[0x42; 32])?.as_ref()),
             "4cc24d38f51843ca88dcc2bb8c08a28f27e5a36fbd40f7963dd4dc5455238246"
         );
+        Ok(())
     }
 }

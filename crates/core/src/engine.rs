@@ -1324,11 +1324,14 @@ impl Channel {
                 32,
             )
             .map_err(internal)?;
-        let secret: [u8; 32] = secret
-            .as_slice()
-            .try_into()
-            .map_err(|_| internal("exporter length"))?;
-        let key = derive::envelope_key(&secret);
+        let secret = zeroize::Zeroizing::new(secret);
+        let secret: zeroize::Zeroizing<[u8; 32]> = zeroize::Zeroizing::new(
+            secret
+                .as_slice()
+                .try_into()
+                .map_err(|_| internal("exporter length"))?,
+        );
+        let key = derive::envelope_key(&secret).map_err(internal)?;
         self.record.epoch_keys.retain(|k| k.epoch != epoch);
         self.record.epoch_keys.push(EpochKey { epoch, key: *key });
         self.sealed_tried.retain(|e| *e != epoch);

@@ -12,6 +12,7 @@
 
 use backchannel_proto::code::InviteCode;
 use spake2::{Ed25519Group, Identity, Password, Spake2};
+use zeroize::Zeroizing;
 
 use crate::derive::{INVITE_LABEL, InviteKeys, invite_keys};
 
@@ -64,10 +65,10 @@ impl Pake {
     /// Finishes with the other side's message. `None` if it is malformed (a
     /// different code does not fail here: it gives a different key).
     pub fn finish(self, theirs: &[u8]) -> Option<Session> {
-        let key = self.state.finish(theirs).ok()?;
+        let key = Zeroizing::new(self.state.finish(theirs).ok()?);
         Some(Session {
             role: self.role,
-            keys: invite_keys(&key),
+            keys: invite_keys(&key).ok()?,
             sent: 0,
             received: 0,
         })

@@ -47,6 +47,14 @@ use std::fmt;
 )]
 pub struct ChannelId(pub [u8; 16]);
 
+impl ChannelId {
+    /// What rows of an erased channel carry instead of its identifier while they
+    /// wait for a relay (a confirmation in the outbox, a mailbox to delete): no
+    /// row names a channel once it is erased. Real identifiers are random, never
+    /// all zeros.
+    pub const ERASED: ChannelId = ChannelId([0; 16]);
+}
+
 impl fmt::Display for ChannelId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&hex::encode(self.0))

@@ -87,13 +87,14 @@ pub fn seal_request(
     let (enc, secret) = crypto
         .hpke_setup_sender_and_export(config(), public_key, LINK_LABEL, EXPORT_CONTEXT, 32)
         .map_err(err)?;
+    // `ExporterSecret` zeroizes itself when dropped.
     if enc.len() != ENC_LEN {
         return Err(LinkCryptoError(format!(
             "an encapsulation of {} bytes",
             enc.len()
         )));
     }
-    let (request_key, reply_key) = link_keys(&secret);
+    let (request_key, reply_key) = link_keys(&secret).map_err(err)?;
     let mut header = enc;
     let padding = rand.random_vec(BLOB_LEN - ENC_LEN).map_err(err)?;
     header.extend_from_slice(&padding);
@@ -201,8 +202,7 @@ pub fn find_requests(
                 )
                 .ok()
         });
-        if let Some(secret) = secret {
-            let (request_key, reply_key) = link_keys(&secret);
+        if let Some((request_key, reply_key)) = secret.and_then(|s| link_keys(&s).ok()) {
             let mut c = Candidate {
                 header: i,
                 request_key,

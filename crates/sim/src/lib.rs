@@ -488,7 +488,7 @@ pub mod insider {
                 .group
                 .export_secret(self.backend.crypto(), CHANNEL_EXPORTER_LABEL, &[], 32)
                 .unwrap();
-            *envelope_key(&secret.try_into().unwrap())
+            *envelope_key(&secret.try_into().unwrap()).unwrap()
         }
 
         /// Seals arbitrary content into blobs under `key`.

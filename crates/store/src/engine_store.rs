@@ -79,6 +79,18 @@ impl EngineStore for Store {
             self.conn
                 .execute(&format!("DELETE FROM {table} WHERE channel = ?1"), [id])?;
         }
+        // What still waits for a relay stays, under no name; settings that name
+        // the channel (introductions through it) go.
+        for table in ["outbox", "mailboxes"] {
+            self.conn.execute(
+                &format!("UPDATE {table} SET channel = ?2 WHERE channel = ?1"),
+                params![id, &ChannelId::ERASED.0[..]],
+            )?;
+        }
+        self.conn.execute(
+            "DELETE FROM settings WHERE instr(key, lower(hex(?1))) > 0 OR instr(value, lower(hex(?1))) > 0",
+            [id],
+        )?;
         self.conn
             .execute("DELETE FROM channels WHERE id = ?1", [id])?;
         Ok(())

@@ -75,23 +75,19 @@ pub(crate) fn derive_key(
 }
 
 /// `HMAC-SHA256(key, KEY_CHECK_LABEL)`.
-pub(crate) fn key_check(key: &[u8; 32]) -> [u8; 32] {
+pub(crate) fn key_check(key: &[u8; 32]) -> Result<[u8; 32], hmac::digest::InvalidLength> {
     check_value(key, KEY_CHECK_LABEL)
 }
 
 /// `HMAC-SHA256(key, DURESS_CHECK_LABEL)`.
-pub(crate) fn duress_check(key: &[u8; 32]) -> [u8; 32] {
+pub(crate) fn duress_check(key: &[u8; 32]) -> Result<[u8; 32], hmac::digest::InvalidLength> {
     check_value(key, DURESS_CHECK_LABEL)
 }
 
-fn check_value(key: &[u8; 32], label: &[u8]) -> [u8; 32] {
-    // HMAC accepts keys of any length, so `new_from_slice` cannot fail here.
-    let mut mac = match Hmac::<Sha256>::new_from_slice(key) {
-        Ok(mac) => mac,
-        Err(_) => return [0; 32],
-    };
+fn check_value(key: &[u8; 32], label: &[u8]) -> Result<[u8; 32], hmac::digest::InvalidLength> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key)?;
     mac.update(label);
-    mac.finalize().into_bytes().into()
+    Ok(mac.finalize().into_bytes().into())
 }
 
 /// Compares a key check in constant time.
@@ -134,27 +130,29 @@ mod tests {
     }
 
     #[test]
-    fn key_check_known_answer() {
+    fn key_check_known_answer() -> Result<(), hmac::digest::InvalidLength> {
         assert_eq!(
-            hex::encode(key_check(&[0x11; 32])),
+            hex::encode(key_check(&[0x11; 32])?),
             "ca03a9a8d5ebe0de340365570d94ec87e7db48175c1af3ca973656df0cea812c"
         );
-        assert!(key_check_matches(&[0x11; 32], &key_check(&[0x11; 32])));
-        assert!(!key_check_matches(&[0x12; 32], &key_check(&[0x11; 32])));
+        assert!(key_check_matches(&[0x11; 32], &key_check(&[0x11; 32])?));
+        assert!(!key_check_matches(&[0x12; 32], &key_check(&[0x11; 32])?));
+        Ok(())
     }
 
     #[test]
-    fn duress_check_known_answer() {
+    fn duress_check_known_answer() -> Result<(), hmac::digest::InvalidLength> {
         assert_eq!(
-            hex::encode(duress_check(&[0x11; 32])),
+            hex::encode(duress_check(&[0x11; 32])?),
             "e165334221e2e9d5630ce9a72481ea2768cae1e1282f557e5c8e953c5329b31b"
         );
         assert!(duress_check_matches(
             &[0x11; 32],
-            &duress_check(&[0x11; 32])
+            &duress_check(&[0x11; 32])?
         ));
         // Domain separation: a key check never passes as a duress check.
-        assert!(!duress_check_matches(&[0x11; 32], &key_check(&[0x11; 32])));
+        assert!(!duress_check_matches(&[0x11; 32], &key_check(&[0x11; 32])?));
+        Ok(())
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub use schema::SCHEMA_VERSION;
 pub const HEADER_FILE: &str = "profile.json";
 /// File name of the encrypted database.
 pub const DATABASE_FILE: &str = "profile.db";
+/// What a header rewrite writes first (see [`Header::replace`]).
+const HEADER_JOURNAL: &str = "profile.json.new";
 
 const HEADER_FORMAT: u32 = 1;
 
@@ -69,6 +71,9 @@ pub enum OpenError {
     /// altered or damaged on disk.
     #[error("the profile database has been altered or damaged: {0}")]
     Damaged(String),
+    /// An empty passphrase protects nothing.
+    #[error("the passphrase cannot be empty")]
+    EmptyPassphrase,
     /// A duress passphrase must differ from the profile's passphrase.
     #[error("the duress passphrase must differ from the profile's passphrase")]
     DuressIsPassphrase,
@@ -154,6 +159,15 @@ impl Header {
     }
 
     fn read(dir: &Path) -> Result<Self, OpenError> {
+        // A rewrite cut short: the journal holds what was being written.
+        let journal = dir.join(HEADER_JOURNAL);
+        if let Ok(bytes) = fs::read(&journal)
+            && let Ok(header) = Self::parse(&bytes)
+        {
+            overwrite_with(&dir.join(HEADER_FILE), &bytes)?;
+            remove_synced(&journal)?;
+            return Ok(header);
+        }
         let bytes = match fs::read(dir.join(HEADER_FILE)) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -161,8 +175,12 @@ impl Header {
             }
             Err(e) => return Err(e.into()),
         };
+        Self::parse(&bytes)
+    }
+
+    fn parse(bytes: &[u8]) -> Result<Self, OpenError> {
         let header: Header =
-            serde_json::from_slice(&bytes).map_err(|e| OpenError::HeaderDamaged(e.to_string()))?;
+            serde_json::from_slice(bytes).map_err(|e| OpenError::HeaderDamaged(e.to_string()))?;
         if header.format != HEADER_FORMAT {
             return Err(OpenError::HeaderDamaged(format!(
                 "unknown format {}",
@@ -184,10 +202,34 @@ impl Header {
         Ok(header)
     }
 
-    fn write(&self, dir: &Path) -> Result<(), OpenError> {
-        let bytes =
-            serde_json::to_vec_pretty(self).map_err(|e| OpenError::HeaderDamaged(e.to_string()))?;
-        write_atomically(&dir.join(HEADER_FILE), &bytes)?;
+    fn bytes(&self) -> Result<Vec<u8>, OpenError> {
+        serde_json::to_vec_pretty(self).map_err(|e| OpenError::HeaderDamaged(e.to_string()))
+    }
+
+    /// Writes the header of a new profile.
+    fn create(&self, dir: &Path) -> Result<(), OpenError> {
+        write_atomically(&dir.join(HEADER_FILE), &self.bytes()?)?;
+        Ok(())
+    }
+
+    /// Replaces the header by writing over it in place, so that the old salt and
+    /// checks are not left behind in blocks the file system has freed (a rename
+    /// would leave them). A journal written first makes it safe against a crash
+    /// half-way: [`Header::read`] finishes the job from it.
+    fn replace(&self, dir: &Path) -> Result<(), OpenError> {
+        let bytes = self.bytes()?;
+        let journal = dir.join(HEADER_JOURNAL);
+        write_atomically(&journal, &bytes)?;
+        overwrite_with(&dir.join(HEADER_FILE), &bytes)?;
+        remove_synced(&journal)?;
+        Ok(())
+    }
+
+    /// Writes over the header in place in one write and one sync, with no journal:
+    /// what a duress passphrase does. A wrong passphrase does the same with the
+    /// bytes already there, so the two take the same time.
+    fn overwrite(dir: &Path, bytes: &[u8]) -> Result<(), OpenError> {
+        overwrite_with(&dir.join(HEADER_FILE), bytes)?;
         Ok(())
     }
 }
@@ -215,6 +257,9 @@ impl Store {
 
     /// Creates a new profile in `dir` (created if missing), protected by `passphrase`.
     pub fn create(dir: &Path, passphrase: &[u8]) -> Result<Self, OpenError> {
+        if passphrase.is_empty() {
+            return Err(OpenError::EmptyPassphrase);
+        }
         if Self::exists(dir) || dir.join(DATABASE_FILE).exists() {
             return Err(OpenError::AlreadyExists(dir.to_owned()));
         }
@@ -238,31 +283,27 @@ impl Store {
                 params,
                 salt: salt.to_vec(),
             },
-            key_check: kdf::key_check(&key).to_vec(),
+            key_check: kdf::key_check(&key)
+                .map_err(|e| OpenError::HeaderDamaged(e.to_string()))?
+                .to_vec(),
             duress: Some(DuressHeader::random()),
         };
         // The header is written last: a profile without a header does not exist.
-        header.write(dir)?;
+        header.create(dir)?;
         Ok(store)
     }
 
     /// Opens the profile in `dir`. A wrong passphrase is reported before the database
     /// is opened; the whole database is integrity-checked before it is used.
     pub fn open(dir: &Path, passphrase: &[u8]) -> Result<Self, OpenError> {
+        if passphrase.is_empty() {
+            return Err(OpenError::EmptyPassphrase);
+        }
         let header = Header::read(dir)?;
         let key = kdf::derive_key(passphrase, &header.kdf.salt, header.kdf.params)
             .map_err(|e| OpenError::HeaderDamaged(e.to_string()))?;
         if !kdf::key_check_matches(&key, &header.key_check) {
-            if let Some(duress) = &header.duress {
-                // Always derived, set or not, so that the time taken tells nothing.
-                let duress_key = kdf::derive_key(passphrase, &duress.salt, header.kdf.params)
-                    .map_err(|e| OpenError::HeaderDamaged(e.to_string()))?;
-                if kdf::duress_check_matches(&duress_key, &duress.check) {
-                    // Erase, leave a profile no passphrase opens, and say only what a
-                    // wrong passphrase says.
-                    let _ = wipe(dir, true);
-                }
-            }
+            Self::refuse(dir, passphrase, &header)?;
             return Err(OpenError::WrongPassphrase);
         }
         let path = dir.join(DATABASE_FILE);
@@ -282,6 +323,29 @@ impl Store {
         Ok(store)
     }
 
+    /// What a passphrase that does not open the profile costs, a duress passphrase
+    /// or not: a second derivation (the duress salt's, random when none is set),
+    /// then one write over the header in place and a sync. For a wrong passphrase
+    /// the bytes written are those already there; for the duress passphrase they
+    /// are a decoy header of the same length, whose random salt and checks match
+    /// no passphrase. The salt was the only way from a passphrase to the database
+    /// key, so the database is left as ciphertext nobody can decrypt (erasing its
+    /// blocks would take time that tells the two apart).
+    fn refuse(dir: &Path, passphrase: &[u8], header: &Header) -> Result<(), OpenError> {
+        let current = fs::read(dir.join(HEADER_FILE))?;
+        let mut written = current.clone();
+        if let Some(duress) = &header.duress {
+            let duress_key = kdf::derive_key(passphrase, &duress.salt, header.kdf.params)
+                .map_err(|e| OpenError::HeaderDamaged(e.to_string()))?;
+            if kdf::duress_check_matches(&duress_key, &duress.check) {
+                written = Header::decoy().bytes()?;
+            }
+        }
+        // Errors are not reported: they would tell a duress passphrase apart.
+        let _ = Header::overwrite(dir, &written);
+        Ok(())
+    }
+
     /// The profile directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -291,6 +355,9 @@ impl Store {
     /// profile irrevocably and reports a wrong passphrase. Refused if it is the
     /// profile's passphrase.
     pub fn set_duress(&self, duress: &[u8]) -> Result<(), OpenError> {
+        if duress.is_empty() {
+            return Err(OpenError::EmptyPassphrase);
+        }
         let mut header = Header::read(&self.dir)?;
         let as_main = kdf::derive_key(duress, &header.kdf.salt, header.kdf.params)
             .map_err(|e| OpenError::HeaderDamaged(e.to_string()))?;
@@ -303,16 +370,18 @@ impl Store {
             .map_err(|e| OpenError::HeaderDamaged(e.to_string()))?;
         header.duress = Some(DuressHeader {
             salt,
-            check: kdf::duress_check(&key).to_vec(),
+            check: kdf::duress_check(&key)
+                .map_err(|e| OpenError::HeaderDamaged(e.to_string()))?
+                .to_vec(),
         });
-        header.write(&self.dir)
+        header.replace(&self.dir)
     }
 
     /// Removes the duress passphrase (the header keeps random values in its place).
     pub fn clear_duress(&self) -> Result<(), OpenError> {
         let mut header = Header::read(&self.dir)?;
         header.duress = Some(DuressHeader::random());
-        header.write(&self.dir)
+        header.replace(&self.dir)
     }
 
     /// Erases the profile in `dir` irrevocably, without its passphrase: every file is
@@ -321,7 +390,7 @@ impl Store {
     /// elsewhere than in place (flash, copy-on-write file systems) old blocks may
     /// survive, but without the salt they are ciphertext no passphrase opens.
     pub fn erase(dir: &Path) -> std::io::Result<()> {
-        wipe(dir, false)
+        wipe(dir)
     }
 
     /// The schema version of the open database.
@@ -496,8 +565,9 @@ fn open_database(path: &Path, key: &[u8; 32], create: bool) -> Result<Connection
 }
 
 /// The files a profile may leave, the header first.
-const PROFILE_FILES: [&str; 6] = [
+const PROFILE_FILES: [&str; 7] = [
     HEADER_FILE,
+    HEADER_JOURNAL,
     "profile.tmp",
     "profile.db-wal",
     "profile.db-shm",
@@ -505,37 +575,24 @@ const PROFILE_FILES: [&str; 6] = [
     DATABASE_FILE,
 ];
 
-/// Overwrites every file of the profile in `dir` with random bytes. With `decoy`,
-/// leaves a random header and the random-filled database in place (a profile no
-/// passphrase opens); otherwise deletes them, and the directory if it is then empty.
-fn wipe(dir: &Path, decoy: bool) -> std::io::Result<()> {
+/// Overwrites every file of the profile in `dir` with random bytes, syncs and
+/// deletes them (the header first), then the directory if it is then empty.
+fn wipe(dir: &Path) -> std::io::Result<()> {
     let mut first_error = None;
     for name in PROFILE_FILES {
         let path = dir.join(name);
         if let Err(e) = overwrite(&path) {
             first_error.get_or_insert(e);
         }
-        if (decoy && name == DATABASE_FILE) || !path.exists() {
-            continue;
-        }
-        if !(decoy && name == HEADER_FILE)
+        if path.exists()
             && let Err(e) = fs::remove_file(&path)
         {
             first_error.get_or_insert(e);
         }
     }
-    if decoy {
-        if let Err(e) = Header::decoy().write(dir) {
-            first_error.get_or_insert(std::io::Error::other(e.to_string()));
-        }
-    } else {
-        let _ = fs::remove_dir(dir);
-    }
+    let _ = fs::remove_dir(dir);
     if let Some(parent) = dir.parent().filter(|p| p.exists()) {
         let _ = fs::File::open(parent).and_then(|f| f.sync_all());
-    }
-    if dir.exists() {
-        let _ = fs::File::open(dir).and_then(|f| f.sync_all());
     }
     first_error.map_or(Ok(()), Err)
 }
@@ -557,6 +614,29 @@ fn overwrite(path: &Path) -> std::io::Result<()> {
         left -= n as u64;
     }
     file.sync_all()
+}
+
+/// Writes `bytes` over the start of an existing file, in place, followed by
+/// spaces up to the file's old length (JSON ignores trailing white space), and
+/// syncs it.
+fn overwrite_with(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut file = fs::OpenOptions::new().write(true).open(path)?;
+    let old_len = usize::try_from(file.metadata()?.len()).unwrap_or(usize::MAX);
+    let mut padded = bytes.to_vec();
+    if padded.len() < old_len {
+        padded.resize(old_len, b' ');
+    }
+    file.write_all(&padded)?;
+    file.sync_all()
+}
+
+/// Deletes a file and syncs its directory.
+fn remove_synced(path: &Path) -> std::io::Result<()> {
+    fs::remove_file(path)?;
+    if let Some(parent) = path.parent() {
+        fs::File::open(parent)?.sync_all()?;
+    }
+    Ok(())
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -83,7 +83,7 @@ fn wrong_passphrase_is_reported_and_changes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     drop(Store::create(tmp.path(), PASS).unwrap());
     let before = files(tmp.path());
-    for attempt in [&b"wrong"[..], b"", b"correct horse battery stapl"] {
+    for attempt in [&b"wrong"[..], b"correct horse battery stapl"] {
         assert!(matches!(
             Store::open(tmp.path(), attempt),
             Err(OpenError::WrongPassphrase)
@@ -281,13 +281,94 @@ fn version_3_moves_read_cursors_into_the_channel_settings() {
     );
 }
 
+#[test]
+fn an_erased_channel_leaves_no_row_that_names_it() {
+    use backchannel_proto::addr::{Fingerprint, MailboxAddr, RelayAddr};
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::create(tmp.path(), PASS).unwrap();
+    let channel = ChannelId([0x5a; 16]);
+    let other = ChannelId([0x3c; 16]);
+    let relay = RelayAddr {
+        fingerprint: Fingerprint([9; 32]),
+        host: "127.0.0.1".into(),
+        port: 4000,
+    };
+    for (i, ch) in [(1u8, channel), (2, other)] {
+        store
+            .save_mailbox(&client_tables::MailboxRecord {
+                read_id: MailboxId([i; 16]),
+                send_id: MailboxId([i + 100; 16]),
+                relay: relay.clone(),
+                auth_seed: Zeroizing::new([i; 32]),
+                channel: Some(ch),
+                last_processed: 0,
+                created_at: Timestamp(1),
+            })
+            .unwrap();
+        store
+            .enqueue_transmit(&backchannel_core::Transmit {
+                id: 0,
+                channel: ch,
+                to: MailboxAddr {
+                    relay: relay.clone(),
+                    send_id: MailboxId([i + 50; 16]),
+                },
+                ttl_secs: 0,
+                blob: vec![i; 64],
+            })
+            .unwrap();
+    }
+    // Introductions through it are kept in settings, by hex identifier.
+    let hex_id = hex::encode(channel.0);
+    store
+        .set_setting("intro-host:0011", &format!("{hex_id} ready"))
+        .unwrap();
+    store
+        .set_setting(&format!("intro-pending:{hex_id}"), "")
+        .unwrap();
+    store
+        .set_setting("intro:2233", &hex::encode(other.0))
+        .unwrap();
+
+    store.delete_channel(&channel).unwrap();
+    store.checkpoint().unwrap();
+
+    // What waits for a relay is still there, under no name; the other channel's
+    // rows are untouched.
+    let outbox = store.outbox().unwrap();
+    assert_eq!(
+        outbox.iter().map(|t| t.channel).collect::<Vec<_>>(),
+        [ChannelId::ERASED, other]
+    );
+    let mailboxes = store.mailboxes().unwrap();
+    assert_eq!(
+        mailboxes.iter().map(|m| m.channel).collect::<Vec<_>>(),
+        [Some(ChannelId::ERASED), Some(other)]
+    );
+    assert_eq!(store.settings_with_prefix("intro").unwrap().len(), 1);
+    // And no page of the database holds the identifier, raw or in hex.
+    let pages = store.decrypted_pages().unwrap();
+    for needle in [&channel.0[..], hex_id.as_bytes()] {
+        assert!(
+            !pages
+                .iter()
+                .any(|p| p.windows(needle.len()).any(|w| w == needle)),
+            "the erased channel's identifier survives"
+        );
+    }
+}
+
 const DURESS: &[u8] = b"tell them nothing";
 
-/// Whether any 64-byte window of `old` appears in `new` (a surviving fragment).
-fn shares_fragment(old: &[u8], new: &[u8]) -> bool {
-    old.chunks(64)
-        .filter(|c| c.len() == 64 && c.iter().any(|&b| b != 0))
-        .any(|c| new.windows(64).any(|w| w == c))
+#[cfg(unix)]
+fn header_inode(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    fs::metadata(dir.join(HEADER_FILE)).unwrap().ino()
+}
+
+#[cfg(not(unix))]
+fn header_inode(_dir: &Path) -> u64 {
+    0
 }
 
 #[test]
@@ -299,6 +380,7 @@ fn the_duress_passphrase_erases_the_profile_and_looks_wrong() {
         store.set_duress(DURESS).unwrap();
     }
     let before = files(tmp.path());
+    let inode_before = header_inode(tmp.path());
     // A wrong passphrase changes nothing, even with a duress passphrase set.
     assert!(matches!(
         Store::open(tmp.path(), b"wrong"),
@@ -322,11 +404,15 @@ fn the_duress_passphrase_erases_the_profile_and_looks_wrong() {
             .clone()
     };
     assert_eq!(db(&after).len(), db(&before).len());
-    // But nothing of the old one is left, and no passphrase opens it.
-    assert!(
-        !shares_fragment(&db(&before), &db(&after)),
-        "a fragment of the database survived"
-    );
+    // The header was written over in place (same file, same length): the old salt
+    // and key check, the only way from a passphrase to the database key, are gone.
+    let header_len = |f: &[(String, Vec<u8>)]| {
+        f.iter()
+            .find(|(n, _)| n == HEADER_FILE)
+            .map(|(_, b)| b.len())
+    };
+    assert_eq!(header_len(&after), header_len(&before));
+    assert_eq!(header_inode(tmp.path()), inode_before);
     let old_header_bytes = &before.iter().find(|(n, _)| n == HEADER_FILE).unwrap().1;
     let old: Header = serde_json::from_slice(old_header_bytes).unwrap();
     let header_text = fs::read(tmp.path().join(HEADER_FILE)).unwrap();
@@ -372,6 +458,82 @@ fn the_header_does_not_tell_whether_a_duress_passphrase_is_set() {
         store.set_duress(PASS),
         Err(OpenError::DuressIsPassphrase)
     ));
+}
+
+#[test]
+fn duress_changes_rewrite_the_header_in_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::create(tmp.path(), PASS).unwrap();
+    let inode = header_inode(tmp.path());
+    let random_salt = Header::read(tmp.path()).unwrap().duress.unwrap().salt;
+    store.set_duress(DURESS).unwrap();
+    let set_salt = Header::read(tmp.path()).unwrap().duress.unwrap().salt;
+    store.clear_duress().unwrap();
+    // The same file each time, never a renamed copy (which would leave the old
+    // salt in a freed block), and no journal left behind.
+    assert_eq!(header_inode(tmp.path()), inode);
+    assert!(!tmp.path().join(HEADER_JOURNAL).exists());
+    let text = fs::read(tmp.path().join(HEADER_FILE)).unwrap();
+    for old in [random_salt, set_salt] {
+        let hex = hex::encode(old).into_bytes();
+        assert!(!text.windows(hex.len()).any(|w| w == hex));
+    }
+}
+
+#[test]
+fn a_header_rewrite_cut_short_is_finished_from_its_journal() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let store = Store::create(tmp.path(), PASS).unwrap();
+        store.set_setting("kept", "yes").unwrap();
+    }
+    // A crash while writing over the header: the journal holds the new header
+    // (here the same keys with a duress passphrase), the header is torn.
+    let mut header = Header::read(tmp.path()).unwrap();
+    let salt = vec![7u8; 16];
+    let key = kdf::derive_key(DURESS, &salt, header.kdf.params).unwrap();
+    header.duress = Some(DuressHeader {
+        salt,
+        check: kdf::duress_check(&key).unwrap().to_vec(),
+    });
+    fs::write(tmp.path().join(HEADER_JOURNAL), header.bytes().unwrap()).unwrap();
+    let torn = fs::read(tmp.path().join(HEADER_FILE)).unwrap();
+    fs::write(tmp.path().join(HEADER_FILE), &torn[..torn.len() / 2]).unwrap();
+
+    let store = Store::open(tmp.path(), PASS).unwrap();
+    assert_eq!(store.setting("kept").unwrap().as_deref(), Some("yes"));
+    assert!(!tmp.path().join(HEADER_JOURNAL).exists());
+    drop(store);
+    // The journal's header is the one in force: its duress passphrase works.
+    assert!(matches!(
+        Store::open(tmp.path(), DURESS),
+        Err(OpenError::WrongPassphrase)
+    ));
+    assert!(matches!(
+        Store::open(tmp.path(), PASS),
+        Err(OpenError::WrongPassphrase)
+    ));
+}
+
+#[test]
+fn empty_passphrases_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        Store::create(&tmp.path().join("p"), b""),
+        Err(OpenError::EmptyPassphrase)
+    ));
+    assert!(!Store::exists(&tmp.path().join("p")));
+    let store = Store::create(tmp.path(), PASS).unwrap();
+    assert!(matches!(
+        store.set_duress(b""),
+        Err(OpenError::EmptyPassphrase)
+    ));
+    drop(store);
+    assert!(matches!(
+        Store::open(tmp.path(), b""),
+        Err(OpenError::EmptyPassphrase)
+    ));
+    assert!(Store::open(tmp.path(), PASS).is_ok());
 }
 
 #[test]
