@@ -112,6 +112,9 @@ async fn an_introduction_gives_two_strangers_a_channel_vouched_for_by_the_introd
     assert_eq!(carol.introduction_progress(&id), Some(IntroProgress::Asked));
 
     // Nothing happens until bob says yes.
+    carol.sync(LIMIT).await.unwrap();
+    dave.sync(LIMIT).await.unwrap();
+    dave.drain_events();
     bob.sync(LIMIT).await.unwrap();
     assert!(
         bob.take_notices()
@@ -128,6 +131,80 @@ async fn an_introduction_gives_two_strangers_a_channel_vouched_for_by_the_introd
     bob.accept_introduction(&waiting[0].id).await.unwrap();
     bob.flush(LIMIT).await.unwrap();
     assert!(bob.pending_introductions().unwrap().is_empty());
+
+    // Bob's offer (his new key package) is sealed to carol alone and goes to her
+    // mailbox only. A relay that copies it into dave's mailbox gives dave nothing:
+    // he holds the channel's keys, but not carol's leaf key.
+    let carol_mailbox = dave
+        .engine()
+        .channel("press")
+        .unwrap()
+        .members
+        .into_iter()
+        .find(|m| m.name == "carol")
+        .unwrap()
+        .mailbox;
+    let dave_mailbox = dave
+        .engine()
+        .channel("press")
+        .unwrap()
+        .members
+        .into_iter()
+        .find(|m| m.is_self)
+        .unwrap()
+        .mailbox;
+    let offer: Vec<Vec<u8>> = {
+        let db = rusqlite::Connection::open(
+            tmp.path()
+                .join("relay")
+                .join(backchannel_relay::DATABASE_FILE),
+        )
+        .unwrap();
+        let mut stmt = db
+            .prepare(
+                "SELECT blob FROM messages WHERE mailbox = \
+                 (SELECT key FROM mailboxes WHERE send_id = ?1) ORDER BY id",
+            )
+            .unwrap();
+        stmt.query_map([&carol_mailbox.send_id.0[..]], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    assert!(!offer.is_empty());
+    dave.sync(LIMIT).await.unwrap();
+    assert!(
+        dave.drain_events().is_empty(),
+        "the offer reached a bystander's mailbox"
+    );
+    let raw = backchannel_client::relay::RelayClient::connect(&dave_mailbox.relay, LIMIT)
+        .await
+        .unwrap();
+    for blob in offer {
+        let blob: Box<[u8; backchannel_proto::envelope::BLOB_LEN]> =
+            blob.into_boxed_slice().try_into().unwrap();
+        raw.send(dave_mailbox.send_id, 0, blob).await.unwrap();
+    }
+    dave.sync(LIMIT).await.unwrap();
+    let seen = dave.drain_events();
+    assert!(
+        seen.iter().any(|e| matches!(
+            e,
+            backchannel_core::Event::Alert {
+                alert: backchannel_core::Alert::Undecryptable { detail, .. },
+                ..
+            } if detail.contains("sealed to us alone")
+        )),
+        "{seen:?}"
+    );
+    assert!(
+        !seen
+            .iter()
+            .any(|e| matches!(e, backchannel_core::Event::Introduction { .. })),
+        "{seen:?}"
+    );
+    assert!(dave.pending_introductions().unwrap().is_empty());
+    assert!(dave.take_notices().is_empty());
 
     // Carol passes bob's key package on; alice says yes too and makes the channel;
     // carol passes the welcome back; bob joins.

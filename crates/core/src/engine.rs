@@ -169,6 +169,9 @@ pub enum CommandError {
     Internal(String),
 }
 
+/// How many messages sealed to us alone are remembered, to recognise copies.
+const SEEN_TARGETED: usize = 64;
+
 pub(crate) fn internal(e: impl std::fmt::Display) -> CommandError {
     CommandError::Internal(e.to_string())
 }
@@ -652,16 +655,11 @@ impl<S: Storage> Engine<S> {
         id: &ChannelId,
         intro: backchannel_proto::control::Intro,
     ) -> Result<(), CommandError> {
+        let to = MemberId(intro.to);
         let body = backchannel_proto::control::Control::Intro(intro).encode();
         self.transact(now, |engine| {
             let (ch, mut ctx) = engine.channel_ctx(id, now)?;
-            ch.live()?;
-            ch.send_payload(
-                &mut ctx,
-                backchannel_proto::payload::PayloadKind::Control,
-                body,
-            )?;
-            Ok(())
+            ch.send_targeted(&mut ctx, &to, &body)
         })
     }
 
@@ -1133,6 +1131,33 @@ impl Channel {
         ctx.store().append_message(&record).map_err(store_err)?;
         record.position = 0;
         Ok(record)
+    }
+
+    /// Sends `body` to one member alone, as an MLS targeted message
+    /// (draft-ietf-mls-targeted-messages): sealed with HPKE to that member's leaf
+    /// key and signed by us, delivered to its mailbox only. No other member can
+    /// read it, even if a relay hands it over. It is outside our sequence: the
+    /// receiver recognises a copy by its hash.
+    pub(crate) fn send_targeted<S: Storage>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        to: &MemberId,
+        body: &[u8],
+    ) -> Result<(), CommandError> {
+        let key = self.current_key()?;
+        let target = self
+            .members
+            .iter()
+            .find(|m| m.member == *to && !m.is_self)
+            .ok_or_else(|| CommandError::UnknownMember(hex::encode(&to.0[..4])))?;
+        let (leaf, mailbox) = (target.leaf, target.mailbox.clone());
+        let live = self.live_mut()?;
+        let message = live
+            .group
+            .create_targeted_message(ctx.backend, &live.signer, LeafNodeIndex::new(leaf), body)
+            .map_err(internal)?;
+        let bytes = message.tls_serialize_detached().map_err(internal)?;
+        self.transmit_content(ctx, ContentKind::Mls, &bytes, &[mailbox], &key, 0)
     }
 
     /// Sends one of our commits to `targets` under the current epoch's key, merges
@@ -1759,6 +1784,14 @@ impl Channel {
                 return Ok(());
             }
         };
+        if message.wire_format() == WireFormat::TargetedMessage {
+            return match message.extract() {
+                MlsMessageBodyIn::TargetedMessage(targeted) => {
+                    self.receive_targeted(ctx, bytes, targeted)
+                }
+                _ => Ok(()),
+            };
+        }
         let protocol = match message.try_into_protocol_message() {
             Ok(p) if p.wire_format() == WireFormat::PrivateMessage => p,
             _ => {
@@ -1852,6 +1885,114 @@ impl Channel {
                 Ok(())
             }
         }
+    }
+
+    /// A message sealed to us alone: only introduction steps travel so.
+    fn receive_targeted<S: Storage>(
+        &mut self,
+        ctx: &mut Ctx<'_, S>,
+        bytes: &[u8],
+        targeted: openmls::targeted_messages::TargetedMessageIn,
+    ) -> Result<(), CommandError> {
+        let channel = self.record.id;
+        let undecryptable = |detail: &str| Alert::Undecryptable {
+            count: 1,
+            detail: detail.to_owned(),
+        };
+        if targeted.group_id().as_slice() != channel.0 {
+            ctx.alert(channel, undecryptable("a message of another channel"));
+            return Ok(());
+        }
+        let Some(live) = self.live.as_ref() else {
+            return Ok(());
+        };
+        let epoch = targeted.epoch().as_u64();
+        let current = live.group.epoch().as_u64();
+        if epoch > current {
+            return self.park(
+                ctx,
+                PendingItem::Message {
+                    received_at: ctx.now,
+                    epoch,
+                    message: bytes.to_vec(),
+                },
+            );
+        }
+        if epoch < current {
+            // Its key is the recipient's leaf key of that epoch, gone since.
+            ctx.alert(
+                channel,
+                undecryptable(
+                    "a message sealed to us alone in an earlier epoch (an introduction \
+                     step); the introduction has to be made again",
+                ),
+            );
+            return Ok(());
+        }
+        let processed = match live.group.process_targeted_message(ctx.backend, &targeted) {
+            Ok(p) => p,
+            Err(e) => {
+                ctx.alert(
+                    channel,
+                    Alert::Undecryptable {
+                        count: 1,
+                        detail: format!("a message sealed to us alone that does not open: {e}"),
+                    },
+                );
+                return Ok(());
+            }
+        };
+        let sender = live
+            .group
+            .member(processed.sender_leaf_index())
+            .and_then(credential_member);
+        let Some(sender) = sender else {
+            ctx.alert(
+                channel,
+                undecryptable("a sender without a Backchannel identity"),
+            );
+            return Ok(());
+        };
+        let from = self.name_of(&sender);
+        let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(bytes).into();
+        if self.record.seen_targeted.contains(&digest) {
+            ctx.alert(
+                channel,
+                Alert::Replayed {
+                    from: Some(from),
+                    seq: None,
+                },
+            );
+            return Ok(());
+        }
+        self.record.seen_targeted.push(digest);
+        let excess = self
+            .record
+            .seen_targeted
+            .len()
+            .saturating_sub(SEEN_TARGETED);
+        self.record.seen_targeted.drain(..excess);
+        self.save(ctx)?;
+        match backchannel_proto::control::Control::decode(processed.application_data()) {
+            Ok(backchannel_proto::control::Control::Intro(intro))
+                if intro.to == self.record.own_member.0 =>
+            {
+                ctx.event(Event::Introduction {
+                    channel,
+                    from: sender,
+                    from_name: from,
+                    intro,
+                });
+            }
+            _ => ctx.alert(
+                channel,
+                Alert::Undecryptable {
+                    count: 1,
+                    detail: format!("a malformed message sealed to us alone by {from}"),
+                },
+            ),
+        }
+        Ok(())
     }
 
     pub(crate) fn receive_payload<S: Storage>(

@@ -195,6 +195,10 @@ pub struct ChannelRecord {
     /// A burn we started, waiting for receipts.
     #[serde(default)]
     pub burn: Option<crate::lifecycle::BurnState>,
+    /// Hashes of the last messages sealed to us alone (introduction steps), to
+    /// recognise one the relay delivers again.
+    #[serde(default)]
+    pub seen_targeted: Vec<[u8; 32]>,
     /// Members whose safety number we compared, with the key we verified.
     #[serde(default)]
     pub verified: Vec<crate::trust::Verified>,
@@ -284,6 +288,7 @@ impl ChannelRecord {
             spent: Vec::new(),
             peers: Vec::new(),
             burn: None,
+            seen_targeted: Vec::new(),
             verified: Vec::new(),
         }
     }
