@@ -69,7 +69,9 @@ pub(crate) struct ServeArgs {
     /// Most connections from one address.
     #[arg(long, env = "BACKCHANNEL_RELAY_MAX_CONNECTIONS_PER_IP")]
     max_connections_per_ip: Option<usize>,
-    /// Cap on the database size in bytes; past it the relay refuses new messages.
+    /// Cap on the database size in bytes; past it the relay refuses new messages
+    /// (default: half of the file system, at most what it holds plus 90% of the
+    /// free space; 0: no cap).
     #[arg(long, env = "BACKCHANNEL_RELAY_MAX_DB_BYTES")]
     max_db_bytes: Option<u64>,
 }

@@ -41,7 +41,10 @@ pub struct RelayConfig {
     pub window: u16,
     /// Most messages per group commit.
     pub batch_max: usize,
-    /// Cap on the database size; past it, writes fail as on a full disk.
+    /// Cap on the database size; past it, the relay refuses new messages (as on a
+    /// full disk: the sender is told the relay is full and retries later). `None`:
+    /// [`crate::server::DEFAULT_DB_SHARE`]% of the file system (see
+    /// [`crate::default_db_cap`]); `Some(0)`: no cap.
     pub max_db_bytes: Option<u64>,
     /// How long a graceful shutdown waits for connections to finish.
     pub shutdown_grace: Duration,

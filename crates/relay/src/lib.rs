@@ -36,4 +36,4 @@ mod server;
 pub mod storage;
 
 pub use config::RelayConfig;
-pub use server::{DATABASE_FILE, RelayError, RunningRelay, address, start};
+pub use server::{DATABASE_FILE, RelayError, RunningRelay, address, default_db_cap, start};

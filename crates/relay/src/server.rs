@@ -154,14 +154,42 @@ fn keep_private(dir: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Share of the file system the database may fill by default, in percent.
+pub const DEFAULT_DB_SHARE: u64 = 50;
+
+/// The default cap on the database: [`DEFAULT_DB_SHARE`] of the file system that
+/// holds `dir`, and never more than the database already holds plus 90% of what
+/// is free (the rest of the machine needs room too). `None` if the file system
+/// cannot be asked.
+pub fn default_db_cap(dir: &std::path::Path) -> Option<u64> {
+    let fs = rustix::fs::statvfs(dir).ok()?;
+    let total = fs.f_blocks.saturating_mul(fs.f_frsize);
+    let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+    let held: u64 = [DATABASE_FILE, "relay.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum();
+    let share = total / 100 * DEFAULT_DB_SHARE;
+    Some(share.min(held.saturating_add(free / 10 * 9)))
+}
+
 /// Starts a relay and returns once it listens.
 pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
     keep_private(&config.data_dir)?;
     let identity = Identity::load_or_create(&config.data_dir)?;
     let tls = TlsAcceptor::from(identity.server_config()?);
     let db = config.data_dir.join(DATABASE_FILE);
-    let storage = SqliteStorage::open(&db, config.max_db_bytes)?;
-    let reader = SqliteStorage::open(&db, config.max_db_bytes)?;
+    let max_db_bytes = match config.max_db_bytes {
+        Some(0) => None,
+        Some(max) => Some(max),
+        None => default_db_cap(&config.data_dir),
+    };
+    if let Some(max) = max_db_bytes {
+        tracing::info!(max_db_bytes = max, "database size capped");
+    }
+    let storage = SqliteStorage::open(&db, max_db_bytes)?;
+    let reader = SqliteStorage::open(&db, max_db_bytes)?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| RelayError::Listen(config.listen, e))?;
@@ -376,5 +404,27 @@ async fn health_page(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
         (StatusCode::OK, "ok\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "storage failing\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn the_default_database_cap_is_a_share_of_the_disk_within_what_is_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = rustix::fs::statvfs(dir.path()).unwrap();
+        let (total, free) = (fs.f_blocks * fs.f_frsize, fs.f_bavail * fs.f_frsize);
+        let cap = default_db_cap(dir.path()).unwrap();
+        assert!(cap > 0);
+        assert!(cap <= total / 100 * DEFAULT_DB_SHARE, "{cap} of {total}");
+        assert!(cap <= free, "{cap} with {free} free");
+        // What the database already holds counts as room it may keep.
+        std::fs::write(dir.path().join(DATABASE_FILE), vec![0u8; 1 << 20]).unwrap();
+        let with_db = default_db_cap(dir.path()).unwrap();
+        assert!(with_db + (64 << 20) >= cap, "{with_db} against {cap}");
     }
 }

@@ -43,7 +43,8 @@ pub struct Append {
 /// What happened to one append of a batch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AppendOutcome {
-    /// Stored under this message identifier, in this mailbox.
+    /// Stored under this message number, in this mailbox. Numbers count up per
+    /// mailbox: they say nothing of the traffic of other mailboxes.
     Stored {
         /// The mailbox.
         mailbox: MailboxKey,
@@ -123,7 +124,7 @@ pub trait RelayStorage: Send + 'static {
         batch: &[Append],
         quota: Quota,
     ) -> Result<Vec<AppendOutcome>, StorageError>;
-    /// Messages of a mailbox with identifiers above `after`, oldest first. Records
+    /// Messages of a mailbox with numbers above `after`, oldest first. Records
     /// that cannot be delivered (damaged on disk) are listed apart, to be deleted.
     fn fetch(
         &mut self,

@@ -20,14 +20,19 @@ CREATE TABLE IF NOT EXISTS mailboxes (
     read_id BLOB NOT NULL UNIQUE,
     auth_key BLOB NOT NULL,
     created_at INTEGER NOT NULL,
-    count INTEGER NOT NULL DEFAULT 0
+    count INTEGER NOT NULL DEFAULT 0,
+    last_seq INTEGER NOT NULL DEFAULT 0
 );
+-- `seq` is the message's number in its mailbox: what clients see and acknowledge.
+-- The global `id` never leaves the relay (it would tell a reader how much the
+-- whole relay carries between two of its messages).
 CREATE TABLE IF NOT EXISTS messages (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     mailbox INTEGER NOT NULL,
     expires_at INTEGER NOT NULL,
     digest BLOB NOT NULL,
     blob BLOB NOT NULL,
+    seq INTEGER NOT NULL DEFAULT 0,
     UNIQUE (mailbox, digest)
 );
 -- Digests of delivered (deleted) messages, kept until they would have expired, so
@@ -39,7 +44,7 @@ CREATE TABLE IF NOT EXISTS delivered (
     PRIMARY KEY (mailbox, digest)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS delivered_by_expiry ON delivered (expires_at);
-CREATE INDEX IF NOT EXISTS messages_by_mailbox ON messages (mailbox, id);
+
 CREATE INDEX IF NOT EXISTS messages_by_expiry ON messages (expires_at);
 ";
 
@@ -65,8 +70,38 @@ impl SqliteStorage {
             conn.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))?;
         }
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
+        conn.execute_batch(
+            "CREATE UNIQUE INDEX IF NOT EXISTS messages_by_seq ON messages (mailbox, seq);
+             DROP INDEX IF EXISTS messages_by_mailbox;",
+        )?;
         Ok(Self { conn })
     }
+}
+
+/// Brings a database written before per-mailbox numbers up to date: messages
+/// keep their old (global) identifier as their number, and every mailbox numbers
+/// its next messages above the highest identifier ever given, so no client sees
+/// a number go back.
+fn migrate(conn: &Connection) -> Result<(), StorageError> {
+    let has_seq: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM pragma_table_info('messages') WHERE name = 'seq'",
+        [],
+        |r| r.get(0),
+    )?;
+    if has_seq {
+        return Ok(());
+    }
+    conn.execute_batch(
+        "BEGIN;
+         ALTER TABLE messages ADD COLUMN seq INTEGER NOT NULL DEFAULT 0;
+         UPDATE messages SET seq = id;
+         ALTER TABLE mailboxes ADD COLUMN last_seq INTEGER NOT NULL DEFAULT 0;
+         UPDATE mailboxes SET last_seq =
+             coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'messages'), 0);
+         COMMIT;",
+    )?;
+    Ok(())
 }
 
 impl SqliteStorage {
@@ -155,14 +190,17 @@ impl RelayStorage for SqliteStorage {
             let mut find =
                 tx.prepare_cached("SELECT key, count FROM mailboxes WHERE send_id = ?1")?;
             let mut insert = tx.prepare_cached(
-                "INSERT INTO messages (mailbox, expires_at, digest, blob) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO messages (mailbox, expires_at, digest, blob, seq)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
             let mut seen = tx.prepare_cached(
-                "SELECT id FROM messages WHERE mailbox = ?1 AND digest = ?2
+                "SELECT seq FROM messages WHERE mailbox = ?1 AND digest = ?2
                  UNION ALL SELECT 0 FROM delivered WHERE mailbox = ?1 AND digest = ?2",
             )?;
-            let mut bump =
-                tx.prepare_cached("UPDATE mailboxes SET count = count + 1 WHERE key = ?1")?;
+            let mut bump = tx.prepare_cached(
+                "UPDATE mailboxes SET count = count + 1, last_seq = last_seq + 1
+                 WHERE key = ?1 RETURNING last_seq",
+            )?;
             let max_messages = quota.messages.min(quota.bytes / BLOB_LEN as u64);
             for append in batch {
                 let found: Option<(i64, i64)> = find
@@ -199,14 +237,15 @@ impl RelayStorage for SqliteStorage {
                     outcomes.push(AppendOutcome::QuotaExceeded);
                     continue;
                 }
+                let seq: i64 = bump.query_row([mailbox], |r| r.get(0))?;
                 insert.execute(params![
                     mailbox,
                     append.expires_at as i64,
                     &digest[..],
-                    &append.blob[..]
+                    &append.blob[..],
+                    seq
                 ])?;
-                let message_id = tx.last_insert_rowid() as u64;
-                bump.execute([mailbox])?;
+                let message_id = seq as u64;
                 outcomes.push(AppendOutcome::Stored {
                     mailbox,
                     message_id,
@@ -225,7 +264,7 @@ impl RelayStorage for SqliteStorage {
         limit: usize,
     ) -> Result<Fetched, StorageError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, blob FROM messages WHERE mailbox = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+            "SELECT seq, blob FROM messages WHERE mailbox = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
         )?;
         let rows = stmt.query_map(params![mailbox, after as i64, limit as i64], |r| {
             Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
@@ -248,10 +287,10 @@ impl RelayStorage for SqliteStorage {
         {
             let mut remember = tx.prepare_cached(
                 "INSERT OR IGNORE INTO delivered (mailbox, digest, expires_at)
-                 SELECT mailbox, digest, expires_at FROM messages WHERE mailbox = ?1 AND id = ?2",
+                 SELECT mailbox, digest, expires_at FROM messages WHERE mailbox = ?1 AND seq = ?2",
             )?;
             let mut delete =
-                tx.prepare_cached("DELETE FROM messages WHERE mailbox = ?1 AND id = ?2")?;
+                tx.prepare_cached("DELETE FROM messages WHERE mailbox = ?1 AND seq = ?2")?;
             let mut count =
                 tx.prepare_cached("UPDATE mailboxes SET count = count - ?1 WHERE key = ?2")?;
             for (mailbox, message_id) in messages {
@@ -371,6 +410,101 @@ mod tests {
         s.delete_mailbox(mb.key).unwrap();
         assert!(s.mailbox_by_read(&read).unwrap().is_none());
         assert_eq!(s.counts().unwrap().messages, 0);
+    }
+
+    fn stored(out: &[AppendOutcome]) -> Vec<u64> {
+        out.iter()
+            .filter_map(|o| match o {
+                AppendOutcome::Stored { message_id, .. } => Some(*message_id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn message_numbers_count_per_mailbox_and_tell_nothing_of_the_others() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = SqliteStorage::open(&tmp.path().join("r.db"), None).unwrap();
+        let (a, b) = (MailboxId([1; 16]), MailboxId([5; 16]));
+        s.create_mailbox(&a, &MailboxId([2; 16]), &[3; 32], 0)
+            .unwrap();
+        s.create_mailbox(&b, &MailboxId([6; 16]), &[3; 32], 0)
+            .unwrap();
+        let append = |send_id, i: u8| Append {
+            send_id,
+            blob: blob(i),
+            expires_at: 1000,
+            replay: false,
+        };
+        // Mailbox b is busy between a's messages; a's numbers do not show it.
+        let first = s.append_batch(&[append(a, 1)], QUOTA).unwrap();
+        let busy: Vec<Append> = (10..13).map(|i| append(b, i)).collect();
+        let others = s.append_batch(&busy, QUOTA).unwrap();
+        let second = s.append_batch(&[append(a, 2)], QUOTA).unwrap();
+        assert_eq!(stored(&first), [1]);
+        assert_eq!(stored(&others), [1, 2, 3]);
+        assert_eq!(stored(&second), [2]);
+        // A retransmission is acknowledged with its number.
+        let again = s.append_batch(&[append(a, 2)], QUOTA).unwrap();
+        assert!(matches!(
+            again[0],
+            AppendOutcome::Duplicate { message_id: 2, .. }
+        ));
+        let key = s.mailbox_by_read(&MailboxId([2; 16])).unwrap().unwrap().key;
+        let fetched = s.fetch(key, 1, 10).unwrap().messages;
+        assert_eq!(fetched.len(), 1);
+        assert_eq!((fetched[0].0, fetched[0].1[0]), (2, 2));
+    }
+
+    #[test]
+    fn a_database_from_before_per_mailbox_numbers_is_migrated() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("r.db");
+        {
+            let old = Connection::open(&path).unwrap();
+            old.execute_batch(
+                "CREATE TABLE mailboxes (key INTEGER PRIMARY KEY, send_id BLOB NOT NULL UNIQUE,
+                     read_id BLOB NOT NULL UNIQUE, auth_key BLOB NOT NULL,
+                     created_at INTEGER NOT NULL, count INTEGER NOT NULL DEFAULT 0);
+                 CREATE TABLE messages (id INTEGER PRIMARY KEY AUTOINCREMENT,
+                     mailbox INTEGER NOT NULL, expires_at INTEGER NOT NULL,
+                     digest BLOB NOT NULL, blob BLOB NOT NULL, UNIQUE (mailbox, digest));
+                 CREATE INDEX messages_by_mailbox ON messages (mailbox, id);",
+            )
+            .unwrap();
+            old.execute(
+                "INSERT INTO mailboxes (send_id, read_id, auth_key, created_at, count)
+                 VALUES (?1, ?2, ?3, 0, 1)",
+                params![&[1u8; 16][..], &[2u8; 16][..], &[3u8; 32][..]],
+            )
+            .unwrap();
+            // Message 41 was delivered (deleted) long ago; 42 waits.
+            old.execute(
+                "INSERT INTO messages (id, mailbox, expires_at, digest, blob)
+                 VALUES (41, 1, 1000, x'00', x'00'), (42, 1, 1000, ?1, ?2)",
+                params![&digest(&blob(7))[..], &blob(7)[..]],
+            )
+            .unwrap();
+            old.execute("DELETE FROM messages WHERE id = 41", [])
+                .unwrap();
+        }
+        let mut s = SqliteStorage::open(&path, None).unwrap();
+        let key = s.mailbox_by_read(&MailboxId([2; 16])).unwrap().unwrap().key;
+        let waiting = s.fetch(key, 0, 10).unwrap().messages;
+        assert_eq!(waiting.len(), 1);
+        assert_eq!(waiting[0].0, 42, "a waiting message keeps its number");
+        let out = s
+            .append_batch(
+                &[Append {
+                    send_id: MailboxId([1; 16]),
+                    blob: blob(8),
+                    expires_at: 1000,
+                    replay: false,
+                }],
+                QUOTA,
+            )
+            .unwrap();
+        assert_eq!(stored(&out), [43], "numbers never go back");
     }
 
     #[test]
