@@ -69,6 +69,7 @@ pub struct Delivery {
 }
 
 type Waiters = Arc<Mutex<HashMap<u32, oneshot::Sender<Response>>>>;
+type Outstanding = Arc<Mutex<HashMap<MailboxId, u32>>>;
 
 /// A connection to a relay.
 pub struct RelayClient {
@@ -79,6 +80,9 @@ pub struct RelayClient {
     out: mpsc::Sender<Vec<u8>>,
     waiters: Waiters,
     deliveries: Option<mpsc::Receiver<Delivery>>,
+    /// Deliveries not yet acknowledged, per mailbox: the relay may not exceed its
+    /// announced window on any of them.
+    outstanding: Outstanding,
     rendezvous: Option<mpsc::Receiver<(u32, RendezvousEvent)>>,
     timeout: Duration,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -137,6 +141,8 @@ impl RelayClient {
         let (deliver_tx, deliveries) = mpsc::channel::<Delivery>(usize::from(window).max(16) * 4);
         let (rendezvous_tx, rendezvous) = mpsc::channel::<(u32, RendezvousEvent)>(64);
         let waiters: Waiters = Arc::default();
+        let outstanding: Outstanding = Arc::default();
+        let reader_outstanding = outstanding.clone();
         let writer = tokio::spawn(async move {
             while let Some(frame) = out_rx.recv().await {
                 if sink.send(Message::Binary(frame.into())).await.is_err() {
@@ -172,6 +178,20 @@ impl RelayClient {
                         message_id,
                         blob,
                     }) => {
+                        // A relay that pushes more than it announced is not bounded
+                        // by anything we can trust: drop it (the link reconnects).
+                        let over = {
+                            let mut open = reader_outstanding
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner);
+                            let n = open.entry(read_id).or_insert(0);
+                            *n = n.saturating_add(1);
+                            *n > u32::from(window)
+                        };
+                        if over {
+                            tracing::warn!("the relay exceeded its delivery window; disconnecting");
+                            break;
+                        }
                         let delivery = Delivery {
                             read_id,
                             message_id,
@@ -198,6 +218,7 @@ impl RelayClient {
             address: address.clone(),
             nonce,
             window,
+            outstanding,
             next_id: AtomicU32::new(1),
             out,
             waiters,
@@ -374,6 +395,14 @@ impl RelayClient {
 
     /// Deletes a delivered message.
     pub async fn ack(&self, read_id: MailboxId, message_id: u64) -> Result<(), RelayClientError> {
+        if let Some(n) = self
+            .outstanding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_mut(&read_id)
+        {
+            *n = n.saturating_sub(1);
+        }
         expect(
             self.request(Request::Ack {
                 read_id,

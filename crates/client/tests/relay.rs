@@ -715,3 +715,70 @@ async fn the_relays_data_is_readable_by_its_user_only() {
     assert!(files >= 3, "database, log and key files");
     relay.shutdown().await;
 }
+
+/// A relay that announces a window of 4 and then keeps to its real one (64).
+struct Overpromising;
+
+impl backchannel_relay::adversary::Adversary for Overpromising {
+    fn announced_window(&self) -> Option<u16> {
+        Some(4)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relay_that_delivers_past_its_announced_window_is_dropped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = relay_with(tmp.path(), |c| {
+        c.adversary = Some(backchannel_relay::adversary::AdversaryHandle(
+            std::sync::Arc::new(Overpromising),
+        ));
+    })
+    .await;
+    let sender = connect(&relay).await;
+    let mut reader = connect(&relay).await;
+    assert_eq!(reader.window(), 4);
+    let owner = key();
+    let (send_id, read_id) = reader.create_mailbox(&owner).await.unwrap();
+    for n in 0..20 {
+        sender.send(send_id, 0, blob(n)).await.unwrap();
+    }
+    let mut deliveries = reader.deliveries().unwrap();
+    reader.subscribe(read_id, &owner).await.unwrap();
+    // Four arrive; the fifth, past the window with none acknowledged, ends the
+    // connection instead of piling up in the client.
+    let mut got = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(T, deliveries.recv()).await {
+        got += 1;
+    }
+    assert_eq!(got, 4);
+    assert!(matches!(
+        reader.ping().await,
+        Err(RelayClientError::Closed | RelayClientError::Timeout)
+    ));
+
+    relay.shutdown().await;
+
+    // An honest relay with the same small window keeps to it: a reader that
+    // acknowledges as it goes is never dropped.
+    let honest_dir = tmp.path().join("honest");
+    let honest = relay_with(&honest_dir, |c| c.window = 4).await;
+    let sender = connect(&honest).await;
+    let mut reader = connect(&honest).await;
+    assert_eq!(reader.window(), 4);
+    let (send_id, read_id) = reader.create_mailbox(&owner).await.unwrap();
+    for n in 0..20 {
+        sender.send(send_id, 0, blob(n)).await.unwrap();
+    }
+    let mut deliveries = reader.deliveries().unwrap();
+    reader.subscribe(read_id, &owner).await.unwrap();
+    for _ in 0..20 {
+        let d = tokio::time::timeout(T, deliveries.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        reader.ack(read_id, d.message_id).await.unwrap();
+    }
+    reader.ping().await.unwrap();
+    drop((sender, reader));
+    honest.shutdown().await;
+}

@@ -24,6 +24,12 @@ pub trait Adversary: Send + Sync + 'static {
         let _ = (read_id, blob);
         true
     }
+
+    /// The delivery window to announce in the hello, if not the one the relay
+    /// keeps to (a relay that promises less than it sends).
+    fn announced_window(&self) -> Option<u16> {
+        None
+    }
 }
 
 /// The adversary a relay runs with.

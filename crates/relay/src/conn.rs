@@ -122,9 +122,18 @@ struct Connection {
 
 impl Connection {
     async fn run(&mut self, ws: &mut WebSocket) -> End {
+        #[cfg(feature = "adversary")]
+        let window = self
+            .shared
+            .adversary
+            .as_ref()
+            .and_then(|a| a.0.announced_window())
+            .unwrap_or(self.shared.window);
+        #[cfg(not(feature = "adversary"))]
+        let window = self.shared.window;
         let hello = ServerFrame::Hello {
             nonce: self.nonce,
-            window: self.shared.window,
+            window,
         };
         if self.send(ws, &hello).await.is_err() {
             return End::Closed;
