@@ -100,18 +100,31 @@ impl RelayClient {
     /// Connects and completes the handshake within `timeout`; requests then time out
     /// after the same duration.
     pub async fn connect(address: &RelayAddr, timeout: Duration) -> Result<Self, RelayClientError> {
-        tokio::time::timeout(timeout, Self::connect_inner(address, timeout))
+        Self::connect_from(address, None, timeout).await
+    }
+
+    /// [`RelayClient::connect`] from the local address `from` (tests play several
+    /// hosts through the loopback addresses 127.0.0.0/8).
+    pub async fn connect_from(
+        address: &RelayAddr,
+        from: Option<std::net::IpAddr>,
+        timeout: Duration,
+    ) -> Result<Self, RelayClientError> {
+        tokio::time::timeout(timeout, Self::connect_inner(address, from, timeout))
             .await
             .map_err(|_| RelayClientError::Timeout)?
     }
 
     async fn connect_inner(
         address: &RelayAddr,
+        from: Option<std::net::IpAddr>,
         timeout: Duration,
     ) -> Result<Self, RelayClientError> {
-        let tcp = TcpStream::connect(address.authority())
-            .await
-            .map_err(RelayClientError::Connect)?;
+        let tcp = match from {
+            None => TcpStream::connect(address.authority()).await,
+            Some(ip) => Self::tcp_from(address, ip).await,
+        }
+        .map_err(RelayClientError::Connect)?;
         let _ = tcp.set_nodelay(true);
         let tls = tls_connector(address);
         let name = server_name(address)?;
@@ -321,6 +334,20 @@ impl RelayClient {
                 Err(RelayClientError::Timeout)
             }
         }
+    }
+
+    async fn tcp_from(address: &RelayAddr, ip: std::net::IpAddr) -> std::io::Result<TcpStream> {
+        let target = tokio::net::lookup_host(address.authority())
+            .await?
+            .find(|a| a.is_ipv4() == ip.is_ipv4())
+            .ok_or_else(|| std::io::Error::other("no address of the relay's family"))?;
+        let socket = if ip.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(std::net::SocketAddr::new(ip, 0))?;
+        socket.connect(target).await
     }
 
     /// Sends raw bytes as one WebSocket message (for tests of the relay's defences).

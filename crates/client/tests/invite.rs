@@ -166,6 +166,75 @@ async fn codes_expire_and_guessing_is_rate_limited() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn one_flooding_address_cannot_burn_other_peoples_codes() {
+    use backchannel_client::relay::{RelayClient, RelayClientError};
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = relay_with(tmp.path(), |_| {}).await;
+    // Honest inviters hold codes open (from 127.0.0.1).
+    let mut inviters = Vec::new();
+    let mut open = Vec::new();
+    for _ in 0..5 {
+        let inviter = RelayClient::connect(&relay.address, LIMIT).await.unwrap();
+        let (nameplate, _) = inviter.open_rendezvous().await.unwrap();
+        open.push(nameplate);
+        inviters.push(inviter);
+    }
+    // A flooding host (127.0.0.2) opens many connections (a fresh one for every
+    // guess, so per-connection limits never bite) and sweeps every short number.
+    let attacker = std::net::IpAddr::from([127, 0, 0, 2]);
+    let (mut joined, mut limited, mut missed) = (Vec::new(), 0, 0);
+    for n in 1..=99u32 {
+        let conn = RelayClient::connect_from(&relay.address, Some(attacker), LIMIT)
+            .await
+            .unwrap();
+        match conn.join_rendezvous(n).await {
+            Ok(()) => joined.push(n),
+            Err(RelayClientError::Refused(ErrorCode::RateLimited)) => limited += 1,
+            Err(RelayClientError::Refused(_)) => missed += 1,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    eprintln!(
+        "flooding address: {} codes joined, {missed} misses, {limited} refused of 99 guesses",
+        joined.len()
+    );
+    // Three guesses per address, then one every 200 s: at most 3 reached the
+    // registry, and at most those 3 codes are burned.
+    assert!(joined.len() + missed <= 3, "{joined:?} + {missed}");
+    assert!(limited >= 96);
+    // Every code it did not hit still works for the person it was given to, and
+    // a code made now cannot be reached by the flooding host at all.
+    // (each friend on an address of its own, as people are)
+    let friend_at = |i: u8| Some(std::net::IpAddr::from([127, 0, 1, i]));
+    for (i, nameplate) in open.iter().enumerate() {
+        let friend = RelayClient::connect_from(&relay.address, friend_at(i as u8), LIMIT)
+            .await
+            .unwrap();
+        let result = friend.join_rendezvous(*nameplate).await;
+        if joined.contains(nameplate) {
+            assert!(matches!(
+                result,
+                Err(RelayClientError::Refused(ErrorCode::RendezvousUsed))
+            ));
+        } else {
+            result.unwrap_or_else(|e| panic!("code {i} ({nameplate}) was burned: {e}"));
+        }
+    }
+    let (fresh, _) = inviters[0].open_rendezvous().await.unwrap();
+    let conn = RelayClient::connect_from(&relay.address, Some(attacker), LIMIT)
+        .await
+        .unwrap();
+    assert!(matches!(
+        conn.join_rendezvous(fresh).await,
+        Err(RelayClientError::Refused(ErrorCode::RateLimited))
+    ));
+    let friend = RelayClient::connect_from(&relay.address, friend_at(200), LIMIT)
+        .await
+        .unwrap();
+    friend.join_rendezvous(fresh).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_joiner_who_cannot_use_the_welcome_is_taken_out_again() {
     let tmp = tempfile::tempdir().unwrap();
     let relay = relay_with(tmp.path(), |_| {}).await;

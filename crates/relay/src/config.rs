@@ -103,6 +103,8 @@ pub struct ConfigError(pub String);
 /// sweep_interval_secs = 60
 /// rendezvous_ttl_secs = 600
 /// rendezvous_per_minute = 6
+/// rendezvous_joins_per_hour = 18
+/// rendezvous_opens_per_hour = 180
 /// quota_messages = 10000
 /// max_connections = 20000
 /// ```
@@ -124,6 +126,8 @@ pub struct ConfigFile {
     sweep_interval_secs: Option<u64>,
     rendezvous_ttl_secs: Option<u64>,
     rendezvous_per_minute: Option<u32>,
+    rendezvous_joins_per_hour: Option<u32>,
+    rendezvous_opens_per_hour: Option<u32>,
     quota_messages: Option<u64>,
     quota_bytes: Option<u64>,
     window: Option<u16>,
@@ -171,6 +175,8 @@ impl ConfigFile {
             c.rendezvous_ttl = Duration::from_secs(s.max(1));
         }
         set!(rendezvous_per_minute => c.limits.rendezvous_per_minute);
+        set!(rendezvous_joins_per_hour => c.limits.rendezvous_joins_per_hour);
+        set!(rendezvous_opens_per_hour => c.limits.rendezvous_opens_per_hour);
         if let Some(s) = self.sweep_interval_secs {
             c.sweep_interval = Duration::from_secs(s.max(1));
         }

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::actor::StorageHandle;
 use crate::hub::{Hub, Waker};
-use crate::limits::{Admitted, Bucket, Limits};
+use crate::limits::{Admitted, Bucket, Limits, RendezvousUse};
 use crate::metrics::Metrics;
 use crate::rendezvous::{ConnId, Registry};
 use crate::storage::{Append, AppendOutcome, MailboxKey};
@@ -212,6 +212,16 @@ impl Connection {
         self.send(ws, &frame).await.map_err(|()| End::Closed)
     }
 
+    /// Within this connection's and this address's rendezvous allowance?
+    fn rendezvous_allowed(&mut self, what: RendezvousUse) -> bool {
+        let allowed =
+            self.rendezvous_bucket.take(Instant::now()) && self.admitted.allow_rendezvous(what);
+        if !allowed {
+            self.shared.metrics.rate_limited.inc();
+        }
+        allowed
+    }
+
     async fn handle(
         &mut self,
         ws: &mut WebSocket,
@@ -319,10 +329,10 @@ impl Connection {
             Request::DeleteMailbox { read_id, signature } => {
                 self.delete_mailbox(id, read_id, signature).await?
             }
-            Request::RendezvousOpen | Request::RendezvousJoin { .. }
-                if !self.rendezvous_bucket.take(Instant::now()) =>
-            {
-                self.shared.metrics.rate_limited.inc();
+            Request::RendezvousOpen if !self.rendezvous_allowed(RendezvousUse::Open) => {
+                Response::Error(ErrorCode::RateLimited)
+            }
+            Request::RendezvousJoin { .. } if !self.rendezvous_allowed(RendezvousUse::Join) => {
                 Response::Error(ErrorCode::RateLimited)
             }
             Request::RendezvousOpen => {

@@ -41,6 +41,22 @@ impl Bucket {
         }
     }
 
+    /// A bucket refilled with `per_hour` tokens an hour, holding at most `burst`.
+    pub(crate) fn per_hour(per_hour: u32, burst: u32) -> Self {
+        Self {
+            tokens: f64::from(burst),
+            rate: f64::from(per_hour) / 3600.0,
+            burst: f64::from(burst),
+            last: Instant::now(),
+        }
+    }
+
+    /// Whether it is full again (nothing to remember).
+    fn full(&mut self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens + elapsed * self.rate >= self.burst
+    }
+
     /// Takes a token if there is one.
     pub(crate) fn take(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
@@ -72,6 +88,13 @@ pub struct Limits {
     pub max_subscriptions: usize,
     /// Rendezvous opened or joined per minute per connection (burst: the same).
     pub rendezvous_per_minute: u32,
+    /// Rendezvous joined per hour per address, over all its connections and
+    /// across reconnections (burst: a sixth of it). Each join is one guess at a
+    /// code: this is what one address can burn of other people's codes.
+    pub rendezvous_joins_per_hour: u32,
+    /// Rendezvous opened per hour per address (burst: a sixth of it), so that one
+    /// address cannot crowd the short numbers.
+    pub rendezvous_opens_per_hour: u32,
 }
 
 impl Default for Limits {
@@ -84,6 +107,8 @@ impl Default for Limits {
             mailboxes_per_minute: 600,
             max_subscriptions: 1024,
             rendezvous_per_minute: 6,
+            rendezvous_joins_per_hour: 18,
+            rendezvous_opens_per_hour: 180,
         }
     }
 }
@@ -94,11 +119,28 @@ struct PerIp {
     creations: Bucket,
 }
 
+/// What an address may still do with rendezvous. Kept apart from its
+/// connections, so that reconnecting resets nothing; forgotten once full again.
+struct RendezvousAllowance {
+    joins: Bucket,
+    opens: Bucket,
+}
+
 /// Shared admission state.
 pub(crate) struct Admission {
     limits: Limits,
     total: usize,
     per_ip: HashMap<IpAddr, PerIp>,
+    rendezvous: HashMap<IpAddr, RendezvousAllowance>,
+}
+
+/// A rendezvous request, as counted per address.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum RendezvousUse {
+    /// Opening one (making a code).
+    Open,
+    /// Joining one (using a code, or guessing one).
+    Join,
 }
 
 /// Holds one admitted connection's place; releases it when dropped.
@@ -149,6 +191,40 @@ impl Admitted {
     }
 }
 
+impl Admitted {
+    /// A rendezvous open or join from this connection's address: within the
+    /// address's allowance?
+    pub(crate) fn allow_rendezvous(&self, what: RendezvousUse) -> bool {
+        let mut a = self
+            .admission
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        let limits = a.limits;
+        if a.rendezvous.len() > 4096 {
+            a.rendezvous
+                .retain(|_, r| !(r.joins.full(now) && r.opens.full(now)));
+        }
+        let entry = a
+            .rendezvous
+            .entry(self.ip)
+            .or_insert_with(|| RendezvousAllowance {
+                joins: Bucket::per_hour(
+                    limits.rendezvous_joins_per_hour,
+                    (limits.rendezvous_joins_per_hour / 6).max(1),
+                ),
+                opens: Bucket::per_hour(
+                    limits.rendezvous_opens_per_hour,
+                    (limits.rendezvous_opens_per_hour / 6).max(1),
+                ),
+            });
+        match what {
+            RendezvousUse::Open => entry.opens.take(now),
+            RendezvousUse::Join => entry.joins.take(now),
+        }
+    }
+}
+
 /// Admits a connection from `ip`, or refuses it (`None`) if a cap is reached.
 pub(crate) fn admit(
     admission: &Arc<Mutex<Admission>>,
@@ -190,6 +266,7 @@ impl Admission {
             limits,
             total: 0,
             per_ip: HashMap::new(),
+            rendezvous: HashMap::new(),
         }))
     }
 }
