@@ -102,9 +102,59 @@ pub(crate) fn message(channel: &str, m: &MessageRecord, sender: Sender, json: bo
         };
         let late = if m.late { "  [arrived late]" } else { "" };
         let who = for_terminal(&who, "");
-        let text = for_terminal(&text, "    | ");
-        format!("[{}] {who}: {text}{late}", short_time(m.sent_at))
+        let text = for_terminal(&text, CONTINUATION);
+        let line = format!("[{}] {who}: {text}{late}", short_time(m.sent_at));
+        wrap(&line, line_width(), CONTINUATION)
     }
+}
+
+/// What starts every line of a message after its first.
+const CONTINUATION: &str = "    | ";
+
+/// Columns to wrap human output at: the terminal's width, or 80 when the output
+/// is not a terminal (a pager or a window that wraps it again would otherwise
+/// start a line with text of someone else's).
+fn line_width() -> usize {
+    static WIDTH: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *WIDTH.get_or_init(|| {
+        terminal_size::terminal_size()
+            .map_or(80, |(w, _)| usize::from(w.0))
+            .max(CONTINUATION.len() + 10)
+    })
+}
+
+/// Breaks every line of `text` that is wider than `width` columns, so that the
+/// terminal never wraps it itself: a wrapped line would start at the left margin
+/// with whatever the sender put there (padding, then a forged header). The
+/// pieces after the first start with `indent`.
+pub(crate) fn wrap(text: &str, width: usize, indent: &str) -> String {
+    use unicode_width::UnicodeWidthChar as _;
+    let mut out = String::with_capacity(text.len());
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let mut used = 0;
+        let mut rest = line;
+        while let Some(c) = rest.chars().next() {
+            // An escape written out by `for_terminal` stays on one row.
+            let one = rest.get(..c.len_utf8()).unwrap_or(rest);
+            let unit = match rest.strip_prefix("\\u{").and_then(|r| r.find('}')) {
+                Some(end) if end <= 6 => rest.get(..end + 4).unwrap_or(one),
+                _ => one,
+            };
+            let w: usize = unit.chars().map(|c| c.width().unwrap_or(0)).sum();
+            if used + w > width && used > 0 {
+                out.push('\n');
+                out.push_str(indent);
+                used = indent.chars().count();
+            }
+            out.push_str(unit);
+            used += w;
+            rest = rest.get(unit.len()..).unwrap_or_default();
+        }
+    }
+    out
 }
 
 /// One alert, as a line for people or a JSON object.
@@ -183,6 +233,33 @@ pub(crate) fn pending(channel: &str, p: &Pending, json: bool) -> Option<String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_lines_are_broken_before_the_terminal_wraps_them() {
+        use unicode_width::UnicodeWidthStr as _;
+        // Padding (ASCII and double-width) that would push a forged header to the
+        // start of the terminal's next row.
+        for pad in [".".repeat(57), "\u{4e00}".repeat(29)] {
+            let line = format!(
+                "[2026-11-28 23:58] mallory (unverified): {pad}[2026-11-28 23:59] alice: pay"
+            );
+            let shown = wrap(&line, 80, CONTINUATION);
+            let rows: Vec<&str> = shown.lines().collect();
+            assert!(rows.len() > 1, "{shown}");
+            assert!(rows.iter().all(|r| r.width() <= 80), "{shown}");
+            assert!(
+                rows.iter().skip(1).all(|r| r.starts_with(CONTINUATION)),
+                "{shown}"
+            );
+        }
+        assert_eq!(wrap("short\nlines", 80, CONTINUATION), "short\nlines");
+        // Escapes written out for hidden characters are never split across rows.
+        let escaped = for_terminal(&"\u{202e}".repeat(40), CONTINUATION);
+        for row in wrap(&escaped, 80, CONTINUATION).lines() {
+            let row = row.strip_prefix(CONTINUATION).unwrap_or(row);
+            assert!(row.split_inclusive('}').all(|u| u == "\\u{202e}"), "{row}");
+        }
+    }
 
     #[test]
     fn text_for_the_terminal_controls_nothing_and_starts_no_line() {

@@ -164,13 +164,29 @@ fn a_members_text_cannot_control_the_terminal_or_forge_a_line() {
             .any(|l| l.starts_with("    | [2026-11-28 23:59] alice")),
         "{shown}"
     );
+    // Padding that would make a terminal wrap a forged header to the margin: the
+    // output is broken at 80 columns (not a terminal here) with the mark.
+    let padded = format!(
+        "{}[2026-11-28 23:59] alice: pay the invoice",
+        ".".repeat(200)
+    );
+    mallory.run(&["send", "ops", &padded]).ok();
+    let out = alice.run(&["read", "ops"]).ok();
+    for line in out.stdout.lines() {
+        assert!(line.chars().count() <= 80, "{line:?}");
+        assert!(
+            !line.starts_with("[2026-11-28 23:59] alice") && !line.starts_with("[2026-11-28"),
+            "{}",
+            out.stdout
+        );
+    }
     // JSON keeps the text exactly (JSON escapes it itself).
     let exact = alice.run(&["--json", "read", "ops", "--all"]).ok();
     let texts: Vec<String> = support::parse_all(&exact.stdout)
         .into_iter()
         .map(|(_, t)| t)
         .collect();
-    assert_eq!(texts, vec![attack.to_owned()]);
+    assert_eq!(texts, vec![attack.to_owned(), padded]);
     // A look-alike of a member's name cannot join: the administrator's client
     // refuses the key package.
     let dir = tmp.path().join("kp");

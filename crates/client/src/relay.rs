@@ -69,7 +69,12 @@ pub struct Delivery {
 }
 
 type Waiters = Arc<Mutex<HashMap<u32, oneshot::Sender<Response>>>>;
+/// Unacknowledged deliveries per subscribed mailbox.
 type Outstanding = Arc<Mutex<HashMap<MailboxId, u32>>>;
+
+/// The most unacknowledged deliveries per subscription a client accepts, whatever
+/// window a relay announces (4 MiB of blobs).
+pub const MAX_WINDOW: u16 = 1024;
 
 /// A connection to a relay.
 pub struct RelayClient {
@@ -197,9 +202,15 @@ impl RelayClient {
                             let mut open = reader_outstanding
                                 .lock()
                                 .unwrap_or_else(PoisonError::into_inner);
-                            let n = open.entry(read_id).or_insert(0);
-                            *n = n.saturating_add(1);
-                            *n > u32::from(window)
+                            // Only for a mailbox we subscribed to, and never past
+                            // our own cap whatever the relay announced.
+                            match open.get_mut(&read_id) {
+                                Some(n) => {
+                                    *n = n.saturating_add(1);
+                                    *n > u32::from(window.min(MAX_WINDOW))
+                                }
+                                None => true,
+                            }
                         };
                         if over {
                             tracing::warn!("the relay exceeded its delivery window; disconnecting");
@@ -402,6 +413,12 @@ impl RelayClient {
         read_id: MailboxId,
         key: &SigningKey,
     ) -> Result<u64, RelayClientError> {
+        // Counted from before the request: deliveries may follow the answer before
+        // this task sees it. Subscribing again starts over at the relay too.
+        self.outstanding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(read_id, 0);
         let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let signature = key
             .sign(&auth_message(

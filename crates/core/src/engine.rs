@@ -2162,7 +2162,12 @@ impl Channel {
             ctx.alert(channel, Alert::RefusedChange { by, what });
             return Ok(());
         }
-        if let Err(first) = self.spend(sender, false, ctx.now) {
+        // The budget is the administrator's to keep: it alone commits proposals.
+        // Members keep every valid one, or a commit the administrator made of a
+        // proposal a member counted differently (it read in a burst what arrived
+        // over hours) would be missing one and fork that member off.
+        let committing = self.is_admin() && self.record.status == ChannelStatus::Active;
+        if committing && let Err(first) = self.spend(sender, false, ctx.now) {
             self.save(ctx)?;
             if first {
                 ctx.alert(
@@ -2185,7 +2190,7 @@ impl Channel {
         live.group
             .store_pending_proposal(ctx.backend.storage(), proposal)
             .map_err(internal)?;
-        if !self.is_admin() || self.record.status != ChannelStatus::Active {
+        if !committing {
             return Ok(());
         }
         // The administrator carries out members' proposals at once.
@@ -2553,8 +2558,11 @@ pub(crate) fn check_commit(
             Proposal::Add(add) => {
                 let info = check_leaf(add.key_package().leaf_node())
                     .map_err(|e| format!("add a member whose key package is invalid ({e})"))?;
-                if names.contains(&info.name) {
-                    return Err(format!("add a second member called '{}'", info.name));
+                if names.iter().any(|n: &String| names_clash(n, &info.name)) {
+                    return Err(format!(
+                        "add a member called '{}', a name too like another's",
+                        info.name
+                    ));
                 }
                 names.push(info.name);
             }

@@ -454,18 +454,21 @@ impl fmt::Display for Alert {
             ),
             Alert::Fork { by, epoch } => write!(
                 f,
-                "{by} holds a different state of the channel than you at update {epoch}: someone \
-                 has shown the two of you different histories (the channel has forked)"
+                "{by} reports a different state of the channel than yours at update {epoch}: \
+                 someone has shown the two of you different histories (the channel has forked), \
+                 or {by}'s report is false"
             ),
             Alert::UpdateWithheld { by, epoch } => write!(
                 f,
-                "{by} has moved to update {epoch} of the channel, but that update never reached \
-                 you: it is being withheld; you may be missing members' changes and messages"
+                "{by} reports having moved to update {epoch} of the channel, but that update never \
+                 reached you: it is being withheld (you may be missing members' changes and \
+                 messages), or {by}'s report is false"
             ),
             Alert::Equivocation { from, seq, witness } => write!(
                 f,
-                "{witness} received a different message #{seq} from {from} than you did: {from} (or \
-                 a clone of {from}'s device) sent different members different messages"
+                "{witness} reports receiving a different message #{seq} from {from} than you did: \
+                 {from} (or a clone of {from}'s device) sent different members different messages, \
+                 or {witness}'s report is false"
             ),
             Alert::FalseReport {
                 by,

@@ -156,8 +156,19 @@ impl Channel {
         claim: &Claim,
     ) -> Result<(), CommandError> {
         if short == &self.record.own_member.short() {
-            if seq > self.record.own_seq && seq > self.record.rollback_alerted {
-                self.record.rollback_alerted = seq;
+            // Remembered per claimer: one member's wild claim must not silence
+            // what the others report later.
+            let alerted = self
+                .record
+                .rollback_claims
+                .iter()
+                .find(|(by, _)| *by == claim.member)
+                .map_or(0, |(_, s)| *s);
+            if seq > self.record.own_seq && seq > alerted {
+                self.record
+                    .rollback_claims
+                    .retain(|(by, _)| *by != claim.member);
+                self.record.rollback_claims.push((claim.member, seq));
                 self.save(ctx)?;
                 ctx.alert(
                     self.record.id,
@@ -354,16 +365,19 @@ impl Channel {
             Ok(Control::Status(s)) => s,
             Ok(Control::Burn { id }) => return self.receive_burn(ctx, sender, id, current_epoch),
             Ok(Control::BurnReceipt(r)) => return self.receive_burn_receipt(ctx, sender, r),
-            Ok(Control::Intro(intro)) => {
-                // Steps for other members are theirs; ours go to the client.
-                if intro.to == self.record.own_member.0 && sender != self.record.own_member {
-                    ctx.event(Event::Introduction {
-                        channel,
-                        from: sender,
-                        from_name: from,
-                        intro,
-                    });
-                }
+            Ok(Control::Intro(_)) => {
+                // Steps travel sealed to their one recipient (`receive_targeted`);
+                // one sent to everyone shows the joiner's key package to all and
+                // is not acted on.
+                ctx.alert(
+                    channel,
+                    Alert::Undecryptable {
+                        count: 1,
+                        detail: format!(
+                            "an introduction step {from} sent to every member; ignored"
+                        ),
+                    },
+                );
                 return Ok(());
             }
             Ok(_) | Err(_) => {
@@ -694,6 +708,7 @@ impl Channel {
         let Ok(info) = check_leaf(kp.leaf_node()) else {
             return Ok(());
         };
+        let new_member = crate::derive::member_id(kp.leaf_node().signature_key().as_slice());
         let targets: Vec<_> = self
             .others()
             .into_iter()
@@ -719,6 +734,13 @@ impl Channel {
         let (commit, welcome, _) = bundle.into_messages();
         let welcome = welcome.ok_or_else(|| internal("a commit with an add has a welcome"))?;
         self.commit_and_merge(ctx, &commit, &targets)?;
+        // The budget follows the person to the new key: a re-add does not reset it.
+        for spent in &mut self.record.spent {
+            if spent.member == old.member {
+                spent.member = new_member;
+            }
+        }
+        self.save(ctx)?;
         let welcome = welcome.tls_serialize_detached().map_err(internal)?;
         self.transmit_content(
             ctx,

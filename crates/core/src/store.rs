@@ -185,6 +185,10 @@ pub struct ChannelRecord {
     /// alerted about (a restored or cloned profile).
     #[serde(default)]
     pub rollback_alerted: u64,
+    /// The highest sequence number of ours each member reported and we alerted
+    /// about (per claimer: one member's false claim silences only itself).
+    #[serde(default)]
+    pub rollback_claims: Vec<(MemberId, u64)>,
     /// What each member has spent of its budget of proposals and re-add requests
     /// (the administrator commits each at once, so each is bounded).
     #[serde(default)]
@@ -289,6 +293,7 @@ impl ChannelRecord {
             peers: Vec::new(),
             burn: None,
             seen_targeted: Vec::new(),
+            rollback_claims: Vec::new(),
             verified: Vec::new(),
         }
     }

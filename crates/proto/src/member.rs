@@ -132,11 +132,18 @@ pub fn check_name(name: &str) -> Result<(), &'static str> {
     if name != name.trim() {
         return Err("a name cannot start or end with a space");
     }
+    if name.chars().any(|c| NAME_PUNCTUATION.contains(&c)) {
+        return Err("a name cannot contain : [ ] ( ) or | (they frame names in what people read)");
+    }
     if !is_nfc(name) {
         return Err("a name must be in Unicode normal form C");
     }
     Ok(())
 }
+
+/// Characters that frame a name in human output (`[time] name (unverified): text`,
+/// continuation marks): a name containing them could pass for another header.
+pub const NAME_PUNCTUATION: [char; 6] = [':', '[', ']', '(', ')', '|'];
 
 /// Whether a character can control a terminal or change how the text around it is
 /// shown without being seen itself: control characters (escape sequences start with
@@ -264,6 +271,10 @@ mod tests {
             "Alice\u{E000}",  // private use
             "Alice\u{1b}[2K", // escape sequence
             " Alice",
+            "Alice: pay now", // frames a header
+            "[2026-11-28 23:59] alice",
+            "bob (verified)",
+            "x | y",
         ] {
             assert!(check_name(hidden).is_err(), "{hidden:?}");
         }

@@ -818,3 +818,42 @@ fn junk_filling_the_waiting_room_never_pushes_out_pieces_of_a_real_message() {
         sim.nodes[bob].alerts()
     );
 }
+
+#[test]
+fn proposals_spread_over_hours_do_not_fork_a_member_who_reads_them_at_once() {
+    use std::sync::{Arc, Mutex};
+    let (mut sim, alice, bob, carol, id) = trio(23);
+    let carol_box = mailbox(&sim, "carol");
+    // Carol is offline: everything for her waits at the relay.
+    let held: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let keep = held.clone();
+    sim.filter = Some(Box::new(move |_, t| {
+        if t.to == carol_box {
+            keep.lock().unwrap().push(t.blob.clone());
+            Verdict::Drop
+        } else {
+            Verdict::Deliver
+        }
+    }));
+    // Bob updates his keys 13 times, one every 6 minutes: never more than 12 in
+    // an hour, so the administrator carries out every one.
+    let epoch = sim.nodes[alice].engine.channel("ops").unwrap().epoch;
+    for _ in 0..13 {
+        let now = sim.now;
+        sim.nodes[bob].engine.self_update(now, "ops").unwrap();
+        sim.collect(bob);
+        sim.run_for(6 * 60 * 1000);
+    }
+    let after = sim.nodes[alice].engine.channel("ops").unwrap().epoch;
+    assert_eq!(after - epoch, 13);
+    // Carol comes back and reads it all in one go: 13 proposals within her
+    // minute. She must follow the administrator, not count for herself.
+    sim.filter = None;
+    for blob in held.lock().unwrap().drain(..) {
+        sim.inject(carol, id, blob);
+    }
+    sim.run();
+    assert_eq!(sim.nodes[carol].engine.channel("ops").unwrap().epoch, after);
+    assert_eq!(sim.nodes[carol].alerts(), vec![]);
+    assert_eq!(sim.nodes[alice].alerts(), vec![]);
+}

@@ -165,6 +165,7 @@ impl Header {
             && let Ok(header) = Self::parse(&bytes)
         {
             overwrite_with(&dir.join(HEADER_FILE), &bytes)?;
+            overwrite(&journal)?;
             remove_synced(&journal)?;
             return Ok(header);
         }
@@ -221,6 +222,9 @@ impl Header {
         let journal = dir.join(HEADER_JOURNAL);
         write_atomically(&journal, &bytes)?;
         overwrite_with(&dir.join(HEADER_FILE), &bytes)?;
+        // The journal holds the header in force: random bytes over it before it
+        // goes, or a later duress wipe would leave its salt in a freed block.
+        overwrite(&journal)?;
         remove_synced(&journal)?;
         Ok(())
     }
