@@ -317,7 +317,24 @@ async fn messages_expire() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let mut deliveries = client.deliveries().unwrap();
-    assert_eq!(client.subscribe(read_id, &owner).await.unwrap(), 0);
+    // Nobody read or wrote the mailbox for a whole lifetime either: it goes with
+    // its message (or just after), and nothing is delivered.
+    // (A subscription would be a use: the table is watched instead.)
+    let mailboxes = || {
+        rusqlite::Connection::open(tmp.path().join(backchannel_relay::DATABASE_FILE))
+            .unwrap()
+            .query_row("SELECT count(*) FROM mailboxes", [], |r| r.get::<_, i64>(0))
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + T;
+    while mailboxes() > 0 {
+        assert!(std::time::Instant::now() < deadline, "the mailbox stayed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(matches!(
+        client.subscribe(read_id, &owner).await,
+        Err(RelayClientError::Refused(_))
+    ));
     assert!(
         tokio::time::timeout(Duration::from_millis(300), deliveries.recv())
             .await
@@ -781,4 +798,53 @@ async fn a_relay_that_delivers_past_its_announced_window_is_dropped() {
     reader.ping().await.unwrap();
     drop((sender, reader));
     honest.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn empty_mailboxes_nobody_uses_for_the_message_lifetime_are_deleted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = relay_with(tmp.path(), |c| {
+        c.message_ttl = Duration::from_secs(3);
+        c.sweep_interval = Duration::from_millis(200);
+    })
+    .await;
+    let client = connect(&relay).await;
+    let (used_key, idle_key) = (key(), key());
+    let (used_send, used_read) = client.create_mailbox(&used_key).await.unwrap();
+    let (idle_send, _) = client.create_mailbox(&idle_key).await.unwrap();
+    // The reader of one subscribes now and then; nobody touches the other. (The
+    // relay's table is looked at directly: a send would use the mailbox.)
+    let db = rusqlite::Connection::open(tmp.path().join(backchannel_relay::DATABASE_FILE)).unwrap();
+    let exists = |send: MailboxId| -> bool {
+        db.query_row(
+            "SELECT count(*) FROM mailboxes WHERE send_id = ?1",
+            [&send.0[..]],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap()
+            == 1
+    };
+    let started = std::time::Instant::now();
+    let gone = loop {
+        let reader = connect(&relay).await;
+        reader.subscribe(used_read, &used_key).await.unwrap();
+        drop(reader);
+        if !exists(idle_send) {
+            break true;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(gone, "the idle mailbox was never deleted");
+    // The one in use is still there; the other refuses what is sent to it.
+    assert!(exists(used_send));
+    client.send(used_send, 0, blob(2)).await.unwrap();
+    assert!(matches!(
+        client.send(idle_send, 0, blob(1)).await,
+        Err(RelayClientError::Refused(ErrorCode::UnknownMailbox))
+    ));
+    drop(client);
+    relay.shutdown().await;
 }

@@ -53,6 +53,12 @@ pub(crate) enum Command {
     },
     Expire {
         now: u64,
+        /// Empty mailboxes unused since then go too.
+        unused_before: u64,
+    },
+    Touch {
+        mailbox: MailboxKey,
+        now: u64,
     },
 }
 
@@ -151,8 +157,13 @@ impl StorageHandle {
             .await
     }
 
-    pub(crate) async fn expire(&self, now: u64) {
-        let _ = self.tx.send(Command::Expire { now }).await;
+    pub(crate) async fn expire(&self, now: u64, unused_before: u64) {
+        let _ = self.tx.send(Command::Expire { now, unused_before }).await;
+    }
+
+    /// Notes a subscription (no answer: a lost note only shortens a lifetime).
+    pub(crate) fn touch(&self, mailbox: MailboxKey, now: u64) {
+        let _ = self.tx.try_send(Command::Touch { mailbox, now });
     }
 }
 
@@ -268,13 +279,22 @@ fn run_batch<S: RelayStorage>(
                 note_failure(&result, metrics);
                 let _ = reply.send(result);
             }
-            Command::Expire { now } => match storage.expire(now) {
-                Ok(n) => metrics.expired.add(n),
-                Err(e) => {
-                    tracing::warn!(error = %e, "expiry sweep failed");
+            Command::Expire { now, unused_before } => {
+                match storage.expire(now) {
+                    Ok(n) => metrics.expired.add(n),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "expiry sweep failed");
+                        metrics.storage_failures.inc();
+                    }
+                }
+                if let Err(e) = storage.delete_unused(unused_before) {
+                    tracing::warn!(error = %e, "deleting unused mailboxes failed");
                     metrics.storage_failures.inc();
                 }
-            },
+            }
+            Command::Touch { mailbox, now } => {
+                note_failure(&storage.touch(mailbox, now), metrics);
+            }
         }
     }
     if !deletes.is_empty() {

@@ -456,6 +456,7 @@ impl Connection {
         );
         self.shared.hub.subscribe(mailbox, &self.waker);
         self.waker.wake(mailbox);
+        self.shared.storage.touch(mailbox, now_ms());
         Ok(Response::Subscribed { backlog })
     }
 

@@ -248,7 +248,12 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
         #[cfg(feature = "adversary")]
         adversary: config.adversary.clone(),
     });
-    let sweeper = spawn_sweeper(storage.clone(), config.sweep_interval, shutdown_rx.clone());
+    let sweeper = spawn_sweeper(
+        storage.clone(),
+        config.sweep_interval,
+        config.message_ttl,
+        shutdown_rx.clone(),
+    );
     #[cfg(feature = "adversary")]
     let injector = storage.clone();
     let task = tokio::spawn(accept_loop(
@@ -273,16 +278,23 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
     })
 }
 
+/// Every `every`: deletes expired messages, and empty mailboxes nobody sent to or
+/// read for `unused_for` (the message lifetime).
 fn spawn_sweeper(
     storage: StorageHandle,
     every: Duration,
+    unused_for: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut ticker = tokio::time::interval(every);
         loop {
             tokio::select! {
-                _ = ticker.tick() => storage.expire(conn::now_ms()).await,
+                _ = ticker.tick() => {
+                    let now = conn::now_ms();
+                    let lifetime = u64::try_from(unused_for.as_millis()).unwrap_or(u64::MAX);
+                    storage.expire(now, now.saturating_sub(lifetime)).await;
+                }
                 _ = shutdown.changed() => break,
             }
         }

@@ -138,6 +138,11 @@ pub trait RelayStorage: Send + 'static {
     fn delete_mailbox(&mut self, mailbox: MailboxKey) -> Result<(), StorageError>;
     /// Deletes every message that expired at or before `now`; returns how many.
     fn expire(&mut self, now: u64) -> Result<u64, StorageError>;
+    /// Notes that the mailbox's reader used it (subscribed) at `now`.
+    fn touch(&mut self, mailbox: MailboxKey, now: u64) -> Result<(), StorageError>;
+    /// Deletes every empty mailbox nobody sent to or read since `before`, with
+    /// what is remembered of it; returns how many.
+    fn delete_unused(&mut self, before: u64) -> Result<u64, StorageError>;
     /// Counts for metrics.
     fn counts(&mut self) -> Result<Counts, StorageError>;
 }

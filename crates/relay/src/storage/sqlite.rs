@@ -21,7 +21,10 @@ CREATE TABLE IF NOT EXISTS mailboxes (
     auth_key BLOB NOT NULL,
     created_at INTEGER NOT NULL,
     count INTEGER NOT NULL DEFAULT 0,
-    last_seq INTEGER NOT NULL DEFAULT 0
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    -- When someone last sent to it or its reader subscribed (ms): an empty
+    -- mailbox unused for the message lifetime is deleted.
+    used_at INTEGER NOT NULL DEFAULT 0
 );
 -- `seq` is the message's number in its mailbox: what clients see and acknowledge.
 -- The global `id` never leaves the relay (it would tell a reader how much the
@@ -79,17 +82,30 @@ impl SqliteStorage {
     }
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Brings a database written before per-mailbox numbers up to date: messages
 /// keep their old (global) identifier as their number, and every mailbox numbers
 /// its next messages above the highest identifier ever given, so no client sees
 /// a number go back.
 fn migrate(conn: &Connection) -> Result<(), StorageError> {
-    let has_seq: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM pragma_table_info('messages') WHERE name = 'seq'",
-        [],
-        |r| r.get(0),
-    )?;
-    if has_seq {
+    let has = |table: &str, column: &str| -> Result<bool, StorageError> {
+        Ok(conn.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info(?1) WHERE name = ?2",
+            [table, column],
+            |r| r.get(0),
+        )?)
+    };
+    if !has("mailboxes", "used_at")? {
+        // Mailboxes from before get a full lifetime from the upgrade on.
+        conn.execute_batch("ALTER TABLE mailboxes ADD COLUMN used_at INTEGER NOT NULL DEFAULT 0;")?;
+        conn.execute("UPDATE mailboxes SET used_at = ?1", [now_ms() as i64])?;
+    }
+    if has("messages", "seq")? {
         return Ok(());
     }
     conn.execute_batch(
@@ -152,7 +168,8 @@ impl RelayStorage for SqliteStorage {
         now: u64,
     ) -> Result<(), StorageError> {
         self.conn.execute(
-            "INSERT INTO mailboxes (send_id, read_id, auth_key, created_at) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO mailboxes (send_id, read_id, auth_key, created_at, used_at)
+             VALUES (?1, ?2, ?3, ?4, ?4)",
             params![&send_id.0[..], &read_id.0[..], &auth_key[..], now as i64],
         )?;
         Ok(())
@@ -184,6 +201,7 @@ impl RelayStorage for SqliteStorage {
         batch: &[Append],
         quota: Quota,
     ) -> Result<Vec<AppendOutcome>, StorageError> {
+        let now = now_ms();
         let tx = self.conn.transaction()?;
         let mut outcomes = Vec::with_capacity(batch.len());
         {
@@ -198,7 +216,8 @@ impl RelayStorage for SqliteStorage {
                  UNION ALL SELECT 0 FROM delivered WHERE mailbox = ?1 AND digest = ?2",
             )?;
             let mut bump = tx.prepare_cached(
-                "UPDATE mailboxes SET count = count + 1, last_seq = last_seq + 1
+                "UPDATE mailboxes SET count = count + 1, last_seq = last_seq + 1,
+                     used_at = max(used_at, ?2)
                  WHERE key = ?1 RETURNING last_seq",
             )?;
             let max_messages = quota.messages.min(quota.bytes / BLOB_LEN as u64);
@@ -237,7 +256,7 @@ impl RelayStorage for SqliteStorage {
                     outcomes.push(AppendOutcome::QuotaExceeded);
                     continue;
                 }
-                let seq: i64 = bump.query_row([mailbox], |r| r.get(0))?;
+                let seq: i64 = bump.query_row(params![mailbox, now as i64], |r| r.get(0))?;
                 insert.execute(params![
                     mailbox,
                     append.expires_at as i64,
@@ -327,6 +346,31 @@ impl RelayStorage for SqliteStorage {
         )?;
         let deleted = tx.execute("DELETE FROM messages WHERE expires_at <= ?1", [now as i64])?;
         tx.execute("DELETE FROM delivered WHERE expires_at <= ?1", [now as i64])?;
+        tx.commit()?;
+        if deleted > 0 {
+            self.empty_log();
+        }
+        Ok(deleted as u64)
+    }
+
+    fn touch(&mut self, mailbox: MailboxKey, now: u64) -> Result<(), StorageError> {
+        self.conn
+            .prepare_cached("UPDATE mailboxes SET used_at = max(used_at, ?2) WHERE key = ?1")?
+            .execute(params![mailbox, now as i64])?;
+        Ok(())
+    }
+
+    fn delete_unused(&mut self, before: u64) -> Result<u64, StorageError> {
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "DELETE FROM delivered WHERE mailbox IN
+                 (SELECT key FROM mailboxes WHERE count = 0 AND used_at <= ?1)",
+            [before as i64],
+        )?;
+        let deleted = tx.execute(
+            "DELETE FROM mailboxes WHERE count = 0 AND used_at <= ?1",
+            [before as i64],
+        )?;
         tx.commit()?;
         if deleted > 0 {
             self.empty_log();
@@ -454,6 +498,54 @@ mod tests {
         let fetched = s.fetch(key, 1, 10).unwrap().messages;
         assert_eq!(fetched.len(), 1);
         assert_eq!((fetched[0].0, fetched[0].1[0]), (2, 2));
+    }
+
+    #[test]
+    fn empty_mailboxes_unused_for_their_lifetime_are_deleted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = SqliteStorage::open(&tmp.path().join("r.db"), None).unwrap();
+        let (idle, read, holding) = (MailboxId([1; 16]), MailboxId([3; 16]), MailboxId([5; 16]));
+        s.create_mailbox(&idle, &MailboxId([2; 16]), &[9; 32], 100)
+            .unwrap();
+        s.create_mailbox(&read, &MailboxId([4; 16]), &[9; 32], 100)
+            .unwrap();
+        s.create_mailbox(&holding, &MailboxId([6; 16]), &[9; 32], 100)
+            .unwrap();
+        let key = |s: &mut SqliteStorage, r: u8| {
+            s.mailbox_by_read(&MailboxId([r; 16]))
+                .unwrap()
+                .map(|m| m.key)
+        };
+        // One is read (subscribed) later; one holds a message.
+        let read_key = key(&mut s, 4).unwrap();
+        s.touch(read_key, 500).unwrap();
+        let out = s
+            .append_batch(
+                &[Append {
+                    send_id: holding,
+                    blob: blob(1),
+                    expires_at: u64::MAX / 2,
+                    replay: false,
+                }],
+                QUOTA,
+            )
+            .unwrap();
+        assert_eq!(stored(&out), [1]);
+        // Its message keeps it whatever its age; the idle one goes, with what is
+        // remembered of it.
+        let holding_key = key(&mut s, 6).unwrap();
+        s.conn
+            .execute(
+                "UPDATE mailboxes SET used_at = 100 WHERE key = ?1",
+                [holding_key],
+            )
+            .unwrap();
+        assert_eq!(s.delete_unused(300).unwrap(), 1);
+        assert!(key(&mut s, 2).is_none());
+        assert!(key(&mut s, 4).is_some() && key(&mut s, 6).is_some());
+        assert_eq!(s.delete_unused(600).unwrap(), 1);
+        assert!(key(&mut s, 4).is_none());
+        assert!(key(&mut s, 6).is_some());
     }
 
     #[test]
