@@ -157,6 +157,18 @@ impl Channel {
             )
             .map_err(internal)?;
         }
+        // A key package of ours for this channel (a re-add we asked for) carries
+        // its mailbox and a signature key: they go too.
+        let scheme = self.record.suite.ciphersuite().signature_algorithm();
+        for record in ctx.store().key_package_records().map_err(store_err)? {
+            if record.mailbox == self.record.mailbox {
+                SignatureKeyPair::delete(storage, &record.signature_key, scheme)
+                    .map_err(internal)?;
+                ctx.store()
+                    .delete_key_package_record(&record.signature_key)
+                    .map_err(store_err)?;
+            }
+        }
         // Whatever else OpenMLS filed under this group.
         let group_key = crate::engine::group_storage_key(&channel);
         ctx.store()

@@ -476,3 +476,50 @@ fn the_network_cannot_burn_a_channel() {
     // Another channel's message in this channel's mailbox: named for what it is.
     assert!(alerts.contains(&Alert::Moved), "{alerts:?}");
 }
+
+#[test]
+fn a_burn_erases_the_key_package_a_pending_re_add_left() {
+    use backchannel_core::store::{EngineStore as _, KeyPackageRecord};
+    let mut sim = Sim::new(79);
+    let (alice, _bob, carol, _id) = three(&mut sim, Suite::XWing.into());
+    // Carol asked to be re-added (after a fork): her client keeps the new key
+    // package's record, with the channel's mailbox, until the welcome comes.
+    let summary = sim.nodes[carol].engine.channel("ops").unwrap();
+    let mailbox = summary
+        .members
+        .iter()
+        .find(|m| m.is_self)
+        .unwrap()
+        .mailbox
+        .clone();
+    let now = sim.now;
+    sim.nodes[carol]
+        .engine
+        .store()
+        .save_key_package_record(&KeyPackageRecord {
+            signature_key: vec![0x77; 32],
+            name: "carol".into(),
+            mailbox,
+            suite: Suite::XWing,
+            created_at: now,
+        })
+        .unwrap();
+    let needles = traces(&sim, carol, "ops", &[]);
+    let now = sim.now;
+    sim.nodes[alice].engine.burn(now, "ops").unwrap();
+    sim.collect(alice);
+    sim.run_for(1_000);
+    assert_eq!(
+        erasures(&sim, carol),
+        vec![Erasure::Burned { by: "alice".into() }]
+    );
+    assert!(
+        sim.nodes[carol]
+            .engine
+            .store()
+            .key_package_records()
+            .unwrap()
+            .is_empty()
+    );
+    assert_erased(&sim, carol, &needles);
+}
