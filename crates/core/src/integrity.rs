@@ -29,13 +29,12 @@ use openmls_traits::crypto::OpenMlsCrypto;
 use openmls_traits::signatures::Signer;
 use tls_codec::{Deserialize as _, Serialize as _};
 
+use crate::channel::{Channel, Live, credential_for, leaf_extensions, new_signer};
+use crate::context::{CommandError, Ctx, Storage, internal, store_err};
 use crate::derive::{MemberId, member_id};
-use crate::engine::{
-    Channel, CommandError, Ctx, Live, Storage, check_leaf, credential_for, internal,
-    leaf_extensions, new_signer, store_err,
-};
 use crate::event::{Alert, Event};
 use crate::mls;
+use crate::rules::{MAX_SEQ_JUMP, PROPOSALS_PER_WINDOW, check_leaf};
 use crate::store::{Claim, ExpectedEpoch, KeyPackageRecord, MemberRecord, PeerView, Spent};
 
 /// Most heads a payload carries.
@@ -47,17 +46,11 @@ pub(crate) const MAX_HEADS: usize = 32;
 /// cause by asking again in every new epoch.)
 pub(crate) const BUDGET_WINDOW_MS: u64 = 60 * 60 * 1000;
 
-/// Proposals (key updates, a leave) one member may send per window.
-pub(crate) const PROPOSALS_PER_WINDOW: u32 = 12;
-
 /// Re-add requests one member may send per window.
 pub(crate) const REJOINS_PER_WINDOW: u32 = 3;
 
 /// How many members each member announces a new epoch to.
 pub(crate) const ANNOUNCE_TO: usize = 2;
-
-/// How far beyond what came before a sequence number may jump.
-pub(crate) const MAX_SEQ_JUMP: u64 = 10_000;
 
 /// Status is sent with a message at most this often (milliseconds).
 pub(crate) const STATUS_INTERVAL_MS: u64 = 60 * 60 * 1000;
@@ -775,7 +768,7 @@ impl Channel {
             );
             return Ok(());
         };
-        let accepted = crate::engine::accept_welcome(ctx.backend, bytes, true);
+        let accepted = crate::channel::accept_welcome(ctx.backend, bytes, true);
         let (group, signer, kp, _policy, _inviter) = match accepted {
             Ok(ok) => ok,
             Err(e) => {

@@ -21,6 +21,8 @@
 #![deny(missing_docs)]
 
 mod bytes_serde;
+mod channel;
+mod context;
 pub mod derive;
 mod engine;
 mod event;
@@ -29,15 +31,17 @@ pub mod invite;
 mod lifecycle;
 pub mod link;
 pub mod mls;
+mod rules;
 pub mod seal;
 mod sequence;
 pub mod store;
 mod trust;
 
-pub use engine::{ChannelSummary, CommandError, Engine, EngineConfig, Output, Storage, Transmit};
+pub use context::{ChannelOptions, CommandError, EngineConfig, Output, Storage, Transmit};
+pub use engine::{ChannelSummary, Engine};
 pub use event::{Alert, Erasure, Event, Gap, Pending, ReceivedMessage};
-pub use lifecycle::{BurnState, ChannelOptions};
-pub use trust::{KeyPackageSummary, Verified};
+pub use store::{BurnState, Verified};
+pub use trust::KeyPackageSummary;
 
 use std::fmt;
 

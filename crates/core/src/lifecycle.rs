@@ -22,61 +22,17 @@ use openmls_traits::OpenMlsProvider;
 use openmls_traits::crypto::OpenMlsCrypto;
 use openmls_traits::random::OpenMlsRand;
 use openmls_traits::signatures::Signer;
-use serde::{Deserialize, Serialize};
 
 use crate::Timestamp;
+use crate::channel::{Channel, group_extensions, policy_of};
+use crate::context::{CommandError, Ctx, Storage, internal, store_err};
 use crate::derive::MemberId;
-use crate::engine::{
-    Channel, CommandError, Ctx, Engine, Storage, group_extensions, internal, policy_of, store_err,
-};
+use crate::engine::Engine;
 use crate::event::{Alert, Erasure, Event};
-use crate::mls::Suite;
+use crate::store::BurnState;
 
 /// How long a burner waits for receipts before erasing its own keys anyway.
 pub const BURN_WAIT_MS: u64 = 7 * 24 * 3600 * 1000;
-
-/// How a new channel is set up.
-#[derive(Clone, Copy, Debug)]
-pub struct ChannelOptions {
-    /// The MLS ciphersuite.
-    pub suite: Suite,
-    /// The channel ends then, everywhere.
-    pub expires_at: Option<Timestamp>,
-    /// Messages disappear this many seconds after they arrive (0: they stay).
-    pub disappearing_secs: u64,
-}
-
-impl Default for ChannelOptions {
-    fn default() -> Self {
-        Self {
-            suite: Suite::XWing,
-            expires_at: None,
-            disappearing_secs: 0,
-        }
-    }
-}
-
-impl From<Suite> for ChannelOptions {
-    fn from(suite: Suite) -> Self {
-        Self {
-            suite,
-            ..Self::default()
-        }
-    }
-}
-
-/// A burn in progress, started by us.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BurnState {
-    /// Identifies the burn in receipts.
-    pub id: [u8; 16],
-    /// When we burned.
-    pub started_at: Timestamp,
-    /// Members who have not confirmed yet.
-    pub waiting: Vec<(MemberId, String)>,
-    /// Members who have confirmed.
-    pub confirmed: Vec<String>,
-}
 
 impl<S: Storage> Engine<S> {
     /// Sets how long messages live in a channel we administer (0: forever).
@@ -170,7 +126,7 @@ impl Channel {
             }
         }
         // Whatever else OpenMLS filed under this group.
-        let group_key = crate::engine::group_storage_key(&channel);
+        let group_key = crate::channel::group_storage_key(&channel);
         ctx.store()
             .erase_mls_residue(&group_key)
             .map_err(store_err)?;

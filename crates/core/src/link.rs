@@ -19,8 +19,9 @@ use zeroize::Zeroizing;
 
 use openmls_traits::OpenMlsProvider as _;
 
+use crate::context::Storage;
 use crate::derive::{LINK_LABEL, link_keys};
-use crate::engine::{Engine, Storage};
+use crate::engine::Engine;
 use crate::mls::Suite;
 use crate::seal;
 

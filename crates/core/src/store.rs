@@ -198,14 +198,14 @@ pub struct ChannelRecord {
     pub peers: Vec<PeerView>,
     /// A burn we started, waiting for receipts.
     #[serde(default)]
-    pub burn: Option<crate::lifecycle::BurnState>,
+    pub burn: Option<BurnState>,
     /// Hashes of the last messages sealed to us alone (introduction steps), to
     /// recognise one the relay delivers again.
     #[serde(default)]
     pub seen_targeted: Vec<[u8; 32]>,
     /// Members whose safety number we compared, with the key we verified.
     #[serde(default)]
-    pub verified: Vec<crate::trust::Verified>,
+    pub verified: Vec<Verified>,
 }
 
 /// Proposals and re-add requests one member sent in the current window.
@@ -475,4 +475,27 @@ pub struct KeyPackageRecord {
     pub suite: Suite,
     /// When it was made.
     pub created_at: Timestamp,
+}
+
+/// A burn in progress, started by us.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BurnState {
+    /// Identifies the burn in receipts.
+    pub id: [u8; 16],
+    /// When we burned.
+    pub started_at: Timestamp,
+    /// Members who have not confirmed yet.
+    pub waiting: Vec<(MemberId, String)>,
+    /// Members who have confirmed.
+    pub confirmed: Vec<String>,
+}
+
+/// A member we verified: their name and the key we verified.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verified {
+    /// The name they went by.
+    pub name: String,
+    /// The signature key whose safety number we compared.
+    #[serde(with = "crate::bytes_serde")]
+    pub signature_key: Vec<u8>,
 }

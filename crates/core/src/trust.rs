@@ -8,24 +8,13 @@
 //! verified member is remembered by name and key; if a member of that name is later
 //! added with another key, that is an alert naming who added it.
 
-use serde::{Deserialize, Serialize};
-
 use crate::Timestamp;
+use crate::channel::{Channel, find_other};
+use crate::context::{CommandError, Storage};
 use crate::derive::safety_number;
-use crate::engine::Channel;
-use crate::engine::{CommandError, Engine, Storage};
+use crate::engine::Engine;
 use crate::event::Alert;
-use crate::store::MemberRecord;
-
-/// A member we verified: their name and the key we verified.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Verified {
-    /// The name they went by.
-    pub name: String,
-    /// The signature key whose safety number we compared.
-    #[serde(with = "crate::bytes_serde")]
-    pub signature_key: Vec<u8>,
-}
+use crate::store::{MemberRecord, Verified};
 
 impl<S: Storage> Engine<S> {
     /// The safety number between us and `member` in `channel`.
@@ -58,29 +47,6 @@ impl<S: Storage> Engine<S> {
             });
             ch.save(ctx)
         })
-    }
-}
-
-/// The other member called `name`: by exact name, or else by the name's confusable
-/// key ([`backchannel_proto::member::name_key`]). Two candidates either way make
-/// the name ambiguous, and nothing is done to either.
-pub(crate) fn find_other<'a>(
-    members: &'a [MemberRecord],
-    name: &str,
-) -> Result<&'a MemberRecord, CommandError> {
-    let others = || members.iter().filter(|m| !m.is_self);
-    let exact: Vec<&MemberRecord> = others().filter(|m| m.name == name).collect();
-    let candidates = if exact.is_empty() {
-        others()
-            .filter(|m| backchannel_proto::member::names_clash(&m.name, name))
-            .collect()
-    } else {
-        exact
-    };
-    match candidates.as_slice() {
-        [one] => Ok(one),
-        [] => Err(CommandError::UnknownMember(name.to_owned())),
-        _ => Err(CommandError::AmbiguousMember(name.to_owned())),
     }
 }
 
@@ -135,7 +101,7 @@ impl<S: Storage> Engine<S> {
         let kp = kp
             .validate(self.backend.crypto(), ProtocolVersion::Mls10)
             .map_err(|e| bad(&e))?;
-        let info = crate::engine::check_leaf(kp.leaf_node()).map_err(|e| bad(&e))?;
+        let info = crate::rules::check_leaf(kp.leaf_node()).map_err(|e| bad(&e))?;
         Ok(KeyPackageSummary {
             name: info.name,
             mailbox: info.mailbox,
