@@ -14,8 +14,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::extract::ws::{Message, WebSocket};
 use backchannel_proto::addr::MailboxId;
 use backchannel_proto::frame::{
-    ClientFrame, ErrorCode, FRAME_LEN, KIND_DELETE_MAILBOX, KIND_SUBSCRIBE, Request, Response,
-    ServerFrame, auth_message,
+    Blob, ClientFrame, ErrorCode, FRAME_LEN, KIND_DELETE_MAILBOX, KIND_SUBSCRIBE, Request,
+    Response, ServerFrame, auth_message,
 };
 use ed25519_dalek::{Signature, VerifyingKey};
 use futures_util::StreamExt as _;
@@ -212,6 +212,90 @@ impl Connection {
         self.send(ws, &frame).await.map_err(|()| End::Closed)
     }
 
+    /// Stores a blob (in the next group commit) and answers once it is durable;
+    /// a hostile test relay may drop, copy or move it first.
+    fn store(&self, id: u32, send_id: MailboxId, ttl_secs: u32, blob: Blob) -> Pending {
+        let storage = self.shared.storage.clone();
+        let metrics = self.shared.metrics.clone();
+        let ttl = effective_ttl_ms(self.shared.message_ttl, ttl_secs);
+        let started = Instant::now();
+        #[cfg(feature = "adversary")]
+        let mut copies = match &self.shared.adversary {
+            Some(a) => a.0.on_send(send_id, &blob),
+            None => vec![(send_id, blob)],
+        };
+        #[cfg(not(feature = "adversary"))]
+        let mut copies = vec![(send_id, blob)];
+        Box::pin(async move {
+            let Some((send_id, blob)) = copies.pop() else {
+                // A hostile relay dropped it and says it stored it.
+                return ServerFrame::Response {
+                    request_id: id,
+                    response: Response::Stored,
+                };
+            };
+            for (other, copy) in copies {
+                let extra = Append {
+                    send_id: other,
+                    blob: copy,
+                    expires_at: now_ms().saturating_add(ttl),
+                    replay: true,
+                };
+                let _ = storage.append(extra).await;
+            }
+            let append = Append {
+                send_id,
+                blob,
+                expires_at: now_ms().saturating_add(ttl),
+                replay: false,
+            };
+            let response = match storage.append(append).await {
+                Ok(Ok(AppendOutcome::Stored { .. } | AppendOutcome::Duplicate { .. })) => {
+                    metrics
+                        .store_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    Response::Stored
+                }
+                Ok(Ok(AppendOutcome::UnknownMailbox)) => Response::Error(ErrorCode::UnknownMailbox),
+                Ok(Ok(AppendOutcome::QuotaExceeded)) => {
+                    metrics.refused_full.inc();
+                    Response::Error(ErrorCode::QuotaExceeded)
+                }
+                Ok(Err(())) => Response::Error(ErrorCode::Unavailable),
+                Err(_) => Response::Error(ErrorCode::ShuttingDown),
+            };
+            ServerFrame::Response {
+                request_id: id,
+                response,
+            }
+        })
+    }
+
+    /// A rendezvous request (codes): open, join, pass data, close.
+    fn rendezvous(&self, request: Request) -> Response {
+        let registry = &self.shared.rendezvous;
+        let result = match request {
+            Request::RendezvousOpen => {
+                let nameplate = registry.open(self.id, self.rendezvous_tx.clone());
+                return Response::RendezvousOpened {
+                    nameplate,
+                    ttl_secs: u32::try_from(registry.ttl().as_secs()).unwrap_or(u32::MAX),
+                };
+            }
+            Request::RendezvousJoin { nameplate } => registry
+                .join(nameplate, self.id, self.rendezvous_tx.clone())
+                .map(|()| Response::RendezvousJoined),
+            Request::RendezvousSend { nameplate, data } => registry
+                .send(nameplate, self.id, data)
+                .map(|()| Response::Forwarded),
+            Request::RendezvousClose { nameplate } => registry
+                .close(nameplate, self.id)
+                .map(|()| Response::RendezvousClosed),
+            _ => Err(ErrorCode::Malformed),
+        };
+        result.unwrap_or_else(Response::Error)
+    }
+
     /// Within this connection's and this address's rendezvous allowance?
     fn rendezvous_allowed(&mut self, what: RendezvousUse) -> bool {
         let allowed =
@@ -255,62 +339,7 @@ impl Connection {
                 ttl_secs,
                 blob,
             } => {
-                let storage = self.shared.storage.clone();
-                let metrics = self.shared.metrics.clone();
-                let ttl = effective_ttl_ms(self.shared.message_ttl, ttl_secs);
-                let started = Instant::now();
-                #[cfg(feature = "adversary")]
-                let mut copies = match &self.shared.adversary {
-                    Some(a) => a.0.on_send(send_id, &blob),
-                    None => vec![(send_id, blob)],
-                };
-                #[cfg(not(feature = "adversary"))]
-                let mut copies = vec![(send_id, blob)];
-                pending.push(Box::pin(async move {
-                    let Some((send_id, blob)) = copies.pop() else {
-                        // A hostile relay dropped it and says it stored it.
-                        return ServerFrame::Response {
-                            request_id: id,
-                            response: Response::Stored,
-                        };
-                    };
-                    for (other, copy) in copies {
-                        let extra = Append {
-                            send_id: other,
-                            blob: copy,
-                            expires_at: now_ms().saturating_add(ttl),
-                            replay: true,
-                        };
-                        let _ = storage.append(extra).await;
-                    }
-                    let append = Append {
-                        send_id,
-                        blob,
-                        expires_at: now_ms().saturating_add(ttl),
-                        replay: false,
-                    };
-                    let response = match storage.append(append).await {
-                        Ok(Ok(AppendOutcome::Stored { .. } | AppendOutcome::Duplicate { .. })) => {
-                            metrics
-                                .store_seconds
-                                .observe(started.elapsed().as_secs_f64());
-                            Response::Stored
-                        }
-                        Ok(Ok(AppendOutcome::UnknownMailbox)) => {
-                            Response::Error(ErrorCode::UnknownMailbox)
-                        }
-                        Ok(Ok(AppendOutcome::QuotaExceeded)) => {
-                            metrics.refused_full.inc();
-                            Response::Error(ErrorCode::QuotaExceeded)
-                        }
-                        Ok(Err(())) => Response::Error(ErrorCode::Unavailable),
-                        Err(_) => Response::Error(ErrorCode::ShuttingDown),
-                    };
-                    ServerFrame::Response {
-                        request_id: id,
-                        response,
-                    }
-                }));
+                pending.push(self.store(id, send_id, ttl_secs, blob));
                 return Ok(());
             }
             Request::Subscribe { read_id, signature } => {
@@ -335,37 +364,7 @@ impl Connection {
             Request::RendezvousJoin { .. } if !self.rendezvous_allowed(RendezvousUse::Join) => {
                 Response::Error(ErrorCode::RateLimited)
             }
-            Request::RendezvousOpen => {
-                let registry = &self.shared.rendezvous;
-                let nameplate = registry.open(self.id, self.rendezvous_tx.clone());
-                Response::RendezvousOpened {
-                    nameplate,
-                    ttl_secs: u32::try_from(registry.ttl().as_secs()).unwrap_or(u32::MAX),
-                }
-            }
-            Request::RendezvousJoin { nameplate } => {
-                match self
-                    .shared
-                    .rendezvous
-                    .join(nameplate, self.id, self.rendezvous_tx.clone())
-                {
-                    Ok(()) => Response::RendezvousJoined,
-                    Err(code) => Response::Error(code),
-                }
-            }
-            Request::RendezvousSend { nameplate, data } => {
-                match self.shared.rendezvous.send(nameplate, self.id, data) {
-                    Ok(()) => Response::Forwarded,
-                    Err(code) => Response::Error(code),
-                }
-            }
-            Request::RendezvousClose { nameplate } => {
-                match self.shared.rendezvous.close(nameplate, self.id) {
-                    Ok(()) => Response::RendezvousClosed,
-                    Err(code) => Response::Error(code),
-                }
-            }
-            _ => Response::Error(ErrorCode::Malformed),
+            other => self.rendezvous(other),
         };
         self.respond(ws, id, response).await
     }
