@@ -24,8 +24,8 @@ use ed25519_dalek::SigningKey;
 use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
 
-use crate::link::{self, LinkCommand, LinkEvent, LinkTiming};
 use crate::relay::RelayClientError;
+use crate::relay_link::{self, LinkCommand, LinkEvent, LinkTiming};
 
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -202,7 +202,7 @@ impl Client {
         {
             return link.clone();
         }
-        let link = link::spawn(relay.clone(), self.config.timing, self.events_tx.clone());
+        let link = relay_link::spawn(relay.clone(), self.config.timing, self.events_tx.clone());
         self.links.insert(relay.clone(), link.clone());
         link
     }

@@ -15,11 +15,11 @@ mod driver;
 pub mod intro;
 pub mod invite;
 pub mod invite_link;
-mod link;
 pub mod relay;
+mod relay_link;
 
 pub use driver::{Client, ClientConfig, ClientError, STATUS_INTERVAL, now};
 pub use intro::{IntroProgress, PendingIntroduction};
 pub use invite::{Invitation, InviteError};
 pub use invite_link::{JoinRequestView, LinkAnswer, LinkRequest};
-pub use link::LinkTiming;
+pub use relay_link::LinkTiming;

@@ -1,4 +1,5 @@
-//! A link: one relay, kept connected.
+//! A relay link: one relay, kept connected (not to be confused with invite links,
+//! `invite_link.rs`).
 //!
 //! A link task owns the connection to one relay. It reconnects with exponential
 //! backoff, subscribes again to every mailbox it serves after each reconnection,
