@@ -110,7 +110,7 @@ pub(crate) async fn run(g: &Global, args: ChannelArgs) -> Result<(), Failure> {
     } else {
         args.relays
             .iter()
-            .map(|r| crate::commands::relay_addr(r))
+            .map(|r| crate::session::relay_addr(r))
             .collect::<Result<_, _>>()?
     };
     let relay_of = |i: usize| relays.get(i % relays.len()).cloned();

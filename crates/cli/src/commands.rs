@@ -3,44 +3,20 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use backchannel_client::{Client, ClientError};
+use backchannel_client::Client;
 use backchannel_core::mls::Suite;
 use backchannel_core::store::{ChannelStatus, MessageKind};
-use backchannel_core::{ChannelId, ChannelOptions, ChannelSummary, Event, Pending, Timestamp};
-use backchannel_proto::addr::RelayAddr;
+use backchannel_core::{ChannelOptions, ChannelSummary, Event, Pending, Timestamp};
 use backchannel_store::Store;
 use serde_json::json;
 
-use crate::ending;
 use crate::output;
 use crate::profile::{self, open_client, own_name};
+use crate::session::{
+    RELAY_LIMIT, RELAY_SETTING, catch_up, channel_by_id, chosen_relay, deliver, format_duration,
+    parse_duration, print, relay_addr, report_changes, retire_erased,
+};
 use crate::{Failure, Global};
-
-/// How long a command waits for relays.
-const RELAY_LIMIT: Duration = Duration::from_secs(20);
-
-pub(crate) fn relay_addr(text: &str) -> Result<RelayAddr, Failure> {
-    text.parse::<RelayAddr>().map_err(|e| {
-        Failure::new(format!("'{text}' is not a relay address: {e}"))
-            .hint("a relay address looks like bcr://<fingerprint>@host:port; `backchannel relay address --data DIR` prints it")
-    })
-}
-
-/// The relay given, or the profile's usual one (`init --relay`).
-pub(crate) fn chosen_relay(client: &Client, given: Option<&str>) -> Result<RelayAddr, Failure> {
-    let text = match given {
-        Some(r) => r.to_owned(),
-        None => client
-            .store()
-            .setting(crate::invite::RELAY_SETTING)?
-            .ok_or_else(|| {
-                Failure::new("which relay?").hint(
-                    "pass --relay ADDR, or set your usual relay once with `backchannel init --relay ADDR`",
-                )
-            })?,
-    };
-    relay_addr(&text)
-}
 
 fn suite(text: &str) -> Result<Suite, Failure> {
     text.parse::<Suite>().map_err(Failure::new)
@@ -57,56 +33,6 @@ fn write_file(path: &Path, bytes: &[u8], what: &str) -> Result<(), Failure> {
             "cannot write the {what} to {}: {e}",
             path.display()
         ))
-    })
-}
-
-pub(crate) fn print(g: &Global, human: String, machine: serde_json::Value) {
-    if g.json {
-        println!("{machine}");
-    } else {
-        println!("{human}");
-    }
-}
-
-/// Catches up with the relays, tolerating unreachable ones (what is local still
-/// works; the person is told). Says which channels were erased meanwhile (burned
-/// by a member, or past their end date) and returns their names.
-pub(crate) async fn catch_up(g: &Global, client: &mut Client) -> Vec<String> {
-    if let Err(e) = client.sync(RELAY_LIMIT).await {
-        // A relay that answers but delivered less than it counted (another reader
-        // of the profile took messages meanwhile) leaves nothing to say: what is
-        // really missing is shown as waiting. Unreachable relays and unsent
-        // messages are worth a word.
-        let quiet = matches!(e, ClientError::Timeout(_))
-            && client.unsent() == 0
-            && client.relay_errors.is_empty();
-        if !quiet {
-            eprintln!("warning: {e}");
-        }
-    }
-    let events = client.drain_events();
-    let gone = ending::report_changes(g, client, &events);
-    if !gone.is_empty() {
-        // The sync sent what the erasure left to send (the receipt of a burn).
-        retire_erased(client).await;
-    }
-    gone
-}
-
-/// After a channel was erased: deletes our mailboxes for it at their relays. A
-/// relay that is down gets them next time; meanwhile no row names the channel.
-async fn retire_erased(client: &mut Client) {
-    if let Err(e) = client.retire_closed().await {
-        eprintln!("warning: {e}");
-    }
-}
-
-/// Waits until everything queued is on a relay; says so if it could not be.
-pub(crate) async fn deliver(client: &mut Client) -> Result<(), Failure> {
-    client.flush(RELAY_LIMIT).await.map_err(|e| match e {
-        ClientError::Timeout(detail) => Failure::new(detail)
-            .hint("check the relay address and your connection; queued messages are sent by the next command"),
-        other => other.into(),
     })
 }
 
@@ -132,7 +58,7 @@ pub(crate) async fn init(
     let store = Store::create(&home, pass.as_bytes()).map_err(profile::open_failure)?;
     store.set_setting("name", &name)?;
     if let Some(relay) = &relay {
-        store.set_setting(crate::invite::RELAY_SETTING, &relay.to_string())?;
+        store.set_setting(RELAY_SETTING, &relay.to_string())?;
     }
     print(
         g,
@@ -156,10 +82,10 @@ pub(crate) async fn channel_create(
     ending: Ending<'_>,
 ) -> Result<(), Failure> {
     let suite = suite(suite_name)?;
-    let expires_in = ending.expires_in.map(ending::parse_duration).transpose()?;
+    let expires_in = ending.expires_in.map(parse_duration).transpose()?;
     let disappearing_secs = ending
         .disappear
-        .map(ending::parse_duration)
+        .map(parse_duration)
         .transpose()?
         .unwrap_or(0);
     let expires_at = match expires_in {
@@ -190,7 +116,7 @@ pub(crate) async fn channel_create(
     if disappearing_secs > 0 {
         rules.push_str(&format!(
             " Messages disappear {} after they arrive.",
-            ending::format_duration(disappearing_secs)
+            format_duration(disappearing_secs)
         ));
     }
     print(
@@ -283,7 +209,7 @@ fn rules(c: &ChannelSummary) -> Vec<String> {
     if let Some(p) = c.policy.as_ref().filter(|p| p.disappearing_secs > 0) {
         out.push(format!(
             "messages disappear after {}",
-            ending::format_duration(p.disappearing_secs)
+            format_duration(p.disappearing_secs)
         ));
     }
     out
@@ -481,16 +407,6 @@ fn joined_by(client: &mut Client) -> Option<String> {
     by
 }
 
-pub(crate) fn channel_by_id(
-    client: &Client,
-    id: ChannelId,
-) -> Result<backchannel_core::ChannelSummary, Failure> {
-    client
-        .engine()
-        .channel_by_id(&id)
-        .map_err(|_| Failure::new("the channel vanished"))
-}
-
 /// The most a message read from standard input may have, in bytes (a text message's
 /// limit is about 64 KiB).
 const STDIN_LIMIT: u64 = 64 * 1024;
@@ -617,7 +533,7 @@ pub(crate) async fn read(g: &Global, name: &str, follow: bool, all: bool) -> Res
                 stepped = client.step(Duration::from_millis(500)) => {
                     if stepped? {
                         let events = client.drain_events();
-                        if ending::report_changes(g, &mut client, &events).iter().any(|n| n == name) {
+                        if report_changes(g, &mut client, &events).iter().any(|n| n == name) {
                             // Send the receipt, and delete our mailboxes for it.
                             let _ = client.flush(RELAY_LIMIT).await;
                             retire_erased(&mut client).await;

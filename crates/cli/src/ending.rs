@@ -4,139 +4,17 @@
 use std::io::BufRead as _;
 use std::time::{Duration, Instant};
 
-use backchannel_client::Client;
-use backchannel_core::{Erasure, Event};
+use backchannel_core::Event;
 use backchannel_store::Store;
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use crate::commands::{catch_up, deliver, print};
-use crate::output;
 use crate::profile::{self, open_client};
+use crate::session::{catch_up, deliver, format_duration, parse_duration, print};
 use crate::{Failure, Global};
 
 /// Environment variable holding the duress passphrase for `duress set`.
 pub(crate) const DURESS_ENV: &str = "BACKCHANNEL_DURESS_PASSPHRASE";
-
-/// Parses `90s`, `10m`, `12h`, `7d`, `2w` (or a plain number of seconds) into
-/// seconds; `off` and `0` mean none.
-pub(crate) fn parse_duration(text: &str) -> Result<u64, Failure> {
-    let bad = || {
-        Failure::new(format!("'{text}' is not a duration"))
-            .hint("write a number with a unit: 30s, 10m, 12h, 7d, 2w (or 'off')")
-    };
-    let text = text.trim();
-    if text == "off" {
-        return Ok(0);
-    }
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: u64 = number.parse().map_err(|_| bad())?;
-    let scale = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        "w" => 7 * 86_400,
-        _ => return Err(bad()),
-    };
-    let secs = n.checked_mul(scale).ok_or_else(bad)?;
-    // Relays keep a blob at most this long anyway; more makes no sense.
-    if secs > u64::from(u32::MAX) {
-        return Err(bad());
-    }
-    Ok(secs)
-}
-
-/// `3600` → `1h`, for people.
-pub(crate) fn format_duration(secs: u64) -> String {
-    for (unit, scale) in [("w", 7 * 86_400), ("d", 86_400), ("h", 3600), ("m", 60)] {
-        if secs >= scale && secs.is_multiple_of(scale) {
-            return format!("{}{unit}", secs / scale);
-        }
-    }
-    format!("{secs}s")
-}
-
-/// One sentence on a channel erased from this device.
-pub(crate) fn erasure_notice(name: &str, why: &Erasure) -> String {
-    match why {
-        Erasure::Burned { by } if by == "you" => {
-            format!(
-                "'{name}' is burned: every member confirmed, and it is erased from this device."
-            )
-        }
-        Erasure::Burned { by } => {
-            format!("'{name}' was burned by {by}: it is erased from this device.")
-        }
-        Erasure::Expired => {
-            format!("'{name}' reached its end date: it is erased from this device.")
-        }
-        _ => format!("'{name}' is erased from this device."),
-    }
-}
-
-/// Tells the person what changed about their channels: erased (burned by a member,
-/// or past their end date), or given new rules. Returns the names of those erased.
-pub(crate) fn report_changes(g: &Global, client: &mut Client, events: &[Event]) -> Vec<String> {
-    // Join requests that arrived, answers to ours: for the person, not for scripts.
-    for notice in client.take_notices() {
-        eprintln!("{notice}");
-    }
-    let mut gone = Vec::new();
-    for event in events {
-        match event {
-            Event::Erased { name, why, .. } => {
-                let (reason, by) = match why {
-                    Erasure::Burned { by } => ("burned", Some(by.clone())),
-                    _ => ("expired", None),
-                };
-                print(
-                    g,
-                    erasure_notice(name, why),
-                    json!({"channel": name, "erased": reason, "by": by}),
-                );
-                gone.push(name.clone());
-            }
-            Event::PolicyChanged {
-                channel,
-                by,
-                disappearing_secs,
-                expires_at,
-            } => {
-                let Ok(name) = client.engine().channel_by_id(channel).map(|c| c.name) else {
-                    continue;
-                };
-                let timer = match disappearing_secs {
-                    0 => "messages stay".to_owned(),
-                    s => format!("messages disappear after {}", format_duration(*s)),
-                };
-                let end = match expires_at {
-                    0 => String::new(),
-                    t => format!(
-                        "; it ends {} UTC",
-                        output::short_time(backchannel_core::Timestamp(*t))
-                    ),
-                };
-                print(
-                    g,
-                    format!("{by} changed the rules of '{name}': {timer}{end}."),
-                    json!({
-                        "channel": name,
-                        "rules_changed_by": by,
-                        "disappearing_secs": disappearing_secs,
-                        "expires_at": (*expires_at > 0)
-                            .then(|| output::rfc3339(backchannel_core::Timestamp(*expires_at))),
-                    }),
-                );
-            }
-            _ => {}
-        }
-    }
-    gone
-}
 
 pub(crate) async fn disappear(g: &Global, name: &str, duration: &str) -> Result<(), Failure> {
     let secs = parse_duration(duration)?;

@@ -8,12 +8,9 @@ use backchannel_proto::addr::RelayAddr;
 use backchannel_proto::code::InviteCode;
 use serde_json::json;
 
-use crate::commands::{catch_up, chosen_relay, deliver, print, relay_addr};
 use crate::profile::{open_client, own_name};
+use crate::session::{RELAY_SETTING, catch_up, chosen_relay, deliver, print, relay_addr};
 use crate::{Failure, Global};
-
-/// Profile setting: the relay used for codes when `--relay` is not given.
-pub(crate) const RELAY_SETTING: &str = "relay";
 
 /// The relay for an invitation to a channel: the one given, else the relay of our
 /// own mailbox in it.
@@ -128,7 +125,7 @@ pub(crate) async fn join_with_code(
         .join_with_code(&relay, &mailbox_relay, &code, &me, name)
         .await
         .map_err(|e| invite_failure(e, false))?;
-    let summary = crate::commands::channel_by_id(&client, id)?;
+    let summary = crate::session::channel_by_id(&client, id)?;
     // Our key package's mailbox was made on this relay; now tell the relays we are in.
     catch_up(g, &mut client).await;
     print(

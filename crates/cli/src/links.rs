@@ -7,9 +7,9 @@ use backchannel_client::{Client, IntroProgress, LinkAnswer};
 use backchannel_proto::link::{InviteLink, LINK_PREFIX};
 use serde_json::json;
 
-use crate::commands::{catch_up, deliver, print};
 use crate::invite::{invitation_relay, joiner_mailbox_relay};
 use crate::profile::{open_client, own_name};
+use crate::session::{catch_up, deliver, print};
 use crate::trust::{layout, qr};
 use crate::{Failure, Global, output};
 
@@ -27,7 +27,7 @@ pub(crate) async fn invite_link(
     auto_admit: bool,
     expires_in: &str,
 ) -> Result<(), Failure> {
-    let valid_for = crate::ending::parse_duration(expires_in)?;
+    let valid_for = crate::session::parse_duration(expires_in)?;
     if valid_for == 0 {
         return Err(Failure::new("a link must be valid for some time").hint("--expires-in 7d"));
     }
@@ -201,10 +201,10 @@ pub(crate) async fn join_with_link(
         .wait_for_answer(&request.answer_mailbox, Duration::from_secs(wait))
         .await?;
     let events = client.drain_events();
-    crate::ending::report_changes(g, &mut client, &events);
+    crate::session::report_changes(g, &mut client, &events);
     match answer {
         Some(LinkAnswer::Joined(id)) => {
-            let summary = crate::commands::channel_by_id(&client, id)?;
+            let summary = crate::session::channel_by_id(&client, id)?;
             catch_up(g, &mut client).await;
             print(
                 g,
@@ -258,7 +258,7 @@ pub(crate) async fn introduce(g: &Global, names: [&str; 4], wait: u64) -> Result
         client.step(Duration::from_millis(250)).await?;
     }
     let events = client.drain_events();
-    crate::ending::report_changes(g, &mut client, &events);
+    crate::session::report_changes(g, &mut client, &events);
     deliver(&mut client).await?;
     let progress = client.introduction_progress(&id);
     let (human, state) = match progress {
@@ -326,7 +326,7 @@ pub(crate) async fn answer_introduction(g: &Global, id: &str, yes: bool) -> Resu
     }
     deliver(&mut client).await?;
     let events = client.drain_events();
-    crate::ending::report_changes(g, &mut client, &events);
+    crate::session::report_changes(g, &mut client, &events);
     print(
         g,
         if yes {

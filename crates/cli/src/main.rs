@@ -17,6 +17,7 @@ mod links;
 mod output;
 mod profile;
 mod relay_cmd;
+mod session;
 mod trust;
 
 use std::path::PathBuf;

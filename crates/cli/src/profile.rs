@@ -97,7 +97,7 @@ pub(crate) async fn open_client(g: &Global) -> Result<Client, Failure> {
     let store = open_store(g)?;
     let mut client = Client::open(store, ClientConfig::default()).map_err(Failure::from)?;
     let events = client.drain_events();
-    crate::ending::report_changes(g, &mut client, &events);
+    crate::session::report_changes(g, &mut client, &events);
     if let Err(e) = client.retire_closed().await {
         eprintln!("warning: {e}");
     }

@@ -3,8 +3,8 @@
 use backchannel_core::ChannelSummary;
 use serde_json::json;
 
-use crate::commands::{catch_up, print};
 use crate::profile::open_client;
+use crate::session::{catch_up, print};
 use crate::{Failure, Global};
 
 /// The number as people read it aloud: three lines of four groups.

@@ -43,8 +43,8 @@ pub struct RelayConfig {
     pub batch_max: usize,
     /// Cap on the database size; past it, the relay refuses new messages (as on a
     /// full disk: the sender is told the relay is full and retries later). `None`:
-    /// [`crate::server::DEFAULT_DB_SHARE`]% of the file system (see
-    /// [`crate::default_db_cap`]); `Some(0)`: no cap.
+    /// [`DEFAULT_DB_SHARE`]% of the file system (see
+    /// [`default_db_cap`]); `Some(0)`: no cap.
     pub max_db_bytes: Option<u64>,
     /// How long a graceful shutdown waits for connections to finish.
     pub shutdown_grace: Duration,
@@ -183,6 +183,26 @@ impl ConfigFile {
     }
 }
 
+/// Share of the file system the database may fill by default, in percent.
+pub const DEFAULT_DB_SHARE: u64 = 50;
+
+/// The default cap on the database: [`DEFAULT_DB_SHARE`] of the file system that
+/// holds `dir`, and never more than the database already holds plus 90% of what
+/// is free (the rest of the machine needs room too). `None` if the file system
+/// cannot be asked.
+pub fn default_db_cap(dir: &std::path::Path) -> Option<u64> {
+    let fs = rustix::fs::statvfs(dir).ok()?;
+    let total = fs.f_blocks.saturating_mul(fs.f_frsize);
+    let free = fs.f_bavail.saturating_mul(fs.f_frsize);
+    let held: u64 = [crate::storage::DATABASE_FILE, "relay.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum();
+    let share = total / 100 * DEFAULT_DB_SHARE;
+    Some(share.min(held.saturating_add(free / 10 * 9)))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -209,5 +229,24 @@ mod tests {
                 .to_string()
                 .contains("unknown field")
         );
+    }
+
+    #[test]
+    fn the_default_database_cap_is_a_share_of_the_disk_within_what_is_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let fs = rustix::fs::statvfs(dir.path()).unwrap();
+        let (total, free) = (fs.f_blocks * fs.f_frsize, fs.f_bavail * fs.f_frsize);
+        let cap = default_db_cap(dir.path()).unwrap();
+        assert!(cap > 0);
+        assert!(cap <= total / 100 * DEFAULT_DB_SHARE, "{cap} of {total}");
+        assert!(cap <= free, "{cap} with {free} free");
+        // What the database already holds counts as room it may keep.
+        std::fs::write(
+            dir.path().join(crate::storage::DATABASE_FILE),
+            vec![0u8; 1 << 20],
+        )
+        .unwrap();
+        let with_db = default_db_cap(dir.path()).unwrap();
+        assert!(with_db + (64 << 20) >= cap, "{with_db} against {cap}");
     }
 }

@@ -36,4 +36,6 @@ mod server;
 pub mod storage;
 
 pub use config::RelayConfig;
-pub use server::{DATABASE_FILE, RelayError, RunningRelay, address, default_db_cap, start};
+pub use config::default_db_cap;
+pub use server::{RelayError, RunningRelay, address, start};
+pub use storage::DATABASE_FILE;

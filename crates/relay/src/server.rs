@@ -25,11 +25,9 @@ use crate::hub::Hub;
 use crate::identity::{Identity, IdentityError};
 use crate::limits::{self, Admission, Admitted};
 use crate::metrics::Metrics;
+use crate::storage::DATABASE_FILE;
 use crate::storage::sqlite::SqliteStorage;
 use crate::storage::{Quota, StorageError};
-
-/// File name of the relay database in the data directory.
-pub const DATABASE_FILE: &str = "relay.db";
 
 /// Why a relay could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -154,26 +152,6 @@ fn keep_private(dir: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Share of the file system the database may fill by default, in percent.
-pub const DEFAULT_DB_SHARE: u64 = 50;
-
-/// The default cap on the database: [`DEFAULT_DB_SHARE`] of the file system that
-/// holds `dir`, and never more than the database already holds plus 90% of what
-/// is free (the rest of the machine needs room too). `None` if the file system
-/// cannot be asked.
-pub fn default_db_cap(dir: &std::path::Path) -> Option<u64> {
-    let fs = rustix::fs::statvfs(dir).ok()?;
-    let total = fs.f_blocks.saturating_mul(fs.f_frsize);
-    let free = fs.f_bavail.saturating_mul(fs.f_frsize);
-    let held: u64 = [DATABASE_FILE, "relay.db-wal"]
-        .iter()
-        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
-        .map(|m| m.len())
-        .sum();
-    let share = total / 100 * DEFAULT_DB_SHARE;
-    Some(share.min(held.saturating_add(free / 10 * 9)))
-}
-
 /// Starts a relay and returns once it listens.
 pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
     keep_private(&config.data_dir)?;
@@ -183,7 +161,7 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
     let max_db_bytes = match config.max_db_bytes {
         Some(0) => None,
         Some(max) => Some(max),
-        None => default_db_cap(&config.data_dir),
+        None => crate::config::default_db_cap(&config.data_dir),
     };
     if let Some(max) = max_db_bytes {
         tracing::info!(max_db_bytes = max, "database size capped");
@@ -416,27 +394,5 @@ async fn health_page(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
         (StatusCode::OK, "ok\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "storage failing\n")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
-
-    #[test]
-    fn the_default_database_cap_is_a_share_of_the_disk_within_what_is_free() {
-        let dir = tempfile::tempdir().unwrap();
-        let fs = rustix::fs::statvfs(dir.path()).unwrap();
-        let (total, free) = (fs.f_blocks * fs.f_frsize, fs.f_bavail * fs.f_frsize);
-        let cap = default_db_cap(dir.path()).unwrap();
-        assert!(cap > 0);
-        assert!(cap <= total / 100 * DEFAULT_DB_SHARE, "{cap} of {total}");
-        assert!(cap <= free, "{cap} with {free} free");
-        // What the database already holds counts as room it may keep.
-        std::fs::write(dir.path().join(DATABASE_FILE), vec![0u8; 1 << 20]).unwrap();
-        let with_db = default_db_cap(dir.path()).unwrap();
-        assert!(with_db + (64 << 20) >= cap, "{with_db} against {cap}");
     }
 }

@@ -13,6 +13,9 @@ pub mod sqlite;
 use backchannel_proto::addr::MailboxId;
 use backchannel_proto::frame::Blob;
 
+/// File name of the relay database in the data directory.
+pub const DATABASE_FILE: &str = "relay.db";
+
 /// The relay's internal key of a mailbox.
 pub type MailboxKey = i64;
 

@@ -1,0 +1,223 @@
+//! What every command shares: talking to the relays (catching up, delivering,
+//! retiring what an erasure left), choosing a relay, printing for people and for
+//! programs, and saying what changed meanwhile. A leaf: it imports no command
+//! module.
+
+use std::time::Duration;
+
+use backchannel_client::{Client, ClientError};
+use backchannel_core::{ChannelId, Erasure, Event};
+use backchannel_proto::addr::RelayAddr;
+use serde_json::json;
+
+use crate::output;
+use crate::{Failure, Global};
+
+/// Profile setting: the relay used for codes when `--relay` is not given.
+pub(crate) const RELAY_SETTING: &str = "relay";
+
+/// How long a command waits for relays.
+pub(crate) const RELAY_LIMIT: Duration = Duration::from_secs(20);
+
+pub(crate) fn relay_addr(text: &str) -> Result<RelayAddr, Failure> {
+    text.parse::<RelayAddr>().map_err(|e| {
+        Failure::new(format!("'{text}' is not a relay address: {e}"))
+            .hint("a relay address looks like bcr://<fingerprint>@host:port; `backchannel relay address --data DIR` prints it")
+    })
+}
+
+/// The relay given, or the profile's usual one (`init --relay`).
+pub(crate) fn chosen_relay(client: &Client, given: Option<&str>) -> Result<RelayAddr, Failure> {
+    let text = match given {
+        Some(r) => r.to_owned(),
+        None => client
+            .store()
+            .setting(RELAY_SETTING)?
+            .ok_or_else(|| {
+                Failure::new("which relay?").hint(
+                    "pass --relay ADDR, or set your usual relay once with `backchannel init --relay ADDR`",
+                )
+            })?,
+    };
+    relay_addr(&text)
+}
+
+pub(crate) fn print(g: &Global, human: String, machine: serde_json::Value) {
+    if g.json {
+        println!("{machine}");
+    } else {
+        println!("{human}");
+    }
+}
+
+/// Catches up with the relays, tolerating unreachable ones (what is local still
+/// works; the person is told). Says which channels were erased meanwhile (burned
+/// by a member, or past their end date) and returns their names.
+pub(crate) async fn catch_up(g: &Global, client: &mut Client) -> Vec<String> {
+    if let Err(e) = client.sync(RELAY_LIMIT).await {
+        // A relay that answers but delivered less than it counted (another reader
+        // of the profile took messages meanwhile) leaves nothing to say: what is
+        // really missing is shown as waiting. Unreachable relays and unsent
+        // messages are worth a word.
+        let quiet = matches!(e, ClientError::Timeout(_))
+            && client.unsent() == 0
+            && client.relay_errors.is_empty();
+        if !quiet {
+            eprintln!("warning: {e}");
+        }
+    }
+    let events = client.drain_events();
+    let gone = report_changes(g, client, &events);
+    if !gone.is_empty() {
+        // The sync sent what the erasure left to send (the receipt of a burn).
+        retire_erased(client).await;
+    }
+    gone
+}
+
+/// Waits until everything queued is on a relay; says so if it could not be.
+pub(crate) async fn deliver(client: &mut Client) -> Result<(), Failure> {
+    client.flush(RELAY_LIMIT).await.map_err(|e| match e {
+        ClientError::Timeout(detail) => Failure::new(detail)
+            .hint("check the relay address and your connection; queued messages are sent by the next command"),
+        other => other.into(),
+    })
+}
+
+/// After a channel was erased: deletes our mailboxes for it at their relays. A
+/// relay that is down gets them next time; meanwhile no row names the channel.
+pub(crate) async fn retire_erased(client: &mut Client) {
+    if let Err(e) = client.retire_closed().await {
+        eprintln!("warning: {e}");
+    }
+}
+
+pub(crate) fn channel_by_id(
+    client: &Client,
+    id: ChannelId,
+) -> Result<backchannel_core::ChannelSummary, Failure> {
+    client
+        .engine()
+        .channel_by_id(&id)
+        .map_err(|_| Failure::new("the channel vanished"))
+}
+
+/// `3600` → `1h`, for people.
+pub(crate) fn format_duration(secs: u64) -> String {
+    for (unit, scale) in [("w", 7 * 86_400), ("d", 86_400), ("h", 3600), ("m", 60)] {
+        if secs >= scale && secs.is_multiple_of(scale) {
+            return format!("{}{unit}", secs / scale);
+        }
+    }
+    format!("{secs}s")
+}
+
+/// One sentence on a channel erased from this device.
+pub(crate) fn erasure_notice(name: &str, why: &Erasure) -> String {
+    match why {
+        Erasure::Burned { by } if by == "you" => {
+            format!(
+                "'{name}' is burned: every member confirmed, and it is erased from this device."
+            )
+        }
+        Erasure::Burned { by } => {
+            format!("'{name}' was burned by {by}: it is erased from this device.")
+        }
+        Erasure::Expired => {
+            format!("'{name}' reached its end date: it is erased from this device.")
+        }
+        _ => format!("'{name}' is erased from this device."),
+    }
+}
+
+/// Tells the person what changed about their channels: erased (burned by a member,
+/// or past their end date), or given new rules. Returns the names of those erased.
+pub(crate) fn report_changes(g: &Global, client: &mut Client, events: &[Event]) -> Vec<String> {
+    // Join requests that arrived, answers to ours: for the person, not for scripts.
+    for notice in client.take_notices() {
+        eprintln!("{notice}");
+    }
+    let mut gone = Vec::new();
+    for event in events {
+        match event {
+            Event::Erased { name, why, .. } => {
+                let (reason, by) = match why {
+                    Erasure::Burned { by } => ("burned", Some(by.clone())),
+                    _ => ("expired", None),
+                };
+                print(
+                    g,
+                    erasure_notice(name, why),
+                    json!({"channel": name, "erased": reason, "by": by}),
+                );
+                gone.push(name.clone());
+            }
+            Event::PolicyChanged {
+                channel,
+                by,
+                disappearing_secs,
+                expires_at,
+            } => {
+                let Ok(name) = client.engine().channel_by_id(channel).map(|c| c.name) else {
+                    continue;
+                };
+                let timer = match disappearing_secs {
+                    0 => "messages stay".to_owned(),
+                    s => format!("messages disappear after {}", format_duration(*s)),
+                };
+                let end = match expires_at {
+                    0 => String::new(),
+                    t => format!(
+                        "; it ends {} UTC",
+                        output::short_time(backchannel_core::Timestamp(*t))
+                    ),
+                };
+                print(
+                    g,
+                    format!("{by} changed the rules of '{name}': {timer}{end}."),
+                    json!({
+                        "channel": name,
+                        "rules_changed_by": by,
+                        "disappearing_secs": disappearing_secs,
+                        "expires_at": (*expires_at > 0)
+                            .then(|| output::rfc3339(backchannel_core::Timestamp(*expires_at))),
+                    }),
+                );
+            }
+            _ => {}
+        }
+    }
+    gone
+}
+
+/// Parses `90s`, `10m`, `12h`, `7d`, `2w` (or a plain number of seconds) into
+/// seconds; `off` and `0` mean none.
+pub(crate) fn parse_duration(text: &str) -> Result<u64, Failure> {
+    let bad = || {
+        Failure::new(format!("'{text}' is not a duration"))
+            .hint("write a number with a unit: 30s, 10m, 12h, 7d, 2w (or 'off')")
+    };
+    let text = text.trim();
+    if text == "off" {
+        return Ok(0);
+    }
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(bad()),
+    };
+    let secs = n.checked_mul(scale).ok_or_else(bad)?;
+    // Relays keep a blob at most this long anyway; more makes no sense.
+    if secs > u64::from(u32::MAX) {
+        return Err(bad());
+    }
+    Ok(secs)
+}
