@@ -123,9 +123,9 @@ pub struct Client {
     /// their answers).
     pub(crate) notices: Vec<String>,
     /// Introduction steps addressed to us, waiting to be carried out.
-    pub(crate) intro_steps: VecDeque<crate::intro::IntroStepIn>,
+    pub(crate) intro_steps: VecDeque<crate::arrived::IntroStepIn>,
     /// Answers to our requests to join through links, by the mailbox they came to.
-    pub(crate) link_answers: HashMap<MailboxId, crate::invite_link::LinkAnswer>,
+    pub(crate) link_answers: HashMap<MailboxId, crate::arrived::LinkAnswer>,
     /// Relay problems seen, for the person.
     pub relay_errors: Vec<String>,
     /// Blobs the engine produced and this client handed to relays, since it opened.
@@ -394,7 +394,7 @@ impl Client {
                     from,
                     from_name,
                     intro,
-                }) => self.intro_steps.push_back(crate::intro::IntroStepIn {
+                }) => self.intro_steps.push_back(crate::arrived::IntroStepIn {
                     channel,
                     from,
                     from_name,

@@ -30,6 +30,7 @@ use backchannel_core::{ChannelId, ChannelOptions, ChannelSummary, CommandError};
 use backchannel_proto::control::{Intro, IntroStep};
 use rand::RngCore as _;
 
+use crate::arrived::IntroStepIn;
 use crate::driver::{Client, ClientError, now};
 
 /// Profile setting prefix: introductions we made.
@@ -129,14 +130,6 @@ impl Made {
             state,
         })
     }
-}
-
-/// A step that arrived, waiting for the client to carry it out.
-pub(crate) struct IntroStepIn {
-    pub(crate) channel: ChannelId,
-    pub(crate) from: MemberId,
-    pub(crate) from_name: String,
-    pub(crate) intro: Intro,
 }
 
 /// How far an introduction we made has come.

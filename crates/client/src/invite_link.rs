@@ -25,6 +25,7 @@ use backchannel_store::{InviteLinkRecord, JoinRequestRecord, PendingJoinRecord};
 use rand::RngCore as _;
 use zeroize::Zeroizing;
 
+use crate::arrived::LinkAnswer;
 use crate::driver::{Client, ClientError, now};
 
 /// Why an invite-link operation failed.
@@ -82,17 +83,6 @@ pub struct LinkRequest {
     pub answer_mailbox: MailboxId,
     /// The safety number to compare with the inviter.
     pub safety_number: String,
-}
-
-/// How a request of ours was answered.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LinkAnswer {
-    /// We are in the channel.
-    Joined(ChannelId),
-    /// The inviter declined.
-    Refused,
-    /// The answer came but could not be used.
-    Failed(String),
 }
 
 impl Client {

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod arrived;
 mod driver;
 pub mod intro;
 pub mod invite;
@@ -18,8 +19,9 @@ pub mod invite_link;
 pub mod relay;
 mod relay_link;
 
+pub use arrived::LinkAnswer;
 pub use driver::{Client, ClientConfig, ClientError, STATUS_INTERVAL, now};
 pub use intro::{IntroProgress, PendingIntroduction};
 pub use invite::{Invitation, InviteError};
-pub use invite_link::{JoinRequestView, LinkAnswer, LinkRequest};
+pub use invite_link::{JoinRequestView, LinkRequest};
 pub use relay_link::LinkTiming;
