@@ -51,6 +51,9 @@ pub enum ClientError {
     /// An invite link could not be made or used.
     #[error("{0}")]
     Link(String),
+    /// An introduction step could not be made or carried out.
+    #[error("{0}")]
+    Introduction(String),
 }
 
 /// How the client behaves.

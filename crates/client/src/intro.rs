@@ -186,7 +186,7 @@ impl Client {
         };
         let (host_id, joiner_id) = (member(&a, host)?, member(&b, joiner)?);
         if a.id == b.id {
-            return Err(ClientError::Link(
+            return Err(ClientError::Introduction(
                 "they share that channel already: introduce people from two channels".into(),
             ));
         }
@@ -278,7 +278,7 @@ impl Client {
                 .setting(&format!("{HOSTED}{}", hex(&s.intro.id)))?
                 .is_some()
         {
-            return Err(ClientError::Link("it was asked already".into()));
+            return Err(ClientError::Introduction("it was asked already".into()));
         }
         let (IntroStep::Ask { peer } | IntroStep::Add { peer, .. }) = &s.intro.step else {
             return Ok(());
@@ -348,12 +348,12 @@ impl Client {
             })
             .collect();
         let [(key, value)] = matches.as_slice() else {
-            return Err(ClientError::Link(format!(
+            return Err(ClientError::Introduction(format!(
                 "no introduction waits under '{short}'; see `backchannel introductions`"
             )));
         };
         let step = parse_pending(value)
-            .ok_or_else(|| ClientError::Link("the stored introduction is damaged".into()))?;
+            .ok_or_else(|| ClientError::Introduction("the stored introduction is damaged".into()))?;
         Ok((key.clone(), step))
     }
 
@@ -393,7 +393,7 @@ impl Client {
         id: [u8; 16],
     ) -> Result<(), ClientError> {
         let Some(mut made) = self.made(&id)? else {
-            return Err(ClientError::Link("it is not one we made".into()));
+            return Err(ClientError::Introduction("it is not one we made".into()));
         };
         let asked = made.state == IntroProgress::Asked
             && made.joiner_channel == *channel
@@ -402,7 +402,7 @@ impl Client {
             && made.host_channel == *channel
             && made.host == from;
         if !asked && !added {
-            return Err(ClientError::Link(
+            return Err(ClientError::Introduction(
                 "the answer did not come from the person we introduced".into(),
             ));
         }
@@ -490,13 +490,13 @@ impl Client {
         key_package: Vec<u8>,
     ) -> Result<(), ClientError> {
         let Some(mut made) = self.made(&id)? else {
-            return Err(ClientError::Link("it is not one we made".into()));
+            return Err(ClientError::Introduction("it is not one we made".into()));
         };
         if made.state != IntroProgress::Asked
             || made.joiner_channel != *channel
             || made.joiner != from
         {
-            return Err(ClientError::Link(
+            return Err(ClientError::Introduction(
                 "the key package did not come from the person we introduced".into(),
             ));
         }
@@ -530,14 +530,14 @@ impl Client {
     ) -> Result<(), ClientError> {
         let hosted = format!("{HOSTED}{}", hex(&id));
         if self.store().setting(&hosted)?.is_some() {
-            return Err(ClientError::Link(
+            return Err(ClientError::Introduction(
                 "it asked again for a channel we made already".into(),
             ));
         }
         let kp = self.engine().inspect_key_package(key_package)?;
         let (summary, own_name, relay) = self.own_place(channel)?;
         if kp.suite != Some(summary.suite) {
-            return Err(ClientError::Link(
+            return Err(ClientError::Introduction(
                 "the key package is for another ciphersuite".into(),
             ));
         }
@@ -587,7 +587,7 @@ impl Client {
                 || made.host_channel != *channel
                 || made.host != from
             {
-                return Err(ClientError::Link(
+                return Err(ClientError::Introduction(
                     "the welcome did not come from the person we introduced".into(),
                 ));
             }
@@ -609,7 +609,7 @@ impl Client {
         }
         let key = format!("{JOINING}{}", hex(&id));
         let Some(text) = self.store().setting(&key)? else {
-            return Err(ClientError::Link(
+            return Err(ClientError::Introduction(
                 "no introduction of ours has this welcome".into(),
             ));
         };
@@ -618,7 +618,7 @@ impl Client {
         let expected_from = parts.next().and_then(unhex::<32>).map(MemberId);
         let peer = parts.next().unwrap_or("introduced").to_owned();
         if expected_channel != Some(*channel) || expected_from != Some(from) {
-            return Err(ClientError::Link(
+            return Err(ClientError::Introduction(
                 "the welcome did not come from the person introducing us".into(),
             ));
         }
