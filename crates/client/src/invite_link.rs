@@ -25,7 +25,7 @@ use backchannel_store::{InviteLinkRecord, JoinRequestRecord, PendingJoinRecord};
 use rand::RngCore as _;
 use zeroize::Zeroizing;
 
-use crate::arrived::LinkAnswer;
+pub use crate::arrived::LinkAnswer;
 use crate::driver::{Client, ClientError, now};
 
 /// Why an invite-link operation failed.

@@ -308,6 +308,7 @@ pub const KIND_DELETE_MAILBOX: u8 = RequestKind::DeleteMailbox as u8;
 /// What a request asks for: the byte that follows the version in a client frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
+#[non_exhaustive]
 pub enum RequestKind {
     /// [`Request::Ping`].
     Ping = 1,
