@@ -352,8 +352,9 @@ impl Client {
                 "no introduction waits under '{short}'; see `backchannel introductions`"
             )));
         };
-        let step = parse_pending(value)
-            .ok_or_else(|| ClientError::Introduction("the stored introduction is damaged".into()))?;
+        let step = parse_pending(value).ok_or_else(|| {
+            ClientError::Introduction("the stored introduction is damaged".into())
+        })?;
         Ok((key.clone(), step))
     }
 
