@@ -18,6 +18,22 @@ use backchannel_proto::control::{Intro, IntroStep};
 
 use support::{LIMIT, client, relay, texts};
 
+/// The member of `channel`, as `client` sees it, that `which` picks.
+fn member(
+    client: &Client,
+    channel: &str,
+    which: impl Fn(&backchannel_core::store::MemberRecord) -> bool,
+) -> backchannel_core::store::MemberRecord {
+    client
+        .engine()
+        .channel(channel)
+        .unwrap()
+        .members
+        .into_iter()
+        .find(which)
+        .unwrap()
+}
+
 /// `admin` makes `channel` and adds each of `others`.
 async fn channel(
     admin: (&mut Client, &str),
@@ -79,15 +95,7 @@ async fn an_introduction_gives_two_strangers_a_channel_vouched_for_by_the_introd
         .key_package("bob", Suite::XWing, &relay.address)
         .await
         .unwrap();
-    let carol_in_press = dave
-        .engine()
-        .channel("press")
-        .unwrap()
-        .members
-        .into_iter()
-        .find(|m| m.name == "carol")
-        .unwrap()
-        .member;
+    let carol_in_press = member(&dave, "press", |m| m.name == "carol").member;
     let press = dave.engine().channel_id("press").unwrap();
     dave.send_intro_step(
         &press,
@@ -135,24 +143,8 @@ async fn an_introduction_gives_two_strangers_a_channel_vouched_for_by_the_introd
     // Bob's offer (his new key package) is sealed to carol alone and goes to her
     // mailbox only. A relay that copies it into dave's mailbox gives dave nothing:
     // he holds the channel's keys, but not carol's leaf key.
-    let carol_mailbox = dave
-        .engine()
-        .channel("press")
-        .unwrap()
-        .members
-        .into_iter()
-        .find(|m| m.name == "carol")
-        .unwrap()
-        .mailbox;
-    let dave_mailbox = dave
-        .engine()
-        .channel("press")
-        .unwrap()
-        .members
-        .into_iter()
-        .find(|m| m.is_self)
-        .unwrap()
-        .mailbox;
+    let carol_mailbox = member(&dave, "press", |m| m.name == "carol").mailbox;
+    let dave_mailbox = member(&dave, "press", |m| m.is_self).mailbox;
     let offer: Vec<Vec<u8>> = {
         let db = rusqlite::Connection::open(
             tmp.path()
@@ -255,15 +247,7 @@ async fn an_introduction_gives_two_strangers_a_channel_vouched_for_by_the_introd
     assert!(dave.engine().channels().iter().all(|c| c.name == "press"));
 
     // The same step again (a replaying or confused introducer) makes no second channel.
-    let alice_in_work = carol
-        .engine()
-        .channel("work")
-        .unwrap()
-        .members
-        .into_iter()
-        .find(|m| m.name == "alice")
-        .unwrap()
-        .member;
+    let alice_in_work = member(&carol, "work", |m| m.name == "alice").member;
     let again = bob
         .key_package("bob", Suite::XWing, &relay.address)
         .await

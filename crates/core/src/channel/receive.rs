@@ -492,10 +492,9 @@ impl Channel {
             Err(e) => {
                 ctx.alert(
                     channel,
-                    Alert::Undecryptable {
-                        count: 1,
-                        detail: format!("a message sealed to us alone that does not open: {e}"),
-                    },
+                    undecryptable(&format!(
+                        "a message sealed to us alone that does not open: {e}"
+                    )),
                 );
                 return Ok(());
             }
@@ -544,10 +543,7 @@ impl Channel {
             }
             _ => ctx.alert(
                 channel,
-                Alert::Undecryptable {
-                    count: 1,
-                    detail: format!("a malformed message sealed to us alone by {from}"),
-                },
+                undecryptable(&format!("a malformed message sealed to us alone by {from}")),
             ),
         }
         Ok(())
