@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use backchannel_client::{Client, IntroProgress, LinkAnswer};
+use backchannel_core::introduction::short_id;
 use backchannel_proto::link::{InviteLink, LINK_PREFIX};
 use serde_json::json;
 
@@ -290,12 +291,20 @@ pub(crate) async fn introduce(g: &Global, names: [&str; 4], wait: u64) -> Result
 pub(crate) async fn introductions(g: &Global) -> Result<(), Failure> {
     let mut client = open_client(g).await?;
     catch_up(g, &mut client).await;
-    let waiting = client.pending_introductions()?;
+    let waiting = client.pending_introductions();
+    let rows = waiting.iter().map(|p| {
+        let channel = client
+            .engine()
+            .channel_by_id(&p.introducer.channel)
+            .map(|c| c.name)
+            .unwrap_or_default();
+        (short_id(&p.id), p, channel)
+    });
     if g.json {
-        for p in &waiting {
+        for (id, p, channel) in rows {
             println!(
                 "{}",
-                json!({"id": p.id, "by": p.by, "channel": p.channel, "peer": p.peer, "hosting": p.hosting})
+                json!({"id": id, "by": p.introducer.name, "channel": channel, "peer": p.peer, "hosting": p.hosting})
             );
         }
         return Ok(());
@@ -303,12 +312,10 @@ pub(crate) async fn introductions(g: &Global) -> Result<(), Failure> {
     if waiting.is_empty() {
         println!("No introduction is waiting for you.");
     }
-    for p in &waiting {
+    for (id, p, channel) in rows {
         println!(
-            "{}: {} (in '{}') introduces you to {}; you would {} the channel.",
-            p.id,
-            p.by,
-            p.channel,
+            "{id}: {} (in '{channel}') introduces you to {}; you would {} the channel.",
+            p.introducer.name,
             p.peer,
             if p.hosting { "make" } else { "join" }
         );
@@ -319,11 +326,14 @@ pub(crate) async fn introductions(g: &Global) -> Result<(), Failure> {
 pub(crate) async fn answer_introduction(g: &Global, id: &str, yes: bool) -> Result<(), Failure> {
     let mut client = open_client(g).await?;
     catch_up(g, &mut client).await;
-    if yes {
-        client.accept_introduction(id).await?;
+    let answered = if yes {
+        client.accept_introduction(id).await
     } else {
-        client.decline_introduction(id)?;
-    }
+        client.decline_introduction(id)
+    };
+    answered.map_err(|e| {
+        Failure::new(e.to_string()).hint("`backchannel introductions` lists those waiting")
+    })?;
     deliver(&mut client).await?;
     let events = client.drain_events();
     crate::session::report_changes(g, &mut client, &events);

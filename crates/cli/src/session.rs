@@ -5,7 +5,8 @@
 
 use std::time::Duration;
 
-use backchannel_client::{Client, ClientError};
+use backchannel_client::{Client, ClientError, LinkAnswer, Notice};
+use backchannel_core::introduction::{IntroEvent, short_id};
 use backchannel_core::{ChannelId, Erasure, Event};
 use backchannel_proto::addr::RelayAddr;
 use serde_json::json;
@@ -130,16 +131,92 @@ pub(crate) fn erasure_notice(name: &str, why: &Erasure) -> String {
     }
 }
 
+fn channel_name(client: &Client, channel: &ChannelId) -> String {
+    client
+        .engine()
+        .channel_by_id(channel)
+        .map(|c| c.name)
+        .unwrap_or_else(|_| "a channel no longer here".to_owned())
+}
+
+/// A notice of the client in words.
+pub(crate) fn notice_text(client: &Client, notice: &Notice) -> String {
+    match notice {
+        Notice::JoinRequest { channel, id, who } => format!(
+            "{who} asks to join {channel} (request {id}): compare safety numbers with \
+             `backchannel requests {channel}`, then `backchannel admit {channel} {id}` or \
+             `backchannel refuse {channel} {id}`"
+        ),
+        Notice::AutoAdmitted { channel, who } => {
+            format!("{who} joined {channel} through an invite link (admitted without asking)")
+        }
+        Notice::AdmitFailed {
+            channel,
+            who,
+            reason,
+        } => format!("could not admit {who} to {channel}: {reason}"),
+        Notice::InvalidRequest { reason } => format!("a request to join was not valid: {reason}"),
+        Notice::Answered(LinkAnswer::Joined(channel)) => {
+            format!("you were admitted to {}", channel_name(client, channel))
+        }
+        Notice::Answered(LinkAnswer::Refused) => "the inviter declined your request to join".into(),
+        Notice::Answered(LinkAnswer::Failed(why)) => {
+            format!("the invitation could not be used: {why}")
+        }
+        Notice::InviterMissing { channel } => format!(
+            "warning: the person who made the invite link is not in '{}', the channel you were \
+             admitted to; do not trust it until you compare safety numbers",
+            channel_name(client, channel)
+        ),
+        _ => format!("{notice:?}"),
+    }
+}
+
+/// Where an introduction has come, in words.
+pub(crate) fn introduction_text(client: &Client, event: &IntroEvent) -> String {
+    match event {
+        IntroEvent::Asked {
+            id,
+            by,
+            channel,
+            peer,
+            ..
+        } => {
+            let short = short_id(id);
+            format!(
+                "{by} wants to introduce you to {peer} (through '{}'): `backchannel accept \
+                 {short}` gives you a channel with them, `backchannel decline {short}` says no",
+                channel_name(client, channel)
+            )
+        }
+        IntroEvent::Accepted { by, peer } => format!("{by} is introducing you to {peer}"),
+        IntroEvent::Connected { by, peer, channel } => format!(
+            "{by} introduced you to {peer}: your channel with them is '{}'",
+            channel_name(client, channel)
+        ),
+        IntroEvent::Made { host, .. } => {
+            format!("the introduction is made: {host} has a channel with the other")
+        }
+        IntroEvent::Declined { by, .. } => format!("{by} declined the introduction"),
+        IntroEvent::Refused { from, reason } => {
+            format!("an introduction from {from} failed: {reason}")
+        }
+        _ => format!("{event:?}"),
+    }
+}
+
 /// Tells the person what changed about their channels: erased (burned by a member,
 /// or past their end date), or given new rules. Returns the names of those erased.
 pub(crate) fn report_changes(g: &Global, client: &mut Client, events: &[Event]) -> Vec<String> {
-    // Join requests that arrived, answers to ours: for the person, not for scripts.
+    // Join requests that arrived, answers to ours, introductions: for the person,
+    // not for scripts.
     for notice in client.take_notices() {
-        eprintln!("{notice}");
+        eprintln!("{}", notice_text(client, &notice));
     }
     let mut gone = Vec::new();
     for event in events {
         match event {
+            Event::Introduction(step) => eprintln!("{}", introduction_text(client, step)),
             Event::Erased { name, why, .. } => {
                 let (reason, by) = match why {
                     Erasure::Burned { by } => ("burned", Some(by.clone())),

@@ -51,9 +51,6 @@ pub enum ClientError {
     /// An invite link could not be made or used.
     #[error("{0}")]
     Link(String),
-    /// An introduction step could not be made or carried out.
-    #[error("{0}")]
-    Introduction(String),
 }
 
 /// How the client behaves.
@@ -124,9 +121,7 @@ pub struct Client {
     events: VecDeque<Event>,
     /// Things to tell the person that are not engine events (join requests and
     /// their answers).
-    pub(crate) notices: Vec<String>,
-    /// Introduction steps addressed to us, waiting to be carried out.
-    pub(crate) intro_steps: VecDeque<crate::arrived::IntroStepIn>,
+    pub(crate) notices: Vec<crate::arrived::Notice>,
     /// Answers to our requests to join through links, by the mailbox they came to.
     pub(crate) link_answers: HashMap<MailboxId, crate::arrived::LinkAnswer>,
     /// Relay problems seen, for the person.
@@ -157,7 +152,6 @@ impl Client {
             events: VecDeque::new(),
             notices: Vec::new(),
             link_answers: HashMap::new(),
-            intro_steps: VecDeque::new(),
             relay_errors: Vec::new(),
             transmitted: 0,
         };
@@ -299,11 +293,7 @@ impl Client {
     /// Joins a channel with a welcome made for one of our key packages.
     pub fn join(&mut self, name: Option<&str>, welcome: &[u8]) -> Result<ChannelId, ClientError> {
         let id = self.engine.join(now(), name, welcome)?;
-        let summary = self.engine.channel_by_id(&id)?;
-        if let Some(me) = summary.members.iter().find(|m| m.is_self) {
-            let mailbox = me.mailbox.clone();
-            self.bind(&mailbox, id)?;
-        }
+        // `pump` binds our mailbox to it, on the `Joined` event.
         self.pump();
         Ok(id)
     }
@@ -371,7 +361,7 @@ impl Client {
 
     /// Things to tell the person that are not channel events: join requests that
     /// arrived, answers to ours.
-    pub fn take_notices(&mut self) -> Vec<String> {
+    pub fn take_notices(&mut self) -> Vec<crate::arrived::Notice> {
         std::mem::take(&mut self.notices)
     }
 
@@ -392,18 +382,21 @@ impl Client {
         while let Some(output) = self.engine.poll_output() {
             match output {
                 Output::Transmit(t) => self.dispatch(t),
-                Output::Event(Event::Introduction {
-                    channel,
-                    from,
-                    from_name,
-                    intro,
-                }) => self.intro_steps.push_back(crate::arrived::IntroStepIn {
-                    channel,
-                    from,
-                    from_name,
-                    intro,
-                }),
                 Output::Event(event) => {
+                    if let Event::Joined { channel, .. } = &event {
+                        // Our mailbox in it is the one our key package named.
+                        let own = self
+                            .engine
+                            .channel_by_id(channel)
+                            .ok()
+                            .and_then(|c| c.members.into_iter().find(|m| m.is_self));
+                        if let Some(me) = own
+                            && let Err(e) = self.bind(&me.mailbox, *channel)
+                        {
+                            self.relay_errors
+                                .push(format!("could not record a mailbox: {e}"));
+                        }
+                    }
                     if let Event::Erased { channel, .. } = &event {
                         // As the store now has them: under no name, until retired.
                         for m in self.mailboxes.values_mut() {
@@ -627,9 +620,6 @@ impl Client {
             }
             _ => false,
         };
-        if !self.intro_steps.is_empty() {
-            self.run_introductions().await;
-        }
         Ok(handled)
     }
 

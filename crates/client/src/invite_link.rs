@@ -26,7 +26,12 @@ use rand::RngCore as _;
 use zeroize::Zeroizing;
 
 pub use crate::arrived::LinkAnswer;
+use crate::arrived::Notice;
 use crate::driver::{Client, ClientError, now};
+
+/// A request found in a link's mailbox: its number and the name it asks for, or
+/// why it is not valid.
+type FoundRequest = Result<(u64, String), String>;
 
 /// Why an invite-link operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -269,7 +274,7 @@ impl Client {
     ) -> Result<(), ClientError> {
         let store = self.store();
         store.begin()?;
-        let result = (|| -> Result<Vec<(u64, String)>, ClientError> {
+        let result = (|| -> Result<Vec<FoundRequest>, ClientError> {
             let mut added = Vec::new();
             // A used or expired link takes nothing more (its mailbox is deleted
             // at the next sync).
@@ -287,8 +292,8 @@ impl Client {
                     // asked to decide on it.
                     let who = match self.check_request(&link.channel, &found.key_package) {
                         Ok(name) => name,
-                        Err(e) => {
-                            added.push((0, format!("a request to join was not valid: {e}")));
+                        Err(reason) => {
+                            added.push(Err(reason));
                             continue;
                         }
                     };
@@ -299,7 +304,7 @@ impl Client {
                         &found.reply_key,
                         now(),
                     )?;
-                    added.push((id, who));
+                    added.push(Ok((id, who)));
                 }
             }
             store.set_last_processed(&link.read_id, message_id)?;
@@ -316,26 +321,27 @@ impl Client {
             }
         };
         let channel = self.channel_name(&link.channel);
-        for (id, who) in added {
-            if id == 0 {
-                self.notices.push(who);
-                continue;
-            }
-            if link.auto_admit {
-                match self.admit_request(id) {
-                    Ok(name) => self.notices.push(format!(
-                        "{name} joined {channel} through an invite link (admitted without asking)"
-                    )),
-                    Err(e) => self
-                        .notices
-                        .push(format!("could not admit {who} to {channel}: {e}")),
+        for request in added {
+            let (id, who) = match request {
+                Ok(request) => request,
+                Err(reason) => {
+                    self.notices.push(Notice::InvalidRequest { reason });
+                    continue;
                 }
+            };
+            let channel = channel.clone();
+            if link.auto_admit {
+                let notice = match self.admit_request(id) {
+                    Ok(who) => Notice::AutoAdmitted { channel, who },
+                    Err(e) => Notice::AdmitFailed {
+                        channel,
+                        who,
+                        reason: e.to_string(),
+                    },
+                };
+                self.notices.push(notice);
             } else {
-                self.notices.push(format!(
-                    "{who} asks to join {channel} (request {id}): compare safety numbers with \
-                     `backchannel requests {channel}`, then `backchannel admit {channel} {id}` or \
-                     `backchannel refuse {channel} {id}`"
-                ));
+                self.notices.push(Notice::JoinRequest { channel, id, who });
             }
         }
         Ok(())
@@ -394,13 +400,7 @@ impl Client {
                 }
                 self.pump();
             }
-            self.notices.push(match &answer {
-                LinkAnswer::Joined(channel) => {
-                    format!("you were admitted to {}", self.channel_name(channel))
-                }
-                LinkAnswer::Refused => "the inviter declined your request to join".into(),
-                LinkAnswer::Failed(why) => format!("the invitation could not be used: {why}"),
-            });
+            self.notices.push(Notice::Answered(answer.clone()));
             self.store().remove_pending_join(&read_id)?;
             self.link_answers.insert(read_id, answer);
         }
@@ -428,11 +428,7 @@ impl Client {
                 .any(|m| !m.is_self && m.signature_key == pending.inviter_key)
         });
         if !inviter_there {
-            self.notices.push(
-                "warning: the person who made the invite link is not in the channel you were \
-                 admitted to; do not trust it until you compare safety numbers"
-                    .into(),
-            );
+            self.notices.push(Notice::InviterMissing { channel });
         }
         LinkAnswer::Joined(channel)
     }

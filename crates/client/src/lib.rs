@@ -19,9 +19,9 @@ pub mod invite_link;
 pub mod relay;
 mod relay_link;
 
-pub use arrived::LinkAnswer;
+pub use arrived::{LinkAnswer, Notice};
+pub use backchannel_core::introduction::{IntroProgress, PendingIntroduction};
 pub use driver::{Client, ClientConfig, ClientError, STATUS_INTERVAL, now};
-pub use intro::{IntroProgress, PendingIntroduction};
 pub use invite::{Invitation, InviteError};
 pub use invite_link::{JoinRequestView, LinkRequest};
 pub use relay_link::LinkTiming;

@@ -117,6 +117,9 @@ pub enum CommandError {
     /// The channel is being burned.
     #[error("the channel is being burned")]
     Burning,
+    /// An introduction cannot go on as asked.
+    #[error("{0}")]
+    Introduction(String),
     /// The store failed.
     #[error("the local store failed: {0}")]
     Store(Box<dyn std::error::Error + Send + Sync>),
@@ -141,6 +144,20 @@ pub(crate) struct Ctx<'a, S: Storage> {
     pub(crate) now: Timestamp,
     /// Something was erased: overwrite freed space once the input commits.
     pub(crate) scrub: &'a std::cell::Cell<bool>,
+    /// Introduction steps addressed to us, carried out once the input commits.
+    pub(crate) steps: &'a mut Vec<StepIn>,
+}
+
+/// An introduction step that arrived for us, sealed to us by a member.
+pub(crate) struct StepIn {
+    /// The channel it came through.
+    pub(crate) channel: ChannelId,
+    /// Who sent it.
+    pub(crate) from: crate::derive::MemberId,
+    /// Their name there.
+    pub(crate) from_name: String,
+    /// The step.
+    pub(crate) intro: backchannel_proto::control::Intro,
 }
 
 impl<S: Storage> Ctx<'_, S> {

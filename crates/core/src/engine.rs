@@ -30,13 +30,16 @@ use crate::channel::{
     group_storage_key, leaf_extensions, new_signer, policy_of,
 };
 use crate::context::{
-    ChannelOptions, CommandError, Ctx, EngineConfig, Output, Storage, internal, store_err,
+    ChannelOptions, CommandError, Ctx, EngineConfig, Output, StepIn, Storage, internal, store_err,
 };
 use crate::derive::MemberId;
 use crate::event::Event;
+use crate::introduction::{IntroId, IntroState};
 use crate::mls::{self, Backend, Suite};
 use crate::store::{ChannelRecord, ChannelStatus, EngineStore, MemberRecord, MessageRecord};
 use crate::{ChannelId, Timestamp};
+
+mod introduce;
 
 /// The Backchannel client engine. See the module documentation for the order of
 /// calls.
@@ -48,6 +51,10 @@ pub struct Engine<S: Storage> {
     staged: Vec<Output>,
     /// Set when an input erased something.
     scrub: std::cell::Cell<bool>,
+    /// Every introduction we take part in, by identifier (kept in the store too).
+    intros: BTreeMap<IntroId, IntroState>,
+    /// Introduction steps that arrived, carried out once their input commits.
+    steps: Vec<StepIn>,
 }
 
 /// A summary of a channel for listing.
@@ -90,6 +97,8 @@ impl<S: Storage> Engine<S> {
             outputs: VecDeque::new(),
             staged: Vec::new(),
             scrub: std::cell::Cell::new(false),
+            intros: BTreeMap::new(),
+            steps: Vec::new(),
         };
         engine.reload()?;
         Ok(engine)
@@ -274,8 +283,23 @@ impl<S: Storage> Engine<S> {
         if options.expires_at.is_some_and(|t| t <= now) {
             return Err(CommandError::Expired);
         }
-        let suite = options.suite;
         self.transact(now, |engine| {
+            engine.create_channel_in(now, name, own_name, options, mailbox)
+        })
+    }
+
+    /// [`Engine::create_channel`] inside a transaction.
+    pub(crate) fn create_channel_in(
+        &mut self,
+        now: Timestamp,
+        name: &str,
+        own_name: &str,
+        options: ChannelOptions,
+        mailbox: MailboxAddr,
+    ) -> Result<ChannelId, CommandError> {
+        let suite = options.suite;
+        let engine = self;
+        {
             let provider = &engine.backend;
             let signer = new_signer(provider)?;
             let credential = credential_for(&signer);
@@ -324,7 +348,7 @@ impl<S: Storage> Engine<S> {
             channel.enter_epoch(&mut ctx)?;
             engine.channels.insert(id, channel);
             Ok(id)
-        })
+        }
     }
 
     /// Makes a single-use key package with a fresh identity: hand it to a channel's
@@ -355,7 +379,18 @@ impl<S: Storage> Engine<S> {
         if let Some(name) = name {
             self.check_local_name(name)?;
         }
-        self.transact(now, |engine| {
+        self.transact(now, |engine| engine.join_in(now, name, welcome))
+    }
+
+    /// [`Engine::join`] inside a transaction.
+    pub(crate) fn join_in(
+        &mut self,
+        now: Timestamp,
+        name: Option<&str>,
+        welcome: &[u8],
+    ) -> Result<ChannelId, CommandError> {
+        let engine = self;
+        {
             let (group, signer, kp, policy, inviter_name) =
                 accept_welcome(&engine.backend, welcome, false)?;
             let name = match name {
@@ -396,7 +431,7 @@ impl<S: Storage> Engine<S> {
             });
             engine.channels.insert(id, channel);
             Ok(id)
-        })
+        }
     }
 
     /// Adds the owner of a key package to a channel we administer. Returns the welcome
@@ -479,22 +514,6 @@ impl<S: Storage> Engine<S> {
                 ch.send_status(&mut ctx, false)?;
             }
             Ok(record)
-        })
-    }
-
-    /// Sends a step of an introduction in channel `id` (see
-    /// [`backchannel_proto::control::Intro`]).
-    pub fn send_introduction(
-        &mut self,
-        now: Timestamp,
-        id: &ChannelId,
-        intro: backchannel_proto::control::Intro,
-    ) -> Result<(), CommandError> {
-        let to = MemberId(intro.to);
-        let body = backchannel_proto::control::Control::Intro(intro).encode();
-        self.transact(now, |engine| {
-            let (ch, mut ctx) = engine.channel_ctx(id, now)?;
-            ch.send_targeted(&mut ctx, &to, &body)
         })
     }
 
@@ -590,6 +609,7 @@ impl<S: Storage> Engine<S> {
                     staged: &mut engine.staged,
                     now,
                     scrub: &engine.scrub,
+                    steps: &mut engine.steps,
                 };
                 ch.receive_blob(&mut ctx, blob.to_vec(), elsewhere)?;
                 ch.drain_pending(&mut ctx)?;
@@ -610,6 +630,7 @@ impl<S: Storage> Engine<S> {
                 channels,
                 staged,
                 scrub,
+                steps,
                 ..
             } = engine;
             for ch in channels.values_mut() {
@@ -619,6 +640,7 @@ impl<S: Storage> Engine<S> {
                     staged,
                     now,
                     scrub,
+                    steps,
                 };
                 ch.expire(&mut ctx)?;
                 ch.lifecycle_timeout(&mut ctx)?;
@@ -636,6 +658,7 @@ impl<S: Storage> Engine<S> {
             staged: &mut self.staged,
             now,
             scrub: &self.scrub,
+            steps: &mut self.steps,
         }
     }
 
@@ -656,6 +679,7 @@ impl<S: Storage> Engine<S> {
                 staged: &mut self.staged,
                 now,
                 scrub: &self.scrub,
+                steps: &mut self.steps,
             },
         ))
     }
@@ -705,14 +729,25 @@ impl<S: Storage> Engine<S> {
                 self.outputs.extend(self.staged.drain(..));
                 let before = self.channels.len();
                 self.channels.retain(|_, ch| !ch.erased);
+                if self.channels.len() != before {
+                    // The store erased the introductions that named them.
+                    let channels = &self.channels;
+                    self.intros.retain(|_, state| {
+                        state.channels().iter().all(|c| channels.contains_key(c))
+                    });
+                }
                 if self.channels.len() != before || self.scrub.replace(false) {
                     // Overwrite what the erasure freed, in the log too.
                     self.store().scrub().map_err(store_err)?;
+                }
+                for step in std::mem::take(&mut self.steps) {
+                    self.carry_out(now, step);
                 }
                 Ok(value)
             }
             Err(error) => {
                 self.staged.clear();
+                self.steps.clear();
                 let _ = self.store().rollback();
                 self.reload()?;
                 Err(error)
@@ -777,6 +812,11 @@ impl<S: Storage> Engine<S> {
             );
         }
         self.channels = channels;
+        self.intros = store
+            .introductions()
+            .map_err(store_err)?
+            .into_iter()
+            .collect();
         Ok(())
     }
 }

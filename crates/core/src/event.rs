@@ -97,18 +97,8 @@ pub enum Event {
         /// What happened.
         alert: Alert,
     },
-    /// A step of an introduction, addressed to us by a member of the channel
-    /// (the client carries it out).
-    Introduction {
-        /// The channel it came through.
-        channel: ChannelId,
-        /// Who sent it.
-        from: crate::derive::MemberId,
-        /// Their name.
-        from_name: String,
-        /// The step.
-        intro: backchannel_proto::control::Intro,
-    },
+    /// Where an introduction has come (see [`crate::introduction`]).
+    Introduction(crate::introduction::IntroEvent),
 }
 
 /// Why a channel was erased.

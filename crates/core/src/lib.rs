@@ -27,6 +27,7 @@ pub mod derive;
 mod engine;
 mod event;
 mod integrity;
+pub mod introduction;
 pub mod invite;
 mod lifecycle;
 pub mod link;

@@ -15,6 +15,7 @@ use backchannel_proto::addr::MailboxAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::derive::MemberId;
+use crate::introduction::{IntroId, IntroState};
 use crate::mls::Suite;
 use crate::{ChannelId, Timestamp};
 
@@ -111,6 +112,13 @@ pub trait EngineStore {
     fn key_package_records(&self) -> Result<Vec<KeyPackageRecord>, Self::Error>;
     /// Forgets a key package (used or abandoned).
     fn delete_key_package_record(&self, signature_key: &[u8]) -> Result<(), Self::Error>;
+
+    /// Every introduction this profile takes part in, with its state. The store
+    /// erases one with [`EngineStore::delete_channel`] of any channel its state names
+    /// ([`IntroState::channels`]).
+    fn introductions(&self) -> Result<Vec<(IntroId, IntroState)>, Self::Error>;
+    /// Inserts or replaces the state of an introduction.
+    fn save_introduction(&self, id: &IntroId, state: &IntroState) -> Result<(), Self::Error>;
 }
 
 /// Where a channel stands for this member.

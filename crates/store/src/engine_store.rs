@@ -3,6 +3,7 @@
 //! encrypted database, with the columns needed for lookups beside them.
 
 use backchannel_core::derive::MemberId;
+use backchannel_core::introduction::{IntroId, IntroState};
 use backchannel_core::store::{
     ChannelRecord, EngineStore, KeyPackageRecord, MemberRecord, MessageRecord, PendingItem,
     SenderState,
@@ -79,8 +80,8 @@ impl EngineStore for Store {
             self.conn
                 .execute(&format!("DELETE FROM {table} WHERE channel = ?1"), [id])?;
         }
-        // What still waits for a relay stays, under no name; settings that name
-        // the channel (introductions through it) go.
+        // What still waits for a relay stays, under no name; settings and
+        // introductions that name the channel go.
         for table in ["outbox", "mailboxes"] {
             self.conn.execute(
                 &format!("UPDATE {table} SET channel = ?2 WHERE channel = ?1"),
@@ -89,6 +90,10 @@ impl EngineStore for Store {
         }
         self.conn.execute(
             "DELETE FROM settings WHERE instr(key, lower(hex(?1))) > 0 OR instr(value, lower(hex(?1))) > 0",
+            [id],
+        )?;
+        self.conn.execute(
+            "DELETE FROM introductions WHERE instr(channels, lower(hex(?1))) > 0",
             [id],
         )?;
         self.conn
@@ -375,6 +380,34 @@ impl EngineStore for Store {
         self.conn
             .prepare_cached("DELETE FROM key_packages WHERE signature_key = ?1")?
             .execute([signature_key])?;
+        Ok(())
+    }
+
+    fn introductions(&self) -> Result<Vec<(IntroId, IntroState)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, state FROM introductions ORDER BY id")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, state) = row?;
+            let id = IntroId::try_from(id.as_slice())
+                .map_err(|_| StoreError::Missing("16-byte identifier"))?;
+            out.push((id, serde_json::from_str(&state)?));
+        }
+        Ok(out)
+    }
+
+    fn save_introduction(&self, id: &IntroId, state: &IntroState) -> Result<(), StoreError> {
+        let channels: Vec<String> = state.channels().iter().map(|c| c.to_string()).collect();
+        self.conn
+            .prepare_cached(
+                "INSERT INTO introductions (id, channels, state) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (id) DO UPDATE SET channels = excluded.channels, state = excluded.state",
+            )?
+            .execute(params![&id[..], channels.join(" "), serde_json::to_string(state)?])?;
         Ok(())
     }
 }

@@ -5,7 +5,7 @@
 //! version. A database newer than this build is refused, never downgraded.
 
 /// Migrations, in order; `MIGRATIONS[n]` takes version `n` to `n + 1`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
 
 /// The version this build writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -145,4 +145,17 @@ CREATE TABLE pending_joins (
     name TEXT,
     created_at INTEGER NOT NULL
 );
+";
+
+/// Introductions get their own table (the engine's state machine keeps them); the
+/// settings that held them before go (an introduction under way when the profile
+/// was upgraded has to be made again).
+const V5: &str = "
+CREATE TABLE introductions (
+    id BLOB PRIMARY KEY,
+    channels TEXT NOT NULL,
+    state TEXT NOT NULL
+);
+DELETE FROM settings WHERE key LIKE 'intro:%' OR key LIKE 'intro-join:%'
+    OR key LIKE 'intro-host:%' OR key LIKE 'intro-pending:%';
 ";

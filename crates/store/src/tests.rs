@@ -187,6 +187,7 @@ fn migration_from_an_empty_database_reaches_the_current_schema() {
             "link_blobs",
             "join_requests",
             "pending_joins",
+            "introductions",
         ] {
             conn.execute_batch(&format!("DROP TABLE {table}")).unwrap();
         }
@@ -238,6 +239,32 @@ fn deleted_rows_are_overwritten() {
 }
 
 #[test]
+fn version_5_gives_introductions_a_table_and_drops_the_settings_that_held_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let store = Store::create(tmp.path(), PASS).unwrap();
+        store
+            .connection()
+            .execute_batch("DROP TABLE introductions; PRAGMA user_version = 4;")
+            .unwrap();
+        for key in [
+            "intro:00",
+            "intro-join:01",
+            "intro-host:02",
+            "intro-pending:03",
+        ] {
+            store.set_setting(key, "state of an older build").unwrap();
+        }
+        store.set_setting("relay", "kept").unwrap();
+    }
+    let store = Store::open(tmp.path(), PASS).unwrap();
+    assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
+    assert!(store.settings_with_prefix("intro").unwrap().is_empty());
+    assert_eq!(store.setting("relay").unwrap().as_deref(), Some("kept"));
+    assert!(store.introductions().unwrap().is_empty());
+}
+
+#[test]
 fn version_3_moves_read_cursors_into_the_channel_settings() {
     let tmp = tempfile::tempdir().unwrap();
     let channel = ChannelId([0xab; 16]);
@@ -255,6 +282,7 @@ fn version_3_moves_read_cursors_into_the_channel_settings() {
                  DROP TABLE link_blobs;
                  DROP TABLE join_requests;
                  DROP TABLE pending_joins;
+                 DROP TABLE introductions;
                  PRAGMA user_version = 2;",
             )
             .unwrap();
@@ -330,8 +358,29 @@ fn an_erased_channel_leaves_no_row_that_names_it() {
         .set_setting("intro:2233", &hex::encode(other.0))
         .unwrap();
 
+    // Introductions: one through it, one between two other channels.
+    use backchannel_core::derive::MemberId;
+    use backchannel_core::introduction::{IntroState, Party};
+    let party = |channel, name: &str| Party {
+        channel,
+        member: MemberId([7; 32]),
+        name: name.into(),
+    };
+    let through = IntroState::ExpectConsent {
+        introducer: party(channel, "carol"),
+        peer: "alice".into(),
+        role: backchannel_core::introduction::Role::Join,
+    };
+    let elsewhere = IntroState::ExpectOffer {
+        host: party(other, "alice"),
+        joiner: party(ChannelId([0x11; 16]), "bob"),
+    };
+    store.save_introduction(&[1; 16], &through).unwrap();
+    store.save_introduction(&[2; 16], &elsewhere).unwrap();
+
     store.delete_channel(&channel).unwrap();
     store.checkpoint().unwrap();
+    assert_eq!(store.introductions().unwrap(), vec![([2; 16], elsewhere)]);
 
     // What waits for a relay is still there, under no name; the other channel's
     // rows are untouched.

@@ -534,7 +534,7 @@ impl Channel {
             Ok(backchannel_proto::control::Control::Intro(intro))
                 if intro.to == self.record.own_member.0 =>
             {
-                ctx.event(Event::Introduction {
+                ctx.steps.push(crate::context::StepIn {
                     channel,
                     from: sender,
                     from_name: from,
