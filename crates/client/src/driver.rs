@@ -19,7 +19,7 @@ use backchannel_core::{
 use backchannel_proto::addr::{MailboxAddr, MailboxId, RelayAddr};
 use backchannel_proto::envelope::BLOB_LEN;
 use backchannel_proto::frame::{Blob, ErrorCode};
-use backchannel_store::{MailboxRecord, Store, StoreError};
+use backchannel_store::{MailboxPurpose, MailboxRecord, Store, StoreError};
 use ed25519_dalek::SigningKey;
 use tokio::sync::{mpsc, oneshot};
 use zeroize::Zeroizing;
@@ -230,6 +230,7 @@ impl Client {
             channel: None,
             last_processed: 0,
             created_at: now(),
+            purpose: MailboxPurpose::Channel,
         };
         self.store().save_mailbox(&record)?;
         self.mailboxes.insert(read_id, record);
@@ -678,7 +679,7 @@ impl Client {
         };
         let link = self.link(&mailbox.relay);
         if message_id > mailbox.last_processed {
-            if self.take_invite_blob(&read_id, message_id, &blob[..])? {
+            if self.take_invite_blob(&mailbox, message_id, &blob[..])? {
                 // An invite link's mailbox, or the answer to our request to join.
             } else if let Some(channel) = mailbox.channel {
                 let result =
@@ -738,5 +739,13 @@ impl Client {
     /// Our mailboxes.
     pub fn mailboxes(&self) -> impl Iterator<Item = &MailboxRecord> {
         self.mailboxes.values()
+    }
+
+    /// Records, in memory, what a mailbox is now for (the store changes it with
+    /// the row that decides it: an invite link, our pending request).
+    pub(crate) fn set_purpose(&mut self, read_id: &MailboxId, purpose: MailboxPurpose) {
+        if let Some(m) = self.mailboxes.get_mut(read_id) {
+            m.purpose = purpose;
+        }
     }
 }

@@ -21,7 +21,9 @@ use backchannel_core::store::EngineStore as _;
 use backchannel_core::{ChannelId, CommandError, Timestamp, Transmit};
 use backchannel_proto::addr::{MailboxAddr, MailboxId, RelayAddr};
 use backchannel_proto::link::{InviteLink, JoinReply};
-use backchannel_store::{InviteLinkRecord, JoinRequestRecord, PendingJoinRecord};
+use backchannel_store::{
+    InviteLinkRecord, JoinRequestRecord, MailboxPurpose, MailboxRecord, PendingJoinRecord,
+};
 use rand::RngCore as _;
 use zeroize::Zeroizing;
 
@@ -132,6 +134,7 @@ impl Client {
             },
             now(),
         )?;
+        self.set_purpose(&read_id, MailboxPurpose::InviteLink);
         self.bind(&mailbox, summary.id)?;
         Ok(InviteLink {
             relay: relay.clone(),
@@ -184,6 +187,7 @@ impl Client {
             },
             now(),
         )?;
+        self.set_purpose(&answer_mailbox, MailboxPurpose::JoinAnswer);
         let to = MailboxAddr {
             relay: link.relay.clone(),
             send_id: link.mailbox,
@@ -245,24 +249,36 @@ impl Client {
         }
     }
 
-    /// Takes a blob if it arrived in an invite link's mailbox or is part of the
-    /// answer to our request (and then records it processed); false if it is not
-    /// ours to take.
+    /// Takes a blob that arrived in an invite link's mailbox or in the mailbox the
+    /// answer to our request comes to (and records it processed); false if it is
+    /// the channel's after all (our request was answered already).
     pub(crate) fn take_invite_blob(
         &mut self,
-        read_id: &MailboxId,
+        mailbox: &MailboxRecord,
         message_id: u64,
         blob: &[u8],
     ) -> Result<bool, ClientError> {
-        if let Some(link) = self.store().invite_link(read_id)? {
-            self.take_link_blob(&link, message_id, blob)?;
-            return Ok(true);
+        let read_id = &mailbox.read_id;
+        match mailbox.purpose {
+            MailboxPurpose::InviteLink => {
+                // A link already forgotten takes nothing.
+                if let Some(link) = self.store().invite_link(read_id)? {
+                    self.take_link_blob(&link, message_id, blob)?;
+                }
+                Ok(true)
+            }
+            MailboxPurpose::JoinAnswer => match self.store().pending_join(read_id)? {
+                Some(pending) => {
+                    self.take_answer_blob(&pending, message_id, blob)?;
+                    Ok(true)
+                }
+                None => {
+                    self.set_purpose(read_id, MailboxPurpose::Channel);
+                    Ok(false)
+                }
+            },
+            MailboxPurpose::Channel => Ok(false),
         }
-        if let Some(pending) = self.store().pending_join(read_id)? {
-            self.take_answer_blob(&pending, message_id, blob)?;
-            return Ok(true);
-        }
-        Ok(false)
     }
 
     /// A blob in one of our links' mailboxes: a piece of a request, or noise.
@@ -402,6 +418,7 @@ impl Client {
             }
             self.notices.push(Notice::Answered(answer.clone()));
             self.store().remove_pending_join(&read_id)?;
+            self.set_purpose(&read_id, MailboxPurpose::Channel);
             self.link_answers.insert(read_id, answer);
         }
         self.store().set_last_processed(&read_id, message_id)?;

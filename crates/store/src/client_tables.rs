@@ -21,10 +21,44 @@ pub struct MailboxRecord {
     pub auth_seed: Zeroizing<[u8; 32]>,
     /// The channel it serves (none while its key package awaits a welcome).
     pub channel: Option<ChannelId>,
+    /// What arrives in it, which says where a delivery goes.
+    pub purpose: MailboxPurpose,
     /// The relay's identifier of the last message processed from it.
     pub last_processed: u64,
     /// When it was created.
     pub created_at: Timestamp,
+}
+
+/// What one of our mailboxes is for: the client routes each delivery by it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MailboxPurpose {
+    /// A channel's messages (or, before its key package is used, its welcome's
+    /// followers).
+    Channel,
+    /// Requests to join through one of our invite links.
+    InviteLink,
+    /// The answer to our request to join through a link, then the channel's
+    /// messages that came before we could read them.
+    JoinAnswer,
+}
+
+impl MailboxPurpose {
+    fn code(self) -> i64 {
+        match self {
+            MailboxPurpose::Channel => 0,
+            MailboxPurpose::InviteLink => 1,
+            MailboxPurpose::JoinAnswer => 2,
+        }
+    }
+
+    fn from_code(code: i64) -> Result<Self, StoreError> {
+        match code {
+            0 => Ok(MailboxPurpose::Channel),
+            1 => Ok(MailboxPurpose::InviteLink),
+            2 => Ok(MailboxPurpose::JoinAnswer),
+            _ => Err(StoreError::Missing("known mailbox purpose")),
+        }
+    }
 }
 
 impl std::fmt::Debug for MailboxRecord {
@@ -32,6 +66,7 @@ impl std::fmt::Debug for MailboxRecord {
         f.debug_struct("MailboxRecord")
             .field("relay", &self.relay)
             .field("channel", &self.channel)
+            .field("purpose", &self.purpose)
             .finish_non_exhaustive()
     }
 }
@@ -61,10 +96,10 @@ impl Store {
     /// Records one of our mailboxes.
     pub fn save_mailbox(&self, m: &MailboxRecord) -> Result<(), StoreError> {
         self.conn.prepare_cached(
-            "INSERT INTO mailboxes (read_id, send_id, relay, auth_seed, channel, last_processed, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+            "INSERT INTO mailboxes (read_id, send_id, relay, auth_seed, channel, last_processed, created_at, purpose)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT (read_id) DO UPDATE SET channel = excluded.channel,
-                 last_processed = excluded.last_processed",
+                 last_processed = excluded.last_processed, purpose = excluded.purpose",
         )?.execute(
             params![
                 &m.read_id.0[..],
@@ -73,7 +108,8 @@ impl Store {
                 &m.auth_seed[..],
                 m.channel.map(|c| c.0.to_vec()),
                 m.last_processed as i64,
-                m.created_at.0 as i64
+                m.created_at.0 as i64,
+                m.purpose.code()
             ],
         )?;
         Ok(())
@@ -82,7 +118,7 @@ impl Store {
     /// Every mailbox of ours.
     pub fn mailboxes(&self) -> Result<Vec<MailboxRecord>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT read_id, send_id, relay, auth_seed, channel, last_processed, created_at
+            "SELECT read_id, send_id, relay, auth_seed, channel, last_processed, created_at, purpose
              FROM mailboxes ORDER BY created_at",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -94,11 +130,12 @@ impl Store {
                 r.get::<_, Option<Vec<u8>>>(4)?,
                 r.get::<_, i64>(5)?,
                 r.get::<_, i64>(6)?,
+                r.get::<_, i64>(7)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (read, send, relay, seed, channel, last, created) = row?;
+            let (read, send, relay, seed, channel, last, created, purpose) = row?;
             let mut auth_seed = Zeroizing::new([0u8; 32]);
             if seed.len() != 32 {
                 return Err(StoreError::Missing("32-byte mailbox key"));
@@ -114,6 +151,7 @@ impl Store {
                 channel: channel.map(id16).transpose()?.map(ChannelId),
                 last_processed: last.max(0) as u64,
                 created_at: Timestamp(created.max(0) as u64),
+                purpose: MailboxPurpose::from_code(purpose)?,
             });
         }
         Ok(out)
@@ -273,19 +311,21 @@ impl Store {
         link: &InviteLinkRecord,
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO invite_links (read_id, channel, seed, auto_admit, created_at, expires_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![
-                &link.read_id.0[..],
-                &link.channel.0[..],
-                &link.seed[..],
-                link.auto_admit,
-                now.0 as i64,
-                link.expires_at.0.min(i64::MAX as u64) as i64
-            ],
-        )?;
-        Ok(())
+        self.atomically(|| {
+            self.conn.execute(
+                "INSERT INTO invite_links (read_id, channel, seed, auto_admit, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    &link.read_id.0[..],
+                    &link.channel.0[..],
+                    &link.seed[..],
+                    link.auto_admit,
+                    now.0 as i64,
+                    link.expires_at.0.min(i64::MAX as u64) as i64
+                ],
+            )?;
+            self.set_purpose(&link.read_id, MailboxPurpose::InviteLink)
+        })
     }
 
     /// The invite link whose mailbox this is.
@@ -478,18 +518,20 @@ impl Store {
         p: &PendingJoinRecord,
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT INTO pending_joins (read_id, reply_key, inviter_key, name, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![
-                &p.read_id.0[..],
-                &p.reply_key[..],
-                &p.inviter_key[..],
-                p.name,
-                now.0 as i64
-            ],
-        )?;
-        Ok(())
+        self.atomically(|| {
+            self.conn.execute(
+                "INSERT INTO pending_joins (read_id, reply_key, inviter_key, name, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    &p.read_id.0[..],
+                    &p.reply_key[..],
+                    &p.inviter_key[..],
+                    p.name,
+                    now.0 as i64
+                ],
+            )?;
+            self.set_purpose(&p.read_id, MailboxPurpose::JoinAnswer)
+        })
     }
 
     /// Our request waiting in this mailbox, if any.
@@ -530,10 +572,37 @@ impl Store {
     /// Forgets our request (answered) and the blobs its answer came in.
     pub fn remove_pending_join(&self, read_id: &MailboxId) -> Result<(), StoreError> {
         let id = &read_id.0[..];
+        self.atomically(|| {
+            self.conn
+                .execute("DELETE FROM pending_joins WHERE read_id = ?1", [id])?;
+            self.conn
+                .execute("DELETE FROM link_blobs WHERE read_id = ?1", [id])?;
+            self.set_purpose(read_id, MailboxPurpose::Channel)
+        })
+    }
+
+    fn set_purpose(&self, read_id: &MailboxId, purpose: MailboxPurpose) -> Result<(), StoreError> {
         self.conn
-            .execute("DELETE FROM pending_joins WHERE read_id = ?1", [id])?;
-        self.conn
-            .execute("DELETE FROM link_blobs WHERE read_id = ?1", [id])?;
+            .prepare_cached("UPDATE mailboxes SET purpose = ?1 WHERE read_id = ?2")?
+            .execute(params![purpose.code(), &read_id.0[..]])?;
         Ok(())
+    }
+
+    /// Runs `f` entirely or not at all (inside a transaction already open, or on
+    /// its own).
+    fn atomically(&self, f: impl FnOnce() -> Result<(), StoreError>) -> Result<(), StoreError> {
+        self.conn.execute_batch("SAVEPOINT atomically")?;
+        match f() {
+            Ok(()) => {
+                self.conn.execute_batch("RELEASE atomically")?;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self
+                    .conn
+                    .execute_batch("ROLLBACK TO atomically; RELEASE atomically");
+                Err(e)
+            }
+        }
     }
 }

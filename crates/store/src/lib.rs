@@ -37,7 +37,8 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 pub use client_tables::{
-    AlertRecord, InviteLinkRecord, JoinRequestRecord, MailboxRecord, PendingJoinRecord,
+    AlertRecord, InviteLinkRecord, JoinRequestRecord, MailboxPurpose, MailboxRecord,
+    PendingJoinRecord,
 };
 pub use kdf::{KEY_CHECK_LABEL, KdfParams};
 pub use schema::SCHEMA_VERSION;

@@ -149,7 +149,8 @@ CREATE TABLE pending_joins (
 
 /// Introductions get their own table (the engine's state machine keeps them); the
 /// settings that held them before go (an introduction under way when the profile
-/// was upgraded has to be made again).
+/// was upgraded has to be made again). Each mailbox says what it is for (0 a
+/// channel, 1 an invite link, 2 the answer to our request to join).
 const V5: &str = "
 CREATE TABLE introductions (
     id BLOB PRIMARY KEY,
@@ -158,4 +159,7 @@ CREATE TABLE introductions (
 );
 DELETE FROM settings WHERE key LIKE 'intro:%' OR key LIKE 'intro-join:%'
     OR key LIKE 'intro-host:%' OR key LIKE 'intro-pending:%';
+ALTER TABLE mailboxes ADD COLUMN purpose INTEGER NOT NULL DEFAULT 0;
+UPDATE mailboxes SET purpose = 1 WHERE read_id IN (SELECT read_id FROM invite_links);
+UPDATE mailboxes SET purpose = 2 WHERE read_id IN (SELECT read_id FROM pending_joins);
 ";

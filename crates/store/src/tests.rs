@@ -245,7 +245,10 @@ fn version_5_gives_introductions_a_table_and_drops_the_settings_that_held_them()
         let store = Store::create(tmp.path(), PASS).unwrap();
         store
             .connection()
-            .execute_batch("DROP TABLE introductions; PRAGMA user_version = 4;")
+            .execute_batch(
+                "DROP TABLE introductions; ALTER TABLE mailboxes DROP COLUMN purpose;
+                 PRAGMA user_version = 4;",
+            )
             .unwrap();
         for key in [
             "intro:00",
@@ -283,6 +286,7 @@ fn version_3_moves_read_cursors_into_the_channel_settings() {
                  DROP TABLE join_requests;
                  DROP TABLE pending_joins;
                  DROP TABLE introductions;
+                 ALTER TABLE mailboxes DROP COLUMN purpose;
                  PRAGMA user_version = 2;",
             )
             .unwrap();
@@ -331,6 +335,7 @@ fn an_erased_channel_leaves_no_row_that_names_it() {
                 channel: Some(ch),
                 last_processed: 0,
                 created_at: Timestamp(1),
+                purpose: client_tables::MailboxPurpose::Channel,
             })
             .unwrap();
         store
@@ -711,4 +716,81 @@ fn invite_link_tables() {
         1,
         "its blobs went too"
     );
+}
+
+#[test]
+fn a_mailbox_says_what_it_is_for_as_its_link_or_request_comes_and_goes() {
+    use backchannel_proto::addr::{Fingerprint, RelayAddr};
+    use client_tables::{MailboxPurpose, MailboxRecord};
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::create(tmp.path(), PASS).unwrap();
+    let relay = RelayAddr {
+        fingerprint: Fingerprint([9; 32]),
+        host: "127.0.0.1".into(),
+        port: 4000,
+    };
+    let purpose_of = |read_id: MailboxId| {
+        store
+            .mailboxes()
+            .unwrap()
+            .into_iter()
+            .find(|m| m.read_id == read_id)
+            .map(|m| m.purpose)
+    };
+    for i in [1u8, 2] {
+        store
+            .save_mailbox(&MailboxRecord {
+                read_id: MailboxId([i; 16]),
+                send_id: MailboxId([i + 100; 16]),
+                relay: relay.clone(),
+                auth_seed: Zeroizing::new([i; 32]),
+                channel: None,
+                last_processed: 0,
+                created_at: Timestamp(1),
+                purpose: MailboxPurpose::Channel,
+            })
+            .unwrap();
+    }
+    let (link_box, answer_box) = (MailboxId([1; 16]), MailboxId([2; 16]));
+    store
+        .save_invite_link(
+            &InviteLinkRecord {
+                read_id: link_box,
+                channel: ChannelId([3; 16]),
+                seed: Zeroizing::new([4; 32]),
+                auto_admit: false,
+                used: false,
+                expires_at: Timestamp(100),
+            },
+            Timestamp(1),
+        )
+        .unwrap();
+    store
+        .save_pending_join(
+            &PendingJoinRecord {
+                read_id: answer_box,
+                reply_key: Zeroizing::new([7; 32]),
+                inviter_key: [2; 32],
+                name: None,
+            },
+            Timestamp(1),
+        )
+        .unwrap();
+    assert_eq!(purpose_of(link_box), Some(MailboxPurpose::InviteLink));
+    assert_eq!(purpose_of(answer_box), Some(MailboxPurpose::JoinAnswer));
+    // Answered: from now on the channel's messages come there.
+    store.remove_pending_join(&answer_box).unwrap();
+    assert_eq!(purpose_of(answer_box), Some(MailboxPurpose::Channel));
+    // The same link twice is refused; the mailbox keeps its purpose.
+    let again = InviteLinkRecord {
+        read_id: answer_box,
+        channel: ChannelId([3; 16]),
+        seed: Zeroizing::new([4; 32]),
+        auto_admit: false,
+        used: false,
+        expires_at: Timestamp(100),
+    };
+    store.save_invite_link(&again, Timestamp(1)).unwrap();
+    assert!(store.save_invite_link(&again, Timestamp(1)).is_err());
+    assert_eq!(purpose_of(answer_box), Some(MailboxPurpose::InviteLink));
 }
