@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use backchannel_client::{Client, ClientError, LinkAnswer, Notice};
 use backchannel_core::introduction::{IntroEvent, short_id};
-use backchannel_core::{ChannelId, Erasure, Event};
+use backchannel_core::{Actor, ChannelId, Erasure, Event};
 use backchannel_proto::addr::RelayAddr;
 use serde_json::json;
 
@@ -116,12 +116,14 @@ pub(crate) fn format_duration(secs: u64) -> String {
 /// One sentence on a channel erased from this device.
 pub(crate) fn erasure_notice(name: &str, why: &Erasure) -> String {
     match why {
-        Erasure::Burned { by } if by == "you" => {
+        Erasure::Burned { by: Actor::Us } => {
             format!(
                 "'{name}' is burned: every member confirmed, and it is erased from this device."
             )
         }
-        Erasure::Burned { by } => {
+        Erasure::Burned {
+            by: Actor::Member(by),
+        } => {
             format!("'{name}' was burned by {by}: it is erased from this device.")
         }
         Erasure::Expired => {
@@ -219,7 +221,7 @@ pub(crate) fn report_changes(g: &Global, client: &mut Client, events: &[Event]) 
             Event::Introduction(step) => eprintln!("{}", introduction_text(client, step)),
             Event::Erased { name, why, .. } => {
                 let (reason, by) = match why {
-                    Erasure::Burned { by } => ("burned", Some(by.clone())),
+                    Erasure::Burned { by } => ("burned", Some(by.to_string())),
                     _ => ("expired", None),
                 };
                 print(
@@ -254,7 +256,7 @@ pub(crate) fn report_changes(g: &Global, client: &mut Client, events: &[Event]) 
                     format!("{by} changed the rules of '{name}': {timer}{end}."),
                     json!({
                         "channel": name,
-                        "rules_changed_by": by,
+                        "rules_changed_by": by.to_string(),
                         "disappearing_secs": disappearing_secs,
                         "expires_at": (*expires_at > 0)
                             .then(|| output::rfc3339(backchannel_core::Timestamp(*expires_at))),
@@ -297,4 +299,22 @@ pub(crate) fn parse_duration(text: &str) -> Result<u64, Failure> {
         return Err(bad());
     }
     Ok(secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_member_who_calls_themselves_you_is_not_taken_for_us() {
+        let by_member = Erasure::Burned {
+            by: Actor::Member("you".into()),
+        };
+        assert_eq!(
+            erasure_notice("ops", &by_member),
+            "'ops' was burned by you: it is erased from this device."
+        );
+        let by_us = Erasure::Burned { by: Actor::Us };
+        assert!(erasure_notice("ops", &by_us).contains("every member confirmed"));
+    }
 }

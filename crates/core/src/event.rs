@@ -59,7 +59,7 @@ pub enum Event {
         /// The channel.
         channel: ChannelId,
         /// Who changed them.
-        by: String,
+        by: Actor,
         /// Messages now disappear after this many seconds (0: never).
         disappearing_secs: u64,
         /// The channel ends then (milliseconds since the Unix epoch; 0: never).
@@ -88,7 +88,7 @@ pub enum Event {
         /// The channel.
         channel: ChannelId,
         /// Who committed it.
-        by: String,
+        by: Actor,
     },
     /// Something is wrong: see [`Alert`].
     Alert {
@@ -101,14 +101,34 @@ pub enum Event {
     Introduction(crate::introduction::IntroEvent),
 }
 
+/// Who did something: we did, or a member (by their name in the channel). A
+/// member may call themselves anything, "you" included, so the two are told apart
+/// by type, never by name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Actor {
+    /// We did.
+    Us,
+    /// The member of this name did.
+    Member(String),
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Actor::Us => f.write_str("you"),
+            Actor::Member(name) => f.write_str(name),
+        }
+    }
+}
+
 /// Why a channel was erased.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Erasure {
-    /// Someone burned it (`"you"` if we did).
+    /// Someone burned it.
     Burned {
         /// Who.
-        by: String,
+        by: Actor,
     },
     /// Its end date passed.
     Expired,

@@ -40,7 +40,7 @@ mod trust;
 
 pub use context::{ChannelOptions, CommandError, EngineConfig, Output, Storage, Transmit};
 pub use engine::{ChannelSummary, Engine};
-pub use event::{Alert, Erasure, Event, Gap, Pending, ReceivedMessage};
+pub use event::{Actor, Alert, Erasure, Event, Gap, Pending, ReceivedMessage};
 pub use store::{BurnState, Verified};
 pub use trust::KeyPackageSummary;
 

@@ -28,7 +28,7 @@ use crate::channel::{Channel, group_extensions, policy_of};
 use crate::context::{CommandError, Ctx, Storage, internal, store_err};
 use crate::derive::MemberId;
 use crate::engine::Engine;
-use crate::event::{Alert, Erasure, Event};
+use crate::event::{Actor, Alert, Erasure, Event};
 use crate::store::BurnState;
 
 /// How long a burner waits for receipts before erasing its own keys anyway.
@@ -83,7 +83,7 @@ impl Channel {
         self.commit_and_merge(ctx, &commit, &targets)?;
         ctx.event(Event::PolicyChanged {
             channel: self.record.id,
-            by: "you".into(),
+            by: Actor::Us,
             disappearing_secs: policy.disappearing_secs,
             expires_at: policy.expires_at,
         });
@@ -152,7 +152,7 @@ impl Channel {
             .map(|m| (m.member, m.name.clone()))
             .collect();
         if waiting.is_empty() {
-            return self.erase(ctx, Erasure::Burned { by: "you".into() });
+            return self.erase(ctx, Erasure::Burned { by: Actor::Us });
         }
         let id: [u8; 16] = ctx.backend.rand().random_array().map_err(internal)?;
         self.send_payload(ctx, PayloadKind::Control, Control::Burn { id }.encode())?;
@@ -219,7 +219,12 @@ impl Channel {
             });
             self.send_payload(ctx, PayloadKind::Control, receipt.encode())?;
         }
-        self.erase(ctx, Erasure::Burned { by })
+        self.erase(
+            ctx,
+            Erasure::Burned {
+                by: Actor::Member(by),
+            },
+        )
     }
 
     /// A member confirms our burn.
@@ -258,7 +263,7 @@ impl Channel {
         self.save(ctx)?;
         self.report_burn(ctx);
         if done {
-            self.erase(ctx, Erasure::Burned { by: "you".into() })?;
+            self.erase(ctx, Erasure::Burned { by: Actor::Us })?;
         }
         Ok(())
     }
@@ -297,7 +302,7 @@ impl Channel {
         if let Some(burn) = &self.record.burn
             && ctx.now >= burn.started_at.plus_ms(BURN_WAIT_MS)
         {
-            return self.erase(ctx, Erasure::Burned { by: "you".into() });
+            return self.erase(ctx, Erasure::Burned { by: Actor::Us });
         }
         let Some(policy) = self.policy() else {
             return Ok(());

@@ -13,7 +13,9 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use backchannel_core::mls::Suite;
-use backchannel_core::{Alert, ChannelId, ChannelOptions, CommandError, Erasure, Event, Timestamp};
+use backchannel_core::{
+    Actor, Alert, ChannelId, ChannelOptions, CommandError, Erasure, Event, Timestamp,
+};
 use backchannel_proto::envelope::ContentKind;
 use backchannel_sim::forensics;
 use backchannel_sim::insider::Insider;
@@ -149,7 +151,7 @@ fn the_administrator_changes_the_timer_and_no_one_else_can() {
         assert!(
             sim.nodes[n].events.iter().any(|e| matches!(
                 e,
-                Event::PolicyChanged { by, disappearing_secs: 10, .. } if by == "alice"
+                Event::PolicyChanged { by: Actor::Member(by), disappearing_secs: 10, .. } if by == "alice"
             )),
             "node {n} was not told"
         );
@@ -250,14 +252,13 @@ fn a_burn_erases_the_channel_everywhere_and_every_member_confirms() {
     for n in [alice, carol] {
         assert_eq!(
             erasures(&sim, n),
-            vec![Erasure::Burned { by: "bob".into() }],
+            vec![Erasure::Burned {
+                by: Actor::Member("bob".into())
+            }],
             "node {n}"
         );
     }
-    assert_eq!(
-        erasures(&sim, bob),
-        vec![Erasure::Burned { by: "you".into() }]
-    );
+    assert_eq!(erasures(&sim, bob), vec![Erasure::Burned { by: Actor::Us }]);
     let last_progress = sim.nodes[bob]
         .events
         .iter()
@@ -324,11 +325,13 @@ fn a_member_offline_during_the_burn_burns_when_it_returns() {
     sim.run_for(1_000);
     assert_eq!(
         erasures(&sim, carol),
-        vec![Erasure::Burned { by: "alice".into() }]
+        vec![Erasure::Burned {
+            by: Actor::Member("alice".into())
+        }]
     );
     assert_eq!(
         erasures(&sim, alice),
-        vec![Erasure::Burned { by: "you".into() }]
+        vec![Erasure::Burned { by: Actor::Us }]
     );
     assert!(sim.nodes[alice].engine.channels().is_empty());
 }
@@ -353,7 +356,7 @@ fn a_burner_without_receipts_erases_its_keys_after_a_week() {
     assert!(sim.nodes[alice].engine.channel("ops").is_err());
     assert_eq!(
         erasures(&sim, alice),
-        vec![Erasure::Burned { by: "you".into() }]
+        vec![Erasure::Burned { by: Actor::Us }]
     );
     // Bob never heard: his copy lives (the burner is told who did not confirm).
     assert!(sim.nodes[bob].engine.channel("ops").is_ok());
@@ -511,7 +514,9 @@ fn a_burn_erases_the_key_package_a_pending_re_add_left() {
     sim.run_for(1_000);
     assert_eq!(
         erasures(&sim, carol),
-        vec![Erasure::Burned { by: "alice".into() }]
+        vec![Erasure::Burned {
+            by: Actor::Member("alice".into())
+        }]
     );
     assert!(
         sim.nodes[carol]

@@ -822,7 +822,7 @@ impl Channel {
         {
             ctx.event(Event::PolicyChanged {
                 channel,
-                by: by.clone(),
+                by: crate::event::Actor::Member(by.clone()),
                 disappearing_secs: policy.disappearing_secs,
                 expires_at: policy.expires_at,
             });

@@ -468,7 +468,7 @@ impl Channel {
         self.save(ctx)?;
         ctx.event(Event::Closed {
             channel: self.record.id,
-            by: by.unwrap_or_else(|| "you".to_owned()),
+            by: by.map_or(crate::event::Actor::Us, crate::event::Actor::Member),
         });
         Ok(())
     }
