@@ -163,7 +163,7 @@ impl Client {
     /// disappearing messages), before anything is shown. What it sends waits in the
     /// outbox for the first method that talks to a relay.
     fn run_due_timers(&mut self) -> Result<(), ClientError> {
-        if self.engine.poll_timeout().is_some_and(|t| t <= now()) {
+        if self.engine.poll_timeout().is_some_and(|d| d.at <= now()) {
             self.engine.handle_timeout(now())?;
             while let Some(output) = self.engine.poll_output() {
                 if let Output::Event(event) = output {
@@ -604,7 +604,7 @@ impl Client {
     /// Returns whether anything happened. Our status goes out when due.
     pub async fn step(&mut self, wait: Duration) -> Result<bool, ClientError> {
         self.send_due_status()?;
-        let timer = self.engine.poll_timeout();
+        let timer = self.engine.poll_timeout().map(|d| d.at);
         let wait = match timer {
             Some(t) => Duration::from_millis(t.0.saturating_sub(now().0)).min(wait),
             None => wait,

@@ -57,6 +57,35 @@ pub struct Engine<S: Storage> {
     steps: Vec<StepIn>,
 }
 
+/// Which timer falls due (see [`Engine::poll_timeout`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Timer {
+    /// A sender's missing message: its grace period ends, then an alert.
+    Gap,
+    /// An input the channel could not read yet has waited its grace period.
+    Pending,
+    /// A member announced an epoch we have not reached: the update may be withheld.
+    Withheld,
+    /// The channel's end date.
+    ChannelEnd,
+    /// The oldest message's disappearing time.
+    Disappearing,
+    /// Our burn's wait for the members' receipts.
+    BurnWait,
+}
+
+/// The next timer to fall due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deadline {
+    /// When.
+    pub at: Timestamp,
+    /// In which channel.
+    pub channel: ChannelId,
+    /// Which timer.
+    pub timer: Timer,
+}
+
 /// A summary of a channel for listing.
 #[derive(Clone, Debug)]
 pub struct ChannelSummary {
@@ -114,8 +143,9 @@ impl<S: Storage> Engine<S> {
         self.outputs.pop_front()
     }
 
-    /// When [`Engine::handle_timeout`] must be called next, if at all.
-    pub fn poll_timeout(&self) -> Option<Timestamp> {
+    /// When [`Engine::handle_timeout`] must be called next, if at all, and which
+    /// timer of which channel falls due then (the earliest).
+    pub fn poll_timeout(&self) -> Option<Deadline> {
         let grace_gap = self.config.gap_grace_ms;
         let grace_pending = self.config.pending_grace_ms;
         self.channels
@@ -124,21 +154,27 @@ impl<S: Storage> Engine<S> {
                 let gaps = ch
                     .senders
                     .values()
-                    .filter_map(move |s| s.deadline(grace_gap));
+                    .filter_map(move |s| s.deadline(grace_gap))
+                    .map(|at| (at, Timer::Gap));
                 let pending = ch
                     .pending
                     .iter()
-                    .map(move |(_, p)| p.received_at().plus_ms(grace_pending));
+                    .map(move |(_, p)| (p.received_at().plus_ms(grace_pending), Timer::Pending));
                 let expected = ch
                     .record
                     .expected
                     .as_ref()
-                    .map(move |e| e.since.plus_ms(grace_gap));
+                    .map(move |e| (e.since.plus_ms(grace_gap), Timer::Withheld));
                 gaps.chain(pending)
                     .chain(expected)
                     .chain(ch.lifecycle_deadline())
+                    .map(|(at, timer)| Deadline {
+                        at,
+                        channel: ch.record.id,
+                        timer,
+                    })
             })
-            .min()
+            .min_by_key(|d| d.at)
     }
 
     /// What a channel waits for now: gaps in senders' numbers, inputs it cannot
@@ -620,7 +656,7 @@ impl<S: Storage> Engine<S> {
 
     /// Time has passed: report gaps and inputs that waited too long.
     pub fn handle_timeout(&mut self, now: Timestamp) -> Result<(), CommandError> {
-        if self.poll_timeout().is_none_or(|t| t > now) {
+        if self.poll_timeout().is_none_or(|d| d.at > now) {
             return Ok(());
         }
         self.transact(now, |engine| {

@@ -39,7 +39,7 @@ pub mod store;
 mod trust;
 
 pub use context::{ChannelOptions, CommandError, EngineConfig, Output, Storage, Transmit};
-pub use engine::{ChannelSummary, Engine};
+pub use engine::{ChannelSummary, Deadline, Engine, Timer};
 pub use event::{Actor, Alert, Erasure, Event, Gap, Pending, ReceivedMessage};
 pub use store::{BurnState, Verified};
 pub use trust::KeyPackageSummary;

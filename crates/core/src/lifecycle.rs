@@ -27,7 +27,7 @@ use crate::Timestamp;
 use crate::channel::{Channel, group_extensions, policy_of};
 use crate::context::{CommandError, Ctx, Storage, internal, store_err};
 use crate::derive::MemberId;
-use crate::engine::Engine;
+use crate::engine::{Engine, Timer};
 use crate::event::{Actor, Alert, Erasure, Event};
 use crate::store::BurnState;
 
@@ -270,25 +270,29 @@ impl Channel {
 
     /// When this channel next needs the clock: its end, its oldest message's
     /// disappearance, the end of a burn's wait.
-    pub(crate) fn lifecycle_deadline(&self) -> Option<Timestamp> {
+    pub(crate) fn lifecycle_deadline(&self) -> Option<(Timestamp, Timer)> {
         let policy = self.policy();
         let end = policy
             .as_ref()
             .filter(|p| p.expires_at > 0)
-            .map(|p| Timestamp(p.expires_at));
+            .map(|p| (Timestamp(p.expires_at), Timer::ChannelEnd));
         let disappear = policy
             .as_ref()
             .filter(|p| p.disappearing_secs > 0)
             .and_then(|p| {
                 self.oldest
                     .map(|t| t.plus_ms(p.disappearing_secs.saturating_mul(1000)))
+                    .map(|t| (t, Timer::Disappearing))
             });
         let burn = self
             .record
             .burn
             .as_ref()
-            .map(|b| b.started_at.plus_ms(BURN_WAIT_MS));
-        [end, disappear, burn].into_iter().flatten().min()
+            .map(|b| (b.started_at.plus_ms(BURN_WAIT_MS), Timer::BurnWait));
+        [end, disappear, burn]
+            .into_iter()
+            .flatten()
+            .min_by_key(|(at, _)| *at)
     }
 
     /// Applies the end date, disappearing messages and the burn wait.

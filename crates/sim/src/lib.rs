@@ -351,7 +351,7 @@ impl Sim {
             .nodes
             .iter()
             .enumerate()
-            .filter_map(|(i, n)| n.engine.poll_timeout().map(|t| (i, t)))
+            .filter_map(|(i, n)| n.engine.poll_timeout().map(|d| (i, d.at)))
             .min_by_key(|&(_, t)| t);
         match (next_delivery, next_timer) {
             (Some((i, at)), timer) if timer.is_none_or(|(_, t)| at <= t) => {
@@ -394,7 +394,7 @@ impl Sim {
             let next_timer = self
                 .nodes
                 .iter()
-                .filter_map(|n| n.engine.poll_timeout())
+                .filter_map(|n| n.engine.poll_timeout().map(|d| d.at))
                 .min();
             let next = match (next_delivery, next_timer) {
                 (Some(a), Some(b)) => a.min(b),

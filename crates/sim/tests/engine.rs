@@ -298,3 +298,49 @@ fn a_replayed_message_alerts_and_is_not_shown_twice() {
             .contains("someone is replaying old messages")
     );
 }
+
+#[test]
+fn the_next_timeout_says_which_timer_of_which_channel_falls_due() {
+    use backchannel_core::{Deadline, Timer};
+    let mut sim = Sim::new(11);
+    let (alice, bob) = (sim.add_node("alice"), sim.add_node("bob"));
+    let ops = sim.create_channel(alice, "ops");
+    sim.add(alice, "ops", bob);
+    sim.run();
+    sim.send(bob, "ops", "one");
+    sim.run();
+
+    // A message withheld from alice: the gap's grace period is the next timer.
+    let mut armed = true;
+    sim.filter = Some(Box::new(move |from, _| {
+        if armed && from == bob {
+            armed = false;
+            Verdict::Drop
+        } else {
+            Verdict::Deliver
+        }
+    }));
+    sim.send(bob, "ops", "two");
+    sim.send(bob, "ops", "three");
+    let before = sim.now;
+    sim.run_for(1_000);
+    let gap = sim.nodes[alice].engine.poll_timeout();
+    assert!(
+        matches!(gap, Some(Deadline { channel, timer: Timer::Gap, at }) if channel == ops && at > before),
+        "{gap:?}"
+    );
+
+    // With disappearing messages on, bob's oldest message sets the next timer.
+    let now = sim.now;
+    sim.nodes[alice]
+        .engine
+        .set_disappearing(now, "ops", 60)
+        .unwrap();
+    sim.collect(alice);
+    sim.run_for(1_000);
+    let next = sim.nodes[bob].engine.poll_timeout();
+    assert!(
+        matches!(next, Some(Deadline { channel, timer: Timer::Disappearing, .. }) if channel == ops),
+        "{next:?}"
+    );
+}
