@@ -230,6 +230,26 @@ pub(crate) fn pending(channel: &str, p: &Pending, json: bool) -> Option<String> 
     Some(lines.join("\n"))
 }
 
+/// The number as people read it aloud: three lines of four groups.
+pub(crate) fn layout(number: &str) -> String {
+    let groups: Vec<&str> = number.split(' ').collect();
+    groups
+        .chunks(4)
+        .map(|line| format!("    {}", line.join(" ")))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A QR code of the number, drawn with half blocks (two rows per line).
+pub(crate) fn qr(number: &str) -> Option<String> {
+    let code = qrcode::QrCode::new(number.replace(' ', "").as_bytes()).ok()?;
+    Some(
+        code.render::<qrcode::render::unicode::Dense1x2>()
+            .quiet_zone(true)
+            .build(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

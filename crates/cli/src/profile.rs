@@ -6,7 +6,8 @@ use backchannel_client::{Client, ClientConfig};
 use backchannel_store::{OpenError, Store};
 use zeroize::Zeroizing;
 
-use crate::{Failure, Global};
+use crate::cli::Global;
+use crate::error::Failure;
 
 /// Environment variable naming the profile directory.
 pub(crate) const HOME_ENV: &str = "BACKCHANNEL_HOME";

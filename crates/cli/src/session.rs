@@ -7,12 +7,13 @@ use std::time::Duration;
 
 use backchannel_client::{Client, ClientError, LinkAnswer, Notice};
 use backchannel_core::introduction::{IntroEvent, short_id};
-use backchannel_core::{Actor, ChannelId, Erasure, Event};
+use backchannel_core::{Actor, ChannelId, ChannelSummary, Erasure, Event, Pending};
 use backchannel_proto::addr::RelayAddr;
 use serde_json::json;
 
+use crate::cli::Global;
+use crate::error::Failure;
 use crate::output;
-use crate::{Failure, Global};
 
 /// Profile setting: the relay used for codes when `--relay` is not given.
 pub(crate) const RELAY_SETTING: &str = "relay";
@@ -299,6 +300,73 @@ pub(crate) fn parse_duration(text: &str) -> Result<u64, Failure> {
         return Err(bad());
     }
     Ok(secs)
+}
+
+/// Prints what the channel still waits for, unless it is what `shown` was;
+/// returns it.
+pub(crate) fn show_pending(
+    g: &Global,
+    client: &Client,
+    name: &str,
+    shown: Option<&Pending>,
+) -> Result<Pending, Failure> {
+    let pending = client.engine().pending(name)?;
+    if shown != Some(&pending)
+        && let Some(text) = output::pending(name, &pending, g.json)
+    {
+        if g.json {
+            println!("{text}");
+        } else {
+            eprintln!("{text}");
+        }
+    }
+    Ok(pending)
+}
+
+/// Prints (and marks shown) a channel's unshown alerts; returns how many.
+pub(crate) fn show_alerts(g: &Global, client: &Client, name: &str) -> Result<usize, Failure> {
+    let id = client.engine().channel_id(name)?;
+    let store = client.store();
+    let alerts = store.unshown_alerts(&id)?;
+    for a in &alerts {
+        if g.json {
+            println!("{}", output::alert(name, a, true));
+        } else {
+            eprintln!("{}", output::alert(name, a, false));
+        }
+    }
+    let ids: Vec<u64> = alerts.iter().map(|a| a.id).collect();
+    store.mark_alerts_shown(&ids)?;
+    Ok(alerts.len())
+}
+
+/// The relay for an invitation to a channel: the one given, else the relay of our
+/// own mailbox in it.
+pub(crate) fn invitation_relay(
+    summary: &ChannelSummary,
+    given: Option<&str>,
+) -> Result<RelayAddr, Failure> {
+    match given {
+        Some(r) => relay_addr(r),
+        None => summary
+            .members
+            .iter()
+            .find(|m| m.is_self)
+            .map(|m| m.mailbox.relay.clone())
+            .ok_or_else(|| Failure::new("you are not a member of this channel")),
+    }
+}
+
+/// Where a joiner's mailbox for the new channel goes: its usual relay if it has
+/// one, else the inviter's.
+pub(crate) fn joiner_mailbox_relay(
+    client: &Client,
+    inviters: &RelayAddr,
+) -> Result<RelayAddr, Failure> {
+    match client.store().setting(RELAY_SETTING)? {
+        Some(usual) => relay_addr(&usual),
+        None => Ok(inviters.clone()),
+    }
 }
 
 #[cfg(test)]

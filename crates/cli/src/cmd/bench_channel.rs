@@ -19,60 +19,21 @@ use backchannel_core::mls::Suite;
 use backchannel_proto::addr::RelayAddr;
 use backchannel_relay::{RelayConfig, RunningRelay};
 use backchannel_store::Store;
-use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use tokio::sync::watch;
 
-use crate::{Failure, Global};
+use crate::cli::{ChannelArgs, Global};
+use crate::error::Failure;
 
 const CHANNEL: &str = "bench";
+
 const PASSPHRASE: &[u8] = b"bench passphrase";
+
 /// How long every member may take to apply one add or message.
 const APPLY_LIMIT: Duration = Duration::from_secs(300);
+
 const RELAY_LIMIT: Duration = Duration::from_secs(120);
-
-#[derive(Args, Debug)]
-pub(crate) struct ChannelArgs {
-    /// Members of the channel, its creator included.
-    #[arg(long, default_value_t = 10)]
-    members: usize,
-    /// The ciphersuite.
-    #[arg(long, value_enum, default_value_t = SuiteArg::Xwing)]
-    suite: SuiteArg,
-    /// Messages the administrator sends after the last add.
-    #[arg(long, default_value_t = 5)]
-    messages: usize,
-    /// Relays to use, members taking turns (default: one embedded relay).
-    #[arg(long = "relay", value_name = "ADDR")]
-    relays: Vec<String>,
-    /// Medians are taken over this many of the last adds and messages; those adds
-    /// are one member each.
-    #[arg(long, default_value_t = 5)]
-    last: usize,
-    /// Members added per commit before the last adds (building a channel of
-    /// hundreds one member at a time costs every member one rewrite of the whole
-    /// tree per add: cubic in all).
-    #[arg(long, default_value_t = 10)]
-    batch: usize,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum SuiteArg {
-    /// X-Wing (ML-KEM-768 + X25519), post-quantum.
-    Xwing,
-    /// X25519, classical.
-    Classic,
-}
-
-impl From<SuiteArg> for Suite {
-    fn from(s: SuiteArg) -> Self {
-        match s {
-            SuiteArg::Xwing => Suite::XWing,
-            SuiteArg::Classic => Suite::Classic,
-        }
-    }
-}
 
 /// What a member's task tells the bench.
 #[derive(Default)]

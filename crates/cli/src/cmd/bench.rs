@@ -17,75 +17,19 @@ use std::time::{Duration, Instant};
 use backchannel_client::relay::RelayClient;
 use backchannel_proto::addr::RelayAddr;
 use backchannel_proto::envelope::{BLOB_LEN, CHUNK_LEN};
-use clap::{Args, Subcommand};
 use ed25519_dalek::SigningKey;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::RngCore as _;
 use serde_json::json;
 use tokio::sync::Mutex;
 
-use crate::{Failure, Global};
-
-#[derive(Subcommand, Debug)]
-pub(crate) enum BenchCommand {
-    /// Load a relay and measure throughput and latency.
-    Relay(RelayArgs),
-    /// Measure the disk: fsync rate and raw SQLite batched inserts.
-    Disk {
-        /// A directory on the disk to measure (a relay's data directory's disk).
-        #[arg(long, value_name = "DIR")]
-        dir: PathBuf,
-        /// Seconds per measurement.
-        #[arg(long, default_value_t = 3)]
-        seconds: u64,
-    },
-    /// Build a channel of N members on real relays and measure adds and messages.
-    Channel(crate::bench_channel::ChannelArgs),
-    /// Measure a relay's memory per idle connection.
-    Idle {
-        /// The relay.
-        #[arg(long, value_name = "ADDR")]
-        relay: String,
-        /// The relay's process id (read from /proc).
-        #[arg(long)]
-        pid: u32,
-        /// Idle connections to open.
-        #[arg(long, default_value_t = 1000)]
-        connections: usize,
-    },
-}
-
-#[derive(Args, Debug)]
-pub(crate) struct RelayArgs {
-    /// The relay to load.
-    #[arg(long, value_name = "ADDR")]
-    relay: String,
-    /// Sender connections (each with its own mailbox and reader).
-    #[arg(long, default_value_t = 8)]
-    connections: usize,
-    /// Messages in all.
-    #[arg(long, default_value_t = 20_000)]
-    messages: usize,
-    /// Bytes per message; messages longer than one blob take several.
-    #[arg(long, default_value_t = 1000)]
-    payload_size: usize,
-    /// Unacknowledged sends per connection.
-    #[arg(long, default_value_t = 64)]
-    in_flight: usize,
-    /// Offered load in messages per second over all connections (0: as fast as the
-    /// relay acknowledges). Latency is meaningful below the relay's capacity.
-    #[arg(long, default_value_t = 0)]
-    rate: u64,
-    /// Also measure raw SQLite batched inserts in this directory (put it on the
-    /// relay's disk) and report the ratio.
-    #[arg(long, value_name = "DIR")]
-    baseline_dir: Option<PathBuf>,
-}
+use crate::cli::{BenchCommand, Global, RelayArgs};
+use crate::error::Failure;
 
 pub(crate) async fn run(g: &Global, cmd: BenchCommand) -> Result<(), Failure> {
     match cmd {
         BenchCommand::Relay(args) => relay(g, args).await,
-        BenchCommand::Channel(args) => crate::bench_channel::run(g, args).await,
+        BenchCommand::Channel(args) => super::bench_channel::run(g, args).await,
         BenchCommand::Disk { dir, seconds } => {
             let report = disk(&dir, Duration::from_secs(seconds))?;
             print_disk(g, &report);

@@ -13,7 +13,8 @@ use backchannel_core::store::{ChannelStatus, MessageKind};
 use backchannel_relay::{RelayConfig, RunningRelay};
 use backchannel_store::Store;
 
-use crate::{Failure, Global};
+use crate::cli::Global;
+use crate::error::Failure;
 
 const CHANNEL: &str = "negotiation";
 const LIMIT: Duration = Duration::from_secs(20);

@@ -9,9 +9,10 @@ use backchannel_store::Store;
 use serde_json::json;
 use zeroize::Zeroizing;
 
+use crate::cli::Global;
+use crate::error::Failure;
 use crate::profile::{self, open_client};
 use crate::session::{catch_up, deliver, format_duration, parse_duration, print};
-use crate::{Failure, Global};
 
 /// Environment variable holding the duress passphrase for `duress set`.
 pub(crate) const DURESS_ENV: &str = "BACKCHANNEL_DURESS_PASSPHRASE";

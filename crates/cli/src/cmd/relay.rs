@@ -1,80 +1,17 @@
 //! `backchannel relay serve` and `backchannel relay address`.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use backchannel_relay::RelayConfig;
-use clap::{Args, Subcommand};
 use serde_json::json;
 
-use crate::{Failure, Global};
+use crate::cli::{Global, RelayCommand, ServeArgs};
+use crate::error::Failure;
 
 /// File in the data directory holding the address of the last start.
 const ADDRESS_FILE: &str = "relay-address";
-
-#[derive(Subcommand, Debug)]
-#[allow(clippy::large_enum_variant)] // parsed once per process
-pub(crate) enum RelayCommand {
-    /// Run a relay. Prints its address (bcr://...) as the first line on stdout.
-    Serve(ServeArgs),
-    /// Print the address of the relay whose data is in DIR.
-    Address {
-        /// The relay's data directory.
-        #[arg(long, value_name = "DIR")]
-        data: PathBuf,
-        /// The public host name to put in the address.
-        #[arg(long)]
-        public_host: Option<String>,
-    },
-}
-
-#[derive(Args, Debug)]
-pub(crate) struct ServeArgs {
-    /// Where to accept clients.
-    #[arg(
-        long,
-        value_name = "ADDR",
-        env = "BACKCHANNEL_RELAY_LISTEN",
-        default_value = "0.0.0.0:7443"
-    )]
-    listen: SocketAddr,
-    /// Where the certificate and the database live.
-    #[arg(long, value_name = "DIR", env = "BACKCHANNEL_RELAY_DATA")]
-    data: PathBuf,
-    /// Store in PostgreSQL instead of SQLite (many relay nodes on one database).
-    #[arg(long, value_name = "URL", env = "BACKCHANNEL_RELAY_POSTGRES")]
-    postgres: Option<String>,
-    /// A TOML configuration file (default: DIR/relay.toml if it exists).
-    #[arg(long, value_name = "FILE", env = "BACKCHANNEL_RELAY_CONFIG")]
-    config: Option<PathBuf>,
-    /// The host name clients use, for the printed address.
-    #[arg(long, env = "BACKCHANNEL_RELAY_PUBLIC_HOST")]
-    public_host: Option<String>,
-    /// Serve /metrics and /health (plain HTTP) here.
-    #[arg(long, value_name = "ADDR", env = "BACKCHANNEL_RELAY_METRICS")]
-    metrics: Option<SocketAddr>,
-    /// Days before an unacknowledged message is deleted.
-    #[arg(long, env = "BACKCHANNEL_RELAY_TTL_DAYS")]
-    ttl_days: Option<u64>,
-    /// Most messages per mailbox.
-    #[arg(long, env = "BACKCHANNEL_RELAY_QUOTA_MESSAGES")]
-    quota_messages: Option<u64>,
-    /// Most bytes per mailbox.
-    #[arg(long, env = "BACKCHANNEL_RELAY_QUOTA_BYTES")]
-    quota_bytes: Option<u64>,
-    /// Most connections in all.
-    #[arg(long, env = "BACKCHANNEL_RELAY_MAX_CONNECTIONS")]
-    max_connections: Option<usize>,
-    /// Most connections from one address.
-    #[arg(long, env = "BACKCHANNEL_RELAY_MAX_CONNECTIONS_PER_IP")]
-    max_connections_per_ip: Option<usize>,
-    /// Cap on the database size in bytes; past it the relay refuses new messages
-    /// (default: half of the file system, at most what it holds plus 90% of the
-    /// free space; 0: no cap).
-    #[arg(long, env = "BACKCHANNEL_RELAY_MAX_DB_BYTES")]
-    max_db_bytes: Option<u64>,
-}
 
 fn init_logging() {
     // By default only our own crates log, at info: they never log identifiers or

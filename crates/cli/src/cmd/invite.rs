@@ -2,44 +2,16 @@
 
 use std::time::Duration;
 
-use backchannel_client::{Client, InviteError};
-use backchannel_core::ChannelSummary;
-use backchannel_proto::addr::RelayAddr;
+use backchannel_client::InviteError;
 use backchannel_proto::code::InviteCode;
 use serde_json::json;
 
+use crate::cli::Global;
+use crate::error::Failure;
 use crate::profile::{open_client, own_name};
-use crate::session::{RELAY_SETTING, catch_up, chosen_relay, deliver, print, relay_addr};
-use crate::{Failure, Global};
-
-/// The relay for an invitation to a channel: the one given, else the relay of our
-/// own mailbox in it.
-pub(crate) fn invitation_relay(
-    summary: &ChannelSummary,
-    given: Option<&str>,
-) -> Result<RelayAddr, Failure> {
-    match given {
-        Some(r) => relay_addr(r),
-        None => summary
-            .members
-            .iter()
-            .find(|m| m.is_self)
-            .map(|m| m.mailbox.relay.clone())
-            .ok_or_else(|| Failure::new("you are not a member of this channel")),
-    }
-}
-
-/// Where a joiner's mailbox for the new channel goes: its usual relay if it has
-/// one, else the inviter's.
-pub(crate) fn joiner_mailbox_relay(
-    client: &Client,
-    inviters: &RelayAddr,
-) -> Result<RelayAddr, Failure> {
-    match client.store().setting(RELAY_SETTING)? {
-        Some(usual) => relay_addr(&usual),
-        None => Ok(inviters.clone()),
-    }
-}
+use crate::session::{
+    catch_up, chosen_relay, deliver, invitation_relay, joiner_mailbox_relay, print,
+};
 
 fn invite_failure(e: InviteError, inviter: bool) -> Failure {
     let suspicious = matches!(e, InviteError::WrongCode | InviteError::Abandoned);

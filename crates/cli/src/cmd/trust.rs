@@ -3,29 +3,11 @@
 use backchannel_core::ChannelSummary;
 use serde_json::json;
 
+use crate::cli::Global;
+use crate::error::Failure;
+use crate::output::{layout, qr};
 use crate::profile::open_client;
 use crate::session::{catch_up, print};
-use crate::{Failure, Global};
-
-/// The number as people read it aloud: three lines of four groups.
-pub(crate) fn layout(number: &str) -> String {
-    let groups: Vec<&str> = number.split(' ').collect();
-    groups
-        .chunks(4)
-        .map(|line| format!("    {}", line.join(" ")))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// A QR code of the number, drawn with half blocks (two rows per line).
-pub(crate) fn qr(number: &str) -> Option<String> {
-    let code = qrcode::QrCode::new(number.replace(' ', "").as_bytes()).ok()?;
-    Some(
-        code.render::<qrcode::render::unicode::Dense1x2>()
-            .quiet_zone(true)
-            .build(),
-    )
-}
 
 fn is_verified(summary: &ChannelSummary, member: &str) -> bool {
     summary
