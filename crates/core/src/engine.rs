@@ -162,6 +162,7 @@ impl<S: Storage> Engine<S> {
                     .map(move |(_, p)| (p.received_at().plus_ms(grace_pending), Timer::Pending));
                 let expected = ch
                     .record
+                    .integrity
                     .expected
                     .as_ref()
                     .map(move |e| (e.since.plus_ms(grace_gap), Timer::Withheld));
@@ -203,7 +204,7 @@ impl<S: Storage> Engine<S> {
         Ok(crate::Pending {
             gaps,
             parked: ch.pending.len(),
-            update: ch.record.expected.clone(),
+            update: ch.record.integrity.expected.clone(),
         })
     }
 
@@ -211,7 +212,7 @@ impl<S: Storage> Engine<S> {
     pub fn is_waiting(&self) -> bool {
         self.channels.values().any(|ch| {
             !ch.pending.is_empty()
-                || ch.record.expected.is_some()
+                || ch.record.integrity.expected.is_some()
                 || ch.senders.values().any(|s| s.gap_since.is_some())
         })
     }
@@ -272,7 +273,7 @@ impl<S: Storage> Engine<S> {
         ChannelSummary {
             id: ch.record.id,
             own_member: ch.record.own_member,
-            peers: ch.record.peers.clone(),
+            peers: ch.record.integrity.peers.clone(),
             burn: ch.record.burn.clone(),
             verified: ch
                 .members
@@ -542,10 +543,10 @@ impl<S: Storage> Engine<S> {
             let (ch, mut ctx) = engine.channel_ctx(&id, now)?;
             let record = ch.send_payload(&mut ctx, PayloadKind::Text, text.as_bytes().to_vec())?;
             // Now and then, our view of the channel goes along.
-            let due = ch
-                .record
-                .last_status_at
-                .is_none_or(|t| now.0 >= t.0.saturating_add(crate::integrity::STATUS_INTERVAL_MS));
+            let due =
+                ch.record.integrity.last_status_at.is_none_or(|t| {
+                    now.0 >= t.0.saturating_add(crate::integrity::STATUS_INTERVAL_MS)
+                });
             if due {
                 ch.send_status(&mut ctx, false)?;
             }
@@ -571,6 +572,7 @@ impl<S: Storage> Engine<S> {
                     && ch.record.status == ChannelStatus::Active
                     && ch
                         .record
+                        .integrity
                         .last_status_at
                         .is_none_or(|t| now.0 >= t.0.saturating_add(interval_ms))
             })

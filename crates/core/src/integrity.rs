@@ -77,6 +77,7 @@ impl Channel {
 
     fn authenticator_at(&self, epoch: u64) -> Option<&[u8]> {
         self.record
+            .integrity
             .authenticators
             .iter()
             .find(|a| a.epoch == epoch)
@@ -85,6 +86,7 @@ impl Channel {
 
     fn key_at(&self, epoch: u64) -> Option<[u8; 32]> {
         self.record
+            .inbound
             .epoch_keys
             .iter()
             .find(|k| k.epoch == epoch)
@@ -99,8 +101,8 @@ impl Channel {
         agrees: bool,
         now: crate::Timestamp,
     ) {
-        self.record.peers.retain(|p| p.member != member);
-        self.record.peers.push(PeerView {
+        self.record.integrity.peers.retain(|p| p.member != member);
+        self.record.integrity.peers.push(PeerView {
             member,
             name,
             epoch,
@@ -153,21 +155,26 @@ impl Channel {
             // what the others report later.
             let alerted = self
                 .record
+                .integrity
                 .rollback_claims
                 .iter()
                 .find(|(by, _)| *by == claim.member)
                 .map_or(0, |(_, s)| *s);
-            if seq > self.record.own_seq && seq > alerted {
+            if seq > self.record.chain.own_seq && seq > alerted {
                 self.record
+                    .integrity
                     .rollback_claims
                     .retain(|(by, _)| *by != claim.member);
-                self.record.rollback_claims.push((claim.member, seq));
+                self.record
+                    .integrity
+                    .rollback_claims
+                    .push((claim.member, seq));
                 self.save(ctx)?;
                 ctx.alert(
                     self.record.id,
                     Alert::Rollback {
                         reported: seq,
-                        own: self.record.own_seq,
+                        own: self.record.chain.own_seq,
                         by: claim.name.clone(),
                     },
                 );
@@ -260,21 +267,28 @@ impl Channel {
         now: crate::Timestamp,
     ) -> Result<(), bool> {
         self.record
+            .integrity
             .spent
             .retain(|s| now.0 < s.since.0.saturating_add(BUDGET_WINDOW_MS));
-        let index = match self.record.spent.iter().position(|s| s.member == member) {
+        let index = match self
+            .record
+            .integrity
+            .spent
+            .iter()
+            .position(|s| s.member == member)
+        {
             Some(i) => i,
             None => {
-                self.record.spent.push(Spent {
+                self.record.integrity.spent.push(Spent {
                     member,
                     since: now,
                     proposals: 0,
                     rejoins: 0,
                 });
-                self.record.spent.len() - 1
+                self.record.integrity.spent.len() - 1
             }
         };
-        let Some(spent) = self.record.spent.get_mut(index) else {
+        let Some(spent) = self.record.integrity.spent.get_mut(index) else {
             return Err(false);
         };
         let (used, limit) = if rejoin {
@@ -295,8 +309,8 @@ impl Channel {
     fn status<S: Storage>(&self, ctx: &Ctx<'_, S>, request: bool) -> Result<Status, CommandError> {
         let mut entries = vec![StatusEntry {
             member: self.record.own_member.short(),
-            seq: self.record.own_seq,
-            hash: self.record.own_last_hash,
+            seq: self.record.chain.own_seq,
+            hash: self.record.chain.own_last_hash,
         }];
         for s in self.senders.values().filter(|s| s.contiguous > 0) {
             let hash = ctx
@@ -329,7 +343,7 @@ impl Channel {
         request: bool,
     ) -> Result<(), CommandError> {
         let status = self.status(ctx, request)?;
-        self.record.last_status_at = Some(ctx.now);
+        self.record.integrity.last_status_at = Some(ctx.now);
         self.send_payload(
             ctx,
             backchannel_proto::payload::PayloadKind::Control,
@@ -428,10 +442,11 @@ impl Channel {
         self.note_peer(sender, from, status.epoch, agrees, ctx.now);
         let answered_recently = self
             .record
+            .integrity
             .last_reply_at
             .is_some_and(|t| ctx.now.0 < t.0.saturating_add(STATUS_REPLY_INTERVAL_MS));
         if status.request && !answered_recently && self.live().is_ok() {
-            self.record.last_reply_at = Some(ctx.now);
+            self.record.integrity.last_reply_at = Some(ctx.now);
             self.send_status(ctx, false)?;
         }
         self.save(ctx)
@@ -527,11 +542,12 @@ impl Channel {
             // Someone is ahead of us: an update has not reached us (yet).
             let newer = self
                 .record
+                .integrity
                 .expected
                 .as_ref()
                 .is_none_or(|e| e.epoch < ann.epoch);
             if newer {
-                self.record.expected = Some(ExpectedEpoch {
+                self.record.integrity.expected = Some(ExpectedEpoch {
                     epoch: ann.epoch,
                     by: author.name.clone(),
                     since: ctx.now,
@@ -560,7 +576,7 @@ impl Channel {
                     epoch: ann.epoch,
                 },
             );
-            if author.admin && !self.is_admin() && self.record.rejoining.is_none() {
+            if author.admin && !self.is_admin() && self.record.integrity.rejoining.is_none() {
                 self.request_rejoin(ctx, ann.epoch, &author)?;
             }
         }
@@ -600,7 +616,7 @@ impl Channel {
             key_package,
             signature,
         };
-        self.record.rejoining = Some(signer.public().to_vec());
+        self.record.integrity.rejoining = Some(signer.public().to_vec());
         self.transmit_content(
             ctx,
             ContentKind::Rejoin,
@@ -728,7 +744,7 @@ impl Channel {
         let welcome = welcome.ok_or_else(|| internal("a commit with an add has a welcome"))?;
         self.commit_and_merge(ctx, &commit, &targets)?;
         // The budget follows the person to the new key: a re-add does not reset it.
-        for spent in &mut self.record.spent {
+        for spent in &mut self.record.integrity.spent {
             if spent.member == old.member {
                 spent.member = new_member;
             }
@@ -758,7 +774,7 @@ impl Channel {
         bytes: &[u8],
     ) -> Result<(), CommandError> {
         let channel = self.record.id;
-        let Some(new_key) = self.record.rejoining.clone() else {
+        let Some(new_key) = self.record.integrity.rejoining.clone() else {
             ctx.alert(
                 channel,
                 Alert::Undecryptable {
@@ -813,13 +829,13 @@ impl Channel {
         }
         self.record.signature_key = signer.public().to_vec();
         self.record.own_member = member_id(signer.public());
-        self.record.own_seq = 0;
-        self.record.own_last_hash = [0; 32];
-        self.record.rejoining = None;
-        self.record.expected = None;
-        self.record.epoch_keys.clear();
+        self.record.chain.own_seq = 0;
+        self.record.chain.own_last_hash = [0; 32];
+        self.record.integrity.rejoining = None;
+        self.record.integrity.expected = None;
+        self.record.inbound.epoch_keys.clear();
         self.sealed_tried.clear();
-        self.record.authenticators.clear();
+        self.record.integrity.authenticators.clear();
         self.live = Some(Live { group, signer });
         self.enter_epoch(ctx)?;
         ctx.alert(channel, Alert::ForkRecovered { lost });

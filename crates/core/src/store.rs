@@ -142,7 +142,9 @@ pub enum Intent {
     Leave,
 }
 
-/// One channel as this member sees it.
+/// One channel as this member sees it: who we are in it and where it stands, then
+/// the state of each concern, each in its own part (stored flattened, as one JSON
+/// object with the same keys as before the parts existed).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ChannelRecord {
     /// The MLS group identifier, shared by all members.
@@ -159,20 +161,54 @@ pub struct ChannelRecord {
     pub mailbox: MailboxAddr,
     /// When we created or joined the channel.
     pub joined_at: Timestamp,
+    /// Where the channel stands.
+    pub status: ChannelStatus,
+    /// Something we asked for that is not committed yet.
+    pub intent: Option<Intent>,
+    /// Our own messages' chain.
+    #[serde(flatten)]
+    pub chain: SendChain,
+    /// What we need to open what arrives.
+    #[serde(flatten)]
+    pub inbound: Inbound,
+    /// What the members told each other of their views, and what we made of it.
+    #[serde(flatten)]
+    pub integrity: IntegrityState,
+    /// A burn we started, waiting for receipts.
+    #[serde(default)]
+    pub burn: Option<BurnState>,
+    /// Members whose safety number we compared, with the key we verified.
+    #[serde(default)]
+    pub verified: Vec<Verified>,
+}
+
+/// Our own messages' chain in a channel.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendChain {
     /// Sequence number of our last payload (0 before the first).
     pub own_seq: u64,
     /// Chain hash of our last payload.
     #[serde(with = "crate::bytes_serde")]
     pub own_last_hash: [u8; 32],
-    /// Where the channel stands.
-    pub status: ChannelStatus,
-    /// Something we asked for that is not committed yet.
-    pub intent: Option<Intent>,
+}
+
+/// What a channel needs to open what arrives and to recognise it again.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Inbound {
     /// Envelope keys of the current and recent epochs, newest last.
     pub epoch_keys: Vec<EpochKey>,
     /// Identifiers of recently completed multi-fragment messages, to recognise a
     /// fragment that arrives again.
     pub recent_fragmented: Vec<[u8; 16]>,
+    /// Hashes of the last messages sealed to us alone (introduction steps), to
+    /// recognise one the relay delivers again.
+    #[serde(default)]
+    pub seen_targeted: Vec<[u8; 32]>,
+}
+
+/// The channel's integrity as members report it (see `core::integrity`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct IntegrityState {
     /// Epoch authenticators of recent epochs, to compare with other members'.
     #[serde(default)]
     pub authenticators: Vec<EpochAuthenticator>,
@@ -204,16 +240,6 @@ pub struct ChannelRecord {
     /// What other members last told us of their view.
     #[serde(default)]
     pub peers: Vec<PeerView>,
-    /// A burn we started, waiting for receipts.
-    #[serde(default)]
-    pub burn: Option<BurnState>,
-    /// Hashes of the last messages sealed to us alone (introduction steps), to
-    /// recognise one the relay delivers again.
-    #[serde(default)]
-    pub seen_targeted: Vec<[u8; 32]>,
-    /// Members whose safety number we compared, with the key we verified.
-    #[serde(default)]
-    pub verified: Vec<Verified>,
 }
 
 /// Proposals and re-add requests one member sent in the current window.
@@ -284,24 +310,16 @@ impl ChannelRecord {
             signature_key,
             mailbox,
             joined_at,
-            own_seq: 0,
-            own_last_hash: [0; 32],
             status: ChannelStatus::Active,
             intent: None,
-            epoch_keys: Vec::new(),
-            recent_fragmented: Vec::new(),
-            authenticators: Vec::new(),
-            expected: None,
-            rejoining: None,
-            // The first periodic status goes out an hour after joining.
-            last_status_at: Some(joined_at),
-            last_reply_at: None,
-            rollback_alerted: 0,
-            spent: Vec::new(),
-            peers: Vec::new(),
+            chain: SendChain::default(),
+            inbound: Inbound::default(),
+            integrity: IntegrityState {
+                // The first periodic status goes out an hour after joining.
+                last_status_at: Some(joined_at),
+                ..IntegrityState::default()
+            },
             burn: None,
-            seen_targeted: Vec::new(),
-            rollback_claims: Vec::new(),
             verified: Vec::new(),
         }
     }
@@ -506,4 +524,64 @@ pub struct Verified {
     /// The signature key whose safety number we compared.
     #[serde(with = "crate::bytes_serde")]
     pub signature_key: Vec<u8>,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+    use backchannel_proto::addr::{Fingerprint, MailboxId, RelayAddr};
+
+    fn record() -> ChannelRecord {
+        let mailbox = MailboxAddr {
+            relay: RelayAddr {
+                fingerprint: Fingerprint([1; 32]),
+                host: "relay.example".into(),
+                port: 443,
+            },
+            send_id: MailboxId([2; 16]),
+        };
+        ChannelRecord::new(
+            ChannelId([3; 16]),
+            "ops".into(),
+            Suite::XWing,
+            vec![4; 32],
+            mailbox,
+            Timestamp(5),
+        )
+    }
+
+    #[test]
+    fn the_parts_of_a_channel_record_are_stored_as_the_flat_object_profiles_hold() {
+        let mut r = record();
+        r.chain.own_seq = 7;
+        r.integrity.rollback_alerted = 9;
+        let value = serde_json::to_value(&r).unwrap();
+        // The keys a profile written before the parts existed has, at the top.
+        for key in [
+            "own_seq",
+            "own_last_hash",
+            "epoch_keys",
+            "recent_fragmented",
+            "seen_targeted",
+            "authenticators",
+            "last_status_at",
+            "rollback_alerted",
+            "peers",
+            "burn",
+            "verified",
+        ] {
+            assert!(value.get(key).is_some(), "{key} is not at the top");
+        }
+        assert_eq!(value["own_seq"], 7);
+        // Such a profile, without the keys added later, still loads.
+        let mut old = value.as_object().unwrap().clone();
+        for later in ["seen_targeted", "rollback_claims", "spent", "peers", "burn"] {
+            old.remove(later);
+        }
+        let back: ChannelRecord = serde_json::from_value(old.into()).unwrap();
+        assert_eq!(back.chain, r.chain);
+        assert_eq!(back.integrity.rollback_alerted, 9);
+        assert_eq!(back.integrity.last_status_at, Some(Timestamp(5)));
+    }
 }

@@ -102,6 +102,7 @@ impl Channel {
 
     pub(crate) fn current_key(&self) -> Result<[u8; 32], CommandError> {
         self.record
+            .inbound
             .epoch_keys
             .last()
             .map(|k| k.key)

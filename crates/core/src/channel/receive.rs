@@ -27,7 +27,7 @@ impl Channel {
     /// The fragment inside a blob, if one of this channel's keys opens it, and
     /// whether that key is within the content window ([`ENVELOPE_KEY_EPOCHS`]).
     pub(crate) fn open(&self, blob: &[u8]) -> Option<(Vec<u8>, bool)> {
-        self.open_with(self.record.epoch_keys.iter().rev(), blob)
+        self.open_with(self.record.inbound.epoch_keys.iter().rev(), blob)
     }
 
     pub(crate) fn open_with<'k>(
@@ -35,7 +35,7 @@ impl Channel {
         mut keys: impl Iterator<Item = &'k EpochKey>,
         blob: &[u8],
     ) -> Option<(Vec<u8>, bool)> {
-        let newest = self.record.epoch_keys.last().map(|k| k.epoch)?;
+        let newest = self.record.inbound.epoch_keys.last().map(|k| k.epoch)?;
         keys.find_map(|k| {
             seal::open(&k.key, blob).map(|f| {
                 let recent = k.epoch.saturating_add(ENVELOPE_KEY_EPOCHS as u64) > newest;
@@ -125,7 +125,12 @@ impl Channel {
         if fragment.count == 1 {
             return self.receive_content(ctx, fragment.kind, &fragment.chunk);
         }
-        if self.record.recent_fragmented.contains(&fragment.message_id) {
+        if self
+            .record
+            .inbound
+            .recent_fragmented
+            .contains(&fragment.message_id)
+        {
             ctx.alert(
                 self.record.id,
                 Alert::Replayed {
@@ -173,9 +178,17 @@ impl Channel {
         for id in ids {
             self.unpark(ctx, id)?;
         }
-        self.record.recent_fragmented.push(fragment.message_id);
-        let excess = self.record.recent_fragmented.len().saturating_sub(1024);
-        self.record.recent_fragmented.drain(..excess);
+        self.record
+            .inbound
+            .recent_fragmented
+            .push(fragment.message_id);
+        let excess = self
+            .record
+            .inbound
+            .recent_fragmented
+            .len()
+            .saturating_sub(1024);
+        self.record.inbound.recent_fragmented.drain(..excess);
         match Fragment::join(&siblings) {
             Ok(message) => self.receive_content(ctx, fragment.kind, &message),
             Err(e) => {
@@ -288,6 +301,7 @@ impl Channel {
             let epoch = live.group.epoch().as_u64();
             let new_keys: Vec<&EpochKey> = self
                 .record
+                .inbound
                 .epoch_keys
                 .iter()
                 .rev()
@@ -306,7 +320,13 @@ impl Channel {
                     _ => None,
                 })
                 .collect();
-            self.sealed_tried = self.record.epoch_keys.iter().map(|k| k.epoch).collect();
+            self.sealed_tried = self
+                .record
+                .inbound
+                .epoch_keys
+                .iter()
+                .map(|k| k.epoch)
+                .collect();
             if ready.is_empty() {
                 return Ok(());
             }
@@ -512,7 +532,7 @@ impl Channel {
         };
         let from = self.name_of(&sender);
         let digest: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(bytes).into();
-        if self.record.seen_targeted.contains(&digest) {
+        if self.record.inbound.seen_targeted.contains(&digest) {
             ctx.alert(
                 channel,
                 Alert::Replayed {
@@ -522,13 +542,14 @@ impl Channel {
             );
             return Ok(());
         }
-        self.record.seen_targeted.push(digest);
+        self.record.inbound.seen_targeted.push(digest);
         let excess = self
             .record
+            .inbound
             .seen_targeted
             .len()
             .saturating_sub(SEEN_TARGETED);
-        self.record.seen_targeted.drain(..excess);
+        self.record.inbound.seen_targeted.drain(..excess);
         self.save(ctx)?;
         match backchannel_proto::control::Control::decode(processed.application_data()) {
             Ok(backchannel_proto::control::Control::Intro(intro))
@@ -843,10 +864,10 @@ impl Channel {
 
     pub(crate) fn expire<S: Storage>(&mut self, ctx: &mut Ctx<'_, S>) -> Result<(), CommandError> {
         let channel = self.record.id;
-        if let Some(expected) = self.record.expected.clone()
+        if let Some(expected) = self.record.integrity.expected.clone()
             && ctx.now >= expected.since.plus_ms(ctx.config.gap_grace_ms)
         {
-            self.record.expected = None;
+            self.record.integrity.expected = None;
             self.save(ctx)?;
             ctx.alert(
                 channel,

@@ -83,8 +83,8 @@ impl Channel {
         };
         let payload = Payload {
             kind,
-            seq: self.record.own_seq + 1,
-            prev_hash: self.record.own_last_hash,
+            seq: self.record.chain.own_seq + 1,
+            prev_hash: self.record.chain.own_last_hash,
             sent_at: ctx.now.0,
             body,
             heads: self.heads(),
@@ -108,8 +108,8 @@ impl Channel {
             self.oldest = Some(ctx.now);
         }
         let hash = chain_hash(&unpadded);
-        self.record.own_seq = payload.seq;
-        self.record.own_last_hash = hash;
+        self.record.chain.own_seq = payload.seq;
+        self.record.chain.own_last_hash = hash;
         self.save(ctx)?;
         let mut record = MessageRecord {
             position: 0,
@@ -363,33 +363,47 @@ impl Channel {
                 .map_err(|_| internal("exporter length"))?,
         );
         let key = derive::envelope_key(&secret).map_err(internal)?;
-        self.record.epoch_keys.retain(|k| k.epoch != epoch);
-        self.record.epoch_keys.push(EpochKey { epoch, key: *key });
+        self.record.inbound.epoch_keys.retain(|k| k.epoch != epoch);
+        self.record
+            .inbound
+            .epoch_keys
+            .push(EpochKey { epoch, key: *key });
         self.sealed_tried.retain(|e| *e != epoch);
         let authenticator = live.group.epoch_authenticator().as_slice().to_vec();
-        self.record.authenticators.retain(|a| a.epoch != epoch);
         self.record
+            .integrity
+            .authenticators
+            .retain(|a| a.epoch != epoch);
+        self.record
+            .integrity
             .authenticators
             .push(crate::store::EpochAuthenticator {
                 epoch,
                 authenticator,
             });
-        let excess = self.record.authenticators.len().saturating_sub(16);
-        self.record.authenticators.drain(..excess);
+        let excess = self
+            .record
+            .integrity
+            .authenticators
+            .len()
+            .saturating_sub(16);
+        self.record.integrity.authenticators.drain(..excess);
         if self
             .record
+            .integrity
             .expected
             .as_ref()
             .is_some_and(|e| e.epoch <= epoch)
         {
-            self.record.expected = None;
+            self.record.integrity.expected = None;
         }
         let excess = self
             .record
+            .inbound
             .epoch_keys
             .len()
             .saturating_sub(ANNOUNCEMENT_KEY_EPOCHS);
-        self.record.epoch_keys.drain(..excess);
+        self.record.inbound.epoch_keys.drain(..excess);
         self.members = members_of(&live.group, &self.record.signature_key);
         ctx.store()
             .save_members(&self.record.id, &self.members)
@@ -459,7 +473,7 @@ impl Channel {
         }
         self.record.status = ChannelStatus::Closed;
         self.record.intent = None;
-        self.record.epoch_keys.clear();
+        self.record.inbound.epoch_keys.clear();
         for (id, _) in self.pending.drain(..) {
             ctx.store()
                 .remove_pending(&self.record.id, id)
