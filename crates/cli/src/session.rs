@@ -100,7 +100,7 @@ pub(crate) fn channel_by_id(
 ) -> Result<backchannel_core::ChannelSummary, Failure> {
     client
         .engine()
-        .channel_by_id(&id)
+        .channel(&id)
         .map_err(|_| Failure::new("the channel vanished"))
 }
 
@@ -137,7 +137,7 @@ pub(crate) fn erasure_notice(name: &str, why: &Erasure) -> String {
 fn channel_name(client: &Client, channel: &ChannelId) -> String {
     client
         .engine()
-        .channel_by_id(channel)
+        .channel(channel)
         .map(|c| c.name)
         .unwrap_or_else(|_| "a channel no longer here".to_owned())
 }
@@ -238,7 +238,7 @@ pub(crate) fn report_changes(g: &Global, client: &mut Client, events: &[Event]) 
                 disappearing_secs,
                 expires_at,
             } => {
-                let Ok(name) = client.engine().channel_by_id(channel).map(|c| c.name) else {
+                let Ok(name) = client.engine().channel(channel).map(|c| c.name) else {
                     continue;
                 };
                 let timer = match disappearing_secs {

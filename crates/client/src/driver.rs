@@ -388,7 +388,7 @@ impl Client {
                         // Our mailbox in it is the one our key package named.
                         let own = self
                             .engine
-                            .channel_by_id(channel)
+                            .channel(channel)
                             .ok()
                             .and_then(|c| c.members.into_iter().find(|m| m.is_self));
                         if let Some(me) = own

@@ -371,7 +371,7 @@ impl Client {
             .map_err(|e| e.to_string())?;
         let ch = self
             .engine()
-            .channel_by_id(channel)
+            .channel(channel)
             .map_err(|_| "the channel is gone")?;
         if summary.suite != Some(ch.suite) {
             return Err("it is for another ciphersuite".into());
@@ -381,7 +381,7 @@ impl Client {
 
     fn channel_name(&self, channel: &ChannelId) -> String {
         self.engine()
-            .channel_by_id(channel)
+            .channel(channel)
             .map(|c| c.name)
             .unwrap_or_else(|_| channel.to_string())
     }
@@ -439,7 +439,7 @@ impl Client {
             Err(e) => return LinkAnswer::Failed(e.to_string()),
         };
         // The link named the inviter's key; the channel must hold it.
-        let inviter_there = self.engine().channel_by_id(&channel).is_ok_and(|c| {
+        let inviter_there = self.engine().channel(&channel).is_ok_and(|c| {
             c.members
                 .iter()
                 .any(|m| !m.is_self && m.signature_key == pending.inviter_key)

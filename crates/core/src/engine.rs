@@ -37,7 +37,7 @@ use crate::event::Event;
 use crate::introduction::{IntroId, IntroState};
 use crate::mls::{self, Backend, Suite};
 use crate::store::{ChannelRecord, ChannelStatus, EngineStore, MemberRecord, MessageRecord};
-use crate::{ChannelId, Timestamp};
+use crate::{ChannelId, ChannelRef, Timestamp};
 
 mod introduce;
 
@@ -181,12 +181,15 @@ impl<S: Storage> Engine<S> {
     /// What a channel waits for now: gaps in senders' numbers, inputs it cannot
     /// read yet, an update others reached. Each becomes an alert if its grace period
     /// ends first; until then it is shown as waiting.
-    pub fn pending(&self, name: &str) -> Result<crate::Pending, CommandError> {
-        let id = self.channel_id(name)?;
+    pub fn pending<'a>(
+        &self,
+        channel: impl Into<ChannelRef<'a>>,
+    ) -> Result<crate::Pending, CommandError> {
+        let id = self.channel_id(channel)?;
         let ch = self
             .channels
             .get(&id)
-            .ok_or_else(|| CommandError::UnknownChannel(name.to_owned()))?;
+            .ok_or_else(|| CommandError::UnknownChannel(id.to_string()))?;
         let gaps = ch
             .senders
             .values()
@@ -222,48 +225,58 @@ impl<S: Storage> Engine<S> {
         self.channels.values().map(|ch| self.summary(ch)).collect()
     }
 
-    /// One channel by identifier.
-    pub fn channel_by_id(&self, id: &ChannelId) -> Result<ChannelSummary, CommandError> {
-        self.channels
-            .get(id)
-            .map(|ch| self.summary(ch))
-            .ok_or_else(|| CommandError::UnknownChannel(id.to_string()))
-    }
-
-    /// One channel by local name.
-    pub fn channel(&self, name: &str) -> Result<ChannelSummary, CommandError> {
-        let id = self.channel_id(name)?;
+    /// One channel, by local name or identifier.
+    pub fn channel<'a>(
+        &self,
+        channel: impl Into<ChannelRef<'a>>,
+    ) -> Result<ChannelSummary, CommandError> {
+        let id = self.channel_id(channel)?;
         let ch = self
             .channels
             .get(&id)
-            .ok_or_else(|| CommandError::UnknownChannel(name.into()))?;
+            .ok_or_else(|| CommandError::UnknownChannel(id.to_string()))?;
         Ok(self.summary(ch))
     }
 
-    /// The identifier of the channel with this local name.
-    pub fn channel_id(&self, name: &str) -> Result<ChannelId, CommandError> {
-        self.channels
-            .values()
-            .find(|ch| ch.record.name == name)
-            .map(|ch| ch.record.id)
-            .ok_or_else(|| CommandError::UnknownChannel(name.into()))
+    /// The identifier of a channel named by local name or identifier (an
+    /// identifier is checked to be one of ours).
+    pub fn channel_id<'a>(
+        &self,
+        channel: impl Into<ChannelRef<'a>>,
+    ) -> Result<ChannelId, CommandError> {
+        match channel.into() {
+            ChannelRef::Name(name) => self
+                .channels
+                .values()
+                .find(|ch| ch.record.name == name)
+                .map(|ch| ch.record.id)
+                .ok_or_else(|| CommandError::UnknownChannel(name.into())),
+            ChannelRef::Id(id) => self
+                .channels
+                .contains_key(&id)
+                .then_some(id)
+                .ok_or_else(|| CommandError::UnknownChannel(id.to_string())),
+        }
     }
 
     /// A channel's history, in arrival order, after store position `after`.
-    pub fn history(
+    pub fn history<'a>(
         &self,
-        name: &str,
+        channel: impl Into<ChannelRef<'a>>,
         after: u64,
         limit: usize,
     ) -> Result<Vec<MessageRecord>, CommandError> {
-        let id = self.channel_id(name)?;
+        let id = self.channel_id(channel)?;
         self.store().messages(&id, after, limit).map_err(store_err)
     }
 
     /// The epoch authenticator of a channel's current epoch: equal for every member
     /// in the same epoch with the same history of commits.
-    pub fn epoch_authenticator(&self, name: &str) -> Result<Vec<u8>, CommandError> {
-        let id = self.channel_id(name)?;
+    pub fn epoch_authenticator<'a>(
+        &self,
+        channel: impl Into<ChannelRef<'a>>,
+    ) -> Result<Vec<u8>, CommandError> {
+        let id = self.channel_id(channel)?;
         let live = self.live(&id)?;
         Ok(live.group.epoch_authenticator().as_slice().to_vec())
     }
@@ -473,23 +486,23 @@ impl<S: Storage> Engine<S> {
 
     /// Adds the owner of a key package to a channel we administer. Returns the welcome
     /// to hand to them.
-    pub fn add_member(
+    pub fn add_member<'a>(
         &mut self,
         now: Timestamp,
-        name: &str,
+        channel: impl Into<ChannelRef<'a>>,
         key_package: &[u8],
     ) -> Result<Vec<u8>, CommandError> {
-        self.add_members(now, name, &[key_package])
+        self.add_members(now, channel, &[key_package])
     }
 
     /// Adds several people in one commit. Returns one welcome that serves them all.
-    pub fn add_members(
+    pub fn add_members<'a>(
         &mut self,
         now: Timestamp,
-        name: &str,
+        channel: impl Into<ChannelRef<'a>>,
         key_packages: &[&[u8]],
     ) -> Result<Vec<u8>, CommandError> {
-        let id = self.channel_id(name)?;
+        let id = self.channel_id(channel)?;
         self.transact(now, |engine| {
             let (ch, mut ctx) = engine.channel_ctx(&id, now)?;
             ch.add_members(&mut ctx, key_packages)
@@ -497,13 +510,13 @@ impl<S: Storage> Engine<S> {
     }
 
     /// Removes a member from a channel we administer.
-    pub fn remove_member(
+    pub fn remove_member<'a>(
         &mut self,
         now: Timestamp,
-        name: &str,
+        channel: impl Into<ChannelRef<'a>>,
         member: &str,
     ) -> Result<(), CommandError> {
-        let id = self.channel_id(name)?;
+        let id = self.channel_id(channel)?;
         self.transact(now, |engine| {
             let (ch, mut ctx) = engine.channel_ctx(&id, now)?;
             ch.remove_member(&mut ctx, member)
@@ -513,8 +526,12 @@ impl<S: Storage> Engine<S> {
     /// Replaces our keys in a channel (post-compromise security). The administrator
     /// commits at once; another member proposes, and the administrator's client
     /// commits the proposal when it arrives.
-    pub fn self_update(&mut self, now: Timestamp, name: &str) -> Result<(), CommandError> {
-        let id = self.channel_id(name)?;
+    pub fn self_update<'a>(
+        &mut self,
+        now: Timestamp,
+        channel: impl Into<ChannelRef<'a>>,
+    ) -> Result<(), CommandError> {
+        let id = self.channel_id(channel)?;
         self.transact(now, |engine| {
             let (ch, mut ctx) = engine.channel_ctx(&id, now)?;
             ch.self_update(&mut ctx)
@@ -523,8 +540,12 @@ impl<S: Storage> Engine<S> {
 
     /// Leaves a channel. An administrator first hands the role to the member who has
     /// been in the channel longest.
-    pub fn leave(&mut self, now: Timestamp, name: &str) -> Result<(), CommandError> {
-        let id = self.channel_id(name)?;
+    pub fn leave<'a>(
+        &mut self,
+        now: Timestamp,
+        channel: impl Into<ChannelRef<'a>>,
+    ) -> Result<(), CommandError> {
+        let id = self.channel_id(channel)?;
         self.transact(now, |engine| {
             let (ch, mut ctx) = engine.channel_ctx(&id, now)?;
             ch.leave(&mut ctx)
@@ -532,13 +553,13 @@ impl<S: Storage> Engine<S> {
     }
 
     /// Sends a text message to every other member.
-    pub fn send_text(
+    pub fn send_text<'a>(
         &mut self,
         now: Timestamp,
-        name: &str,
+        channel: impl Into<ChannelRef<'a>>,
         text: &str,
     ) -> Result<MessageRecord, CommandError> {
-        let id = self.channel_id(name)?;
+        let id = self.channel_id(channel)?;
         self.transact(now, |engine| {
             let (ch, mut ctx) = engine.channel_ctx(&id, now)?;
             let record = ch.send_payload(&mut ctx, PayloadKind::Text, text.as_bytes().to_vec())?;
@@ -592,8 +613,12 @@ impl<S: Storage> Engine<S> {
 
     /// Sends our view of the channel to every member and asks for theirs. Their
     /// answers update [`ChannelSummary::peers`]; any disagreement raises an alert.
-    pub fn request_status(&mut self, now: Timestamp, name: &str) -> Result<(), CommandError> {
-        let id = self.channel_id(name)?;
+    pub fn request_status<'a>(
+        &mut self,
+        now: Timestamp,
+        channel: impl Into<ChannelRef<'a>>,
+    ) -> Result<(), CommandError> {
+        let id = self.channel_id(channel)?;
         self.transact(now, |engine| {
             let (ch, mut ctx) = engine.channel_ctx(&id, now)?;
             ch.live()?;

@@ -72,6 +72,41 @@ impl fmt::Debug for ChannelId {
     }
 }
 
+/// A channel as a command names it: by its local name (what people type) or by
+/// its identifier (what arrives from relays and what events carry). Every engine
+/// command takes either.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelRef<'a> {
+    /// By local name.
+    Name(&'a str),
+    /// By identifier.
+    Id(ChannelId),
+}
+
+impl<'a> From<&'a str> for ChannelRef<'a> {
+    fn from(name: &'a str) -> Self {
+        ChannelRef::Name(name)
+    }
+}
+
+impl<'a> From<&'a String> for ChannelRef<'a> {
+    fn from(name: &'a String) -> Self {
+        ChannelRef::Name(name)
+    }
+}
+
+impl From<ChannelId> for ChannelRef<'_> {
+    fn from(id: ChannelId) -> Self {
+        ChannelRef::Id(id)
+    }
+}
+
+impl From<&ChannelId> for ChannelRef<'_> {
+    fn from(id: &ChannelId) -> Self {
+        ChannelRef::Id(*id)
+    }
+}
+
 /// A point in time: milliseconds since the Unix epoch. The engine never reads a
 /// clock; its driver passes the time in.
 #[derive(

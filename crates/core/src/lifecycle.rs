@@ -23,26 +23,26 @@ use openmls_traits::crypto::OpenMlsCrypto;
 use openmls_traits::random::OpenMlsRand;
 use openmls_traits::signatures::Signer;
 
-use crate::Timestamp;
 use crate::channel::{Channel, group_extensions, policy_of};
 use crate::context::{CommandError, Ctx, Storage, internal, store_err};
 use crate::derive::MemberId;
 use crate::engine::{Engine, Timer};
 use crate::event::{Actor, Alert, Erasure, Event};
 use crate::store::BurnState;
+use crate::{ChannelRef, Timestamp};
 
 /// How long a burner waits for receipts before erasing its own keys anyway.
 pub const BURN_WAIT_MS: u64 = 7 * 24 * 3600 * 1000;
 
 impl<S: Storage> Engine<S> {
     /// Sets how long messages live in a channel we administer (0: forever).
-    pub fn set_disappearing(
+    pub fn set_disappearing<'a>(
         &mut self,
         now: Timestamp,
-        name: &str,
+        channel: impl Into<ChannelRef<'a>>,
         secs: u64,
     ) -> Result<(), CommandError> {
-        let id = self.channel_id(name)?;
+        let id = self.channel_id(channel)?;
         self.transact_on(now, &id, |ch, ctx| {
             ch.live()?;
             if !ch.is_admin() {
@@ -56,8 +56,12 @@ impl<S: Storage> Engine<S> {
 
     /// Burns a channel: every member erases it and confirms. Our history goes now;
     /// our keys go once every member has confirmed.
-    pub fn burn(&mut self, now: Timestamp, name: &str) -> Result<(), CommandError> {
-        let id = self.channel_id(name)?;
+    pub fn burn<'a>(
+        &mut self,
+        now: Timestamp,
+        channel: impl Into<ChannelRef<'a>>,
+    ) -> Result<(), CommandError> {
+        let id = self.channel_id(channel)?;
         self.transact_on(now, &id, |ch, ctx| ch.start_burn(ctx))
     }
 }

@@ -8,17 +8,21 @@
 //! verified member is remembered by name and key; if a member of that name is later
 //! added with another key, that is an alert naming who added it.
 
-use crate::Timestamp;
 use crate::channel::{Channel, find_other};
 use crate::context::{CommandError, Storage};
 use crate::derive::safety_number;
 use crate::engine::Engine;
 use crate::event::Alert;
 use crate::store::{MemberRecord, Verified};
+use crate::{ChannelRef, Timestamp};
 
 impl<S: Storage> Engine<S> {
     /// The safety number between us and `member` in `channel`.
-    pub fn safety_number(&self, channel: &str, member: &str) -> Result<String, CommandError> {
+    pub fn safety_number<'a>(
+        &self,
+        channel: impl Into<ChannelRef<'a>>,
+        member: &str,
+    ) -> Result<String, CommandError> {
         let summary = self.channel(channel)?;
         let own = summary
             .members
@@ -30,10 +34,10 @@ impl<S: Storage> Engine<S> {
     }
 
     /// Records that we compared safety numbers with `member` and they matched.
-    pub fn confirm_verified(
+    pub fn confirm_verified<'a>(
         &mut self,
         now: Timestamp,
-        channel: &str,
+        channel: impl Into<ChannelRef<'a>>,
         member: &str,
     ) -> Result<(), CommandError> {
         let id = self.channel_id(channel)?;
@@ -114,9 +118,9 @@ impl<S: Storage> Engine<S> {
 
     /// The safety number between us in `channel` and the owner of `signature_key`
     /// (someone not yet in it: compared before admitting them).
-    pub fn safety_number_with(
+    pub fn safety_number_with<'a>(
         &self,
-        channel: &str,
+        channel: impl Into<ChannelRef<'a>>,
         signature_key: &[u8],
     ) -> Result<String, CommandError> {
         let summary = self.channel(channel)?;

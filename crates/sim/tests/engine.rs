@@ -344,3 +344,42 @@ fn the_next_timeout_says_which_timer_of_which_channel_falls_due() {
         "{next:?}"
     );
 }
+
+#[test]
+fn a_channel_is_found_by_its_local_name_or_its_identifier_alike() {
+    use backchannel_core::{ChannelId, CommandError};
+    let mut sim = Sim::new(12);
+    let alice = sim.add_node("alice");
+    let ops = sim.create_channel(alice, "ops");
+    let engine = &sim.nodes[alice].engine;
+    assert_eq!(engine.channel("ops").unwrap().id, ops);
+    assert_eq!(engine.channel(&ops).unwrap().name, "ops");
+    assert_eq!(engine.channel_id(ops).unwrap(), ops);
+    let stranger = ChannelId([0x77; 16]);
+    assert!(matches!(
+        engine.channel(&stranger),
+        Err(CommandError::UnknownChannel(_))
+    ));
+    assert!(matches!(
+        engine.channel("nope"),
+        Err(CommandError::UnknownChannel(_))
+    ));
+    // Commands take either: a message sent by identifier lands in the same history.
+    let now = sim.now;
+    sim.nodes[alice]
+        .engine
+        .send_text(now, &ops, "by id")
+        .unwrap();
+    sim.nodes[alice]
+        .engine
+        .send_text(now, "ops", "by name")
+        .unwrap();
+    let texts: Vec<String> = sim.nodes[alice]
+        .engine
+        .history("ops", 0, 10)
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| String::from_utf8(m.body).ok())
+        .collect();
+    assert_eq!(texts, vec!["by id", "by name"]);
+}

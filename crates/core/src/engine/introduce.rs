@@ -16,7 +16,7 @@ use crate::introduction::{
     Role,
 };
 use crate::mls::Suite;
-use crate::{ChannelId, Timestamp};
+use crate::{ChannelId, ChannelRef, Timestamp};
 
 fn refused(reason: impl Into<String>) -> CommandError {
     CommandError::Introduction(reason.into())
@@ -27,16 +27,16 @@ impl<S: Storage> Engine<S> {
     /// of `joiner_channel`: once each says yes, the host makes a channel and the
     /// joiner joins it. Returns the introduction's identifier; it completes as their
     /// clients answer and ours passes the answers on.
-    pub fn introduce(
+    pub fn introduce<'a, 'b>(
         &mut self,
         now: Timestamp,
-        host_channel: &ChannelId,
+        host_channel: impl Into<ChannelRef<'a>>,
         host: &MemberId,
-        joiner_channel: &ChannelId,
+        joiner_channel: impl Into<ChannelRef<'b>>,
         joiner: &MemberId,
     ) -> Result<IntroId, CommandError> {
-        let host = self.party(host_channel, host)?;
-        let joiner = self.party(joiner_channel, joiner)?;
+        let host = self.party(&self.channel_id(host_channel)?, host)?;
+        let joiner = self.party(&self.channel_id(joiner_channel)?, joiner)?;
         let (state, acts) = introduction::introduce(host, joiner).map_err(refused)?;
         let id: IntroId = self.backend.rand().random_array().map_err(internal)?;
         self.transact(now, |engine| {
@@ -211,12 +211,13 @@ impl<S: Storage> Engine<S> {
 
     /// Sends a step of an introduction as it is, in channel `id` (tests use it to
     /// play a member who lies; the engine's own steps go through the state machine).
-    pub fn send_introduction(
+    pub fn send_introduction<'a>(
         &mut self,
         now: Timestamp,
-        id: &ChannelId,
+        channel: impl Into<ChannelRef<'a>>,
         intro: Intro,
     ) -> Result<(), CommandError> {
+        let id = &self.channel_id(channel)?;
         let to = MemberId(intro.to);
         let body = Control::Intro(intro).encode();
         self.transact(now, |engine| {
