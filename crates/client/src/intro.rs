@@ -35,7 +35,7 @@ impl Client {
         };
         let (a, host) = member(host_channel, host)?;
         let (b, joiner) = member(joiner_channel, joiner)?;
-        let id = self.engine_mut().introduce(now(), &a, &host, &b, &joiner)?;
+        let id = self.engine_mut().introduce(now(), a, &host, b, &joiner)?;
         self.pump();
         Ok(id)
     }

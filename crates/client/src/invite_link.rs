@@ -439,7 +439,7 @@ impl Client {
             Err(e) => return LinkAnswer::Failed(e.to_string()),
         };
         // The link named the inviter's key; the channel must hold it.
-        let inviter_there = self.engine().channel(&channel).is_ok_and(|c| {
+        let inviter_there = self.engine().channel(channel).is_ok_and(|c| {
             c.members
                 .iter()
                 .any(|m| !m.is_self && m.signature_key == pending.inviter_key)

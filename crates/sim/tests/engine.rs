@@ -353,11 +353,11 @@ fn a_channel_is_found_by_its_local_name_or_its_identifier_alike() {
     let ops = sim.create_channel(alice, "ops");
     let engine = &sim.nodes[alice].engine;
     assert_eq!(engine.channel("ops").unwrap().id, ops);
-    assert_eq!(engine.channel(&ops).unwrap().name, "ops");
+    assert_eq!(engine.channel(ops).unwrap().name, "ops");
     assert_eq!(engine.channel_id(ops).unwrap(), ops);
     let stranger = ChannelId([0x77; 16]);
     assert!(matches!(
-        engine.channel(&stranger),
+        engine.channel(stranger),
         Err(CommandError::UnknownChannel(_))
     ));
     assert!(matches!(
@@ -368,7 +368,7 @@ fn a_channel_is_found_by_its_local_name_or_its_identifier_alike() {
     let now = sim.now;
     sim.nodes[alice]
         .engine
-        .send_text(now, &ops, "by id")
+        .send_text(now, ops, "by id")
         .unwrap();
     sim.nodes[alice]
         .engine
