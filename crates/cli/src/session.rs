@@ -100,7 +100,7 @@ pub(crate) fn channel_by_id(
 ) -> Result<backchannel_core::ChannelSummary, Failure> {
     client
         .engine()
-        .channel(&id)
+        .channel(id)
         .map_err(|_| Failure::new("the channel vanished"))
 }
 

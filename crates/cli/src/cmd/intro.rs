@@ -68,7 +68,7 @@ pub(crate) async fn introductions(g: &Global) -> Result<(), Failure> {
     let rows = waiting.iter().map(|p| {
         let channel = client
             .engine()
-            .channel(&p.introducer.channel)
+            .channel(p.introducer.channel)
             .map(|c| c.name)
             .unwrap_or_default();
         (short_id(&p.id), p, channel)
