@@ -155,8 +155,32 @@ impl Client {
             relay_errors: Vec::new(),
             transmitted: 0,
         };
+        client.bind_joined()?;
         client.run_due_timers()?;
         Ok(client)
+    }
+
+    /// Binds each channel's own mailbox to it if a crash came between joining (or
+    /// making a channel for an introduction) and binding: an unbound mailbox is
+    /// never subscribed to.
+    fn bind_joined(&mut self) -> Result<(), ClientError> {
+        let unbound: Vec<(MailboxAddr, ChannelId)> = self
+            .engine
+            .channels()
+            .into_iter()
+            .filter_map(|c| {
+                let me = c.members.into_iter().find(|m| m.is_self)?;
+                let record = self
+                    .mailboxes
+                    .values()
+                    .find(|m| m.send_id == me.mailbox.send_id)?;
+                record.channel.is_none().then_some((me.mailbox, c.id))
+            })
+            .collect();
+        for (mailbox, channel) in unbound {
+            self.bind(&mailbox, channel)?;
+        }
+        Ok(())
     }
 
     /// Applies what fell due while the profile was closed (a channel's end date,

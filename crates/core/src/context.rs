@@ -145,11 +145,13 @@ pub(crate) struct Ctx<'a, S: Storage> {
     /// Something was erased: overwrite freed space once the input commits.
     pub(crate) scrub: &'a std::cell::Cell<bool>,
     /// Introduction steps addressed to us, carried out once the input commits.
-    pub(crate) steps: &'a mut Vec<StepIn>,
+    pub(crate) steps: &'a mut std::collections::VecDeque<StepIn>,
 }
 
 /// An introduction step that arrived for us, sealed to us by a member.
 pub(crate) struct StepIn {
+    /// Where the store keeps it until it is carried out.
+    pub(crate) row: u64,
     /// The channel it came through.
     pub(crate) channel: ChannelId,
     /// Who sent it.

@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use backchannel_proto::addr::MailboxAddr;
+use backchannel_proto::control::Control;
 use backchannel_proto::member::{ChannelPolicy, MemberInfo, check_name};
 use backchannel_proto::payload::PayloadKind;
 use openmls::prelude::*;
@@ -53,8 +54,11 @@ pub struct Engine<S: Storage> {
     scrub: std::cell::Cell<bool>,
     /// Every introduction we take part in, by identifier (kept in the store too).
     intros: BTreeMap<IntroId, IntroState>,
-    /// Introduction steps that arrived, carried out once their input commits.
-    steps: Vec<StepIn>,
+    /// Introduction steps that arrived, carried out once their input commits (the
+    /// store keeps them until then).
+    steps: VecDeque<StepIn>,
+    /// Steps are being carried out: the transactions they run do not start again.
+    carrying_out: bool,
 }
 
 /// Which timer falls due (see [`Engine::poll_timeout`]).
@@ -73,6 +77,8 @@ pub enum Timer {
     Disappearing,
     /// Our burn's wait for the members' receipts.
     BurnWait,
+    /// An introduction step that arrived waits to be carried out (due at once).
+    Introduction,
 }
 
 /// The next timer to fall due.
@@ -127,7 +133,8 @@ impl<S: Storage> Engine<S> {
             staged: Vec::new(),
             scrub: std::cell::Cell::new(false),
             intros: BTreeMap::new(),
-            steps: Vec::new(),
+            steps: VecDeque::new(),
+            carrying_out: false,
         };
         engine.reload()?;
         Ok(engine)
@@ -166,8 +173,14 @@ impl<S: Storage> Engine<S> {
                     .expected
                     .as_ref()
                     .map(move |e| (e.since.plus_ms(grace_gap), Timer::Withheld));
+                let steps = self
+                    .steps
+                    .iter()
+                    .filter(move |s| s.channel == ch.record.id)
+                    .map(|_| (Timestamp(0), Timer::Introduction));
                 gaps.chain(pending)
                     .chain(expected)
+                    .chain(steps)
                     .chain(ch.lifecycle_deadline())
                     .map(|(at, timer)| Deadline {
                         at,
@@ -777,7 +790,29 @@ impl<S: Storage> Engine<S> {
                 }
             }
             // An erased channel leaves no row behind, not even an alert written
-            // after it was erased (its outbox goes once the relays have it).
+            // after it was erased (its outbox goes once the relays have it). A
+            // channel an introduction made outlives the one it came through: it
+            // keeps who introduced, under no channel.
+            let erased: Vec<ChannelId> = self
+                .channels
+                .values()
+                .filter(|ch| ch.erased)
+                .map(|ch| ch.record.id)
+                .collect();
+            for (id, state) in &mut self.intros {
+                if let IntroState::Connected {
+                    introducer,
+                    channel,
+                    ..
+                } = state
+                    && erased.contains(&introducer.channel)
+                    && !erased.contains(channel)
+                {
+                    introducer.channel = ChannelId::ERASED;
+                    introducer.member = MemberId::default();
+                    store.save_introduction(id, state).map_err(store_err)?;
+                }
+            }
             for ch in self.channels.values().filter(|ch| ch.erased) {
                 store.delete_channel(&ch.record.id).map_err(store_err)?;
                 store
@@ -793,24 +828,30 @@ impl<S: Storage> Engine<S> {
                 let before = self.channels.len();
                 self.channels.retain(|_, ch| !ch.erased);
                 if self.channels.len() != before {
-                    // The store erased the introductions that named them.
+                    // The store erased the introductions and steps that named them.
                     let channels = &self.channels;
-                    self.intros.retain(|_, state| {
-                        state.channels().iter().all(|c| channels.contains_key(c))
-                    });
+                    let known = |c: &ChannelId| *c == ChannelId::ERASED || channels.contains_key(c);
+                    self.intros
+                        .retain(|_, state| state.channels().iter().all(known));
+                    self.steps.retain(|s| channels.contains_key(&s.channel));
+                }
+                if !self.carrying_out {
+                    self.carrying_out = true;
+                    while let Some(step) = self.steps.pop_front() {
+                        if !self.carry_out(now, step) {
+                            break;
+                        }
+                    }
+                    self.carrying_out = false;
                 }
                 if self.channels.len() != before || self.scrub.replace(false) {
                     // Overwrite what the erasure freed, in the log too.
                     self.store().scrub().map_err(store_err)?;
                 }
-                for step in std::mem::take(&mut self.steps) {
-                    self.carry_out(now, step);
-                }
                 Ok(value)
             }
             Err(error) => {
                 self.staged.clear();
-                self.steps.clear();
                 let _ = self.store().rollback();
                 self.reload()?;
                 Err(error)
@@ -879,6 +920,23 @@ impl<S: Storage> Engine<S> {
             .introductions()
             .map_err(store_err)?
             .into_iter()
+            .collect();
+        // Steps not yet carried out (a crash, or a store that failed): from the
+        // store, which keeps them until they are.
+        self.steps = store
+            .intro_steps()
+            .map_err(store_err)?
+            .into_iter()
+            .filter_map(|(row, r)| match Control::decode(&r.control) {
+                Ok(Control::Intro(intro)) => Some(StepIn {
+                    row,
+                    channel: r.channel,
+                    from: r.from,
+                    from_name: r.from_name,
+                    intro,
+                }),
+                _ => None,
+            })
             .collect();
         Ok(())
     }

@@ -43,6 +43,20 @@ pub fn short_id(id: &IntroId) -> String {
     hex::encode(&id[..4])
 }
 
+/// A step that arrived for us, kept until it is carried out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IntroStepRecord {
+    /// The channel it came through.
+    pub channel: ChannelId,
+    /// Who sent it.
+    pub from: MemberId,
+    /// Their name there.
+    pub from_name: String,
+    /// The step, as `proto::control::Control::Intro` encodes it.
+    #[serde(with = "hex::serde")]
+    pub control: Vec<u8>,
+}
+
 /// A member of one of our channels, as an introduction knows them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Party {
@@ -55,7 +69,8 @@ pub struct Party {
 }
 
 impl Party {
-    fn is(&self, other: &Party) -> bool {
+    /// The same member of the same channel (names aside).
+    pub fn is(&self, other: &Party) -> bool {
         self.channel == other.channel && self.member == other.member
     }
 }
@@ -121,6 +136,10 @@ pub enum IntroState {
         introducer: Party,
         /// Who we are introduced to.
         peer: String,
+        /// The signature key of the key package we offered: only its channel is
+        /// joined.
+        #[serde(with = "hex::serde")]
+        offered: Vec<u8>,
     },
     /// We are introduced and have a channel with the peer.
     Connected {
@@ -280,6 +299,21 @@ pub enum Act {
 /// Why a step or an answer was not carried out.
 pub type Refusal = &'static str;
 
+/// Introductions waiting for our answer from one member, at most: more are refused
+/// (a member could otherwise fill the profile with questions).
+pub const MAX_WAITING_FROM_ONE: usize = 3;
+/// Introductions waiting for our answer, at most.
+pub const MAX_WAITING: usize = 32;
+
+/// How many introductions wait for our answer: from the sender of a step, and in all.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Waiting {
+    /// From the step's sender (same member, same channel).
+    pub from_sender: usize,
+    /// From everyone.
+    pub total: usize,
+}
+
 fn send(to: &Party, step: IntroStep) -> Act {
     Act::Send {
         channel: to.channel,
@@ -310,7 +344,14 @@ pub fn on_step(
     state: Option<&IntroState>,
     from: &Party,
     step: IntroStep,
+    waiting: Waiting,
 ) -> Result<(IntroState, Vec<Act>), Refusal> {
+    if state.is_none()
+        && matches!(step, IntroStep::Ask { .. } | IntroStep::Add { .. })
+        && (waiting.from_sender >= MAX_WAITING_FROM_ONE || waiting.total >= MAX_WAITING)
+    {
+        return Err("too many introductions wait for an answer already; answer those first");
+    }
     match (state, step) {
         (None, IntroStep::Ask { peer }) => asked(id, from, peer, Role::Join),
         (None, IntroStep::Add { peer, key_package }) => {
@@ -512,7 +553,7 @@ mod tests {
         let offer = IntroStep::Offer {
             key_package: vec![9],
         };
-        let (state, acts) = on_step(ID, Some(&state), &bob, offer).unwrap();
+        let (state, acts) = on_step(ID, Some(&state), &bob, offer, Waiting::default()).unwrap();
         assert_eq!(state.progress(), Some(IntroProgress::Added));
         let add = IntroStep::Add {
             peer: "bob".into(),
@@ -520,7 +561,14 @@ mod tests {
         };
         assert_eq!(acts, vec![send(&alice, add)]);
         let welcome = IntroStep::Welcome { welcome: vec![5] };
-        let (state, acts) = on_step(ID, Some(&state), &alice, welcome.clone()).unwrap();
+        let (state, acts) = on_step(
+            ID,
+            Some(&state),
+            &alice,
+            welcome.clone(),
+            Waiting::default(),
+        )
+        .unwrap();
         assert_eq!(state.progress(), Some(IntroProgress::Done));
         assert_eq!(acts[0], send(&bob, welcome));
     }
@@ -534,16 +582,41 @@ mod tests {
         let offer = || IntroStep::Offer {
             key_package: vec![9],
         };
-        assert!(on_step(ID, Some(&state), &mallory_in_b, offer()).is_err());
-        assert!(on_step(ID, Some(&state), &alice_in_b, offer()).is_err());
+        assert!(on_step(ID, Some(&state), &mallory_in_b, offer(), Waiting::default()).is_err());
+        assert!(on_step(ID, Some(&state), &alice_in_b, offer(), Waiting::default()).is_err());
         // The host's welcome before the key package went to the host.
         let welcome = IntroStep::Welcome { welcome: vec![5] };
-        assert!(on_step(ID, Some(&state), &alice, welcome.clone()).is_err());
-        let (added, _) = on_step(ID, Some(&state), &bob, offer()).unwrap();
+        assert!(
+            on_step(
+                ID,
+                Some(&state),
+                &alice,
+                welcome.clone(),
+                Waiting::default()
+            )
+            .is_err()
+        );
+        let (added, _) = on_step(ID, Some(&state), &bob, offer(), Waiting::default()).unwrap();
         // Only the host declines or welcomes now.
-        assert!(on_step(ID, Some(&added), &bob, IntroStep::Declined).is_err());
-        assert!(on_step(ID, Some(&added), &bob, welcome).is_err());
-        let (refused, acts) = on_step(ID, Some(&added), &alice, IntroStep::Declined).unwrap();
+        assert!(
+            on_step(
+                ID,
+                Some(&added),
+                &bob,
+                IntroStep::Declined,
+                Waiting::default()
+            )
+            .is_err()
+        );
+        assert!(on_step(ID, Some(&added), &bob, welcome, Waiting::default()).is_err());
+        let (refused, acts) = on_step(
+            ID,
+            Some(&added),
+            &alice,
+            IntroStep::Declined,
+            Waiting::default(),
+        )
+        .unwrap();
         assert_eq!(refused.progress(), Some(IntroProgress::Declined));
         assert_eq!(
             acts,
@@ -553,7 +626,7 @@ mod tests {
             })]
         );
         // Steps for an introduction nobody asked us about.
-        assert!(on_step(ID, None, &bob, offer()).is_err());
+        assert!(on_step(ID, None, &bob, offer(), Waiting::default()).is_err());
         assert!(introduce(alice.clone(), party(1, 2, "bob")).is_err());
     }
 
@@ -563,15 +636,15 @@ mod tests {
         let ask = IntroStep::Ask {
             peer: "alice".into(),
         };
-        let (waiting, acts) = on_step(ID, None, &carol, ask.clone()).unwrap();
+        let (waiting, acts) = on_step(ID, None, &carol, ask.clone(), Waiting::default()).unwrap();
         assert!(matches!(
             acts.as_slice(),
             [Act::Tell(IntroEvent::Asked { hosting: false, .. })]
         ));
         // Asked again, or a welcome before we said yes: refused.
-        assert!(on_step(ID, Some(&waiting), &carol, ask).is_err());
+        assert!(on_step(ID, Some(&waiting), &carol, ask, Waiting::default()).is_err());
         let welcome = IntroStep::Welcome { welcome: vec![5] };
-        assert!(on_step(ID, Some(&waiting), &carol, welcome).is_err());
+        assert!(on_step(ID, Some(&waiting), &carol, welcome, Waiting::default()).is_err());
         assert_eq!(
             accept(&waiting).unwrap(),
             Consent::Offer {
@@ -586,7 +659,7 @@ mod tests {
         let bad = IntroStep::Ask {
             peer: "a\u{202e}b".into(),
         };
-        assert!(on_step(ID, None, &carol, bad).is_err());
+        assert!(on_step(ID, None, &carol, bad, Waiting::default()).is_err());
     }
 
     #[test]
@@ -595,11 +668,42 @@ mod tests {
         let waiting = IntroState::ExpectJoinWelcome {
             introducer: carol.clone(),
             peer: "alice".into(),
+            offered: vec![1; 32],
         };
         let welcome = IntroStep::Welcome { welcome: vec![5] };
-        assert!(on_step(ID, Some(&waiting), &party(3, 4, "carol"), welcome.clone()).is_err());
-        let (_, acts) = on_step(ID, Some(&waiting), &carol, welcome).unwrap();
+        assert!(
+            on_step(
+                ID,
+                Some(&waiting),
+                &party(3, 4, "carol"),
+                welcome.clone(),
+                Waiting::default()
+            )
+            .is_err()
+        );
+        let (_, acts) = on_step(ID, Some(&waiting), &carol, welcome, Waiting::default()).unwrap();
         assert_eq!(acts, vec![Act::Join { welcome: vec![5] }]);
+    }
+
+    #[test]
+    fn a_member_cannot_fill_the_profile_with_questions() {
+        let carol = party(3, 3, "carol");
+        let ask = || IntroStep::Ask {
+            peer: "alice".into(),
+        };
+        let from = |from_sender, total| Waiting { from_sender, total };
+        assert!(on_step(ID, None, &carol, ask(), from(2, 10)).is_ok());
+        assert!(on_step(ID, None, &carol, ask(), from(MAX_WAITING_FROM_ONE, 3)).is_err());
+        assert!(on_step(ID, None, &carol, ask(), from(0, MAX_WAITING)).is_err());
+        // Steps of introductions under way are not questions: they go on.
+        let mine = IntroState::ExpectOffer {
+            host: party(1, 1, "alice"),
+            joiner: carol.clone(),
+        };
+        let offer = IntroStep::Offer {
+            key_package: vec![9],
+        };
+        assert!(on_step(ID, Some(&mine), &carol, offer, from(99, 99)).is_ok());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use backchannel_proto::addr::MailboxAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::derive::MemberId;
-use crate::introduction::{IntroId, IntroState};
+use crate::introduction::{IntroId, IntroState, IntroStepRecord};
 use crate::mls::Suite;
 use crate::{ChannelId, Timestamp};
 
@@ -119,6 +119,13 @@ pub trait EngineStore {
     fn introductions(&self) -> Result<Vec<(IntroId, IntroState)>, Self::Error>;
     /// Inserts or replaces the state of an introduction.
     fn save_introduction(&self, id: &IntroId, state: &IntroState) -> Result<(), Self::Error>;
+    /// Keeps an introduction step that arrived until it is carried out; returns its
+    /// identifier. Erased with its channel.
+    fn push_intro_step(&self, step: &IntroStepRecord) -> Result<u64, Self::Error>;
+    /// Every step not yet carried out, oldest first.
+    fn intro_steps(&self) -> Result<Vec<(u64, IntroStepRecord)>, Self::Error>;
+    /// Forgets a step (carried out, or refused for good).
+    fn remove_intro_step(&self, id: u64) -> Result<(), Self::Error>;
 }
 
 /// Where a channel stands for this member.

@@ -261,6 +261,26 @@ impl Sim {
         id
     }
 
+    /// `node` says yes to introduction `id` (waiting for its answer), with a new
+    /// mailbox; returns the channel it made if it hosts.
+    pub fn accept_introduction(
+        &mut self,
+        node: usize,
+        id: &backchannel_core::introduction::IntroId,
+    ) -> Option<ChannelId> {
+        let mailbox = self.new_mailbox(node);
+        let now = self.now;
+        let made = self.nodes[node]
+            .engine
+            .accept_introduction(now, id, mailbox.clone())
+            .unwrap();
+        if let Some(channel) = made {
+            self.bind(&mailbox, channel);
+        }
+        self.collect(node);
+        made
+    }
+
     /// `node` sends `text` in `channel`.
     pub fn send(&mut self, node: usize, channel: &str, text: &str) {
         let now = self.now;
@@ -285,6 +305,17 @@ impl Sim {
                     self.enqueue(node, transmit);
                 }
                 Output::Event(event) => {
+                    if let Event::Joined { channel, .. } = &event {
+                        // As the client does: our mailbox in it is now its.
+                        let own = self.nodes[node]
+                            .engine
+                            .channel(*channel)
+                            .ok()
+                            .and_then(|c| c.members.into_iter().find(|m| m.is_self));
+                        if let Some(me) = own {
+                            self.bind(&me.mailbox, *channel);
+                        }
+                    }
                     if let Event::Erased { channel, .. } = &event {
                         // The client deletes the channel's mailboxes at the relay.
                         self.mailboxes

@@ -3,7 +3,7 @@
 //! encrypted database, with the columns needed for lookups beside them.
 
 use backchannel_core::derive::MemberId;
-use backchannel_core::introduction::{IntroId, IntroState};
+use backchannel_core::introduction::{IntroId, IntroState, IntroStepRecord};
 use backchannel_core::store::{
     ChannelRecord, EngineStore, KeyPackageRecord, MemberRecord, MessageRecord, PendingItem,
     SenderState,
@@ -76,6 +76,7 @@ impl EngineStore for Store {
             "channel_settings",
             "invite_links",
             "join_requests",
+            "intro_steps",
         ] {
             self.conn
                 .execute(&format!("DELETE FROM {table} WHERE channel = ?1"), [id])?;
@@ -380,6 +381,33 @@ impl EngineStore for Store {
         self.conn
             .prepare_cached("DELETE FROM key_packages WHERE signature_key = ?1")?
             .execute([signature_key])?;
+        Ok(())
+    }
+
+    fn push_intro_step(&self, step: &IntroStepRecord) -> Result<u64, StoreError> {
+        self.conn
+            .prepare_cached("INSERT INTO intro_steps (channel, record) VALUES (?1, ?2)")?
+            .execute(params![&step.channel.0[..], serde_json::to_string(step)?])?;
+        Ok(self.conn.last_insert_rowid() as u64)
+    }
+
+    fn intro_steps(&self) -> Result<Vec<(u64, IntroStepRecord)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, record FROM intro_steps ORDER BY id")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, record) = row?;
+            out.push((id as u64, serde_json::from_str(&record)?));
+        }
+        Ok(out)
+    }
+
+    fn remove_intro_step(&self, id: u64) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached("DELETE FROM intro_steps WHERE id = ?1")?
+            .execute([id as i64])?;
         Ok(())
     }
 

@@ -5,7 +5,7 @@
 //! version. A database newer than this build is refused, never downgraded.
 
 /// Migrations, in order; `MIGRATIONS[n]` takes version `n` to `n + 1`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
 
 /// The version this build writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -149,8 +149,7 @@ CREATE TABLE pending_joins (
 
 /// Introductions get their own table (the engine's state machine keeps them); the
 /// settings that held them before go (an introduction under way when the profile
-/// was upgraded has to be made again). Each mailbox says what it is for (0 a
-/// channel, 1 an invite link, 2 the answer to our request to join).
+/// was upgraded has to be made again).
 const V5: &str = "
 CREATE TABLE introductions (
     id BLOB PRIMARY KEY,
@@ -159,7 +158,18 @@ CREATE TABLE introductions (
 );
 DELETE FROM settings WHERE key LIKE 'intro:%' OR key LIKE 'intro-join:%'
     OR key LIKE 'intro-host:%' OR key LIKE 'intro-pending:%';
+";
+
+/// Each mailbox says what it is for (0 a channel, 1 an invite link, 2 the answer to
+/// our request to join); introduction steps that arrived wait in their own table
+/// until carried out, so a crash between the two loses none.
+const V6: &str = "
 ALTER TABLE mailboxes ADD COLUMN purpose INTEGER NOT NULL DEFAULT 0;
 UPDATE mailboxes SET purpose = 1 WHERE read_id IN (SELECT read_id FROM invite_links);
 UPDATE mailboxes SET purpose = 2 WHERE read_id IN (SELECT read_id FROM pending_joins);
+CREATE TABLE intro_steps (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    channel BLOB NOT NULL,
+    record TEXT NOT NULL
+);
 ";

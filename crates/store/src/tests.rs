@@ -188,6 +188,7 @@ fn migration_from_an_empty_database_reaches_the_current_schema() {
             "join_requests",
             "pending_joins",
             "introductions",
+            "intro_steps",
         ] {
             conn.execute_batch(&format!("DROP TABLE {table}")).unwrap();
         }
@@ -246,8 +247,8 @@ fn version_5_gives_introductions_a_table_and_drops_the_settings_that_held_them()
         store
             .connection()
             .execute_batch(
-                "DROP TABLE introductions; ALTER TABLE mailboxes DROP COLUMN purpose;
-                 PRAGMA user_version = 4;",
+                "DROP TABLE introductions; DROP TABLE intro_steps;
+                 ALTER TABLE mailboxes DROP COLUMN purpose; PRAGMA user_version = 4;",
             )
             .unwrap();
         for key in [
@@ -286,6 +287,7 @@ fn version_3_moves_read_cursors_into_the_channel_settings() {
                  DROP TABLE join_requests;
                  DROP TABLE pending_joins;
                  DROP TABLE introductions;
+                 DROP TABLE intro_steps;
                  ALTER TABLE mailboxes DROP COLUMN purpose;
                  PRAGMA user_version = 2;",
             )

@@ -551,14 +551,25 @@ impl Channel {
             .saturating_sub(SEEN_TARGETED);
         self.record.inbound.seen_targeted.drain(..excess);
         self.save(ctx)?;
-        match backchannel_proto::control::Control::decode(processed.application_data()) {
+        let control = processed.application_data();
+        match backchannel_proto::control::Control::decode(control) {
             Ok(backchannel_proto::control::Control::Intro(intro))
                 if intro.to == self.record.own_member.0 =>
             {
-                ctx.steps.push(crate::context::StepIn {
+                // Kept in the same transaction as the blob's receipt: carried out
+                // once it commits, and again after a crash if it was not.
+                let record = crate::introduction::IntroStepRecord {
                     channel,
                     from: sender,
                     from_name: from,
+                    control: control.to_vec(),
+                };
+                let row = ctx.store().push_intro_step(&record).map_err(store_err)?;
+                ctx.steps.push_back(crate::context::StepIn {
+                    row,
+                    channel,
+                    from: sender,
+                    from_name: record.from_name,
                     intro,
                 });
             }

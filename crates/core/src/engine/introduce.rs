@@ -89,13 +89,24 @@ impl<S: Storage> Engine<S> {
     /// Where saying yes to `id` makes its new mailbox: our relay in the channel
     /// the introduction came through.
     pub fn introduction_relay(&self, id: &IntroId) -> Result<RelayAddr, CommandError> {
-        let Some(IntroState::ExpectConsent { introducer, .. }) = self.intros.get(id) else {
+        let Some(IntroState::ExpectConsent {
+            introducer, role, ..
+        }) = self.intros.get(id)
+        else {
             return Err(refused("the introduction does not wait for an answer"));
         };
+        // Nothing is made for an answer that cannot go anywhere.
+        self.live(&introducer.channel)?;
+        self.party(&introducer.channel, &introducer.member)?;
         let ch = self
             .channels
             .get(&introducer.channel)
             .ok_or(CommandError::NotActive)?;
+        if let Role::Host { key_package } = role
+            && self.inspect_key_package(key_package)?.suite != Some(ch.record.suite)
+        {
+            return Err(refused("the key package is for another ciphersuite"));
+        }
         Ok(ch.record.mailbox.relay.clone())
     }
 
@@ -118,13 +129,14 @@ impl<S: Storage> Engine<S> {
             Consent::Offer { introducer, peer } => {
                 let (suite, own_name) = engine.own_place(&introducer.channel)?;
                 let mut ctx = engine.ctx(now);
-                let (_, key_package) =
+                let (signer, key_package) =
                     crate::integrity::build_key_package(&mut ctx, &own_name, suite, mailbox)?;
                 engine.enter(
                     id,
                     IntroState::ExpectJoinWelcome {
                         introducer: introducer.clone(),
                         peer: peer.clone(),
+                        offered: signer.public().to_vec(),
                     },
                 )?;
                 let offer = Act::Send {
@@ -192,7 +204,11 @@ impl<S: Storage> Engine<S> {
         let id = *id;
         self.transact(now, |engine| {
             engine.enter(id, state)?;
-            engine.act(now, id, acts)
+            match engine.act(now, id, acts) {
+                // The introducer left, or the channel closed: no is no all the same.
+                Err(CommandError::NotActive | CommandError::UnknownChannel(_)) => Ok(()),
+                other => other,
+            }
         })
     }
 
@@ -227,28 +243,49 @@ impl<S: Storage> Engine<S> {
     }
 
     /// Carries out a step that arrived, in its own transaction, once the input
-    /// that brought it has committed. A step that cannot be carried out changes
-    /// nothing and is reported; it never stops the rest.
-    pub(crate) fn carry_out(&mut self, now: Timestamp, step: StepIn) {
+    /// that brought it has committed; the step leaves the store in the same
+    /// transaction. A step that cannot be carried out changes nothing, is forgotten
+    /// and reported; it never stops the rest. Returns false if the store failed:
+    /// the step stays, for the next input.
+    pub(crate) fn carry_out(&mut self, now: Timestamp, step: StepIn) -> bool {
         let from = Party {
             channel: step.channel,
             member: step.from,
             name: step.from_name,
         };
-        let id = step.intro.id;
+        let (row, id) = (step.row, step.intro.id);
         let result = self.transact(now, |engine| {
+            engine.store().remove_intro_step(row).map_err(store_err)?;
+            let waiting = introduction::Waiting {
+                from_sender: engine
+                    .pending_introductions()
+                    .iter()
+                    .filter(|p| p.introducer.is(&from))
+                    .count(),
+                total: engine.pending_introductions().len(),
+            };
             let (state, acts) =
-                introduction::on_step(id, engine.intros.get(&id), &from, step.intro.step)
+                introduction::on_step(id, engine.intros.get(&id), &from, step.intro.step, waiting)
                     .map_err(refused)?;
             engine.enter(id, state)?;
             engine.act(now, id, acts)
         });
-        if let Err(e) = result {
-            self.outputs
-                .push_back(Output::Event(Event::Introduction(IntroEvent::Refused {
-                    from: from.name,
-                    reason: e.to_string(),
-                })));
+        match result {
+            Ok(()) => true,
+            Err(CommandError::Store(_)) => false,
+            Err(e) => {
+                // The rollback put it back in the queue: it goes for good.
+                self.steps.retain(|s| s.row != row);
+                let forgotten = self.transact(now, |engine| {
+                    engine.store().remove_intro_step(row).map_err(store_err)
+                });
+                self.outputs
+                    .push_back(Output::Event(Event::Introduction(IntroEvent::Refused {
+                        from: from.name,
+                        reason: e.to_string(),
+                    })));
+                forgotten.is_ok()
+            }
         }
     }
 
@@ -328,13 +365,26 @@ impl<S: Storage> Engine<S> {
                 }
                 Act::Tell(event) => self.staged.push(Output::Event(Event::Introduction(event))),
                 Act::Join { welcome } => {
-                    let Some(IntroState::ExpectJoinWelcome { introducer, peer }) =
-                        self.intros.get(&id).cloned()
+                    let Some(IntroState::ExpectJoinWelcome {
+                        introducer,
+                        peer,
+                        offered,
+                    }) = self.intros.get(&id).cloned()
                     else {
                         return Err(refused("the introduction does not expect a welcome"));
                     };
                     let name = self.free_channel_name(&peer);
                     let channel = self.join_in(now, Some(&name), &welcome)?;
+                    // Only the channel made for the key package we offered: a welcome
+                    // for another of ours (an invite link's) is refused, and the join
+                    // rolls back with the step.
+                    if self
+                        .channels
+                        .get(&channel)
+                        .is_none_or(|c| c.record.signature_key != offered)
+                    {
+                        return Err(refused("the welcome is not for the key package we offered"));
+                    }
                     let members = self.others(&channel);
                     self.enter(
                         id,
