@@ -397,16 +397,7 @@ impl<S: Storage> Engine<S> {
                 mailbox,
                 now,
             );
-            let mut channel = Channel {
-                record,
-                live: Some(Live { group, signer }),
-                members: Vec::new(),
-                senders: BTreeMap::new(),
-                pending: Vec::new(),
-                erased: false,
-                oldest: None,
-                sealed_tried: Vec::new(),
-            };
+            let mut channel = Channel::fresh(record, Live { group, signer });
             let mut ctx = engine.ctx(now);
             channel.enter_epoch(&mut ctx)?;
             engine.channels.insert(id, channel);
@@ -475,16 +466,7 @@ impl<S: Storage> Engine<S> {
                 ));
             }
             let record = ChannelRecord::new(id, name, kp.suite, kp.signature_key, kp.mailbox, now);
-            let mut channel = Channel {
-                record,
-                live: Some(Live { group, signer }),
-                members: Vec::new(),
-                senders: BTreeMap::new(),
-                pending: Vec::new(),
-                erased: false,
-                oldest: None,
-                sealed_tried: Vec::new(),
-            };
+            let mut channel = Channel::fresh(record, Live { group, signer });
             let mut ctx = engine.ctx(now);
             channel.enter_epoch(&mut ctx)?;
             ctx.event(Event::Joined {

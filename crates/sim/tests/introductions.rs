@@ -27,6 +27,33 @@ fn member(sim: &Sim, node: usize, channel: &str, name: &str) -> backchannel_core
         .member
 }
 
+/// Carol, in "work" with alice and in "press" with bob, introduces them (alice to
+/// host) and bob says yes. Returns the introduction's identifier.
+fn introduce_and_let_bob_accept(
+    sim: &mut Sim,
+    (alice, bob, carol): (usize, usize, usize),
+) -> backchannel_core::introduction::IntroId {
+    sim.create_channel(carol, "work");
+    sim.add(carol, "work", alice);
+    sim.create_channel(carol, "press");
+    sim.add(carol, "press", bob);
+    sim.run();
+    let now = sim.now;
+    let (alice_id, bob_id) = (
+        member(sim, carol, "work", "alice"),
+        member(sim, carol, "press", "bob"),
+    );
+    let id = sim.nodes[carol]
+        .engine
+        .introduce(now, "work", &alice_id, "press", &bob_id)
+        .unwrap();
+    sim.collect(carol);
+    sim.run();
+    assert_eq!(sim.accept_introduction(bob, &id), None);
+    sim.run();
+    id
+}
+
 #[test]
 fn a_step_kept_when_the_profile_closed_is_carried_out_at_the_next_start() {
     let mut sim = Sim::new(21);
@@ -94,25 +121,8 @@ fn an_introduced_channel_keeps_who_introduced_when_the_introducers_channel_is_bu
         sim.add_node("bob"),
         sim.add_node("carol"),
     );
-    let work = sim.create_channel(carol, "work");
-    sim.add(carol, "work", alice);
-    sim.create_channel(carol, "press");
-    sim.add(carol, "press", bob);
-    sim.run();
-
-    let now = sim.now;
-    let (alice_id, bob_id) = (
-        member(&sim, carol, "work", "alice"),
-        member(&sim, carol, "press", "bob"),
-    );
-    let id = sim.nodes[carol]
-        .engine
-        .introduce(now, "work", &alice_id, "press", &bob_id)
-        .unwrap();
-    sim.collect(carol);
-    sim.run();
-    assert_eq!(sim.accept_introduction(bob, &id), None);
-    sim.run();
+    let id = introduce_and_let_bob_accept(&mut sim, (alice, bob, carol));
+    let work = sim.nodes[carol].engine.channel_id("work").unwrap();
     let made = sim.accept_introduction(alice, &id).unwrap();
     sim.run();
     let at_bob = sim.nodes[bob].engine.channel("alice").unwrap();
@@ -157,25 +167,13 @@ fn the_joiner_refuses_a_welcome_made_for_another_of_its_key_packages() {
         sim.add_node("carol"),
         sim.add_node("dave"),
     );
-    sim.create_channel(carol, "work");
-    sim.add(carol, "work", alice);
-    let press = sim.create_channel(carol, "press");
-    sim.add(carol, "press", bob);
     sim.create_channel(dave, "other");
-    sim.run();
-    let now = sim.now;
-    let (alice_id, bob_id) = (
-        member(&sim, carol, "work", "alice"),
-        member(&sim, carol, "press", "bob"),
+    let id = introduce_and_let_bob_accept(&mut sim, (alice, bob, carol));
+    let (now, press) = (
+        sim.now,
+        sim.nodes[carol].engine.channel_id("press").unwrap(),
     );
-    let id = sim.nodes[carol]
-        .engine
-        .introduce(now, "work", &alice_id, "press", &bob_id)
-        .unwrap();
-    sim.collect(carol);
-    sim.run();
-    sim.accept_introduction(bob, &id);
-    sim.run();
+    let bob_id = member(&sim, carol, "press", "bob");
 
     // Bob also made a key package for dave's channel; carol, colluding with dave,
     // passes dave's welcome off as the introduction's.

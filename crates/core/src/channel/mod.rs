@@ -64,6 +64,21 @@ pub(crate) struct Live {
 }
 
 impl Channel {
+    /// A channel just created or joined: no members known yet (its first epoch
+    /// brings them), nothing received.
+    pub(crate) fn fresh(record: ChannelRecord, live: Live) -> Self {
+        Self {
+            record,
+            live: Some(live),
+            members: Vec::new(),
+            senders: BTreeMap::new(),
+            pending: Vec::new(),
+            erased: false,
+            oldest: None,
+            sealed_tried: Vec::new(),
+        }
+    }
+
     pub(crate) fn live(&self) -> Result<&Live, CommandError> {
         match (&self.live, self.record.status) {
             (Some(live), ChannelStatus::Active) => Ok(live),

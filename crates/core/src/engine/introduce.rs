@@ -125,68 +125,59 @@ impl<S: Storage> Engine<S> {
             .ok_or_else(|| refused("no such introduction"))?;
         let consent = introduction::accept(state).map_err(refused)?;
         let id = *id;
-        self.transact(now, |engine| match consent {
-            Consent::Offer { introducer, peer } => {
-                let (suite, own_name) = engine.own_place(&introducer.channel)?;
-                let mut ctx = engine.ctx(now);
-                let (signer, key_package) =
-                    crate::integrity::build_key_package(&mut ctx, &own_name, suite, mailbox)?;
-                engine.enter(
-                    id,
-                    IntroState::ExpectJoinWelcome {
-                        introducer: introducer.clone(),
-                        peer: peer.clone(),
-                        offered: signer.public().to_vec(),
-                    },
-                )?;
-                let offer = Act::Send {
-                    channel: introducer.channel,
-                    to: introducer.member,
-                    step: IntroStep::Offer { key_package },
-                };
-                let tell = Act::Tell(IntroEvent::Accepted {
-                    by: introducer.name,
-                    peer,
-                });
-                engine.act(now, id, vec![offer, tell])?;
-                Ok(None)
-            }
+        let (introducer, peer, key_package) = match consent {
+            Consent::Offer { introducer, peer } => (introducer, peer, None),
             Consent::Host {
                 introducer,
                 peer,
                 key_package,
-            } => {
-                let (suite, own_name) = engine.own_place(&introducer.channel)?;
-                let name = engine.free_channel_name(&peer);
-                let options = ChannelOptions::from(suite);
-                let channel = engine.create_channel_in(now, &name, &own_name, options, mailbox)?;
-                let welcome = {
-                    let (ch, mut ctx) = engine.channel_ctx(&channel, now)?;
-                    ch.add_members(&mut ctx, &[&key_package])?
-                };
-                let members = engine.others(&channel);
-                engine.enter(
-                    id,
-                    IntroState::Connected {
+            } => (introducer, peer, Some(key_package)),
+        };
+        self.transact(now, |engine| {
+            let (suite, own_name) = engine.own_place(&introducer.channel)?;
+            let by = introducer.name.clone();
+            let (state, step, tell, made) = match key_package {
+                // The joiner: a key package for the host, through the introducer.
+                None => {
+                    let mut ctx = engine.ctx(now);
+                    let (signer, key_package) =
+                        crate::integrity::build_key_package(&mut ctx, &own_name, suite, mailbox)?;
+                    let state = IntroState::ExpectJoinWelcome {
+                        introducer: introducer.clone(),
+                        peer: peer.clone(),
+                        offered: signer.public().to_vec(),
+                    };
+                    let tell = IntroEvent::Accepted { by, peer };
+                    (state, IntroStep::Offer { key_package }, tell, None)
+                }
+                // The host: the channel, with the joiner in it; the welcome goes back.
+                Some(key_package) => {
+                    let name = engine.free_channel_name(&peer);
+                    let options = ChannelOptions::from(suite);
+                    let channel =
+                        engine.create_channel_in(now, &name, &own_name, options, mailbox)?;
+                    let welcome = {
+                        let (ch, mut ctx) = engine.channel_ctx(&channel, now)?;
+                        ch.add_members(&mut ctx, &[&key_package])?
+                    };
+                    let state = IntroState::Connected {
                         introducer: introducer.clone(),
                         peer: peer.clone(),
                         channel,
-                        members,
-                    },
-                )?;
-                let back = Act::Send {
-                    channel: introducer.channel,
-                    to: introducer.member,
-                    step: IntroStep::Welcome { welcome },
-                };
-                let tell = Act::Tell(IntroEvent::Connected {
-                    by: introducer.name,
-                    peer,
-                    channel,
-                });
-                engine.act(now, id, vec![back, tell])?;
-                Ok(Some(channel))
-            }
+                        members: engine.others(&channel),
+                    };
+                    let tell = IntroEvent::Connected { by, peer, channel };
+                    (state, IntroStep::Welcome { welcome }, tell, Some(channel))
+                }
+            };
+            engine.enter(id, state)?;
+            let answer = Act::Send {
+                channel: introducer.channel,
+                to: introducer.member,
+                step,
+            };
+            engine.act(now, id, vec![answer, Act::Tell(tell)])?;
+            Ok(made)
         })
     }
 
