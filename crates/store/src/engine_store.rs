@@ -14,6 +14,11 @@ use rusqlite::{OptionalExtension as _, params};
 
 use crate::{Store, StoreError};
 
+/// Alerts kept per channel, at most; unseen ones beyond are counted in one alert.
+pub const ALERTS_KEPT: i64 = 1000;
+/// The kind of the alert that counts those not kept.
+pub const OVERFLOW_KIND: &str = "overflow";
+
 impl EngineStore for Store {
     type Error = StoreError;
 
@@ -349,11 +354,63 @@ impl EngineStore for Store {
         kind: &str,
         text: &str,
     ) -> Result<(), StoreError> {
+        let id = &channel.0[..];
+        // Shown alerts beyond the limit go, oldest first, to make room.
         self.conn
             .prepare_cached(
-                "INSERT INTO alerts (channel, created_at, kind, text) VALUES (?1, ?2, ?3, ?4)",
+                "DELETE FROM alerts WHERE channel = ?1 AND shown = 1 AND id NOT IN
+                 (SELECT id FROM alerts WHERE channel = ?1 ORDER BY id DESC LIMIT ?2)",
             )?
-            .execute(params![&channel.0[..], at.0 as i64, kind, text])?;
+            .execute(params![id, ALERTS_KEPT - 1])?;
+        let unseen: i64 = self
+            .conn
+            .prepare_cached("SELECT count(*) FROM alerts WHERE channel = ?1 AND shown = 0")?
+            .query_row([id], |r| r.get(0))?;
+        if unseen < ALERTS_KEPT {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO alerts (channel, created_at, kind, text) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![id, at.0 as i64, kind, text])?;
+            return Ok(());
+        }
+        // As many unseen as are kept: the rest is counted in one last alert (a
+        // hostile relay or member cannot fill the profile with them).
+        let overflow: Option<(i64, String)> = self
+            .conn
+            .prepare_cached(
+                "SELECT id, text FROM alerts WHERE channel = ?1 AND shown = 0 AND kind = ?2
+                 ORDER BY id DESC LIMIT 1",
+            )?
+            .query_row(params![id, OVERFLOW_KIND], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let (row, more) = match overflow {
+            Some((row, text)) => {
+                let more: u64 = text
+                    .split(' ')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                (Some(row), more.saturating_add(1))
+            }
+            None => (None, 1),
+        };
+        let text = format!(
+            "{more} more alerts came and were not kept ({ALERTS_KEPT} unseen are kept per \
+             channel); the last was: {kind}"
+        );
+        match row {
+            Some(row) => self
+                .conn
+                .prepare_cached("UPDATE alerts SET text = ?2, created_at = ?3 WHERE id = ?1")?
+                .execute(params![row, text, at.0 as i64])?,
+            None => self
+                .conn
+                .prepare_cached(
+                    "INSERT INTO alerts (channel, created_at, kind, text) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![id, at.0 as i64, OVERFLOW_KIND, text])?,
+        };
         Ok(())
     }
 

@@ -22,6 +22,7 @@
 
 mod client_tables;
 mod engine_store;
+pub use engine_store::{ALERTS_KEPT, OVERFLOW_KIND};
 mod kdf;
 mod mls_storage;
 mod schema;

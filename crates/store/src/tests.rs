@@ -796,3 +796,41 @@ fn a_mailbox_says_what_it_is_for_as_its_link_or_request_comes_and_goes() {
     assert!(store.save_invite_link(&again, Timestamp(1)).is_err());
     assert_eq!(purpose_of(answer_box), Some(MailboxPurpose::InviteLink));
 }
+
+#[test]
+fn alerts_are_kept_to_a_limit_and_the_rest_is_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::create(tmp.path(), PASS).unwrap();
+    let channel = ChannelId([4; 16]);
+    let limit = ALERTS_KEPT as usize;
+    for i in 0..limit + 5 {
+        store
+            .add_alert(
+                &channel,
+                Timestamp(i as u64),
+                "withheld",
+                &format!("alert {i}"),
+            )
+            .unwrap();
+    }
+    let unseen = store.unshown_alerts(&channel).unwrap();
+    assert_eq!(unseen.len(), limit + 1);
+    assert_eq!(unseen[limit - 1].text, format!("alert {}", limit - 1));
+    let last = &unseen[limit];
+    assert_eq!(last.kind, OVERFLOW_KIND);
+    assert!(last.text.starts_with("5 more alerts"), "{}", last.text);
+    // Once seen, the oldest make room for new ones.
+    let ids: Vec<u64> = unseen.iter().map(|a| a.id).collect();
+    store.mark_alerts_shown(&ids).unwrap();
+    store
+        .add_alert(&channel, Timestamp(9_999), "replay", "new")
+        .unwrap();
+    let unseen = store.unshown_alerts(&channel).unwrap();
+    assert_eq!(unseen.len(), 1);
+    assert_eq!(unseen[0].text, "new");
+    let rows: i64 = store
+        .connection()
+        .query_row("SELECT count(*) FROM alerts", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, ALERTS_KEPT);
+}
