@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
 """The house rules CONTRIBUTING.md states, checked: within each crate no modules
 import each other in a circle (through `crate::` paths), and no source file is over
-1,100 lines. Prints what breaks them and exits 1."""
+1,000 lines. Prints what breaks them and exits 1."""
 import glob
 import re
 import sys
 
-MAX_LINES = 1100
+MAX_LINES = 1000
 failed = False
 for base in sorted(glob.glob("crates/*/src")):
     files = glob.glob(base + "/**/*.rs", recursive=True)
