@@ -214,12 +214,18 @@ pub(crate) fn report_changes(g: &Global, client: &mut Client, events: &[Event]) 
     // Join requests that arrived, answers to ours, introductions: for the person,
     // not for scripts.
     for notice in client.take_notices() {
-        eprintln!("{}", notice_text(client, &notice));
+        eprintln!(
+            "{}",
+            output::for_terminal(&notice_text(client, &notice), "  ")
+        );
     }
     let mut gone = Vec::new();
     for event in events {
         match event {
-            Event::Introduction(step) => eprintln!("{}", introduction_text(client, step)),
+            Event::Introduction(step) => eprintln!(
+                "{}",
+                output::for_terminal(&introduction_text(client, step), "  ")
+            ),
             Event::Erased { name, why, .. } => {
                 let (reason, by) = match why {
                     Erasure::Burned { by } => ("burned", Some(by.to_string())),
