@@ -114,6 +114,18 @@ pub(crate) fn format_duration(secs: u64) -> String {
     format!("{secs}s")
 }
 
+/// Who did it, for a sentence: "you" only ever for us (a member may call
+/// themselves "you").
+pub(crate) fn who(actor: &Actor) -> String {
+    match actor {
+        Actor::Us => "you".to_owned(),
+        Actor::Member(name) if name.trim().eq_ignore_ascii_case("you") => {
+            format!("the member called '{name}'")
+        }
+        Actor::Member(name) => name.clone(),
+    }
+}
+
 /// One sentence on a channel erased from this device.
 pub(crate) fn erasure_notice(name: &str, why: &Erasure) -> String {
     match why {
@@ -122,9 +134,8 @@ pub(crate) fn erasure_notice(name: &str, why: &Erasure) -> String {
                 "'{name}' is burned: every member confirmed, and it is erased from this device."
             )
         }
-        Erasure::Burned {
-            by: Actor::Member(by),
-        } => {
+        Erasure::Burned { by } => {
+            let by = who(by);
             format!("'{name}' was burned by {by}: it is erased from this device.")
         }
         Erasure::Expired => {
@@ -260,7 +271,7 @@ pub(crate) fn report_changes(g: &Global, client: &mut Client, events: &[Event]) 
                 };
                 print(
                     g,
-                    format!("{by} changed the rules of '{name}': {timer}{end}."),
+                    format!("{} changed the rules of '{name}': {timer}{end}.", who(by)),
                     json!({
                         "channel": name,
                         "rules_changed_by": by.to_string(),
@@ -386,7 +397,14 @@ mod tests {
         };
         assert_eq!(
             erasure_notice("ops", &by_member),
-            "'ops' was burned by you: it is erased from this device."
+            "'ops' was burned by the member called 'you': it is erased from this device."
+        );
+        let by_alice = Erasure::Burned {
+            by: Actor::Member("alice".into()),
+        };
+        assert_eq!(
+            erasure_notice("ops", &by_alice),
+            "'ops' was burned by alice: it is erased from this device."
         );
         let by_us = Erasure::Burned { by: Actor::Us };
         assert!(erasure_notice("ops", &by_us).contains("every member confirmed"));

@@ -155,8 +155,8 @@ impl Client {
             relay_errors: Vec::new(),
             transmitted: 0,
         };
-        client.bind_joined()?;
         client.run_due_timers()?;
+        client.bind_joined()?;
         Ok(client)
     }
 
@@ -191,7 +191,7 @@ impl Client {
             self.engine.handle_timeout(now())?;
             while let Some(output) = self.engine.poll_output() {
                 if let Output::Event(event) = output {
-                    self.events.push_back(event);
+                    self.keep_event(event);
                 }
             }
         }
@@ -407,34 +407,40 @@ impl Client {
         while let Some(output) = self.engine.poll_output() {
             match output {
                 Output::Transmit(t) => self.dispatch(t),
-                Output::Event(event) => {
-                    if let Event::Joined { channel, .. } = &event {
-                        // Our mailbox in it is the one our key package named.
-                        let own = self
-                            .engine
-                            .channel(channel)
-                            .ok()
-                            .and_then(|c| c.members.into_iter().find(|m| m.is_self));
-                        if let Some(me) = own
-                            && let Err(e) = self.bind(&me.mailbox, *channel)
-                        {
-                            self.relay_errors
-                                .push(format!("could not record a mailbox: {e}"));
-                        }
-                    }
-                    if let Event::Erased { channel, .. } = &event {
-                        // As the store now has them: under no name, until retired.
-                        for m in self.mailboxes.values_mut() {
-                            if m.channel == Some(*channel) {
-                                m.channel = Some(ChannelId::ERASED);
-                            }
-                        }
-                    }
-                    self.events.push_back(event)
-                }
+                Output::Event(event) => self.keep_event(event),
                 _ => {}
             }
         }
+    }
+
+    /// Keeps an engine event for the person, after what it means for our
+    /// mailboxes: a channel joined gets ours, an erased one loses its name.
+    fn keep_event(&mut self, event: Event) {
+        if let Event::Joined { channel, .. } = &event {
+            // Our mailbox in it is the one our key package named.
+            let own = self
+                .engine
+                .channel(channel)
+                .ok()
+                .and_then(|c| c.members.into_iter().find(|m| m.is_self));
+            if let Some(me) = own
+                && let Err(e) = self.bind(&me.mailbox, *channel)
+            {
+                // `deliver` keeps what comes to it unacknowledged, and the next
+                // start binds it.
+                self.relay_errors
+                    .push(format!("could not record a mailbox: {e}"));
+            }
+        }
+        if let Event::Erased { channel, .. } = &event {
+            // As the store now has them: under no name, until retired.
+            for m in self.mailboxes.values_mut() {
+                if m.channel == Some(*channel) {
+                    m.channel = Some(ChannelId::ERASED);
+                }
+            }
+        }
+        self.events.push_back(event)
     }
 
     pub(crate) fn dispatch(&mut self, t: Transmit) {
@@ -705,6 +711,10 @@ impl Client {
         if message_id > mailbox.last_processed {
             if self.take_invite_blob(&mailbox, message_id, &blob[..])? {
                 // An invite link's mailbox, or the answer to our request to join.
+            } else if mailbox.channel.is_none() {
+                // A channel's mailbox we could not bind yet: not acknowledged, so
+                // the relay keeps it for when we can.
+                return Ok(());
             } else if let Some(channel) = mailbox.channel {
                 let result =
                     self.engine

@@ -42,6 +42,9 @@ use crate::{ChannelId, ChannelRef, Timestamp};
 
 mod introduce;
 
+/// How long introduction steps wait after the store failed to carry one out.
+const STEP_RETRY_MS: u64 = 5_000;
+
 /// The Backchannel client engine. See the module documentation for the order of
 /// calls.
 pub struct Engine<S: Storage> {
@@ -59,6 +62,8 @@ pub struct Engine<S: Storage> {
     steps: VecDeque<StepIn>,
     /// Steps are being carried out: the transactions they run do not start again.
     carrying_out: bool,
+    /// Steps wait until then after the store failed to carry one out.
+    steps_after: Timestamp,
 }
 
 /// Which timer falls due (see [`Engine::poll_timeout`]).
@@ -135,6 +140,7 @@ impl<S: Storage> Engine<S> {
             intros: BTreeMap::new(),
             steps: VecDeque::new(),
             carrying_out: false,
+            steps_after: Timestamp(0),
         };
         engine.reload()?;
         Ok(engine)
@@ -177,7 +183,7 @@ impl<S: Storage> Engine<S> {
                     .steps
                     .iter()
                     .filter(move |s| s.channel == ch.record.id)
-                    .map(|_| (Timestamp(0), Timer::Introduction));
+                    .map(|_| (self.steps_after, Timer::Introduction));
                 gaps.chain(pending)
                     .chain(expected)
                     .chain(steps)
@@ -817,18 +823,23 @@ impl<S: Storage> Engine<S> {
                         .retain(|_, state| state.channels().iter().all(known));
                     self.steps.retain(|s| channels.contains_key(&s.channel));
                 }
-                if !self.carrying_out {
+                if !self.carrying_out && now >= self.steps_after {
                     self.carrying_out = true;
                     while let Some(step) = self.steps.pop_front() {
                         if !self.carry_out(now, step) {
+                            // The store failed: the steps wait a little.
+                            self.steps_after = now.plus_ms(STEP_RETRY_MS);
                             break;
                         }
                     }
                     self.carrying_out = false;
                 }
-                if self.channels.len() != before || self.scrub.replace(false) {
-                    // Overwrite what the erasure freed, in the log too.
-                    self.store().scrub().map_err(store_err)?;
+                // Overwrite what the erasure freed, in the log too. The input has
+                // taken effect: a scrub that fails is tried again after the next one.
+                if (self.channels.len() != before || self.scrub.replace(false))
+                    && self.store().scrub().is_err()
+                {
+                    self.scrub.set(true);
                 }
                 Ok(value)
             }

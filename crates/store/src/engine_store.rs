@@ -14,9 +14,10 @@ use rusqlite::{OptionalExtension as _, params};
 
 use crate::{Store, StoreError};
 
-/// Alerts kept per channel, at most; unseen ones beyond are counted in one alert.
+/// Unseen alerts kept per channel, at most (and as many seen ones); beyond, the
+/// most repeated kind makes room and one more alert counts what was dropped.
 pub const ALERTS_KEPT: i64 = 1000;
-/// The kind of the alert that counts those not kept.
+/// The kind of the alert that counts those dropped.
 pub const OVERFLOW_KIND: &str = "overflow";
 
 impl EngineStore for Store {
@@ -374,8 +375,27 @@ impl EngineStore for Store {
                 .execute(params![id, at.0 as i64, kind, text])?;
             return Ok(());
         }
-        // As many unseen as are kept: the rest is counted in one last alert (a
-        // hostile relay or member cannot fill the profile with them).
+        // As many unseen as are kept (a hostile relay or member may be flooding):
+        // the oldest alert of the most repeated kind makes room, so a rarer one
+        // (the fork the flood was meant to hide) is always kept, word for word;
+        // one last alert counts those dropped.
+        let evicted = self
+            .conn
+            .prepare_cached(
+                "DELETE FROM alerts WHERE id = (SELECT min(id) FROM alerts
+                 WHERE channel = ?1 AND shown = 0 AND kind = (SELECT kind FROM alerts
+                   WHERE channel = ?1 AND shown = 0 AND kind != ?2
+                   GROUP BY kind ORDER BY count(*) DESC, max(id) DESC LIMIT 1))",
+            )?
+            .execute(params![id, OVERFLOW_KIND])?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO alerts (channel, created_at, kind, text) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![id, at.0 as i64, kind, text])?;
+        if evicted == 0 {
+            return Ok(());
+        }
         let overflow: Option<(i64, String)> = self
             .conn
             .prepare_cached(
@@ -384,23 +404,17 @@ impl EngineStore for Store {
             )?
             .query_row(params![id, OVERFLOW_KIND], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
-        let (row, more) = match overflow {
-            Some((row, text)) => {
-                let more: u64 = text
-                    .split(' ')
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0);
-                (Some(row), more.saturating_add(1))
-            }
-            None => (None, 1),
-        };
+        let dropped = overflow
+            .as_ref()
+            .and_then(|(_, text)| text.split(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+            .saturating_add(1);
         let text = format!(
-            "{more} more alerts came and were not kept ({ALERTS_KEPT} unseen are kept per \
-             channel); the last was: {kind}"
+            "{dropped} older alerts were dropped to keep the {ALERTS_KEPT} newest unseen; \
+             the most repeated kinds went first, so every kind seen is still here"
         );
-        match row {
-            Some(row) => self
+        match overflow {
+            Some((row, _)) => self
                 .conn
                 .prepare_cached("UPDATE alerts SET text = ?2, created_at = ?3 WHERE id = ?1")?
                 .execute(params![row, text, at.0 as i64])?,

@@ -798,28 +798,46 @@ fn a_mailbox_says_what_it_is_for_as_its_link_or_request_comes_and_goes() {
 }
 
 #[test]
-fn alerts_are_kept_to_a_limit_and_the_rest_is_counted() {
+fn a_flood_of_alerts_cannot_push_out_a_rarer_one() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::create(tmp.path(), PASS).unwrap();
     let channel = ChannelId([4; 16]);
     let limit = ALERTS_KEPT as usize;
-    for i in 0..limit + 5 {
+    store
+        .add_alert(&channel, Timestamp(0), "fork", "the view forked")
+        .unwrap();
+    for i in 1..limit + 5 {
         store
             .add_alert(
                 &channel,
                 Timestamp(i as u64),
-                "withheld",
-                &format!("alert {i}"),
+                "undecryptable",
+                &format!("junk {i}"),
             )
             .unwrap();
     }
     let unseen = store.unshown_alerts(&channel).unwrap();
     assert_eq!(unseen.len(), limit + 1);
-    assert_eq!(unseen[limit - 1].text, format!("alert {}", limit - 1));
-    let last = &unseen[limit];
-    assert_eq!(last.kind, OVERFLOW_KIND);
-    assert!(last.text.starts_with("5 more alerts"), "{}", last.text);
-    // Once seen, the oldest make room for new ones.
+    // The fork, first of all and alone of its kind, is still there word for word.
+    assert_eq!(
+        (unseen[0].kind.as_str(), unseen[0].text.as_str()),
+        ("fork", "the view forked")
+    );
+    // The oldest junk went; the newest is kept; one alert counts what was dropped.
+    assert!(!unseen.iter().any(|a| a.text == "junk 1"));
+    assert!(
+        unseen
+            .iter()
+            .any(|a| a.text == format!("junk {}", limit + 4))
+    );
+    let counted: Vec<_> = unseen.iter().filter(|a| a.kind == OVERFLOW_KIND).collect();
+    assert_eq!(counted.len(), 1);
+    assert!(
+        counted[0].text.starts_with("5 older alerts"),
+        "{}",
+        counted[0].text
+    );
+    // Once seen, they make room for new ones; the log stays bounded.
     let ids: Vec<u64> = unseen.iter().map(|a| a.id).collect();
     store.mark_alerts_shown(&ids).unwrap();
     store
