@@ -263,11 +263,8 @@ pub(crate) fn report_changes(g: &Global, client: &mut Client, events: &[Event]) 
                     s => format!("messages disappear after {}", format_duration(*s)),
                 };
                 let end = match expires_at {
-                    0 => String::new(),
-                    t => format!(
-                        "; it ends {} UTC",
-                        output::short_time(backchannel_core::Timestamp(*t))
-                    ),
+                    None => String::new(),
+                    Some(t) => format!("; it ends {} UTC", output::short_time(*t)),
                 };
                 print(
                     g,
@@ -276,8 +273,7 @@ pub(crate) fn report_changes(g: &Global, client: &mut Client, events: &[Event]) 
                         "channel": name,
                         "rules_changed_by": by.to_string(),
                         "disappearing_secs": disappearing_secs,
-                        "expires_at": (*expires_at > 0)
-                            .then(|| output::rfc3339(backchannel_core::Timestamp(*expires_at))),
+                        "expires_at": expires_at.map(output::rfc3339),
                     }),
                 );
             }

@@ -62,8 +62,8 @@ pub enum Event {
         by: Actor,
         /// Messages now disappear after this many seconds (0: never).
         disappearing_secs: u64,
-        /// The channel ends then (milliseconds since the Unix epoch; 0: never).
-        expires_at: u64,
+        /// The channel ends then (None: never).
+        expires_at: Option<Timestamp>,
     },
     /// Members confirmed our burn of the channel.
     BurnProgress {

@@ -89,7 +89,7 @@ impl Channel {
             channel: self.record.id,
             by: Actor::Us,
             disappearing_secs: policy.disappearing_secs,
-            expires_at: policy.expires_at,
+            expires_at: (policy.expires_at > 0).then_some(Timestamp(policy.expires_at)),
         });
         Ok(())
     }

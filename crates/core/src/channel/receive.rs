@@ -856,7 +856,7 @@ impl Channel {
                 channel,
                 by: crate::event::Actor::Member(by.clone()),
                 disappearing_secs: policy.disappearing_secs,
-                expires_at: policy.expires_at,
+                expires_at: (policy.expires_at > 0).then_some(Timestamp(policy.expires_at)),
             });
         }
         for member in updated {
