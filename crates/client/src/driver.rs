@@ -711,10 +711,6 @@ impl Client {
         if message_id > mailbox.last_processed {
             if self.take_invite_blob(&mailbox, message_id, &blob[..])? {
                 // An invite link's mailbox, or the answer to our request to join.
-            } else if mailbox.channel.is_none() {
-                // A channel's mailbox we could not bind yet: not acknowledged, so
-                // the relay keeps it for when we can.
-                return Ok(());
             } else if let Some(channel) = mailbox.channel {
                 let result =
                     self.engine
@@ -729,6 +725,10 @@ impl Client {
                     Err(e) => return Err(e.into()),
                 }
                 self.pump();
+            } else {
+                // A channel's mailbox we could not bind yet: not acknowledged, so
+                // the relay keeps it for when we can.
+                return Ok(());
             }
             if let Some(m) = self.mailboxes.get_mut(&read_id) {
                 m.last_processed = message_id;

@@ -367,48 +367,44 @@ impl<S: Storage> Engine<S> {
         mailbox: MailboxAddr,
     ) -> Result<ChannelId, CommandError> {
         let suite = options.suite;
-        let engine = self;
-        {
-            let provider = &engine.backend;
-            let signer = new_signer(provider)?;
-            let credential = credential_for(&signer);
-            let info = MemberInfo {
-                name: own_name.to_owned(),
-                mailbox: mailbox.clone(),
-            };
-            let policy = ChannelPolicy {
-                admin: signer.public().to_vec(),
-                title: name.to_owned(),
-                disappearing_secs: options.disappearing_secs,
-                expires_at: options.expires_at.map(|t| t.0).unwrap_or(0),
-            };
-            let config =
-                mls::create_config(suite, leaf_extensions(&info)?, group_extensions(&policy)?)
-                    .map_err(internal)?;
-            let group_id: [u8; 16] = provider.rand().random_array().map_err(internal)?;
-            let group = MlsGroup::new_with_group_id(
-                provider,
-                &signer,
-                &config,
-                GroupId::from_slice(&group_id),
-                credential,
-            )
+        let provider = &self.backend;
+        let signer = new_signer(provider)?;
+        let credential = credential_for(&signer);
+        let info = MemberInfo {
+            name: own_name.to_owned(),
+            mailbox: mailbox.clone(),
+        };
+        let policy = ChannelPolicy {
+            admin: signer.public().to_vec(),
+            title: name.to_owned(),
+            disappearing_secs: options.disappearing_secs,
+            expires_at: options.expires_at.map(|t| t.0).unwrap_or(0),
+        };
+        let config = mls::create_config(suite, leaf_extensions(&info)?, group_extensions(&policy)?)
             .map_err(internal)?;
-            let id = ChannelId(group_id);
-            let record = ChannelRecord::new(
-                id,
-                name.to_owned(),
-                suite,
-                signer.public().to_vec(),
-                mailbox,
-                now,
-            );
-            let mut channel = Channel::fresh(record, Live { group, signer });
-            let mut ctx = engine.ctx(now);
-            channel.enter_epoch(&mut ctx)?;
-            engine.channels.insert(id, channel);
-            Ok(id)
-        }
+        let group_id: [u8; 16] = provider.rand().random_array().map_err(internal)?;
+        let group = MlsGroup::new_with_group_id(
+            provider,
+            &signer,
+            &config,
+            GroupId::from_slice(&group_id),
+            credential,
+        )
+        .map_err(internal)?;
+        let id = ChannelId(group_id);
+        let record = ChannelRecord::new(
+            id,
+            name.to_owned(),
+            suite,
+            signer.public().to_vec(),
+            mailbox,
+            now,
+        );
+        let mut channel = Channel::fresh(record, Live { group, signer });
+        let mut ctx = self.ctx(now);
+        channel.enter_epoch(&mut ctx)?;
+        self.channels.insert(id, channel);
+        Ok(id)
     }
 
     /// Makes a single-use key package with a fresh identity: hand it to a channel's
@@ -449,40 +445,36 @@ impl<S: Storage> Engine<S> {
         name: Option<&str>,
         welcome: &[u8],
     ) -> Result<ChannelId, CommandError> {
-        let engine = self;
-        {
-            let (group, signer, kp, policy, inviter_name) =
-                accept_welcome(&engine.backend, welcome, false)?;
-            let name = match name {
-                Some(name) => name.to_owned(),
-                None => {
-                    engine.check_local_name(&policy.title)?;
-                    policy.title.clone()
-                }
-            };
-            engine
-                .backend
-                .store()
-                .delete_key_package_record(&kp.signature_key)
-                .map_err(store_err)?;
-            let id = ChannelId(group_id_bytes(&group)?);
-            if engine.channels.contains_key(&id) {
-                return Err(CommandError::InvalidWelcome(
-                    "you are in this channel already".into(),
-                ));
+        let (group, signer, kp, policy, inviter_name) =
+            accept_welcome(&self.backend, welcome, false)?;
+        let name = match name {
+            Some(name) => name.to_owned(),
+            None => {
+                self.check_local_name(&policy.title)?;
+                policy.title.clone()
             }
-            let record = ChannelRecord::new(id, name, kp.suite, kp.signature_key, kp.mailbox, now);
-            let mut channel = Channel::fresh(record, Live { group, signer });
-            let mut ctx = engine.ctx(now);
-            channel.enter_epoch(&mut ctx)?;
-            ctx.event(Event::Joined {
-                channel: id,
-                title: policy.title.clone(),
-                by: inviter_name,
-            });
-            engine.channels.insert(id, channel);
-            Ok(id)
+        };
+        self.backend
+            .store()
+            .delete_key_package_record(&kp.signature_key)
+            .map_err(store_err)?;
+        let id = ChannelId(group_id_bytes(&group)?);
+        if self.channels.contains_key(&id) {
+            return Err(CommandError::InvalidWelcome(
+                "you are in this channel already".into(),
+            ));
         }
+        let record = ChannelRecord::new(id, name, kp.suite, kp.signature_key, kp.mailbox, now);
+        let mut channel = Channel::fresh(record, Live { group, signer });
+        let mut ctx = self.ctx(now);
+        channel.enter_epoch(&mut ctx)?;
+        ctx.event(Event::Joined {
+            channel: id,
+            title: policy.title.clone(),
+            by: inviter_name,
+        });
+        self.channels.insert(id, channel);
+        Ok(id)
     }
 
     /// Adds the owner of a key package to a channel we administer. Returns the welcome

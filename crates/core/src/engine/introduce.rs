@@ -247,13 +247,10 @@ impl<S: Storage> Engine<S> {
         let (row, id) = (step.row, step.intro.id);
         let result = self.transact(now, |engine| {
             engine.store().remove_intro_step(row).map_err(store_err)?;
+            let pending = engine.pending_introductions();
             let waiting = introduction::Waiting {
-                from_sender: engine
-                    .pending_introductions()
-                    .iter()
-                    .filter(|p| p.introducer.is(&from))
-                    .count(),
-                total: engine.pending_introductions().len(),
+                from_sender: pending.iter().filter(|p| p.introducer.is(&from)).count(),
+                total: pending.len(),
             };
             let (state, acts) =
                 introduction::on_step(id, engine.intros.get(&id), &from, step.intro.step, waiting)
