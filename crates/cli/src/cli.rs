@@ -430,9 +430,10 @@ pub(crate) enum RelayCommand {
         /// The relay's data directory.
         #[arg(long, value_name = "DIR")]
         data: PathBuf,
-        /// The public host name to put in the address.
-        #[arg(long)]
-        public_host: Option<String>,
+        /// The host clients use, as HOST or HOST:PORT (default port 7443). Give it
+        /// once per node of a relay of several nodes: the address lists them all.
+        #[arg(long, value_name = "HOST[:PORT]", value_delimiter = ',')]
+        public_host: Vec<String>,
     },
 }
 
@@ -455,9 +456,16 @@ pub(crate) struct ServeArgs {
     /// A TOML configuration file (default: DIR/relay.toml if it exists).
     #[arg(long, value_name = "FILE", env = "BACKCHANNEL_RELAY_CONFIG")]
     pub(crate) config: Option<PathBuf>,
-    /// The host name clients use, for the printed address.
-    #[arg(long, env = "BACKCHANNEL_RELAY_PUBLIC_HOST")]
-    pub(crate) public_host: Option<String>,
+    /// The host clients use, for the printed address, as HOST or HOST:PORT (the
+    /// port defaults to the one listened on). Give it once per node of a relay
+    /// of several nodes: the address lists them all, in order.
+    #[arg(
+        long,
+        value_name = "HOST[:PORT]",
+        env = "BACKCHANNEL_RELAY_PUBLIC_HOST",
+        value_delimiter = ','
+    )]
+    pub(crate) public_host: Vec<String>,
     /// Serve /metrics and /health (plain HTTP) here.
     #[arg(long, value_name = "ADDR", env = "BACKCHANNEL_RELAY_METRICS")]
     pub(crate) metrics: Option<SocketAddr>,

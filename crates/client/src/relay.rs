@@ -79,6 +79,8 @@ pub const MAX_WINDOW: u16 = 1024;
 /// A connection to a relay.
 pub struct RelayClient {
     address: RelayAddr,
+    /// Which of the relay's hosts this connection reached (0: the first).
+    host_index: usize,
     nonce: [u8; 32],
     window: u16,
     next_id: AtomicU32,
@@ -103,7 +105,8 @@ impl Drop for RelayClient {
 
 impl RelayClient {
     /// Connects and completes the handshake within `timeout`; requests then time out
-    /// after the same duration.
+    /// after the same duration. A relay of several hosts is tried host by host, in
+    /// order, each within `timeout`, until one answers.
     pub async fn connect(address: &RelayAddr, timeout: Duration) -> Result<Self, RelayClientError> {
         Self::connect_from(address, None, timeout).await
     }
@@ -115,9 +118,32 @@ impl RelayClient {
         from: Option<std::net::IpAddr>,
         timeout: Duration,
     ) -> Result<Self, RelayClientError> {
-        tokio::time::timeout(timeout, Self::connect_inner(address, from, timeout))
-            .await
-            .map_err(|_| RelayClientError::Timeout)?
+        let mut last = RelayClientError::Timeout;
+        let mut index = 0;
+        while let Some(host) = address.at_host(index) {
+            let attempt = tokio::time::timeout(timeout, Self::connect_inner(&host, from, timeout))
+                .await
+                .map_err(|_| RelayClientError::Timeout);
+            match attempt.and_then(|r| r) {
+                Ok(mut client) => {
+                    client.address = address.clone();
+                    client.host_index = index;
+                    return Ok(client);
+                }
+                Err(e) => {
+                    tracing::debug!(host = index, error = %e, "a host of the relay did not answer");
+                    last = e;
+                }
+            }
+            index += 1;
+        }
+        Err(last)
+    }
+
+    /// Which of the relay's hosts this connection reached, in the order of the
+    /// address (0: the first).
+    pub fn host_index(&self) -> usize {
+        self.host_index
     }
 
     async fn connect_inner(
@@ -240,6 +266,7 @@ impl RelayClient {
         });
         Ok(Self {
             address: address.clone(),
+            host_index: 0,
             nonce,
             window,
             outstanding,

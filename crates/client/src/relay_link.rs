@@ -85,6 +85,9 @@ pub struct LinkTiming {
     /// (`read --follow`) is not closed as idle (relays close connections silent
     /// for 120 seconds by default).
     pub keepalive: Duration,
+    /// Connected to another host than the first of a relay of several hosts, the
+    /// link looks this often whether the first answers again, and goes back to it.
+    pub failback: Duration,
 }
 
 impl Default for LinkTiming {
@@ -94,8 +97,17 @@ impl Default for LinkTiming {
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
             keepalive: Duration::from_secs(30),
+            failback: Duration::from_secs(60),
         }
     }
+}
+
+/// Whether the first host of `relay` accepts connections again.
+async fn first_host_answers(relay: &RelayAddr, timeout: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(timeout, tokio::net::TcpStream::connect(relay.authority())).await,
+        Ok(Ok(_))
+    )
 }
 
 /// Starts a link task for `relay`.
@@ -240,6 +252,11 @@ async fn run(
         let Some(mut deliveries) = client.deliveries() else {
             continue 'reconnect;
         };
+        let on_first_host = client.host_index() == 0;
+        let mut failback = tokio::time::interval_at(
+            tokio::time::Instant::now() + timing.failback,
+            timing.failback,
+        );
         let client = Arc::new(client);
         let (internal_tx, mut internal) = mpsc::unbounded_channel::<Internal>();
         let send_next = |sends: &mut SendQueue| {
@@ -266,6 +283,17 @@ async fn run(
         );
         loop {
             tokio::select! {
+                _ = failback.tick(), if !on_first_host => {
+                    if first_host_answers(&relay, timing.timeout).await {
+                        // Back to the first host: what is in flight goes again
+                        // there (the relay recognises what it stored already).
+                        let _ = events.send(LinkEvent::Down {
+                            relay: relay.clone(),
+                            error: "going back to the relay's first host".into(),
+                        });
+                        continue 'reconnect;
+                    }
+                }
                 _ = keepalive.tick() => {
                     let client = client.clone();
                     tokio::spawn(async move {

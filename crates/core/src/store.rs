@@ -545,6 +545,7 @@ mod tests {
                 fingerprint: Fingerprint([1; 32]),
                 host: "relay.example".into(),
                 port: 443,
+                alternates: Vec::new(),
             },
             send_id: MailboxId([2; 16]),
         };

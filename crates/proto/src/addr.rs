@@ -4,6 +4,9 @@
 //! plus where to reach it: `bcr://<fingerprint>@host:port`. The client pins that
 //! certificate; no certificate authority is involved. The fingerprint is written in
 //! lowercase RFC 4648 base32 without padding (52 characters).
+//!
+//! A relay of several nodes (which share one certificate) has one address with
+//! several hosts, tried in order: `bcr://<fingerprint>@host1:port1,host2:port2`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -16,6 +19,13 @@ pub const RELAY_SCHEME: &str = "bcr://";
 
 /// Longest host name accepted (DNS limit).
 pub const MAX_HOST_LEN: usize = 253;
+
+/// Most hosts in one relay address.
+pub const MAX_HOSTS: usize = 8;
+
+/// Longest relay address, written out (it must fit where addresses are carried
+/// with a one-byte length).
+pub const MAX_ADDR_LEN: usize = 255;
 
 /// The SHA-256 fingerprint of a relay's certificate.
 #[derive(
@@ -46,6 +56,10 @@ pub struct RelayAddr {
     pub host: String,
     /// TCP port.
     pub port: u16,
+    /// Further hosts of the same relay (nodes sharing its certificate), tried in
+    /// order after the first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alternates: Vec<(String, u16)>,
 }
 
 /// Why a relay address string was refused.
@@ -67,6 +81,9 @@ pub enum AddrError {
     /// The port is missing or not a number from 1 to 65535.
     #[error("the port is missing or not a number from 1 to 65535")]
     Port,
+    /// More hosts than [`MAX_HOSTS`], one twice, or longer than [`MAX_ADDR_LEN`].
+    #[error("a relay address has at most 8 different hosts and 255 characters")]
+    Hosts,
 }
 
 impl RelayAddr {
@@ -81,6 +98,49 @@ impl RelayAddr {
             fingerprint,
             host: host.to_ascii_lowercase(),
             port,
+            alternates: Vec::new(),
+        })
+    }
+
+    /// Builds an address with several hosts, tried in the order given.
+    pub fn with_hosts(fingerprint: Fingerprint, hosts: &[(&str, u16)]) -> Result<Self, AddrError> {
+        let ((first, port), rest) = hosts.split_first().ok_or(AddrError::Host)?;
+        let mut addr = Self::new(fingerprint, first, *port)?;
+        for (host, port) in rest {
+            let more = Self::new(fingerprint, host, *port)?;
+            addr.alternates.push((more.host, more.port));
+        }
+        addr.check_hosts()?;
+        Ok(addr)
+    }
+
+    fn check_hosts(&self) -> Result<(), AddrError> {
+        let hosts: Vec<(&str, u16)> = self.hosts().collect();
+        let distinct = hosts
+            .iter()
+            .enumerate()
+            .all(|(i, h)| !hosts.iter().skip(i + 1).any(|o| o == h));
+        if hosts.len() > MAX_HOSTS || !distinct || self.to_string().len() > MAX_ADDR_LEN {
+            return Err(AddrError::Hosts);
+        }
+        Ok(())
+    }
+
+    /// Every host of the relay with its port, in the order to try them.
+    pub fn hosts(&self) -> impl Iterator<Item = (&str, u16)> {
+        std::iter::once((self.host.as_str(), self.port))
+            .chain(self.alternates.iter().map(|(h, p)| (h.as_str(), *p)))
+    }
+
+    /// The same relay at one of its hosts only (`index` in the order of
+    /// [`RelayAddr::hosts`]).
+    pub fn at_host(&self, index: usize) -> Option<RelayAddr> {
+        let (host, port) = self.hosts().nth(index)?;
+        Some(RelayAddr {
+            fingerprint: self.fingerprint,
+            host: host.to_owned(),
+            port,
+            alternates: Vec::new(),
         })
     }
 
@@ -106,19 +166,59 @@ impl RelayAddr {
         Ok(addr)
     }
 
-    /// `host:port` as a socket address string (IPv6 in brackets).
-    pub fn authority(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
+    /// The further hosts, after the first: a u8 count, then each host and port
+    /// as in [`RelayAddr::encode`].
+    pub(crate) fn encode_alternates(&self, w: &mut Writer) {
+        w.u8(self.alternates.len() as u8);
+        for (host, port) in &self.alternates {
+            w.bytes8(host.as_bytes());
+            w.u16(*port);
         }
+    }
+
+    pub(crate) fn decode_alternates(&mut self, r: &mut Reader<'_>) -> Result<(), DecodeError> {
+        let count = r.u8()?;
+        for _ in 0..count {
+            let host = r.str8(MAX_HOST_LEN)?;
+            let port = r.u16()?;
+            let more = Self::new(self.fingerprint, host, port)
+                .map_err(|_| DecodeError::InvalidValue("relay address"))?;
+            if more.host != host {
+                return Err(DecodeError::InvalidValue(
+                    "relay host not in canonical form",
+                ));
+            }
+            self.alternates.push((more.host, more.port));
+        }
+        self.check_hosts()
+            .map_err(|_| DecodeError::InvalidValue("relay hosts"))
+    }
+
+    /// `host:port` of the first host as a socket address string (IPv6 in
+    /// brackets).
+    pub fn authority(&self) -> String {
+        authority(&self.host, self.port)
+    }
+}
+
+fn authority(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     }
 }
 
 impl fmt::Display for RelayAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{RELAY_SCHEME}{}@{}", self.fingerprint, self.authority())
+        write!(f, "{RELAY_SCHEME}{}@", self.fingerprint)?;
+        for (i, (host, port)) in self.hosts().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            f.write_str(&authority(host, port))?;
+        }
+        Ok(())
     }
 }
 
@@ -133,14 +233,22 @@ impl FromStr for RelayAddr {
         let (fp, hostport) = rest.split_once('@').ok_or(AddrError::MissingFingerprint)?;
         let fp = base32_decode(&fp.to_ascii_lowercase()).ok_or(AddrError::Fingerprint)?;
         let fingerprint = Fingerprint(fp.try_into().map_err(|_| AddrError::Fingerprint)?);
-        let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
-            let (host, port) = v6.split_once("]:").ok_or(AddrError::Port)?;
-            (host, port)
-        } else {
-            hostport.rsplit_once(':').ok_or(AddrError::Port)?
-        };
-        let port: u16 = port.parse().map_err(|_| AddrError::Port)?;
-        Self::new(fingerprint, host, port)
+        let hosts = hostport
+            .split(',')
+            .map(|hostport| {
+                let (host, port) = if let Some(v6) = hostport.strip_prefix('[') {
+                    v6.split_once("]:").ok_or(AddrError::Port)?
+                } else {
+                    hostport.rsplit_once(':').ok_or(AddrError::Port)?
+                };
+                let port: u16 = port.parse().map_err(|_| AddrError::Port)?;
+                Ok((host, port))
+            })
+            .collect::<Result<Vec<_>, AddrError>>()?;
+        if hosts.len() > MAX_HOSTS {
+            return Err(AddrError::Hosts);
+        }
+        Self::with_hosts(fingerprint, &hosts)
     }
 }
 
@@ -297,6 +405,52 @@ mod tests {
         assert_eq!(
             format!("bcr://{fp}@:1").parse::<RelayAddr>(),
             Err(AddrError::Host)
+        );
+    }
+
+    #[test]
+    fn a_relay_of_several_hosts_has_one_address() {
+        let fp = Fingerprint([7; 32]);
+        let text = format!("bcr://{fp}@node1.example:7443,[::1]:7444,10.0.0.3:7445");
+        let addr: RelayAddr = text.parse().unwrap();
+        assert_eq!(
+            addr.hosts().collect::<Vec<_>>(),
+            [("node1.example", 7443), ("::1", 7444), ("10.0.0.3", 7445)]
+        );
+        assert_eq!(addr.to_string(), text);
+        assert_eq!(addr.authority(), "node1.example:7443");
+        assert_eq!(
+            addr.at_host(1).unwrap().to_string(),
+            format!("bcr://{fp}@[::1]:7444")
+        );
+        assert!(addr.at_host(3).is_none());
+        // Hosts are normalised as a single host is.
+        let upper: RelayAddr = format!("bcr://{fp}@NODE1.example:7443,[::1]:7444,10.0.0.3:7445")
+            .parse()
+            .unwrap();
+        assert_eq!(upper, addr);
+        for bad in [
+            format!("bcr://{fp}@a:1,"),
+            format!("bcr://{fp}@a:1,,b:2"),
+            format!("bcr://{fp}@a:1,b"),
+        ] {
+            assert!(bad.parse::<RelayAddr>().is_err(), "{bad}");
+        }
+        assert_eq!(
+            format!("bcr://{fp}@a:1,b:2,a:1").parse::<RelayAddr>(),
+            Err(AddrError::Hosts),
+            "a host twice"
+        );
+        let nine: Vec<String> = (1..=9).map(|i| format!("h{i}:1")).collect();
+        assert_eq!(
+            format!("bcr://{fp}@{}", nine.join(",")).parse::<RelayAddr>(),
+            Err(AddrError::Hosts)
+        );
+        let long = "x".repeat(100);
+        assert_eq!(
+            format!("bcr://{fp}@{long}a:1,{long}b:1").parse::<RelayAddr>(),
+            Err(AddrError::Hosts),
+            "longer than 255 characters"
         );
     }
 

@@ -18,6 +18,9 @@ pub const MEMBER_INFO_EXTENSION: u16 = 0xF0B1;
 pub const CHANNEL_POLICY_EXTENSION: u16 = 0xF0B2;
 
 const MEMBER_INFO_VERSION: u8 = 1;
+/// The version whose mailbox relay has several hosts (they follow the mailbox).
+/// A relay of one host is always written as version 1, which every client reads.
+const MEMBER_INFO_VERSION_HOSTS: u8 = 2;
 const CHANNEL_POLICY_VERSION: u8 = 1;
 
 /// Longest display name, in bytes.
@@ -37,9 +40,17 @@ impl MemberInfo {
     /// Encodes the extension body.
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer::default();
-        w.u8(MEMBER_INFO_VERSION);
+        let several = !self.mailbox.relay.alternates.is_empty();
+        w.u8(if several {
+            MEMBER_INFO_VERSION_HOSTS
+        } else {
+            MEMBER_INFO_VERSION
+        });
         w.bytes8(self.name.as_bytes());
         self.mailbox.encode(&mut w);
+        if several {
+            self.mailbox.relay.encode_alternates(&mut w);
+        }
         w.bytes
     }
 
@@ -47,12 +58,19 @@ impl MemberInfo {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader::new(bytes);
         let version = r.u8()?;
-        if version != MEMBER_INFO_VERSION {
+        if version != MEMBER_INFO_VERSION && version != MEMBER_INFO_VERSION_HOSTS {
             return Err(DecodeError::UnknownVersion(version));
         }
         let name = r.str8(MAX_NAME_LEN)?;
         check_name(name).map_err(|_| DecodeError::InvalidValue("member name"))?;
-        let mailbox = MailboxAddr::decode(&mut r)?;
+        let mut mailbox = MailboxAddr::decode(&mut r)?;
+        if version == MEMBER_INFO_VERSION_HOSTS {
+            mailbox.relay.decode_alternates(&mut r)?;
+            // One meaning, one encoding: a relay of one host is version 1.
+            if mailbox.relay.alternates.is_empty() {
+                return Err(DecodeError::InvalidValue("relay hosts"));
+            }
+        }
         r.finish()?;
         Ok(Self {
             name: name.to_owned(),
@@ -228,6 +246,42 @@ mod tests {
             MemberInfo::decode(&trailing),
             Err(DecodeError::TrailingBytes)
         );
+    }
+
+    #[test]
+    fn member_info_of_a_relay_with_several_hosts() {
+        let mut several = info();
+        several.mailbox.relay = RelayAddr::with_hosts(
+            Fingerprint([3; 32]),
+            &[("r.example", 7443), ("s.example", 7444)],
+        )
+        .unwrap();
+        let bytes = several.encode();
+        let mut expected = info().encode();
+        expected[0] = 2;
+        expected.push(1);
+        expected.push(9);
+        expected.extend(b"s.example");
+        expected.extend(7444u16.to_be_bytes());
+        assert_eq!(bytes, expected);
+        assert_eq!(MemberInfo::decode(&bytes).unwrap(), several);
+        // Version 2 with no further host is not canonical.
+        let mut empty = info().encode();
+        empty[0] = 2;
+        empty.push(0);
+        assert!(MemberInfo::decode(&empty).is_err());
+        // Nor a host twice, nor a host not in canonical form.
+        let mut twice = info().encode();
+        twice[0] = 2;
+        twice.push(1);
+        twice.push(9);
+        twice.extend(b"r.example");
+        twice.extend(7443u16.to_be_bytes());
+        assert!(MemberInfo::decode(&twice).is_err());
+        let mut upper = bytes.clone();
+        let at = upper.len() - 11;
+        upper[at] = b'S';
+        assert!(MemberInfo::decode(&upper).is_err());
     }
 
     #[test]

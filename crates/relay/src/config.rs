@@ -48,6 +48,9 @@ pub struct RelayConfig {
     pub max_db_bytes: Option<u64>,
     /// How long a graceful shutdown waits for connections to finish.
     pub shutdown_grace: Duration,
+    /// Store in this PostgreSQL database (a connection string) instead of SQLite in
+    /// the data directory; several nodes may share it.
+    pub postgres: Option<String>,
     /// A scripted hostile behaviour (tests only).
     #[cfg(feature = "adversary")]
     pub adversary: Option<crate::adversary::AdversaryHandle>,
@@ -73,6 +76,7 @@ impl RelayConfig {
             batch_max: 1024,
             max_db_bytes: None,
             shutdown_grace: Duration::from_secs(10),
+            postgres: None,
             #[cfg(feature = "adversary")]
             adversary: None,
         }
@@ -132,6 +136,7 @@ pub struct ConfigFile {
     quota_bytes: Option<u64>,
     window: Option<u16>,
     max_db_bytes: Option<u64>,
+    postgres: Option<String>,
 }
 
 impl ConfigFile {
@@ -161,6 +166,9 @@ impl ConfigFile {
         }
         if self.max_db_bytes.is_some() {
             c.max_db_bytes = self.max_db_bytes;
+        }
+        if self.postgres.is_some() {
+            c.postgres = self.postgres;
         }
         if let Some(s) = self.handshake_timeout_secs {
             c.handshake_timeout = Duration::from_secs(s);

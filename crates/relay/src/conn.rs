@@ -27,7 +27,7 @@ use crate::actor::StorageHandle;
 use crate::hub::{Hub, Waker};
 use crate::limits::{Admitted, Bucket, Limits, RendezvousUse};
 use crate::metrics::Metrics;
-use crate::rendezvous::{ConnId, Registry};
+use crate::rendezvous::{ConnId, Rendezvous};
 use crate::storage::{Append, AppendOutcome, MailboxKey};
 
 /// What every connection shares.
@@ -39,7 +39,7 @@ pub(crate) struct Shared {
     pub(crate) window: u16,
     pub(crate) idle_timeout: Duration,
     pub(crate) message_ttl: Duration,
-    pub(crate) rendezvous: Arc<Registry>,
+    pub(crate) rendezvous: Rendezvous,
     pub(crate) shutdown: watch::Receiver<bool>,
     #[cfg(feature = "adversary")]
     pub(crate) adversary: Option<crate::adversary::AdversaryHandle>,
@@ -272,24 +272,27 @@ impl Connection {
     }
 
     /// A rendezvous request (codes): open, join, pass data, close.
-    fn rendezvous(&self, request: Request) -> Response {
+    async fn rendezvous(&self, request: Request) -> Response {
         let registry = &self.shared.rendezvous;
         let result = match request {
-            Request::RendezvousOpen => {
-                let nameplate = registry.open(self.id, self.rendezvous_tx.clone());
-                return Response::RendezvousOpened {
+            Request::RendezvousOpen => registry
+                .open(self.id, self.rendezvous_tx.clone())
+                .await
+                .map(|nameplate| Response::RendezvousOpened {
                     nameplate,
                     ttl_secs: u32::try_from(registry.ttl().as_secs()).unwrap_or(u32::MAX),
-                };
-            }
+                }),
             Request::RendezvousJoin { nameplate } => registry
                 .join(nameplate, self.id, self.rendezvous_tx.clone())
+                .await
                 .map(|()| Response::RendezvousJoined),
             Request::RendezvousSend { nameplate, data } => registry
                 .send(nameplate, self.id, data)
+                .await
                 .map(|()| Response::Forwarded),
             Request::RendezvousClose { nameplate } => registry
                 .close(nameplate, self.id)
+                .await
                 .map(|()| Response::RendezvousClosed),
             _ => Err(ErrorCode::Malformed),
         };
@@ -364,7 +367,7 @@ impl Connection {
             Request::RendezvousJoin { .. } if !self.rendezvous_allowed(RendezvousUse::Join) => {
                 Response::Error(ErrorCode::RateLimited)
             }
-            other => self.rendezvous(other),
+            other => self.rendezvous(other).await,
         };
         self.respond(ws, id, response).await
     }

@@ -62,6 +62,12 @@ impl Hub {
         }
     }
 
+    /// Every mailbox some connection of this node follows.
+    pub(crate) fn subscribed(&self) -> Vec<MailboxKey> {
+        let subs = self.subs.lock().unwrap_or_else(PoisonError::into_inner);
+        subs.keys().copied().collect()
+    }
+
     pub(crate) fn notify(&self, mailbox: MailboxKey) {
         let subs = self.subs.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(list) = subs.get(&mailbox) {

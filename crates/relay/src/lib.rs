@@ -14,7 +14,8 @@
 //!
 //! Transport: WebSocket over TLS 1.3 with a self-signed certificate whose
 //! fingerprint is part of the relay's address (`bcr://FINGERPRINT@host:port`).
-//! Storage: SQLite behind the [`storage::RelayStorage`] trait.
+//! Storage: SQLite in the data directory, or PostgreSQL shared by several nodes
+//! (see [`storage::postgres`]), behind the [`storage::RelayStorage`] trait.
 //!
 //! It does not authenticate senders (anyone with a send identifier may send), nor
 //! hide from the network that someone talks to it.
@@ -25,6 +26,7 @@
 mod actor;
 #[cfg(feature = "adversary")]
 pub mod adversary;
+mod cluster;
 pub mod config;
 mod conn;
 mod hub;

@@ -19,13 +19,16 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::actor::{self, StorageHandle};
+use crate::cluster;
 use crate::config::RelayConfig;
 use crate::conn::{self, Shared};
 use crate::hub::Hub;
 use crate::identity::{Identity, IdentityError};
 use crate::limits::{self, Admission, Admitted};
 use crate::metrics::Metrics;
+use crate::rendezvous::{Registry, Rendezvous};
 use crate::storage::DATABASE_FILE;
+use crate::storage::postgres::{NodeStorage, PostgresStorage};
 use crate::storage::sqlite::SqliteStorage;
 use crate::storage::{Quota, StorageError};
 
@@ -121,13 +124,41 @@ fn relay_address(
     identity: &Identity,
     local: SocketAddr,
 ) -> Result<RelayAddr, RelayError> {
-    let host = match &config.public_host {
-        Some(host) => host.clone(),
+    let spec = match &config.public_host {
+        Some(spec) => spec.clone(),
         None if local.ip().is_unspecified() => IpAddr::from([127, 0, 0, 1]).to_string(),
         None => local.ip().to_string(),
     };
-    RelayAddr::new(identity.fingerprint(), &host, local.port())
+    let hosts = spec
+        .split(',')
+        .map(|part| host_and_port(part.trim(), local.port()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let hosts: Vec<(&str, u16)> = hosts.iter().map(|(h, p)| (h.as_str(), *p)).collect();
+    RelayAddr::with_hosts(identity.fingerprint(), &hosts)
         .map_err(|e| RelayError::Address(e.to_string()))
+}
+
+/// `HOST`, `HOST:PORT`, `[V6]:PORT` or a bare IPv6 address; the port defaults
+/// to `port`.
+fn host_and_port(part: &str, port: u16) -> Result<(String, u16), RelayError> {
+    let bad = || RelayError::Address(format!("'{part}' is not HOST or HOST:PORT"));
+    if let Some(v6) = part.strip_prefix('[') {
+        return match v6.split_once(']') {
+            Some((host, "")) => Ok((host.to_owned(), port)),
+            Some((host, rest)) => {
+                let p = rest
+                    .strip_prefix(':')
+                    .and_then(|p| p.parse().ok())
+                    .ok_or_else(bad)?;
+                Ok((host.to_owned(), p))
+            }
+            None => Err(bad()),
+        };
+    }
+    match part.split_once(':') {
+        Some((host, p)) if !p.contains(':') => Ok((host.to_owned(), p.parse().map_err(|_| bad())?)),
+        _ => Ok((part.to_owned(), port)),
+    }
 }
 
 /// Makes the data directory readable by the relay's user only (0700), and its
@@ -135,8 +166,7 @@ fn relay_address(
 /// memory files the database's mode. Tightens what an older version left open.
 fn keep_private(dir: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    std::fs::create_dir_all(dir)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    keep_private_dir(dir)?;
     let db = dir.join(DATABASE_FILE);
     std::fs::OpenOptions::new()
         .create(true)
@@ -152,22 +182,23 @@ fn keep_private(dir: &std::path::Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Makes the data directory readable by the relay's user only (0700).
+fn keep_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 /// Starts a relay and returns once it listens.
 pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
-    keep_private(&config.data_dir)?;
+    if config.postgres.is_none() {
+        keep_private(&config.data_dir)?;
+    } else {
+        // A node of a cluster keeps only its TLS identity in the data directory.
+        keep_private_dir(&config.data_dir)?;
+    }
     let identity = Identity::load_or_create(&config.data_dir)?;
     let tls = TlsAcceptor::from(identity.server_config()?);
-    let db = config.data_dir.join(DATABASE_FILE);
-    let max_db_bytes = match config.max_db_bytes {
-        Some(0) => None,
-        Some(max) => Some(max),
-        None => crate::config::default_db_cap(&config.data_dir),
-    };
-    if let Some(max) = max_db_bytes {
-        tracing::info!(max_db_bytes = max, "database size capped");
-    }
-    let storage = SqliteStorage::open(&db, max_db_bytes)?;
-    let reader = SqliteStorage::open(&db, max_db_bytes)?;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| RelayError::Listen(config.listen, e))?;
@@ -180,14 +211,59 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
         messages: config.quota_messages,
         bytes: config.quota_bytes,
     };
-    let (storage, storage_thread) = actor::spawn(
-        storage,
-        reader,
-        quota,
-        config.batch_max,
-        hub.clone(),
-        metrics.clone(),
-    )?;
+    let (storage, storage_thread, rendezvous) = match &config.postgres {
+        None => {
+            let db = config.data_dir.join(DATABASE_FILE);
+            let max_db_bytes = match config.max_db_bytes {
+                Some(0) => None,
+                Some(max) => Some(max),
+                None => crate::config::default_db_cap(&config.data_dir),
+            };
+            if let Some(max) = max_db_bytes {
+                tracing::info!(max_db_bytes = max, "database size capped");
+            }
+            let storage = SqliteStorage::open(&db, max_db_bytes)?;
+            let reader = SqliteStorage::open(&db, max_db_bytes)?;
+            let (handle, thread) = actor::spawn(
+                storage,
+                reader,
+                quota,
+                config.batch_max,
+                hub.clone(),
+                metrics.clone(),
+            )?;
+            let rendezvous = Rendezvous::Local(Registry::new(config.rendezvous_ttl));
+            (handle, thread, rendezvous)
+        }
+        Some(url) => {
+            let node = cluster::node_name();
+            let url = url.clone();
+            // The driver runs its own runtime: connect on a blocking thread.
+            let (writer, reader) = tokio::task::spawn_blocking(move || {
+                Ok::<_, StorageError>((PostgresStorage::open(&url)?, PostgresStorage::open(&url)?))
+            })
+            .await
+            .map_err(|e| RelayError::Io(std::io::Error::other(e)))??;
+            let pg_config = writer.config().clone();
+            let (handle, thread) = actor::spawn(
+                NodeStorage {
+                    inner: writer,
+                    node: node.clone(),
+                },
+                NodeStorage {
+                    inner: reader,
+                    node: node.clone(),
+                },
+                quota,
+                config.batch_max,
+                hub.clone(),
+                metrics.clone(),
+            )?;
+            let cluster = cluster::start(pg_config, node, config.rendezvous_ttl, &hub)?;
+            tracing::info!("storing in PostgreSQL as a node of a cluster");
+            (handle, thread, Rendezvous::Cluster(cluster))
+        }
+    };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
     let metrics_addr = match config.metrics_listen {
@@ -221,7 +297,7 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
         window: config.window,
         idle_timeout: config.idle_timeout,
         message_ttl: config.message_ttl,
-        rendezvous: Arc::new(crate::rendezvous::Registry::new(config.rendezvous_ttl)),
+        rendezvous,
         shutdown: shutdown_rx.clone(),
         #[cfg(feature = "adversary")]
         adversary: config.adversary.clone(),
@@ -394,5 +470,28 @@ async fn health_page(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
         (StatusCode::OK, "ok\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "storage failing\n")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::host_and_port;
+
+    #[test]
+    fn public_hosts_with_and_without_ports() {
+        assert_eq!(
+            host_and_port("relay.example", 7443).unwrap(),
+            ("relay.example".into(), 7443)
+        );
+        assert_eq!(
+            host_and_port("relay.example:8443", 7443).unwrap(),
+            ("relay.example".into(), 8443)
+        );
+        assert_eq!(host_and_port("::1", 7443).unwrap(), ("::1".into(), 7443));
+        assert_eq!(host_and_port("[::1]", 7443).unwrap(), ("::1".into(), 7443));
+        assert_eq!(host_and_port("[::1]:9", 7443).unwrap(), ("::1".into(), 9));
+        assert!(host_and_port("relay.example:x", 7443).is_err());
+        assert!(host_and_port("[::1]x", 7443).is_err());
     }
 }

@@ -326,6 +326,7 @@ fn an_erased_channel_leaves_no_row_that_names_it() {
         fingerprint: Fingerprint([9; 32]),
         host: "127.0.0.1".into(),
         port: 4000,
+        alternates: Vec::new(),
     };
     for (i, ch) in [(1u8, channel), (2, other)] {
         store
@@ -730,6 +731,7 @@ fn a_mailbox_says_what_it_is_for_as_its_link_or_request_comes_and_goes() {
         fingerprint: Fingerprint([9; 32]),
         host: "127.0.0.1".into(),
         port: 4000,
+        alternates: Vec::new(),
     };
     let purpose_of = |read_id: MailboxId| {
         store

@@ -44,8 +44,11 @@ fn config(args: &ServeArgs) -> Result<RelayConfig, Failure> {
         // The command line wins over the file.
         config.listen = args.listen;
     }
-    if let Some(h) = &args.public_host {
-        config.public_host = Some(h.clone());
+    if !args.public_host.is_empty() {
+        config.public_host = Some(args.public_host.join(","));
+    }
+    if args.postgres.is_some() {
+        config.postgres = args.postgres.clone();
     }
     if let Some(m) = args.metrics {
         config.metrics_listen = Some(m);
@@ -72,12 +75,6 @@ fn config(args: &ServeArgs) -> Result<RelayConfig, Failure> {
 }
 
 async fn serve(args: ServeArgs) -> Result<(), Failure> {
-    if args.postgres.is_some() {
-        return Err(
-            Failure::new("PostgreSQL storage is not available in this build")
-                .hint("run without --postgres to store in SQLite in the data directory"),
-        );
-    }
     init_logging();
     let config = config(&args)?;
     let relay = backchannel_relay::start(config)
@@ -120,9 +117,10 @@ async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-fn address(g: &Global, data: &Path, public_host: Option<String>) -> Result<(), Failure> {
+fn address(g: &Global, data: &Path, public_host: Vec<String>) -> Result<(), Failure> {
     let stored = std::fs::read_to_string(data.join(ADDRESS_FILE)).ok();
-    let address = match (stored, public_host) {
+    let host = (!public_host.is_empty()).then(|| public_host.join(","));
+    let address = match (stored, host) {
         (Some(stored), None) => stored.trim().to_owned(),
         (_, host) => {
             if !data.join(backchannel_relay::identity::CERT_FILE).exists() {

@@ -8,10 +8,15 @@
 //! Contract: `Ok(None)` means absent; `Err` means the store failed and nothing of the
 //! failed call was stored; a delete is irrevocable.
 
+#[cfg(test)]
+mod conformance;
+pub mod postgres;
 pub mod sqlite;
 
 use backchannel_proto::addr::MailboxId;
+use backchannel_proto::envelope::BLOB_LEN;
 use backchannel_proto::frame::Blob;
+use sha2::{Digest as _, Sha256};
 
 /// File name of the relay database in the data directory.
 pub const DATABASE_FILE: &str = "relay.db";
@@ -83,6 +88,12 @@ pub enum StorageError {
     /// SQLite failed (disk full, read-only, I/O error, ...).
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL failed or could not be reached.
+    #[error("postgresql: {0}")]
+    Postgres(#[from] ::postgres::Error),
+    /// The database settings are not usable.
+    #[error("{0}")]
+    Config(String),
     /// Stored data is not what it should be.
     #[error("stored data is corrupt: {0}")]
     Corrupt(&'static str),
@@ -148,4 +159,28 @@ pub trait RelayStorage: Send + 'static {
     fn delete_unused(&mut self, before: u64) -> Result<u64, StorageError>;
     /// Counts for metrics.
     fn counts(&mut self) -> Result<Counts, StorageError>;
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What recognises a retransmitted blob: blobs carry a random nonce, so two
+/// equal blobs are one blob sent twice.
+pub(crate) fn blob_digest(blob: &Blob) -> [u8; 16] {
+    let full = Sha256::digest(&blob[..]);
+    let mut out = [0u8; 16];
+    for (o, b) in out.iter_mut().zip(full) {
+        *o = b;
+    }
+    out
+}
+
+pub(crate) fn to_blob(bytes: Vec<u8>) -> Result<Blob, StorageError> {
+    let array: [u8; BLOB_LEN] = bytes
+        .try_into()
+        .map_err(|_| StorageError::Corrupt("a stored blob has the wrong size"))?;
+    Ok(Box::new(array))
 }

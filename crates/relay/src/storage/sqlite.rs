@@ -5,12 +5,11 @@ use std::path::Path;
 
 use backchannel_proto::addr::MailboxId;
 use backchannel_proto::envelope::BLOB_LEN;
-use backchannel_proto::frame::Blob;
 use rusqlite::{Connection, OptionalExtension as _, params};
-use sha2::{Digest as _, Sha256};
 
 use super::{
     Append, AppendOutcome, Counts, Fetched, Mailbox, MailboxKey, Quota, RelayStorage, StorageError,
+    blob_digest as digest, now_ms, to_blob,
 };
 
 const SCHEMA: &str = "
@@ -82,12 +81,6 @@ impl SqliteStorage {
     }
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// Brings a database written before per-mailbox numbers up to date: messages
 /// keep their old (global) identifier as their number, and every mailbox numbers
 /// its next messages above the highest identifier ever given, so no client sees
@@ -139,24 +132,6 @@ impl SqliteStorage {
         }
         tracing::warn!("the log could not be emptied after a deletion; it will be overwritten");
     }
-}
-
-/// What recognises a retransmitted blob: blobs carry a random nonce, so two
-/// equal blobs are one blob sent twice.
-fn digest(blob: &Blob) -> [u8; 16] {
-    let full = Sha256::digest(&blob[..]);
-    let mut out = [0u8; 16];
-    for (o, b) in out.iter_mut().zip(full) {
-        *o = b;
-    }
-    out
-}
-
-fn to_blob(bytes: Vec<u8>) -> Result<Blob, StorageError> {
-    let array: [u8; BLOB_LEN] = bytes
-        .try_into()
-        .map_err(|_| StorageError::Corrupt("a stored blob has the wrong size"))?;
-    Ok(Box::new(array))
 }
 
 impl RelayStorage for SqliteStorage {
@@ -398,155 +373,15 @@ impl RelayStorage for SqliteStorage {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::storage::conformance::{blob, conformance_tests, numbered, stored};
 
-    fn blob(b: u8) -> Blob {
-        Box::new([b; BLOB_LEN])
-    }
-
-    const QUOTA: Quota = Quota {
-        messages: 3,
-        bytes: u64::MAX,
-    };
-
-    #[test]
-    fn append_fetch_delete_expire() {
+    fn open() -> Option<(tempfile::TempDir, SqliteStorage)> {
         let tmp = tempfile::tempdir().unwrap();
-        let mut s = SqliteStorage::open(&tmp.path().join("r.db"), None).unwrap();
-        let (send, read) = (MailboxId([1; 16]), MailboxId([2; 16]));
-        s.create_mailbox(&send, &read, &[3; 32], 0).unwrap();
-        let mb = s.mailbox_by_read(&read).unwrap().unwrap();
-        assert_eq!(mb.auth_key, [3; 32]);
-        assert!(
-            s.mailbox_by_read(&send).unwrap().is_none(),
-            "send id does not read"
-        );
-
-        let batch: Vec<Append> = (0..4)
-            .map(|i| Append {
-                send_id: send,
-                blob: blob(i),
-                expires_at: 100 + u64::from(i),
-                replay: false,
-            })
-            .chain([Append {
-                send_id: MailboxId([9; 16]),
-                blob: blob(9),
-                expires_at: 0,
-                replay: false,
-            }])
-            .collect();
-        let out = s.append_batch(&batch, QUOTA).unwrap();
-        assert!(matches!(out[0], AppendOutcome::Stored { .. }));
-        assert!(matches!(out[2], AppendOutcome::Stored { .. }));
-        assert_eq!(out[3], AppendOutcome::QuotaExceeded);
-        assert_eq!(out[4], AppendOutcome::UnknownMailbox);
-
-        let msgs = s.fetch(mb.key, 0, 10).unwrap().messages;
-        assert_eq!(msgs.len(), 3);
-        assert!(msgs.windows(2).all(|w| w[0].0 < w[1].0), "in order");
-        assert_eq!(msgs[1].1[0], 1);
-        s.delete_messages(&[(mb.key, msgs[0].0), (mb.key, msgs[0].0)])
-            .unwrap();
-        assert_eq!(s.fetch(mb.key, 0, 10).unwrap().messages.len(), 2);
-        assert_eq!(s.counts().unwrap().messages, 2);
-        assert_eq!(s.expire(101).unwrap(), 1);
-        assert_eq!(s.counts().unwrap().messages, 1);
-        s.delete_mailbox(mb.key).unwrap();
-        assert!(s.mailbox_by_read(&read).unwrap().is_none());
-        assert_eq!(s.counts().unwrap().messages, 0);
+        let s = SqliteStorage::open(&tmp.path().join("r.db"), None).unwrap();
+        Some((tmp, s))
     }
 
-    fn stored(out: &[AppendOutcome]) -> Vec<u64> {
-        out.iter()
-            .filter_map(|o| match o {
-                AppendOutcome::Stored { message_id, .. } => Some(*message_id),
-                _ => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn message_numbers_count_per_mailbox_and_tell_nothing_of_the_others() {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut s = SqliteStorage::open(&tmp.path().join("r.db"), None).unwrap();
-        let (a, b) = (MailboxId([1; 16]), MailboxId([5; 16]));
-        s.create_mailbox(&a, &MailboxId([2; 16]), &[3; 32], 0)
-            .unwrap();
-        s.create_mailbox(&b, &MailboxId([6; 16]), &[3; 32], 0)
-            .unwrap();
-        let append = |send_id, i: u8| Append {
-            send_id,
-            blob: blob(i),
-            expires_at: 1000,
-            replay: false,
-        };
-        // Mailbox b is busy between a's messages; a's numbers do not show it.
-        let first = s.append_batch(&[append(a, 1)], QUOTA).unwrap();
-        let busy: Vec<Append> = (10..13).map(|i| append(b, i)).collect();
-        let others = s.append_batch(&busy, QUOTA).unwrap();
-        let second = s.append_batch(&[append(a, 2)], QUOTA).unwrap();
-        assert_eq!(stored(&first), [1]);
-        assert_eq!(stored(&others), [1, 2, 3]);
-        assert_eq!(stored(&second), [2]);
-        // A retransmission is acknowledged with its number.
-        let again = s.append_batch(&[append(a, 2)], QUOTA).unwrap();
-        assert!(matches!(
-            again[0],
-            AppendOutcome::Duplicate { message_id: 2, .. }
-        ));
-        let key = s.mailbox_by_read(&MailboxId([2; 16])).unwrap().unwrap().key;
-        let fetched = s.fetch(key, 1, 10).unwrap().messages;
-        assert_eq!(fetched.len(), 1);
-        assert_eq!((fetched[0].0, fetched[0].1[0]), (2, 2));
-    }
-
-    #[test]
-    fn empty_mailboxes_unused_for_their_lifetime_are_deleted() {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut s = SqliteStorage::open(&tmp.path().join("r.db"), None).unwrap();
-        let (idle, read, holding) = (MailboxId([1; 16]), MailboxId([3; 16]), MailboxId([5; 16]));
-        s.create_mailbox(&idle, &MailboxId([2; 16]), &[9; 32], 100)
-            .unwrap();
-        s.create_mailbox(&read, &MailboxId([4; 16]), &[9; 32], 100)
-            .unwrap();
-        s.create_mailbox(&holding, &MailboxId([6; 16]), &[9; 32], 100)
-            .unwrap();
-        let key = |s: &mut SqliteStorage, r: u8| {
-            s.mailbox_by_read(&MailboxId([r; 16]))
-                .unwrap()
-                .map(|m| m.key)
-        };
-        // One is read (subscribed) later; one holds a message.
-        let read_key = key(&mut s, 4).unwrap();
-        s.touch(read_key, 500).unwrap();
-        let out = s
-            .append_batch(
-                &[Append {
-                    send_id: holding,
-                    blob: blob(1),
-                    expires_at: u64::MAX / 2,
-                    replay: false,
-                }],
-                QUOTA,
-            )
-            .unwrap();
-        assert_eq!(stored(&out), [1]);
-        // Its message keeps it whatever its age; the idle one goes, with what is
-        // remembered of it.
-        let holding_key = key(&mut s, 6).unwrap();
-        s.conn
-            .execute(
-                "UPDATE mailboxes SET used_at = 100 WHERE key = ?1",
-                [holding_key],
-            )
-            .unwrap();
-        assert_eq!(s.delete_unused(300).unwrap(), 1);
-        assert!(key(&mut s, 2).is_none());
-        assert!(key(&mut s, 4).is_some() && key(&mut s, 6).is_some());
-        assert_eq!(s.delete_unused(600).unwrap(), 1);
-        assert!(key(&mut s, 4).is_none());
-        assert!(key(&mut s, 6).is_some());
-    }
+    conformance_tests!(open());
 
     #[test]
     fn a_database_from_before_per_mailbox_numbers_is_migrated() {
@@ -593,59 +428,13 @@ mod tests {
                     expires_at: 1000,
                     replay: false,
                 }],
-                QUOTA,
+                Quota {
+                    messages: 3,
+                    bytes: u64::MAX,
+                },
             )
             .unwrap();
         assert_eq!(stored(&out), [43], "numbers never go back");
-    }
-
-    #[test]
-    fn a_retransmitted_blob_is_stored_once() {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut s = SqliteStorage::open(&tmp.path().join("r.db"), None).unwrap();
-        let (send, read) = (MailboxId([1; 16]), MailboxId([2; 16]));
-        s.create_mailbox(&send, &read, &[3; 32], 0).unwrap();
-        let append = || Append {
-            send_id: send,
-            blob: blob(7),
-            expires_at: 1000,
-            replay: false,
-        };
-        let quota = Quota {
-            messages: 100,
-            bytes: u64::MAX,
-        };
-        let first = s.append_batch(&[append()], quota).unwrap()[0];
-        let AppendOutcome::Stored {
-            mailbox,
-            message_id,
-        } = first
-        else {
-            panic!("{first:?}")
-        };
-        let again = s.append_batch(&[append(), append()], quota).unwrap();
-        assert_eq!(
-            again,
-            vec![
-                AppendOutcome::Duplicate {
-                    mailbox,
-                    message_id
-                };
-                2
-            ]
-        );
-        // Still a duplicate after delivery and deletion, until it would have expired.
-        s.delete_messages(&[(mailbox, message_id)]).unwrap();
-        assert!(matches!(
-            s.append_batch(&[append()], quota).unwrap()[0],
-            AppendOutcome::Duplicate { .. }
-        ));
-        assert!(s.fetch(mailbox, 0, 10).unwrap().messages.is_empty());
-        s.expire(1000).unwrap();
-        assert!(matches!(
-            s.append_batch(&[append()], quota).unwrap()[0],
-            AppendOutcome::Stored { .. }
-        ));
     }
 
     #[test]
@@ -662,15 +451,11 @@ mod tests {
         let mut stored = 0;
         let error = loop {
             let batch: Vec<Append> = (0..5u32)
-                .map(|i| {
-                    let mut b = blob(0);
-                    b[..4].copy_from_slice(&(stored as u32 * 5 + i).to_be_bytes());
-                    Append {
-                        send_id: send,
-                        blob: b,
-                        expires_at: u64::MAX / 2,
-                        replay: false,
-                    }
+                .map(|i| Append {
+                    send_id: send,
+                    blob: numbered(stored as u32 * 5 + i),
+                    expires_at: u64::MAX / 2,
+                    replay: false,
                 })
                 .collect();
             match s.append_batch(&batch, quota) {

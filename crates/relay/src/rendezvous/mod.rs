@@ -7,6 +7,8 @@
 //! code. Joins also draw on a small per-connection allowance, so that one connection
 //! cannot sweep through the numbers.
 
+pub(crate) mod shared;
+
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -34,7 +36,70 @@ struct Slot {
     used: bool,
 }
 
-/// Every open rendezvous.
+/// Rendezvous of a relay: in memory on a single node, in the database across
+/// the nodes of a cluster.
+pub(crate) enum Rendezvous {
+    /// One node.
+    Local(Registry),
+    /// Several nodes on one PostgreSQL database.
+    Cluster(std::sync::Arc<shared::ClusterRendezvous>),
+}
+
+impl Rendezvous {
+    pub(crate) fn ttl(&self) -> Duration {
+        match self {
+            Self::Local(r) => r.ttl(),
+            Self::Cluster(c) => c.ttl(),
+        }
+    }
+
+    pub(crate) async fn open(&self, conn: ConnId, outbox: Outbox) -> Result<u32, ErrorCode> {
+        match self {
+            Self::Local(r) => Ok(r.open(conn, outbox)),
+            Self::Cluster(c) => c.open(conn, outbox).await,
+        }
+    }
+
+    pub(crate) async fn join(
+        &self,
+        nameplate: u32,
+        conn: ConnId,
+        outbox: Outbox,
+    ) -> Result<(), ErrorCode> {
+        match self {
+            Self::Local(r) => r.join(nameplate, conn, outbox),
+            Self::Cluster(c) => c.join(nameplate, conn, outbox).await,
+        }
+    }
+
+    pub(crate) async fn send(
+        &self,
+        nameplate: u32,
+        conn: ConnId,
+        data: Vec<u8>,
+    ) -> Result<(), ErrorCode> {
+        match self {
+            Self::Local(r) => r.send(nameplate, conn, data),
+            Self::Cluster(c) => c.send(nameplate, conn, data).await,
+        }
+    }
+
+    pub(crate) async fn close(&self, nameplate: u32, conn: ConnId) -> Result<(), ErrorCode> {
+        match self {
+            Self::Local(r) => r.close(nameplate, conn),
+            Self::Cluster(c) => c.close(nameplate, conn).await,
+        }
+    }
+
+    pub(crate) fn forget(&self, conn: ConnId) {
+        match self {
+            Self::Local(r) => r.forget(conn),
+            Self::Cluster(c) => c.forget(conn),
+        }
+    }
+}
+
+/// Every open rendezvous of a single node.
 pub(crate) struct Registry {
     slots: Mutex<HashMap<u32, Slot>>,
     ttl: Duration,
@@ -61,22 +126,10 @@ impl Registry {
     pub(crate) fn open(&self, conn: ConnId, outbox: Outbox) -> u32 {
         let mut slots = self.slots();
         self.expire(&mut slots);
-        let mut rng = rand::thread_rng();
-        // Keep numbers short, but never so crowded that a guesser hits an open one
-        // by chance more than about one time in four: 1-99, then 100-999, ...
-        let (mut low, mut high) = (1u32, 99u32);
-        let nameplate = loop {
-            let open = slots.keys().filter(|&&n| (low..=high).contains(&n)).count() as u64;
-            if open * 4 < u64::from(high - low + 1) {
-                let n = rng.gen_range(low..=high);
-                if !slots.contains_key(&n) {
-                    break n;
-                }
-                continue;
-            }
-            low = high.saturating_add(1);
-            high = high.saturating_mul(10).saturating_add(9);
-        };
+        let nameplate = pick_nameplate(
+            |n| slots.contains_key(&n),
+            |low, high| slots.keys().filter(|&&n| (low..=high).contains(&n)).count() as u64,
+        );
         slots.insert(
             nameplate,
             Slot {
@@ -192,6 +245,30 @@ impl Registry {
                 tell_closed(n, &slot, 0);
             }
         }
+    }
+}
+
+/// Chooses a free number for a new rendezvous: the shortest free one (two digits
+/// while few are open, then three, ...), at random. `taken` says whether a number
+/// is open; `open_in` how many are open in a range.
+pub(crate) fn pick_nameplate(
+    taken: impl Fn(u32) -> bool,
+    open_in: impl Fn(u32, u32) -> u64,
+) -> u32 {
+    let mut rng = rand::thread_rng();
+    // Keep numbers short, but never so crowded that a guesser hits an open one
+    // by chance more than about one time in four: 1-99, then 100-999, ...
+    let (mut low, mut high) = (1u32, 99u32);
+    loop {
+        if open_in(low, high) * 4 < u64::from(high - low + 1) {
+            let n = rng.gen_range(low..=high);
+            if !taken(n) {
+                return n;
+            }
+            continue;
+        }
+        low = high.saturating_add(1);
+        high = high.saturating_mul(10).saturating_add(9);
     }
 }
 

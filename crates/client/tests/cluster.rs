@@ -1,0 +1,240 @@
+//! A relay of two nodes on one PostgreSQL database, driven by the real client
+//! over TLS on loopback sockets: news crosses nodes, codes meet across nodes,
+//! and one address with both hosts fails over.
+//!
+//! The server comes from `BACKCHANNEL_TEST_POSTGRES` (`.ci/run` starts one and
+//! sets it); without it these tests say so and skip.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::time::Duration;
+
+use backchannel_client::relay::RelayClient;
+use backchannel_proto::addr::{MailboxId, RelayAddr};
+use backchannel_proto::envelope::BLOB_LEN;
+use backchannel_proto::frame::{Blob, ErrorCode, RendezvousEvent};
+use backchannel_relay::storage::RelayStorage as _;
+use backchannel_relay::storage::postgres::{PostgresStorage, scratch_database, test_server};
+use backchannel_relay::{RelayConfig, RunningRelay};
+use ed25519_dalek::SigningKey;
+
+const T: Duration = Duration::from_secs(10);
+
+fn blob(n: u32) -> Blob {
+    let mut b = Box::new([0u8; BLOB_LEN]);
+    b[..4].copy_from_slice(&n.to_be_bytes());
+    b[BLOB_LEN - 1] = 0xee;
+    b
+}
+
+fn number(b: &Blob) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// A fresh database on the test server, or `None` to skip.
+async fn database() -> Option<String> {
+    let server = test_server()?;
+    Some(
+        tokio::task::spawn_blocking(move || scratch_database(&server))
+            .await
+            .unwrap()
+            .unwrap(),
+    )
+}
+
+/// A node on `url`, with its TLS identity in `dir` (shared by the nodes).
+async fn node(dir: &std::path::Path, url: &str) -> RunningRelay {
+    let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.to_owned());
+    config.postgres = Some(url.to_owned());
+    backchannel_relay::start(config).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_on_one_node_receives_what_another_node_stored() {
+    let Some(url) = database().await else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (one, two) = (node(tmp.path(), &url).await, node(tmp.path(), &url).await);
+    assert_eq!(
+        one.address.fingerprint, two.address.fingerprint,
+        "nodes on one data directory share the certificate"
+    );
+    let owner = SigningKey::generate(&mut rand::rngs::OsRng);
+    let mut reader = RelayClient::connect(&one.address, T).await.unwrap();
+    let (send_id, read_id) = reader.create_mailbox(&owner).await.unwrap();
+    let mut deliveries = reader.deliveries().unwrap();
+    reader.subscribe(read_id, &owner).await.unwrap();
+    let sender = RelayClient::connect(&two.address, T).await.unwrap();
+    let mut latencies = Vec::new();
+    for n in 0..20 {
+        let sent = std::time::Instant::now();
+        sender.send(send_id, 0, blob(n)).await.unwrap();
+        let d = tokio::time::timeout(T, deliveries.recv())
+            .await
+            .expect("the other node's message never came")
+            .unwrap();
+        latencies.push(sent.elapsed());
+        assert_eq!(number(&d.blob), n, "in order, once");
+        reader.ack(read_id, d.message_id).await.unwrap();
+    }
+    latencies.sort();
+    eprintln!(
+        "send on node 2 -> delivery on node 1: median {:?}, max {:?}",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1]
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), deliveries.recv())
+            .await
+            .is_err(),
+        "nothing more, nothing twice"
+    );
+    one.shutdown().await;
+    two.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn news_that_no_notification_announced_still_reaches_the_reader() {
+    let Some(url) = database().await else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let one = node(tmp.path(), &url).await;
+    let owner = SigningKey::generate(&mut rand::rngs::OsRng);
+    let mut reader = RelayClient::connect(&one.address, T).await.unwrap();
+    let (send_id, read_id) = reader.create_mailbox(&owner).await.unwrap();
+    let mut deliveries = reader.deliveries().unwrap();
+    reader.subscribe(read_id, &owner).await.unwrap();
+    // A store that tells nobody (as when a notification is lost).
+    let stored = tokio::task::spawn_blocking(move || {
+        let mut silent = PostgresStorage::open(&url).unwrap();
+        silent
+            .append_batch(
+                &[backchannel_relay::storage::Append {
+                    send_id,
+                    blob: blob(7),
+                    expires_at: u64::MAX / 2,
+                    replay: false,
+                }],
+                backchannel_relay::storage::Quota {
+                    messages: 10,
+                    bytes: u64::MAX,
+                },
+            )
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(matches!(
+        stored[0],
+        backchannel_relay::storage::AppendOutcome::Stored { .. }
+    ));
+    let d = tokio::time::timeout(T, deliveries.recv())
+        .await
+        .expect("the node never looked")
+        .unwrap();
+    assert_eq!(number(&d.blob), 7);
+    one.shutdown().await;
+}
+
+async fn next(
+    rx: &mut tokio::sync::mpsc::Receiver<(u32, RendezvousEvent)>,
+) -> (u32, RendezvousEvent) {
+    tokio::time::timeout(T, rx.recv()).await.unwrap().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_opened_on_one_node_is_joined_on_the_other() {
+    let Some(url) = database().await else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (one, two) = (node(tmp.path(), &url).await, node(tmp.path(), &url).await);
+    let mut opener = RelayClient::connect(&one.address, T).await.unwrap();
+    let mut joiner = RelayClient::connect(&two.address, T).await.unwrap();
+    let mut opener_events = opener.rendezvous_events().unwrap();
+    let mut joiner_events = joiner.rendezvous_events().unwrap();
+    let (nameplate, _ttl) = opener.open_rendezvous().await.unwrap();
+    assert!((1..=99).contains(&nameplate));
+    assert!(matches!(
+        opener.rendezvous_send(nameplate, vec![1]).await,
+        Err(backchannel_client::relay::RelayClientError::Refused(
+            ErrorCode::NoPeer
+        ))
+    ));
+    joiner.join_rendezvous(nameplate).await.unwrap();
+    assert_eq!(
+        next(&mut opener_events).await,
+        (nameplate, RendezvousEvent::Joined)
+    );
+    opener
+        .rendezvous_send(nameplate, vec![0xab; 2000])
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut joiner_events).await,
+        (nameplate, RendezvousEvent::Data(vec![0xab; 2000]))
+    );
+    joiner.rendezvous_send(nameplate, vec![2, 3]).await.unwrap();
+    assert_eq!(
+        next(&mut opener_events).await,
+        (nameplate, RendezvousEvent::Data(vec![2, 3]))
+    );
+    // One join per code, whichever node a second guesser reaches.
+    for other in [&one, &two] {
+        let third = RelayClient::connect(&other.address, T).await.unwrap();
+        assert!(matches!(
+            third.join_rendezvous(nameplate).await,
+            Err(backchannel_client::relay::RelayClientError::Refused(
+                ErrorCode::RendezvousUsed
+            ))
+        ));
+    }
+    // The joiner leaves: the opener is told, and the number is free again.
+    drop(joiner);
+    assert_eq!(
+        next(&mut opener_events).await,
+        (nameplate, RendezvousEvent::Closed)
+    );
+    one.shutdown().await;
+    two.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_with_both_hosts_fails_over_to_the_second() {
+    let Some(url) = database().await else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (one, two) = (node(tmp.path(), &url).await, node(tmp.path(), &url).await);
+    let both = RelayAddr::with_hosts(
+        one.address.fingerprint,
+        &[
+            ("127.0.0.1", one.local_addr.port()),
+            ("127.0.0.1", two.local_addr.port()),
+        ],
+    )
+    .unwrap();
+    let owner = SigningKey::generate(&mut rand::rngs::OsRng);
+    let first = RelayClient::connect(&both, T).await.unwrap();
+    assert_eq!(first.host_index(), 0);
+    let (send_id, read_id) = first.create_mailbox(&owner).await.unwrap();
+    first.send(send_id, 0, blob(1)).await.unwrap();
+    drop(first);
+    one.shutdown().await;
+    // The first host is down: the second answers, with the same mailbox.
+    let mut second = RelayClient::connect(&both, T).await.unwrap();
+    assert_eq!(second.host_index(), 1);
+    second.send(send_id, 0, blob(2)).await.unwrap();
+    let mut deliveries = second.deliveries().unwrap();
+    second.subscribe(read_id, &owner).await.unwrap();
+    for n in 1..=2 {
+        let d = tokio::time::timeout(T, deliveries.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(number(&d.blob), n);
+    }
+    two.shutdown().await;
+    let none = RelayClient::connect(&both, Duration::from_secs(2)).await;
+    assert!(none.is_err(), "both hosts down");
+    let _ = MailboxId([0; 16]);
+}

@@ -1,0 +1,874 @@
+//! PostgreSQL storage, for relays of several nodes on one database.
+//!
+//! Each node runs the same storage threads as on SQLite (one writer doing group
+//! commits, one reader), each over its own connection. Durability is PostgreSQL's:
+//! `synchronous_commit = on`, so a batch is acknowledged only after its commit is
+//! flushed to the write-ahead log. Nodes share nothing but the database; the
+//! appends of one node wake the readers of another through `NOTIFY` (the
+//! listener is in the relay's cluster module).
+//!
+//! Concurrency between nodes: every transaction locks the mailbox rows it
+//! changes, in key order, before anything else, so two nodes appending to one
+//! mailbox queue behind each other and its quota holds; expiry takes messages in
+//! batches with `FOR UPDATE SKIP LOCKED`, so sweeps of several nodes never wait on
+//! each other. A transaction that still meets a deadlock or a serialisation
+//! failure is run again.
+//!
+//! A connection that breaks (the server restarted, the network failed) fails the
+//! call it was in, and the next call connects again: nothing is acknowledged
+//! while the database is away, and everything resumes when it is back.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use backchannel_proto::addr::MailboxId;
+use backchannel_proto::envelope::BLOB_LEN;
+use postgres::error::SqlState;
+use postgres::{Client, Config, NoTls, Transaction};
+
+use super::{
+    Append, AppendOutcome, Counts, Fetched, Mailbox, MailboxKey, Quota, RelayStorage, StorageError,
+    blob_digest, now_ms, to_blob,
+};
+
+/// The channel of `NOTIFY` on which nodes tell each other of news.
+pub const NOTIFY_CHANNEL: &str = "backchannel";
+
+/// How many expired messages one expiry transaction deletes.
+const EXPIRE_BATCH: i64 = 1_000;
+
+/// How many times a transaction that met a deadlock or a serialisation failure
+/// is run again.
+const RETRIES: usize = 4;
+
+/// Versioned migrations, applied in order, each in its own transaction.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "CREATE TABLE mailboxes (
+         key BIGSERIAL PRIMARY KEY,
+         send_id BYTEA NOT NULL UNIQUE,
+         read_id BYTEA NOT NULL UNIQUE,
+         auth_key BYTEA NOT NULL,
+         created_at BIGINT NOT NULL,
+         count BIGINT NOT NULL DEFAULT 0,
+         last_seq BIGINT NOT NULL DEFAULT 0,
+         used_at BIGINT NOT NULL DEFAULT 0
+     );
+     -- seq is the message's number in its mailbox: what clients see and acknowledge.
+     CREATE TABLE messages (
+         mailbox BIGINT NOT NULL REFERENCES mailboxes (key) ON DELETE CASCADE,
+         seq BIGINT NOT NULL,
+         expires_at BIGINT NOT NULL,
+         digest BYTEA NOT NULL,
+         blob BYTEA NOT NULL,
+         PRIMARY KEY (mailbox, seq),
+         UNIQUE (mailbox, digest)
+     );
+     -- Blobs are ciphertext: compressing them gains nothing.
+     ALTER TABLE messages ALTER COLUMN blob SET STORAGE EXTERNAL;
+     CREATE INDEX messages_by_expiry ON messages (expires_at);
+     -- Digests of delivered messages, until they would have expired, so that a
+     -- sender retrying a blob the relay already took is not stored twice.
+     CREATE TABLE delivered (
+         mailbox BIGINT NOT NULL,
+         digest BYTEA NOT NULL,
+         expires_at BIGINT NOT NULL,
+         PRIMARY KEY (mailbox, digest)
+     );
+     CREATE INDEX delivered_by_expiry ON delivered (expires_at);
+     -- Rendezvous for codes, shared by the nodes: who opened (node and
+     -- connection), who joined, and whether anyone ever joined.
+     CREATE TABLE rendezvous (
+         nameplate INTEGER PRIMARY KEY,
+         opened_at BIGINT NOT NULL,
+         opener TEXT NOT NULL,
+         joiner TEXT,
+         used BOOLEAN NOT NULL DEFAULT false
+     );",
+)];
+
+/// The key of the advisory lock under which migrations run (two nodes starting
+/// together migrate one after the other).
+const MIGRATION_LOCK: i64 = 0x6263_7265_6c61_7931;
+
+/// The PostgreSQL store of one node's storage thread.
+pub struct PostgresStorage {
+    config: Config,
+    client: Option<Client>,
+}
+
+impl std::fmt::Debug for PostgresStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStorage")
+            .field("connected", &self.client.is_some())
+            .finish()
+    }
+}
+
+/// Parses a connection string (`postgres://user@host:port/db` or
+/// `host=... dbname=...`), with a 5-second connection timeout unless it sets one.
+pub fn parse_config(url: &str) -> Result<Config, StorageError> {
+    let mut config: Config = url
+        .parse()
+        .map_err(|e: postgres::Error| StorageError::Config(e.to_string()))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    config.keepalives_idle(Duration::from_secs(30));
+    config.application_name("backchannel-relay");
+    Ok(config)
+}
+
+/// Connects with the settings every node connection has.
+///
+/// Must be called outside an asynchronous context (the driver runs its own).
+pub(crate) fn connect(config: &Config) -> Result<Client, StorageError> {
+    let mut client = config.connect(NoTls)?;
+    client.batch_execute(
+        "SET synchronous_commit = on;
+         SET default_transaction_isolation = 'read committed';",
+    )?;
+    Ok(client)
+}
+
+impl PostgresStorage {
+    /// Connects to the database at `url` and brings its schema up to date.
+    ///
+    /// Must be called outside an asynchronous context (the driver runs its own).
+    pub fn open(url: &str) -> Result<Self, StorageError> {
+        let config = parse_config(url)?;
+        let mut client = connect(&config)?;
+        migrate(&mut client)?;
+        Ok(Self {
+            config,
+            client: Some(client),
+        })
+    }
+
+    /// The connection settings.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The connection, made again if the last one broke.
+    fn client(&mut self) -> Result<&mut Client, StorageError> {
+        if self.client.as_ref().is_some_and(Client::is_closed) {
+            self.client = None;
+        }
+        match &mut self.client {
+            Some(client) => Ok(client),
+            slot @ None => {
+                let client = connect(&self.config)?;
+                Ok(slot.insert(client))
+            }
+        }
+    }
+
+    /// Runs `f` in a transaction and commits; runs it again after a deadlock or a
+    /// serialisation failure. A broken connection is dropped, to be made again by
+    /// the next call.
+    fn with_tx<T>(
+        &mut self,
+        mut f: impl FnMut(&mut Transaction<'_>) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = (|| {
+                let client = self.client()?;
+                let mut tx = client.transaction()?;
+                let value = f(&mut tx)?;
+                tx.commit()?;
+                Ok(value)
+            })();
+            match result {
+                Err(StorageError::Postgres(e)) if attempt < RETRIES && is_transient(&e) => {
+                    tracing::debug!(error = %e, "transaction conflicted; running it again");
+                }
+                Err(e) => {
+                    self.drop_if_broken(&e);
+                    return Err(e);
+                }
+                Ok(value) => return Ok(value),
+            }
+        }
+    }
+}
+
+fn is_transient(e: &postgres::Error) -> bool {
+    matches!(
+        e.code(),
+        Some(c) if *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+    )
+}
+
+/// Applies the migrations the database lacks, under an advisory lock held for
+/// the whole migration (nodes starting together migrate one after the other).
+fn migrate(client: &mut Client) -> Result<(), StorageError> {
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])?;
+    let result = migrate_locked(client);
+    client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])?;
+    result
+}
+
+fn migrate_locked(client: &mut Client) -> Result<(), StorageError> {
+    client.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version INTEGER PRIMARY KEY,
+             applied_at BIGINT NOT NULL
+         )",
+    )?;
+    for (version, sql) in MIGRATIONS {
+        let mut tx = client.transaction()?;
+        let done = tx
+            .query_opt(
+                "SELECT 1 FROM schema_migrations WHERE version = $1",
+                &[version],
+            )?
+            .is_some();
+        if !done {
+            tx.batch_execute(sql)?;
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)",
+                &[version, &(now_ms() as i64)],
+            )?;
+            tracing::info!(version, "database schema migrated");
+        }
+        tx.commit()?;
+    }
+    let newest: Option<i32> = client
+        .query_one("SELECT max(version) FROM schema_migrations", &[])?
+        .get(0);
+    let known = MIGRATIONS.last().map(|(v, _)| *v);
+    if newest > known {
+        return Err(StorageError::Config(format!(
+            "the database schema is version {}, newer than this relay knows ({}): upgrade the relay",
+            newest.unwrap_or_default(),
+            known.unwrap_or_default()
+        )));
+    }
+    Ok(())
+}
+
+/// The schema version of the database (the highest migration applied).
+pub fn schema_version(url: &str) -> Result<Option<i32>, StorageError> {
+    let mut client = connect(&parse_config(url)?)?;
+    Ok(client
+        .query_one("SELECT max(version) FROM schema_migrations", &[])?
+        .get(0))
+}
+
+/// The latest schema version this relay writes.
+pub fn latest_schema_version() -> i32 {
+    MIGRATIONS.last().map_or(0, |(v, _)| *v)
+}
+
+/// Creates an empty database beside the one `url` names and returns its URL (a
+/// URL of the form `postgres://.../NAME[?...]`). For tests and benchmarks: each
+/// gets a database of its own on one server.
+pub fn scratch_database(url: &str) -> Result<String, StorageError> {
+    let mut client = connect(&parse_config(url)?)?;
+    let mut suffix = [0u8; 8];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut suffix);
+    let name = format!(
+        "backchannel_{}",
+        suffix
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    client.batch_execute(&format!("CREATE DATABASE {name}"))?;
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let host_part = match base[scheme_end..].find('/') {
+        Some(slash) => &base[..scheme_end + slash],
+        None => base,
+    };
+    Ok(match query {
+        Some(q) => format!("{host_part}/{name}?{q}"),
+        None => format!("{host_part}/{name}"),
+    })
+}
+
+/// The PostgreSQL server tests run against, from `BACKCHANNEL_TEST_POSTGRES`.
+/// `None` when it is unset: the caller says it skips (so that `cargo test` passes
+/// on a machine without PostgreSQL), unless `BACKCHANNEL_REQUIRE_POSTGRES` is
+/// set, as `.ci/run` does: then a missing server fails the test.
+pub fn test_server() -> Option<String> {
+    match std::env::var("BACKCHANNEL_TEST_POSTGRES") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            assert!(
+                std::env::var_os("BACKCHANNEL_REQUIRE_POSTGRES").is_none(),
+                "BACKCHANNEL_REQUIRE_POSTGRES is set but BACKCHANNEL_TEST_POSTGRES is not"
+            );
+            eprintln!("skipped: BACKCHANNEL_TEST_POSTGRES is not set");
+            None
+        }
+    }
+}
+
+/// Notification payloads: `m NODE KEY KEY ...`, split to stay under
+/// PostgreSQL's 8000-byte limit.
+pub(crate) fn mailbox_news(node: &str, keys: &[MailboxKey]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = format!("m {node}");
+    let start_len = current.len();
+    for key in keys {
+        if current.len() > 7_000 {
+            out.push(std::mem::replace(&mut current, format!("m {node}")));
+        }
+        current.push(' ');
+        current.push_str(&key.to_string());
+    }
+    if current.len() > start_len {
+        out.push(current);
+    }
+    out
+}
+
+impl PostgresStorage {
+    /// Appends a batch and tells the other nodes which mailboxes have news, in
+    /// the same transaction (notifications are sent on commit).
+    fn append_in(
+        tx: &mut Transaction<'_>,
+        batch: &[Append],
+        quota: Quota,
+        node: Option<&str>,
+    ) -> Result<Vec<AppendOutcome>, StorageError> {
+        let now = now_ms() as i64;
+        let mut send_ids: Vec<&[u8]> = batch.iter().map(|a| &a.send_id.0[..]).collect();
+        send_ids.sort_unstable();
+        send_ids.dedup();
+        // Lock every mailbox of the batch first, in key order.
+        struct Locked {
+            key: i64,
+            count: i64,
+            last_seq: i64,
+            changed: bool,
+        }
+        let mut boxes: HashMap<[u8; 16], Locked> = HashMap::new();
+        for row in tx.query(
+            "SELECT key, send_id, count, last_seq FROM mailboxes
+             WHERE send_id = ANY($1) ORDER BY key FOR UPDATE",
+            &[&send_ids],
+        )? {
+            let send: Vec<u8> = row.get(1);
+            let send: [u8; 16] = send
+                .try_into()
+                .map_err(|_| StorageError::Corrupt("a send identifier has the wrong size"))?;
+            boxes.insert(
+                send,
+                Locked {
+                    key: row.get(0),
+                    count: row.get(2),
+                    last_seq: row.get(3),
+                    changed: false,
+                },
+            );
+        }
+        let seen = tx.prepare(
+            "SELECT seq FROM messages WHERE mailbox = $1 AND digest = $2
+             UNION ALL SELECT 0 FROM delivered WHERE mailbox = $1 AND digest = $2",
+        )?;
+        let insert = tx.prepare(
+            "INSERT INTO messages (mailbox, seq, expires_at, digest, blob)
+             VALUES ($1, $2, $3, $4, $5)",
+        )?;
+        let max_messages = quota.messages.min(quota.bytes / BLOB_LEN as u64);
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for append in batch {
+            let Some(mailbox) = boxes.get_mut(&append.send_id.0) else {
+                outcomes.push(AppendOutcome::UnknownMailbox);
+                continue;
+            };
+            let digest = if append.replay {
+                let mut random = [0u8; 16];
+                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut random);
+                random
+            } else {
+                blob_digest(&append.blob)
+            };
+            if !append.replay
+                && let Some(row) = tx.query_opt(&seen, &[&mailbox.key, &&digest[..]])?
+            {
+                let id: i64 = row.get(0);
+                outcomes.push(AppendOutcome::Duplicate {
+                    mailbox: mailbox.key,
+                    message_id: id.max(0) as u64,
+                });
+                continue;
+            }
+            if mailbox.count.max(0) as u64 >= max_messages {
+                outcomes.push(AppendOutcome::QuotaExceeded);
+                continue;
+            }
+            mailbox.last_seq += 1;
+            mailbox.count += 1;
+            mailbox.changed = true;
+            let expires_at = i64::try_from(append.expires_at).unwrap_or(i64::MAX);
+            tx.execute(
+                &insert,
+                &[
+                    &mailbox.key,
+                    &mailbox.last_seq,
+                    &expires_at,
+                    &&digest[..],
+                    &&append.blob[..],
+                ],
+            )?;
+            outcomes.push(AppendOutcome::Stored {
+                mailbox: mailbox.key,
+                message_id: mailbox.last_seq as u64,
+            });
+        }
+        let mut changed: Vec<&Locked> = boxes.values().filter(|m| m.changed).collect();
+        changed.sort_unstable_by_key(|m| m.key);
+        let update = tx.prepare(
+            "UPDATE mailboxes SET count = $2, last_seq = $3, used_at = greatest(used_at, $4)
+             WHERE key = $1",
+        )?;
+        for m in &changed {
+            tx.execute(&update, &[&m.key, &m.count, &m.last_seq, &now])?;
+        }
+        if let Some(node) = node {
+            let keys: Vec<MailboxKey> = changed.iter().map(|m| m.key).collect();
+            for payload in mailbox_news(node, &keys) {
+                tx.execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &payload])?;
+            }
+        }
+        Ok(outcomes)
+    }
+}
+
+/// The storage of a node in a cluster: appends tell the other nodes.
+pub(crate) struct NodeStorage {
+    pub(crate) inner: PostgresStorage,
+    pub(crate) node: String,
+}
+
+impl RelayStorage for PostgresStorage {
+    fn create_mailbox(
+        &mut self,
+        send_id: &MailboxId,
+        read_id: &MailboxId,
+        auth_key: &[u8; 32],
+        now: u64,
+    ) -> Result<(), StorageError> {
+        let now = now as i64;
+        self.with_tx(|tx| {
+            tx.execute(
+                "INSERT INTO mailboxes (send_id, read_id, auth_key, created_at, used_at)
+                 VALUES ($1, $2, $3, $4, $4)",
+                &[&&send_id.0[..], &&read_id.0[..], &&auth_key[..], &now],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn mailbox_by_read(&mut self, read_id: &MailboxId) -> Result<Option<Mailbox>, StorageError> {
+        let result = self.client()?.query_opt(
+            "SELECT key, auth_key, count FROM mailboxes WHERE read_id = $1",
+            &[&&read_id.0[..]],
+        );
+        let row = self.keep_if_alive(result)?;
+        row.map(|row| {
+            let auth_key: Vec<u8> = row.get(1);
+            Ok(Mailbox {
+                key: row.get(0),
+                auth_key: auth_key.try_into().map_err(|_| {
+                    StorageError::Corrupt("an authorisation key has the wrong size")
+                })?,
+                count: row.get::<_, i64>(2).max(0) as u64,
+            })
+        })
+        .transpose()
+    }
+
+    fn append_batch(
+        &mut self,
+        batch: &[Append],
+        quota: Quota,
+    ) -> Result<Vec<AppendOutcome>, StorageError> {
+        self.with_tx(|tx| Self::append_in(tx, batch, quota, None))
+    }
+
+    fn fetch(
+        &mut self,
+        mailbox: MailboxKey,
+        after: u64,
+        limit: usize,
+    ) -> Result<Fetched, StorageError> {
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let result = self.client()?.query(
+            "SELECT seq, blob FROM messages WHERE mailbox = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            &[&mailbox, &after, &limit],
+        );
+        let rows = self.keep_if_alive(result)?;
+        let mut out = Fetched::default();
+        for row in rows {
+            let seq: i64 = row.get(0);
+            match to_blob(row.get(1)) {
+                Ok(blob) => out.messages.push((seq as u64, blob)),
+                Err(_) => out.damaged.push(seq as u64),
+            }
+        }
+        Ok(out)
+    }
+
+    fn delete_messages(&mut self, messages: &[(MailboxKey, u64)]) -> Result<(), StorageError> {
+        // Messages first (as expiry takes them), then the mailboxes' counts in key order.
+        let mut sorted: Vec<(MailboxKey, i64)> = messages
+            .iter()
+            .map(|(m, s)| (*m, i64::try_from(*s).unwrap_or(i64::MAX)))
+            .collect();
+        sorted.sort_unstable();
+        sorted.dedup();
+        self.with_tx(|tx| {
+            let delete = tx.prepare(
+                "WITH gone AS (DELETE FROM messages WHERE mailbox = $1 AND seq = $2
+                               RETURNING mailbox, digest, expires_at),
+                      kept AS (INSERT INTO delivered (mailbox, digest, expires_at)
+                               SELECT mailbox, digest, expires_at FROM gone
+                               ON CONFLICT DO NOTHING)
+                 SELECT count(*) FROM gone",
+            )?;
+            let mut gone: BTreeMap<MailboxKey, i64> = BTreeMap::new();
+            for (mailbox, seq) in &sorted {
+                let n: i64 = tx.query_one(&delete, &[mailbox, seq])?.get(0);
+                if n > 0 {
+                    *gone.entry(*mailbox).or_default() += n;
+                }
+            }
+            for (mailbox, n) in gone {
+                tx.execute(
+                    "UPDATE mailboxes SET count = count - $2 WHERE key = $1",
+                    &[&mailbox, &n],
+                )?;
+            }
+            Ok(())
+        })
+    }
+
+    fn delete_mailbox(&mut self, mailbox: MailboxKey) -> Result<(), StorageError> {
+        self.with_tx(|tx| {
+            tx.execute("DELETE FROM messages WHERE mailbox = $1", &[&mailbox])?;
+            tx.execute("DELETE FROM delivered WHERE mailbox = $1", &[&mailbox])?;
+            tx.execute("DELETE FROM mailboxes WHERE key = $1", &[&mailbox])?;
+            Ok(())
+        })
+    }
+
+    fn expire(&mut self, now: u64) -> Result<u64, StorageError> {
+        let now = i64::try_from(now).unwrap_or(i64::MAX);
+        let mut total = 0u64;
+        loop {
+            let deleted = self.with_tx(|tx| {
+                let rows = tx.query(
+                    "DELETE FROM messages WHERE (mailbox, seq) IN (
+                         SELECT mailbox, seq FROM messages WHERE expires_at <= $1
+                         LIMIT $2 FOR UPDATE SKIP LOCKED)
+                     RETURNING mailbox",
+                    &[&now, &EXPIRE_BATCH],
+                )?;
+                let mut gone: BTreeMap<MailboxKey, i64> = BTreeMap::new();
+                for row in &rows {
+                    *gone.entry(row.get(0)).or_default() += 1;
+                }
+                for (mailbox, n) in gone {
+                    tx.execute(
+                        "UPDATE mailboxes SET count = count - $2 WHERE key = $1",
+                        &[&mailbox, &n],
+                    )?;
+                }
+                Ok(rows.len() as u64)
+            })?;
+            total += deleted;
+            if deleted < EXPIRE_BATCH as u64 {
+                break;
+            }
+        }
+        self.with_tx(|tx| {
+            tx.execute("DELETE FROM delivered WHERE expires_at <= $1", &[&now])?;
+            tx.execute(
+                "DELETE FROM rendezvous WHERE opened_at <= $1::BIGINT - 86400000",
+                &[&now],
+            )?;
+            Ok(())
+        })?;
+        Ok(total)
+    }
+
+    fn touch(&mut self, mailbox: MailboxKey, now: u64) -> Result<(), StorageError> {
+        let now = now as i64;
+        let result = self.client()?.execute(
+            "UPDATE mailboxes SET used_at = greatest(used_at, $2) WHERE key = $1",
+            &[&mailbox, &now],
+        );
+        self.keep_if_alive(result)?;
+        Ok(())
+    }
+
+    fn delete_unused(&mut self, before: u64) -> Result<u64, StorageError> {
+        let before = i64::try_from(before).unwrap_or(i64::MAX);
+        self.with_tx(|tx| {
+            let rows = tx.query(
+                "DELETE FROM mailboxes WHERE count = 0 AND used_at <= $1 RETURNING key",
+                &[&before],
+            )?;
+            let keys: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+            tx.execute("DELETE FROM delivered WHERE mailbox = ANY($1)", &[&keys])?;
+            Ok(keys.len() as u64)
+        })
+    }
+
+    fn counts(&mut self) -> Result<Counts, StorageError> {
+        let result = self.client()?.query_one(
+            "SELECT count(*), coalesce(sum(count), 0)::BIGINT FROM mailboxes",
+            &[],
+        );
+        let row = self.keep_if_alive(result)?;
+        Ok(Counts {
+            mailboxes: row.get::<_, i64>(0).max(0) as u64,
+            messages: row.get::<_, i64>(1).max(0) as u64,
+        })
+    }
+}
+
+impl PostgresStorage {
+    /// Passes a result on, dropping the connection if it broke.
+    fn keep_if_alive<T>(&mut self, result: Result<T, postgres::Error>) -> Result<T, StorageError> {
+        result.map_err(|e| {
+            let e = StorageError::from(e);
+            self.drop_if_broken(&e);
+            e
+        })
+    }
+
+    /// After a failure that is not the server refusing a statement (the
+    /// connection reset, the server went away), the connection is not trusted
+    /// again: the next call makes a new one.
+    fn drop_if_broken(&mut self, e: &StorageError) {
+        let refused = matches!(e, StorageError::Postgres(pg) if pg.as_db_error().is_some());
+        if !refused || self.client.as_ref().is_some_and(Client::is_closed) {
+            self.client = None;
+        }
+    }
+}
+
+impl RelayStorage for NodeStorage {
+    fn create_mailbox(
+        &mut self,
+        send_id: &MailboxId,
+        read_id: &MailboxId,
+        auth_key: &[u8; 32],
+        now: u64,
+    ) -> Result<(), StorageError> {
+        self.inner.create_mailbox(send_id, read_id, auth_key, now)
+    }
+    fn mailbox_by_read(&mut self, read_id: &MailboxId) -> Result<Option<Mailbox>, StorageError> {
+        self.inner.mailbox_by_read(read_id)
+    }
+    fn append_batch(
+        &mut self,
+        batch: &[Append],
+        quota: Quota,
+    ) -> Result<Vec<AppendOutcome>, StorageError> {
+        let node = self.node.as_str();
+        self.inner
+            .with_tx(|tx| PostgresStorage::append_in(tx, batch, quota, Some(node)))
+    }
+    fn fetch(
+        &mut self,
+        mailbox: MailboxKey,
+        after: u64,
+        limit: usize,
+    ) -> Result<Fetched, StorageError> {
+        self.inner.fetch(mailbox, after, limit)
+    }
+    fn delete_messages(&mut self, messages: &[(MailboxKey, u64)]) -> Result<(), StorageError> {
+        self.inner.delete_messages(messages)
+    }
+    fn delete_mailbox(&mut self, mailbox: MailboxKey) -> Result<(), StorageError> {
+        self.inner.delete_mailbox(mailbox)
+    }
+    fn expire(&mut self, now: u64) -> Result<u64, StorageError> {
+        self.inner.expire(now)
+    }
+    fn touch(&mut self, mailbox: MailboxKey, now: u64) -> Result<(), StorageError> {
+        self.inner.touch(mailbox, now)
+    }
+    fn delete_unused(&mut self, before: u64) -> Result<u64, StorageError> {
+        self.inner.delete_unused(before)
+    }
+    fn counts(&mut self) -> Result<Counts, StorageError> {
+        self.inner.counts()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+    use crate::storage::conformance::{conformance_tests, numbered, stored};
+    use test_server as server;
+
+    fn open() -> Option<((), PostgresStorage)> {
+        let url = scratch_database(&server()?).unwrap();
+        Some(((), PostgresStorage::open(&url).unwrap()))
+    }
+
+    conformance_tests!(open());
+
+    #[test]
+    fn migrations_run_from_an_empty_database_once_even_when_nodes_start_together() {
+        let Some(server) = server() else { return };
+        let url = scratch_database(&server).unwrap();
+        assert!(
+            schema_version(&url).is_err(),
+            "an empty database has no schema"
+        );
+        let nodes: Vec<_> = (0..4)
+            .map(|_| {
+                let url = url.clone();
+                std::thread::spawn(move || PostgresStorage::open(&url).map(|_| ()))
+            })
+            .collect();
+        for node in nodes {
+            node.join().unwrap().unwrap();
+        }
+        assert_eq!(schema_version(&url).unwrap(), Some(latest_schema_version()));
+        let mut client = connect(&parse_config(&url).unwrap()).unwrap();
+        let applied: i64 = client
+            .query_one("SELECT count(*) FROM schema_migrations", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(applied, MIGRATIONS.len() as i64);
+        // A database from a newer relay is refused, not written.
+        client
+            .execute(
+                "INSERT INTO schema_migrations VALUES ($1, 0)",
+                &[&(latest_schema_version() + 1)],
+            )
+            .unwrap();
+        let error = PostgresStorage::open(&url).unwrap_err().to_string();
+        assert!(error.contains("upgrade the relay"), "{error}");
+    }
+
+    #[test]
+    fn two_nodes_filling_one_mailbox_never_pass_its_quota() {
+        let Some(server) = server() else { return };
+        let url = scratch_database(&server).unwrap();
+        let mut first = PostgresStorage::open(&url).unwrap();
+        let send = MailboxId([1; 16]);
+        first
+            .create_mailbox(&send, &MailboxId([2; 16]), &[3; 32], 0)
+            .unwrap();
+        let quota = Quota {
+            messages: 50,
+            bytes: u64::MAX,
+        };
+        let nodes: Vec<_> = (0..2u32)
+            .map(|node| {
+                let url = url.clone();
+                std::thread::spawn(move || {
+                    let mut s = PostgresStorage::open(&url).unwrap();
+                    let mut stored_here = 0;
+                    for round in 0..10u32 {
+                        let batch: Vec<Append> = (0..4u32)
+                            .map(|i| Append {
+                                send_id: send,
+                                blob: numbered(node * 1000 + round * 10 + i),
+                                expires_at: u64::MAX / 2,
+                                replay: false,
+                            })
+                            .collect();
+                        stored_here += stored(&s.append_batch(&batch, quota).unwrap()).len();
+                    }
+                    stored_here
+                })
+            })
+            .collect();
+        let total: usize = nodes.into_iter().map(|n| n.join().unwrap()).sum();
+        assert_eq!(total, 50, "80 offered, a quota of 50");
+        let mailbox = first.mailbox_by_read(&MailboxId([2; 16])).unwrap().unwrap();
+        assert_eq!(mailbox.count, 50);
+        let held = first.fetch(mailbox.key, 0, 1000).unwrap().messages;
+        let numbers: Vec<u64> = held.iter().map(|(n, _)| *n).collect();
+        assert_eq!(numbers, (1..=50).collect::<Vec<u64>>(), "no gap, no repeat");
+    }
+
+    #[test]
+    fn a_store_that_lost_its_server_connects_again_and_loses_nothing() {
+        let Some(server) = server() else { return };
+        let url = scratch_database(&server).unwrap();
+        let mut s = PostgresStorage::open(&url).unwrap();
+        let send = MailboxId([1; 16]);
+        s.create_mailbox(&send, &MailboxId([2; 16]), &[3; 32], 0)
+            .unwrap();
+        // The server ends this node's session (as a restart would).
+        let mut admin = connect(&parse_config(&url).unwrap()).unwrap();
+        let batch = |n: u32| Append {
+            send_id: send,
+            blob: numbered(n),
+            expires_at: u64::MAX / 2,
+            replay: false,
+        };
+        let quota = Quota {
+            messages: 100,
+            bytes: u64::MAX,
+        };
+        assert_eq!(stored(&s.append_batch(&[batch(1)], quota).unwrap()), [1]);
+        admin
+            .execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .unwrap();
+        // Termination is asynchronous: wait until the session is gone.
+        while admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                &[],
+            )
+            .unwrap()
+            .get::<_, i64>(0)
+            > 0
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The call in flight fails, or the store reconnects first; never both a
+        // failure and a stored message.
+        let retried = match s.append_batch(&[batch(2)], quota) {
+            Ok(out) => out,
+            Err(_) => s.append_batch(&[batch(2)], quota).unwrap(),
+        };
+        assert_eq!(stored(&retried), [2]);
+        let key = s.mailbox_by_read(&MailboxId([2; 16])).unwrap().unwrap().key;
+        assert_eq!(s.fetch(key, 0, 10).unwrap().messages.len(), 2);
+    }
+
+    #[test]
+    fn notifications_name_the_mailboxes_and_stay_under_the_limit() {
+        let keys: Vec<MailboxKey> = (1_000_000_000..1_000_002_000).collect();
+        let payloads = mailbox_news("n1", &keys);
+        assert!(payloads.len() > 1);
+        assert!(
+            payloads
+                .iter()
+                .all(|p| p.len() < 8_000 && p.starts_with("m n1 "))
+        );
+        let parsed: Vec<MailboxKey> = payloads
+            .iter()
+            .flat_map(|p| p.split(' ').skip(2).map(|k| k.parse().unwrap()))
+            .collect();
+        assert_eq!(parsed, keys);
+        assert!(mailbox_news("n1", &[]).is_empty());
+    }
+}
