@@ -13,16 +13,15 @@
 
 mod support;
 
-use std::io::{BufRead as _, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use backchannel_client::ClientConfig;
 use backchannel_sim::forensics;
 use backchannel_store::Store;
-use support::{PASSPHRASE, Person, Relay, eventually, free_port, run_env, set_up_channel};
+use support::{
+    PASSPHRASE, Person, Relay, eventually, follow, free_port, run_env, set_up_channel, wait_for,
+};
 
 fn json_lines(stdout: &str) -> Vec<serde_json::Value> {
     stdout
@@ -99,41 +98,6 @@ fn assert_profile_clean(person: &Person, needles: &[(String, Vec<u8>)]) {
     drop(store);
     let hits = forensics::search_dir(&person.home, needles);
     assert!(hits.is_empty(), "{hits:?}");
-}
-
-/// `read --follow` in the background; its stdout lines arrive on the receiver.
-fn follow(person: &Person, channel: &str) -> (std::process::Child, mpsc::Receiver<String>) {
-    let mut child = Command::new(support::bin())
-        .arg("--home")
-        .arg(&person.home)
-        .args(["--json", "read", channel, "--follow"])
-        .env("BACKCHANNEL_PASSPHRASE", PASSPHRASE)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    (child, rx)
-}
-
-/// Waits for a line containing `needle`; returns everything seen.
-fn wait_for(rx: &mpsc::Receiver<String>, needle: &str) -> Vec<String> {
-    let mut seen = Vec::new();
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
-        let hit = line.contains(needle);
-        seen.push(line);
-        if hit {
-            return seen;
-        }
-    }
-    panic!("never saw {needle:?}; saw {seen:?}");
 }
 
 #[test]

@@ -420,12 +420,23 @@ fn subscribe(
     let client = client.clone();
     let events = events.clone();
     tokio::spawn(async move {
-        let event = match client.subscribe(read_id, &key).await {
-            Ok(backlog) => LinkEvent::Subscribed { read_id, backlog },
-            Err(e) => LinkEvent::SubscribeFailed {
-                read_id,
-                error: e.to_string(),
-            },
+        // A relay whose storage is away for a moment (a database restarting) or
+        // that is busy is asked again, as long as the connection lives.
+        let mut pause = Duration::from_millis(250);
+        let event = loop {
+            match client.subscribe(read_id, &key).await {
+                Ok(backlog) => break LinkEvent::Subscribed { read_id, backlog },
+                Err(RelayClientError::Refused(ErrorCode::Unavailable | ErrorCode::RateLimited)) => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    break LinkEvent::SubscribeFailed {
+                        read_id,
+                        error: e.to_string(),
+                    };
+                }
+            }
         };
         let _ = events.send(event);
     });

@@ -238,3 +238,76 @@ async fn one_address_with_both_hosts_fails_over_to_the_second() {
     assert!(none.is_err(), "both hosts down");
     let _ = MailboxId([0; 16]);
 }
+
+/// The relay's gauge of open connections, read from its metrics page.
+async fn open_connections(metrics: std::net::SocketAddr) -> Option<u64> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut tcp = tokio::net::TcpStream::connect(metrics).await.ok()?;
+    tcp.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .ok()?;
+    let mut page = String::new();
+    tcp.read_to_string(&mut page).await.ok()?;
+    page.lines()
+        .find_map(|l| l.strip_prefix("backchannel_relay_connections_open "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_on_the_second_host_goes_back_to_the_first_once_it_answers() {
+    use backchannel_client::{Client, ClientConfig, LinkTiming};
+    use backchannel_core::mls::Suite;
+    let Some(url) = database().await else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("relay");
+    // Node 1's port, chosen now; node 1 starts later.
+    let port_one = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let two = node(&dir, &url).await;
+    let both = RelayAddr::with_hosts(
+        two.address.fingerprint,
+        &[
+            ("127.0.0.1", port_one),
+            ("127.0.0.1", two.local_addr.port()),
+        ],
+    )
+    .unwrap();
+    let store = backchannel_store::Store::create(&tmp.path().join("alice"), b"pw").unwrap();
+    let config = ClientConfig {
+        timing: LinkTiming {
+            failback: Duration::from_millis(300),
+            ..LinkTiming::default()
+        },
+        ..ClientConfig::default()
+    };
+    let mut alice = Client::open(store, config).unwrap();
+    // Node 1 is down: everything goes through node 2.
+    alice
+        .create_channel("ops", "alice", Suite::Classic.into(), &both)
+        .await
+        .unwrap();
+    alice.sync(T).await.unwrap();
+    let mut config = RelayConfig::new(([127, 0, 0, 1], port_one).into(), dir.clone());
+    config.postgres = Some(url.clone());
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let one = backchannel_relay::start(config).await.unwrap();
+    let metrics = one.metrics_addr.unwrap();
+    let mut back = false;
+    for _ in 0..100 {
+        if open_connections(metrics).await.unwrap_or(0) >= 1 {
+            back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(back, "the link never went back to the first host");
+    // And it works there.
+    alice.send_text("ops", "on the first host again").unwrap();
+    alice.sync(T).await.unwrap();
+    drop(alice);
+    one.shutdown().await;
+    two.shutdown().await;
+}

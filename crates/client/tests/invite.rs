@@ -212,10 +212,18 @@ async fn one_flooding_address_cannot_burn_other_peoples_codes() {
             .unwrap();
         let result = friend.join_rendezvous(*nameplate).await;
         if joined.contains(nameplate) {
-            assert!(matches!(
-                result,
-                Err(RelayClientError::Refused(ErrorCode::RendezvousUsed))
-            ));
+            // Burned: refused as used, or gone (the flooding connection that
+            // joined it has left, which closes the rendezvous), depending on
+            // whether the relay has seen that connection close yet.
+            assert!(
+                matches!(
+                    result,
+                    Err(RelayClientError::Refused(
+                        ErrorCode::RendezvousUsed | ErrorCode::UnknownRendezvous
+                    ))
+                ),
+                "{result:?}"
+            );
         } else {
             result.unwrap_or_else(|e| panic!("code {i} ({nameplate}) was burned: {e}"));
         }

@@ -83,10 +83,21 @@ async fn relay(g: &Global, args: RelayArgs) -> Result<(), Failure> {
     let stored_count = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..connections {
+    let hosts = address.hosts().count();
+    for i in 0..connections {
         let owner = SigningKey::generate(&mut rand::rngs::OsRng);
-        let mut reader = RelayClient::connect(&address, timeout).await?;
-        let sender = Arc::new(RelayClient::connect(&address, timeout).await?);
+        // A relay of several nodes: senders take turns over the nodes, and each
+        // reader follows on the node after its sender's, so every message
+        // crosses nodes.
+        let (send_at, read_at) = if hosts > 1 {
+            (address.at_host(i % hosts), address.at_host((i + 1) % hosts))
+        } else {
+            (None, None)
+        };
+        let mut reader =
+            RelayClient::connect(read_at.as_ref().unwrap_or(&address), timeout).await?;
+        let sender =
+            Arc::new(RelayClient::connect(send_at.as_ref().unwrap_or(&address), timeout).await?);
         let (send_id, read_id) = reader.create_mailbox(&owner).await?;
         let mut deliveries = reader
             .deliveries()

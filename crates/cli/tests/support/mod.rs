@@ -296,3 +296,38 @@ pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// `read --follow` in the background; its stdout lines arrive on the receiver.
+pub fn follow(person: &Person, channel: &str) -> (Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = Command::new(bin())
+        .arg("--home")
+        .arg(&person.home)
+        .args(["--json", "read", channel, "--follow"])
+        .env("BACKCHANNEL_PASSPHRASE", PASSPHRASE)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
+/// Waits for a line containing `needle`; returns everything seen.
+pub fn wait_for(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+        let hit = line.contains(needle);
+        seen.push(line);
+        if hit {
+            return seen;
+        }
+    }
+    panic!("never saw {needle:?}; saw {seen:?}");
+}

@@ -370,35 +370,57 @@ impl PostgresStorage {
                 },
             );
         }
-        let seen = tx.prepare(
-            "SELECT seq FROM messages WHERE mailbox = $1 AND digest = $2
-             UNION ALL SELECT 0 FROM delivered WHERE mailbox = $1 AND digest = $2",
-        )?;
-        let insert = tx.prepare(
-            "INSERT INTO messages (mailbox, seq, expires_at, digest, blob)
-             VALUES ($1, $2, $3, $4, $5)",
-        )?;
+        // Every digest of the batch, looked up at once: a blob stored before (or
+        // delivered and remembered) is acknowledged again, not stored twice.
+        let digests: Vec<[u8; 16]> = batch
+            .iter()
+            .map(|append| {
+                if append.replay {
+                    // A copy a hostile test relay stores again gets a digest of its own.
+                    let mut random = [0u8; 16];
+                    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut random);
+                    random
+                } else {
+                    blob_digest(&append.blob)
+                }
+            })
+            .collect();
+        let (mut look_keys, mut look_digests): (Vec<i64>, Vec<&[u8]>) = (Vec::new(), Vec::new());
+        for (append, digest) in batch.iter().zip(&digests) {
+            if let (false, Some(m)) = (append.replay, boxes.get(&append.send_id.0)) {
+                look_keys.push(m.key);
+                look_digests.push(&digest[..]);
+            }
+        }
+        let mut known: HashMap<(i64, [u8; 16]), i64> = HashMap::new();
+        if !look_keys.is_empty() {
+            for row in tx.query(
+                "WITH wanted (mailbox, digest) AS (SELECT * FROM unnest($1::BIGINT[], $2::BYTEA[]))
+                 SELECT m.mailbox, m.digest, m.seq FROM messages m JOIN wanted w
+                     ON m.mailbox = w.mailbox AND m.digest = w.digest
+                 UNION ALL
+                 SELECT d.mailbox, d.digest, 0 FROM delivered d JOIN wanted w
+                     ON d.mailbox = w.mailbox AND d.digest = w.digest",
+                &[&look_keys, &look_digests],
+            )? {
+                let digest: Vec<u8> = row.get(1);
+                if let Ok(digest) = <[u8; 16]>::try_from(digest) {
+                    known.entry((row.get(0), digest)).or_insert(row.get(2));
+                }
+            }
+        }
         let max_messages = quota.messages.min(quota.bytes / BLOB_LEN as u64);
         let mut outcomes = Vec::with_capacity(batch.len());
-        for append in batch {
+        let mut rows = NewRows::default();
+        for (append, digest) in batch.iter().zip(&digests) {
             let Some(mailbox) = boxes.get_mut(&append.send_id.0) else {
                 outcomes.push(AppendOutcome::UnknownMailbox);
                 continue;
             };
-            let digest = if append.replay {
-                let mut random = [0u8; 16];
-                rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut random);
-                random
-            } else {
-                blob_digest(&append.blob)
-            };
-            if !append.replay
-                && let Some(row) = tx.query_opt(&seen, &[&mailbox.key, &&digest[..]])?
-            {
-                let id: i64 = row.get(0);
+            if let Some(id) = known.get(&(mailbox.key, *digest)) {
                 outcomes.push(AppendOutcome::Duplicate {
                     mailbox: mailbox.key,
-                    message_id: id.max(0) as u64,
+                    message_id: (*id).max(0) as u64,
                 });
                 continue;
             }
@@ -409,30 +431,47 @@ impl PostgresStorage {
             mailbox.last_seq += 1;
             mailbox.count += 1;
             mailbox.changed = true;
-            let expires_at = i64::try_from(append.expires_at).unwrap_or(i64::MAX);
-            tx.execute(
-                &insert,
-                &[
-                    &mailbox.key,
-                    &mailbox.last_seq,
-                    &expires_at,
-                    &&digest[..],
-                    &&append.blob[..],
-                ],
-            )?;
+            if !append.replay {
+                // The same blob again later in this batch is a duplicate of this one.
+                known.insert((mailbox.key, *digest), mailbox.last_seq);
+            }
+            rows.mailbox.push(mailbox.key);
+            rows.seq.push(mailbox.last_seq);
+            rows.expires_at
+                .push(i64::try_from(append.expires_at).unwrap_or(i64::MAX));
+            rows.digest.push(&digest[..]);
+            rows.blob.push(&append.blob[..]);
             outcomes.push(AppendOutcome::Stored {
                 mailbox: mailbox.key,
                 message_id: mailbox.last_seq as u64,
             });
         }
+        if !rows.mailbox.is_empty() {
+            tx.execute(
+                "INSERT INTO messages (mailbox, seq, expires_at, digest, blob)
+                 SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[], $4::BYTEA[], $5::BYTEA[])",
+                &[
+                    &rows.mailbox,
+                    &rows.seq,
+                    &rows.expires_at,
+                    &rows.digest,
+                    &rows.blob,
+                ],
+            )?;
+        }
         let mut changed: Vec<&Locked> = boxes.values().filter(|m| m.changed).collect();
         changed.sort_unstable_by_key(|m| m.key);
-        let update = tx.prepare(
-            "UPDATE mailboxes SET count = $2, last_seq = $3, used_at = greatest(used_at, $4)
-             WHERE key = $1",
-        )?;
-        for m in &changed {
-            tx.execute(&update, &[&m.key, &m.count, &m.last_seq, &now])?;
+        if !changed.is_empty() {
+            let keys: Vec<i64> = changed.iter().map(|m| m.key).collect();
+            let counts: Vec<i64> = changed.iter().map(|m| m.count).collect();
+            let seqs: Vec<i64> = changed.iter().map(|m| m.last_seq).collect();
+            tx.execute(
+                "UPDATE mailboxes m SET count = u.count, last_seq = u.seq,
+                     used_at = greatest(m.used_at, $4)
+                 FROM unnest($1::BIGINT[], $2::BIGINT[], $3::BIGINT[]) AS u (key, count, seq)
+                 WHERE m.key = u.key",
+                &[&keys, &counts, &seqs, &now],
+            )?;
         }
         if let Some(node) = node {
             let keys: Vec<MailboxKey> = changed.iter().map(|m| m.key).collect();
@@ -442,6 +481,16 @@ impl PostgresStorage {
         }
         Ok(outcomes)
     }
+}
+
+/// The messages of a batch to insert, column by column (one `unnest` insert).
+#[derive(Default)]
+struct NewRows<'a> {
+    mailbox: Vec<i64>,
+    seq: Vec<i64>,
+    expires_at: Vec<i64>,
+    digest: Vec<&'a [u8]>,
+    blob: Vec<&'a [u8]>,
 }
 
 /// The storage of a node in a cluster: appends tell the other nodes.
