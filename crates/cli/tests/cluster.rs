@@ -219,3 +219,55 @@ fn collect(lines: &std::sync::mpsc::Receiver<String>, count: usize) -> Vec<Strin
     }
     seen
 }
+
+#[test]
+fn relay_address_lists_every_public_host_given() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("relay");
+    let relay = Relay::start(&data, free_port());
+    let fingerprint = relay
+        .address
+        .trim_start_matches("bcr://")
+        .split('@')
+        .next()
+        .unwrap()
+        .to_owned();
+    drop(relay);
+    let home = tmp.path().join("anyone");
+    let out = support::run(
+        &home,
+        &[
+            "relay",
+            "address",
+            "--data",
+            data.to_str().unwrap(),
+            "--public-host",
+            "relay1.example",
+            "--public-host",
+            "relay2.example:8443",
+            "--public-host",
+            "[2001:db8::1]:9443",
+        ],
+    )
+    .ok();
+    let printed = out.stdout.trim();
+    assert_eq!(
+        printed,
+        format!("bcr://{fingerprint}@relay1.example:7443,relay2.example:8443,[2001:db8::1]:9443")
+    );
+    // And it is an address every command accepts.
+    support::run(&home, &["init", "--name", "dana", "--relay", printed]).ok();
+    let bad = support::run(
+        &home,
+        &[
+            "relay",
+            "address",
+            "--data",
+            data.to_str().unwrap(),
+            "--public-host",
+            "relay1.example:notaport",
+        ],
+    );
+    assert_ne!(bad.code, 0);
+    assert!(bad.stderr.contains("HOST:PORT"), "{}", bad.stderr);
+}

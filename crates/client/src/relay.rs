@@ -118,9 +118,32 @@ impl RelayClient {
         from: Option<std::net::IpAddr>,
         timeout: Duration,
     ) -> Result<Self, RelayClientError> {
+        Self::connect_hosts(address, 0, from, timeout).await
+    }
+
+    /// [`RelayClient::connect`], trying the relay's hosts from the one at `first`
+    /// (in the order of [`RelayAddr::hosts`]), then the others in order.
+    pub async fn connect_starting_at(
+        address: &RelayAddr,
+        first: usize,
+        timeout: Duration,
+    ) -> Result<Self, RelayClientError> {
+        Self::connect_hosts(address, first, None, timeout).await
+    }
+
+    async fn connect_hosts(
+        address: &RelayAddr,
+        first: usize,
+        from: Option<std::net::IpAddr>,
+        timeout: Duration,
+    ) -> Result<Self, RelayClientError> {
         let mut last = RelayClientError::Timeout;
-        let mut index = 0;
-        while let Some(host) = address.at_host(index) {
+        let count = address.hosts().count();
+        let first = first % count.max(1);
+        for index in (first..count).chain(0..first) {
+            let Some(host) = address.at_host(index) else {
+                continue;
+            };
             let attempt = tokio::time::timeout(timeout, Self::connect_inner(&host, from, timeout))
                 .await
                 .map_err(|_| RelayClientError::Timeout);
@@ -135,7 +158,6 @@ impl RelayClient {
                     last = e;
                 }
             }
-            index += 1;
         }
         Err(last)
     }

@@ -102,12 +102,17 @@ impl Default for LinkTiming {
     }
 }
 
-/// Whether the first host of `relay` accepts connections again.
+/// Sends refused in a row as `Unavailable` before a link of a relay of several
+/// hosts tries the next host.
+const UNAVAILABLE_BEFORE_FAILOVER: u32 = 3;
+
+/// Whether the first host of `relay` serves again: a whole handshake, with the
+/// certificate pinned, not only a TCP connection.
 async fn first_host_answers(relay: &RelayAddr, timeout: Duration) -> bool {
-    matches!(
-        tokio::time::timeout(timeout, tokio::net::TcpStream::connect(relay.authority())).await,
-        Ok(Ok(_))
-    )
+    match relay.at_host(0) {
+        Some(first) => RelayClient::connect(&first, timeout).await.is_ok(),
+        None => false,
+    }
 }
 
 /// Starts a link task for `relay`.
@@ -217,12 +222,18 @@ async fn run(
     let mut subs: HashMap<MailboxId, SigningKey> = HashMap::new();
     let mut waiting: Vec<LinkCommand> = Vec::new();
     let mut backoff = timing.backoff_min;
+    let hosts = relay.hosts().count();
+    // The host to try first: the first of the address, unless the one we were on
+    // kept refusing for want of storage, in which case the next.
+    let mut start_at = 0;
     'reconnect: loop {
         // Take every order that came in while disconnected.
         while let Ok(cmd) = commands.try_recv() {
             absorb(cmd, &mut sends, &mut subs, &mut waiting);
         }
-        let mut client = match RelayClient::connect(&relay, timing.timeout).await {
+        let connected = RelayClient::connect_starting_at(&relay, start_at, timing.timeout).await;
+        start_at = 0;
+        let mut client = match connected {
             Ok(c) => c,
             Err(e) => {
                 let _ = events.send(LinkEvent::Down {
@@ -252,7 +263,10 @@ async fn run(
         let Some(mut deliveries) = client.deliveries() else {
             continue 'reconnect;
         };
-        let on_first_host = client.host_index() == 0;
+        let host_index = client.host_index();
+        let on_first_host = host_index == 0;
+        // Refusals in a row because the relay's storage is away.
+        let mut unavailable = 0u32;
         let mut failback = tokio::time::interval_at(
             tokio::time::Instant::now() + timing.failback,
             timing.failback,
@@ -319,6 +333,7 @@ async fn run(
                 done = internal.recv() => {
                     match done {
                         Some(Internal::SendDone { id, result: Ok(()) }) => {
+                            unavailable = 0;
                             sends.stored(id);
                             let _ = events.send(LinkEvent::Stored { id });
                         }
@@ -331,7 +346,20 @@ async fn run(
                             sends.stored(id);
                             let _ = events.send(LinkEvent::Refused { id, code });
                         }
-                        Some(Internal::SendDone { id, result: Err(RelayClientError::Refused(_)) }) => {
+                        Some(Internal::SendDone { id, result: Err(RelayClientError::Refused(code)) }) => {
+                            if code == ErrorCode::Unavailable && hosts > 1 {
+                                unavailable += 1;
+                                if unavailable >= UNAVAILABLE_BEFORE_FAILOVER {
+                                    // This node cannot store (its database is away
+                                    // from it): another host of the relay may.
+                                    start_at = host_index + 1;
+                                    let _ = events.send(LinkEvent::Down {
+                                        relay: relay.clone(),
+                                        error: "this host of the relay cannot store; trying the next".into(),
+                                    });
+                                    continue 'reconnect;
+                                }
+                            }
                             // Full, busy or rate-limited: slow down, then go on.
                             if let Some(pause) = sends.slow_down(id) {
                                 let internal_tx = internal_tx.clone();
@@ -417,16 +445,21 @@ fn subscribe(
     key: SigningKey,
     events: &mpsc::UnboundedSender<LinkEvent>,
 ) {
-    let client = client.clone();
+    let client = Arc::downgrade(client);
     let events = events.clone();
     tokio::spawn(async move {
         // A relay whose storage is away for a moment (a database restarting) or
-        // that is busy is asked again, as long as the connection lives.
+        // that is busy is asked again, as long as the link keeps this connection
+        // (after a reconnection, the link subscribes anew on the new one).
         let mut pause = Duration::from_millis(250);
         let event = loop {
+            let Some(client) = client.upgrade() else {
+                return;
+            };
             match client.subscribe(read_id, &key).await {
                 Ok(backlog) => break LinkEvent::Subscribed { read_id, backlog },
                 Err(RelayClientError::Refused(ErrorCode::Unavailable | ErrorCode::RateLimited)) => {
+                    drop(client);
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(5));
                 }

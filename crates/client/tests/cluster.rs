@@ -49,8 +49,17 @@ async fn database() -> Option<String> {
 
 /// A node on `url`, with its TLS identity in `dir` (shared by the nodes).
 async fn node(dir: &std::path::Path, url: &str) -> RunningRelay {
+    node_with(dir, url, |_| {}).await
+}
+
+async fn node_with(
+    dir: &std::path::Path,
+    url: &str,
+    tweak: impl FnOnce(&mut RelayConfig),
+) -> RunningRelay {
     let mut config = RelayConfig::new("127.0.0.1:0".parse().unwrap(), dir.to_owned());
     config.postgres = Some(url.to_owned());
+    tweak(&mut config);
     backchannel_relay::start(config).await.unwrap()
 }
 
@@ -196,6 +205,50 @@ async fn a_code_opened_on_one_node_is_joined_on_the_other() {
         next(&mut opener_events).await,
         (nameplate, RendezvousEvent::Closed)
     );
+    one.shutdown().await;
+    two.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_ends_for_both_parties_when_its_lifetime_from_opening_ends() {
+    let Some(url) = database().await else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let ttl = |c: &mut RelayConfig| c.rendezvous_ttl = Duration::from_millis(1500);
+    let one = node_with(tmp.path(), &url, ttl).await;
+    let two = node_with(tmp.path(), &url, ttl).await;
+    let opener = RelayClient::connect(&one.address, T).await.unwrap();
+    let mut joiner = RelayClient::connect(&two.address, T).await.unwrap();
+    let mut joiner_events = joiner.rendezvous_events().unwrap();
+    let opened = std::time::Instant::now();
+    let (nameplate, _) = opener.open_rendezvous().await.unwrap();
+    // Joined late in the code's life: the joiner's end is over when the code's
+    // is, not a lifetime after joining (else it could outlive the code and talk
+    // into the next rendezvous given the same number).
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    joiner.join_rendezvous(nameplate).await.unwrap();
+    joiner.rendezvous_send(nameplate, vec![1]).await.unwrap();
+    let left = Duration::from_millis(1700).saturating_sub(opened.elapsed());
+    tokio::time::sleep(left).await;
+    for (who, result) in [
+        ("joiner", joiner.rendezvous_send(nameplate, vec![2]).await),
+        ("opener", opener.rendezvous_send(nameplate, vec![3]).await),
+    ] {
+        assert!(
+            matches!(
+                result,
+                Err(backchannel_client::relay::RelayClientError::Refused(
+                    ErrorCode::UnknownRendezvous
+                ))
+            ),
+            "the {who} still sends: {result:?}"
+        );
+    }
+    // Whatever the joiner received, nothing came after the code was over.
+    while let Ok(Some((_, event))) =
+        tokio::time::timeout(Duration::from_millis(200), joiner_events.recv()).await
+    {
+        assert_ne!(event, RendezvousEvent::Data(vec![3]));
+    }
     one.shutdown().await;
     two.shutdown().await;
 }

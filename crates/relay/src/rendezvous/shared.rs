@@ -5,6 +5,16 @@
 //! each other goes by `NOTIFY` to whichever node holds the other party (the
 //! listener of news of the node hands it to [`ClusterRendezvous::dispatch`]).
 //! A rendezvous is live and short, so nothing it carries is stored.
+//!
+//! A number is used again once its rendezvous is over, so every rendezvous also
+//! has a random instance, in its row and in every notification about it: a party
+//! left over from an earlier rendezvous under the same number neither receives
+//! nor sends anything in the new one. Lifetimes are counted from the opening by
+//! the database's clock, so nodes whose clocks differ agree on them.
+//!
+//! What differs from a single node: a notification lost while a node's listener
+//! reconnects is not sent again (the parties time out), and a node killed with
+//! its parties leaves the other party waiting until the lifetime ends.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -16,8 +26,11 @@ use postgres::{Client, Config};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{ConnId, Outbox, pick_nameplate};
+use crate::storage::StorageError;
 use crate::storage::postgres::{NOTIFY_CHANNEL, connect};
-use crate::storage::{StorageError, now_ms};
+
+/// The database's clock, in milliseconds since the Unix epoch.
+const DB_NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::BIGINT";
 
 /// Which party of a rendezvous.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -46,28 +59,43 @@ impl Role {
 struct End {
     conn: ConnId,
     outbox: Outbox,
-    opened: Instant,
+    /// Which rendezvous under this number (`None` while a join is decided).
+    instance: Option<i64>,
+    /// When the rendezvous is over.
+    ends_at: Instant,
     /// The other party is there (for the opener: someone joined).
     joined: bool,
+    /// What came for this number while the join was decided.
+    early: Vec<(i64, RendezvousEvent)>,
+}
+
+/// A rendezvous as the database knows it: which one, and how long it has left.
+#[derive(Clone, Copy, Debug)]
+struct Instance {
+    id: i64,
+    left: Duration,
 }
 
 /// What the database thread does for rendezvous.
 enum Command {
     Open {
         opener: String,
-        reply: oneshot::Sender<Result<u32, ErrorCode>>,
+        reply: oneshot::Sender<Result<(u32, Instance), ErrorCode>>,
     },
     Join {
         nameplate: u32,
         joiner: String,
-        reply: oneshot::Sender<Result<(), ErrorCode>>,
+        reply: oneshot::Sender<Result<Instance, ErrorCode>>,
     },
+    /// Deletes the row and tells the other party, in one transaction.
     Close {
         nameplate: u32,
+        instance: i64,
+        tell: Role,
     },
     Notify {
         payload: String,
-        reply: Option<oneshot::Sender<Result<(), ErrorCode>>>,
+        reply: oneshot::Sender<Result<(), ErrorCode>>,
     },
 }
 
@@ -119,15 +147,16 @@ impl ClusterRendezvous {
         rx.await.map_err(|_| ErrorCode::Unavailable)?
     }
 
-    /// Ends of this node older than the lifetime are closed.
+    /// Parties of this node whose rendezvous is over are told it closed.
     fn expire(&self) {
+        let now = Instant::now();
         let mut ends = self.ends();
-        let old: Vec<(u32, Role)> = ends
+        let over: Vec<(u32, Role)> = ends
             .iter()
-            .filter(|(_, e)| e.opened.elapsed() >= self.ttl)
+            .filter(|(_, e)| e.ends_at <= now)
             .map(|(k, _)| *k)
             .collect();
-        for key in old {
+        for key in over {
             if let Some(end) = ends.remove(&key) {
                 let _ = end.outbox.try_send(closed(key.0));
             }
@@ -136,7 +165,7 @@ impl ClusterRendezvous {
 
     pub(crate) async fn open(&self, conn: ConnId, outbox: Outbox) -> Result<u32, ErrorCode> {
         self.expire();
-        let nameplate = self
+        let (nameplate, instance) = self
             .call(|reply| Command::Open {
                 opener: self.party(conn),
                 reply,
@@ -147,8 +176,10 @@ impl ClusterRendezvous {
             End {
                 conn,
                 outbox,
-                opened: Instant::now(),
+                instance: Some(instance.id),
+                ends_at: Instant::now() + instance.left,
                 joined: false,
+                early: Vec::new(),
             },
         );
         Ok(nameplate)
@@ -167,14 +198,17 @@ impl ClusterRendezvous {
                 // This node holds its joiner already: nobody joins twice.
                 return Err(ErrorCode::RendezvousUsed);
             }
-            // In place before the opener hears of us, so that its answer finds us.
+            // In place before the opener hears of us, so that what it sends at
+            // once is kept (until we know which rendezvous we joined).
             ends.insert(
                 (nameplate, Role::Joiner),
                 End {
                     conn,
                     outbox,
-                    opened: Instant::now(),
+                    instance: None,
+                    ends_at: Instant::now() + self.ttl,
                     joined: true,
+                    early: Vec::new(),
                 },
             );
         }
@@ -185,21 +219,39 @@ impl ClusterRendezvous {
                 reply,
             })
             .await;
-        if result.is_err() {
-            self.ends().remove(&(nameplate, Role::Joiner));
+        let mut ends = self.ends();
+        let key = (nameplate, Role::Joiner);
+        match result {
+            Ok(instance) => {
+                if let Some(end) = ends.get_mut(&key) {
+                    end.instance = Some(instance.id);
+                    end.ends_at = Instant::now() + instance.left;
+                    for (id, event) in std::mem::take(&mut end.early) {
+                        if id == instance.id {
+                            let _ = end
+                                .outbox
+                                .try_send(ServerFrame::Rendezvous { nameplate, event });
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Err(code) => {
+                ends.remove(&key);
+                Err(code)
+            }
         }
-        result
     }
 
-    /// The role `conn` has in `nameplate`, if it is a party there.
-    /// The role `conn` has in `nameplate` and whether the other party is there,
-    /// if it is a party there.
-    fn role_of(&self, nameplate: u32, conn: ConnId) -> Option<(Role, bool)> {
+    /// The role `conn` has in `nameplate`, the rendezvous and whether the other
+    /// party is there, if it is a party there and the rendezvous is not over.
+    fn role_of(&self, nameplate: u32, conn: ConnId) -> Option<(Role, i64, bool)> {
         let ends = self.ends();
+        let now = Instant::now();
         [Role::Opener, Role::Joiner].into_iter().find_map(|role| {
-            ends.get(&(nameplate, role))
-                .filter(|e| e.conn == conn && e.opened.elapsed() < self.ttl)
-                .map(|e| (role, e.joined))
+            let end = ends.get(&(nameplate, role))?;
+            let instance = end.instance?;
+            (end.conn == conn && end.ends_at > now).then_some((role, instance, end.joined))
         })
     }
 
@@ -209,65 +261,67 @@ impl ClusterRendezvous {
         conn: ConnId,
         data: Vec<u8>,
     ) -> Result<(), ErrorCode> {
-        let (role, joined) = self
+        let (role, instance, joined) = self
             .role_of(nameplate, conn)
             .ok_or(ErrorCode::UnknownRendezvous)?;
         if !joined {
             return Err(ErrorCode::NoPeer);
         }
         let payload = format!(
-            "r {nameplate} {} d {}",
+            "r {nameplate} {instance} {} d {}",
             role.other().letter(),
             base32_encode(&data)
         );
-        self.call(|reply| Command::Notify {
-            payload,
-            reply: Some(reply),
-        })
-        .await
+        self.call(|reply| Command::Notify { payload, reply }).await
     }
 
     pub(crate) async fn close(&self, nameplate: u32, conn: ConnId) -> Result<(), ErrorCode> {
-        let (role, _) = self
+        let (role, instance, _) = self
             .role_of(nameplate, conn)
             .ok_or(ErrorCode::UnknownRendezvous)?;
         self.ends().remove(&(nameplate, role));
-        self.tell_closed(nameplate, role);
+        self.tell_closed(nameplate, instance, role);
         Ok(())
     }
 
     /// A connection ended: every rendezvous it is in closes.
     pub(crate) fn forget(&self, conn: ConnId) {
-        let mine: Vec<(u32, Role)> = {
+        let mine: Vec<(u32, Role, Option<i64>)> = {
             let mut ends = self.ends();
             let keys: Vec<(u32, Role)> = ends
                 .iter()
                 .filter(|(_, e)| e.conn == conn)
                 .map(|(k, _)| *k)
                 .collect();
-            for key in &keys {
-                ends.remove(key);
-            }
-            keys
+            keys.into_iter()
+                .filter_map(|key| ends.remove(&key).map(|e| (key.0, key.1, e.instance)))
+                .collect()
         };
-        for (nameplate, role) in mine {
-            self.tell_closed(nameplate, role);
+        for (nameplate, role, instance) in mine {
+            if let Some(instance) = instance {
+                self.tell_closed(nameplate, instance, role);
+            }
         }
     }
 
-    fn tell_closed(&self, nameplate: u32, by: Role) {
-        let _ = self.db.try_send(Command::Close { nameplate });
-        let _ = self.db.try_send(Command::Notify {
-            payload: format!("r {nameplate} {} c", by.other().letter()),
-            reply: None,
-        });
+    fn tell_closed(&self, nameplate: u32, instance: i64, by: Role) {
+        let close = Command::Close {
+            nameplate,
+            instance,
+            tell: by.other(),
+        };
+        if self.db.try_send(close).is_err() {
+            // The queue is full: the other party learns it when the lifetime ends.
+            tracing::warn!("a rendezvous close was dropped (the database queue is full)");
+        }
     }
 
-    /// A rendezvous notification: `r NAMEPLATE ROLE KIND [DATA]`, for the party
-    /// of that role if it is on this node.
+    /// A rendezvous notification, `r NAMEPLATE INSTANCE ROLE KIND [DATA]`, for the
+    /// party of that role and rendezvous if it is on this node.
     pub(crate) fn dispatch(&self, mut words: std::str::SplitAsciiWhitespace<'_>) {
-        let (Some(nameplate), Some(role), Some(kind)) = (
+        let (Some(nameplate), Some(instance), Some(role), Some(kind)) = (
             words.next().and_then(|n| n.parse::<u32>().ok()),
+            words.next().and_then(|n| n.parse::<i64>().ok()),
             words.next(),
             words.next(),
         ) else {
@@ -278,31 +332,39 @@ impl ClusterRendezvous {
             "j" => Role::Joiner,
             _ => return,
         };
-        let mut ends = self.ends();
-        let key = (nameplate, role);
         let event = match kind {
-            "j" => {
-                if let Some(end) = ends.get_mut(&key) {
-                    end.joined = true;
-                }
-                RendezvousEvent::Joined
-            }
-            "d" => match words.next().and_then(base32_decode) {
+            "j" => RendezvousEvent::Joined,
+            // Empty data has no word after the kind.
+            "d" => match words.next().map_or(Some(Vec::new()), base32_decode) {
                 Some(data) => RendezvousEvent::Data(data),
                 None => return,
             },
-            "c" => {
-                if let Some(end) = ends.remove(&key) {
-                    let _ = end.outbox.try_send(closed(nameplate));
-                }
-                return;
-            }
+            "c" => RendezvousEvent::Closed,
             _ => return,
         };
-        if let Some(end) = ends.get(&key) {
-            let _ = end
-                .outbox
-                .try_send(ServerFrame::Rendezvous { nameplate, event });
+        let mut ends = self.ends();
+        let key = (nameplate, role);
+        let Some(end) = ends.get_mut(&key) else {
+            return;
+        };
+        match end.instance {
+            None => end.early.push((instance, event)),
+            Some(id) if id != instance || end.ends_at <= Instant::now() => {}
+            Some(_) => {
+                match event {
+                    RendezvousEvent::Joined => end.joined = true,
+                    RendezvousEvent::Closed => {
+                        if let Some(end) = ends.remove(&key) {
+                            let _ = end.outbox.try_send(closed(nameplate));
+                        }
+                        return;
+                    }
+                    _ => {}
+                }
+                let _ = end
+                    .outbox
+                    .try_send(ServerFrame::Rendezvous { nameplate, event });
+            }
         }
     }
 }
@@ -328,56 +390,66 @@ fn run_commands(config: Config, ttl: Duration, mut commands: mpsc::Receiver<Comm
                 .ok();
         }
         let Some(db) = client.as_mut() else {
-            answer(command, Err(ErrorCode::Unavailable));
+            refuse(command);
             continue;
         };
-        let cutoff = (now_ms() as i64).saturating_sub(ttl_ms);
-        match command {
+        let failed = match command {
             Command::Open { opener, reply } => {
-                let _ = reply.send(open_in(db, &opener, cutoff).map_err(unavailable));
+                let result = open_in(db, &opener, ttl_ms);
+                let failed = result.is_err();
+                let _ = reply.send(result.map_err(unavailable));
+                failed
             }
             Command::Join {
                 nameplate,
                 joiner,
                 reply,
             } => {
-                let _ = reply.send(
-                    join_in(db, nameplate, &joiner, cutoff).unwrap_or_else(|e| Err(unavailable(e))),
-                );
+                let result = join_in(db, nameplate, &joiner, ttl_ms);
+                let failed = result.is_err();
+                let _ = reply.send(result.unwrap_or_else(|e| Err(unavailable(e))));
+                failed
             }
-            Command::Close { nameplate } => {
-                let n = i32::try_from(nameplate).unwrap_or(-1);
-                if let Err(e) = db.execute("DELETE FROM rendezvous WHERE nameplate = $1", &[&n]) {
+            Command::Close {
+                nameplate,
+                instance,
+                tell,
+            } => match close_in(db, nameplate, instance, tell) {
+                Ok(()) => false,
+                Err(e) => {
                     tracing::warn!(error = %e, "closing a rendezvous failed");
+                    true
                 }
-            }
+            },
             Command::Notify { payload, reply } => {
                 let result = db
                     .execute("SELECT pg_notify($1, $2)", &[&NOTIFY_CHANNEL, &payload])
                     .map(|_| ())
-                    .map_err(|e| unavailable(e.into()));
-                if let Some(reply) = reply {
-                    let _ = reply.send(result);
-                }
+                    .map_err(StorageError::from);
+                let failed = result.is_err();
+                let _ = reply.send(result.map_err(unavailable));
+                failed
             }
+        };
+        if failed {
+            // Whatever failed, the next command starts on a fresh connection.
+            client = None;
         }
     }
 }
 
-fn answer(command: Command, result: Result<(), ErrorCode>) {
+fn refuse(command: Command) {
     match command {
         Command::Open { reply, .. } => {
-            let _ = reply.send(result.map(|()| 0));
+            let _ = reply.send(Err(ErrorCode::Unavailable));
         }
         Command::Join { reply, .. } => {
-            let _ = reply.send(result);
+            let _ = reply.send(Err(ErrorCode::Unavailable));
         }
-        Command::Notify {
-            reply: Some(reply), ..
-        } => {
-            let _ = reply.send(result);
+        Command::Notify { reply, .. } => {
+            let _ = reply.send(Err(ErrorCode::Unavailable));
         }
-        Command::Close { .. } | Command::Notify { reply: None, .. } => {}
+        Command::Close { .. } => {}
     }
 }
 
@@ -386,12 +458,19 @@ fn unavailable(e: StorageError) -> ErrorCode {
     ErrorCode::Unavailable
 }
 
-/// Takes a free number, in one transaction with the lifetime's expiry.
-fn open_in(db: &mut Client, opener: &str, cutoff: i64) -> Result<u32, StorageError> {
+fn remaining(ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+}
+
+/// Takes a free number, in one transaction with the expiry of those over.
+fn open_in(db: &mut Client, opener: &str, ttl_ms: i64) -> Result<(u32, Instance), StorageError> {
     let mut tx = db.transaction()?;
     // One opening at a time across the nodes: numbers are chosen from what is open.
     tx.execute("LOCK TABLE rendezvous IN SHARE ROW EXCLUSIVE MODE", &[])?;
-    tx.execute("DELETE FROM rendezvous WHERE opened_at <= $1", &[&cutoff])?;
+    tx.execute(
+        &format!("DELETE FROM rendezvous WHERE opened_at <= {DB_NOW} - $1::BIGINT"),
+        &[&ttl_ms],
+    )?;
     let open: std::collections::HashSet<u32> = tx
         .query("SELECT nameplate FROM rendezvous", &[])?
         .iter()
@@ -402,12 +481,22 @@ fn open_in(db: &mut Client, opener: &str, cutoff: i64) -> Result<u32, StorageErr
         |low, high| open.iter().filter(|&&n| (low..=high).contains(&n)).count() as u64,
     );
     let n = i32::try_from(nameplate).map_err(|_| StorageError::Corrupt("nameplate range"))?;
+    let id = rand::Rng::r#gen::<i64>(&mut rand::rngs::OsRng);
     tx.execute(
-        "INSERT INTO rendezvous (nameplate, opened_at, opener) VALUES ($1, $2, $3)",
-        &[&n, &(now_ms() as i64), &opener],
+        &format!(
+            "INSERT INTO rendezvous (nameplate, opened_at, opener, instance)
+             VALUES ($1, {DB_NOW}, $2, $3)"
+        ),
+        &[&n, &opener, &id],
     )?;
     tx.commit()?;
-    Ok(nameplate)
+    Ok((
+        nameplate,
+        Instance {
+            id,
+            left: remaining(ttl_ms),
+        },
+    ))
 }
 
 /// Joins an open rendezvous once, and tells its opener.
@@ -415,15 +504,18 @@ fn join_in(
     db: &mut Client,
     nameplate: u32,
     joiner: &str,
-    cutoff: i64,
-) -> Result<Result<(), ErrorCode>, StorageError> {
+    ttl_ms: i64,
+) -> Result<Result<Instance, ErrorCode>, StorageError> {
     let Ok(n) = i32::try_from(nameplate) else {
         return Ok(Err(ErrorCode::UnknownRendezvous));
     };
     let mut tx = db.transaction()?;
     let Some(row) = tx.query_opt(
-        "SELECT opener, used FROM rendezvous WHERE nameplate = $1 AND opened_at > $2 FOR UPDATE",
-        &[&n, &cutoff],
+        &format!(
+            "SELECT opener, used, instance, opened_at + $2::BIGINT - {DB_NOW} FROM rendezvous
+             WHERE nameplate = $1 AND opened_at > {DB_NOW} - $2::BIGINT FOR UPDATE"
+        ),
+        &[&n, &ttl_ms],
     )?
     else {
         return Ok(Err(ErrorCode::UnknownRendezvous));
@@ -435,14 +527,45 @@ fn join_in(
     if row.get::<_, bool>(1) {
         return Ok(Err(ErrorCode::RendezvousUsed));
     }
+    let instance = Instance {
+        id: row.get(2),
+        left: remaining(row.get(3)),
+    };
     tx.execute(
         "UPDATE rendezvous SET used = true, joiner = $2 WHERE nameplate = $1",
         &[&n, &joiner],
     )?;
     tx.execute(
         "SELECT pg_notify($1, $2)",
-        &[&NOTIFY_CHANNEL, &format!("r {nameplate} o j")],
+        &[
+            &NOTIFY_CHANNEL,
+            &format!("r {nameplate} {} o j", instance.id),
+        ],
     )?;
     tx.commit()?;
-    Ok(Ok(()))
+    Ok(Ok(instance))
+}
+
+/// Deletes a rendezvous (if it is still that one) and tells the other party.
+fn close_in(
+    db: &mut Client,
+    nameplate: u32,
+    instance: i64,
+    tell: Role,
+) -> Result<(), StorageError> {
+    let n = i32::try_from(nameplate).unwrap_or(-1);
+    let mut tx = db.transaction()?;
+    tx.execute(
+        "DELETE FROM rendezvous WHERE nameplate = $1 AND instance = $2",
+        &[&n, &instance],
+    )?;
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[
+            &NOTIFY_CHANNEL,
+            &format!("r {nameplate} {instance} {} c", tell.letter()),
+        ],
+    )?;
+    tx.commit()?;
+    Ok(())
 }

@@ -83,7 +83,9 @@ const MIGRATIONS: &[(i32, &str)] = &[(
          opened_at BIGINT NOT NULL,
          opener TEXT NOT NULL,
          joiner TEXT,
-         used BOOLEAN NOT NULL DEFAULT false
+         used BOOLEAN NOT NULL DEFAULT false,
+         -- Which rendezvous under this number (numbers are used again).
+         instance BIGINT NOT NULL
      );",
 )];
 
@@ -95,6 +97,33 @@ const MIGRATION_LOCK: i64 = 0x6263_7265_6c61_7931;
 pub struct PostgresStorage {
     config: Config,
     client: Option<Client>,
+    /// The database's clock minus this node's (0 when they agree within
+    /// [`CLOCK_TOLERANCE_MS`]): every time this node hands the database is moved by
+    /// it, so that nodes with different clocks expire and delete alike.
+    offset_ms: i64,
+}
+
+/// Clocks of nodes and database within this much are taken to agree.
+const CLOCK_TOLERANCE_MS: i64 = 2_000;
+
+/// How this node's clock stands to the database's.
+fn clock_offset(client: &mut Client) -> Result<i64, StorageError> {
+    let local = now_ms() as i64;
+    let db: i64 = client
+        .query_one(
+            "SELECT (extract(epoch from clock_timestamp()) * 1000)::BIGINT",
+            &[],
+        )?
+        .get(0);
+    let offset = db - local;
+    if offset.abs() < CLOCK_TOLERANCE_MS {
+        return Ok(0);
+    }
+    tracing::warn!(
+        offset_ms = offset,
+        "this node's clock differs from the database's; using the database's"
+    );
+    Ok(offset)
 }
 
 impl std::fmt::Debug for PostgresStorage {
@@ -115,6 +144,8 @@ pub fn parse_config(url: &str) -> Result<Config, StorageError> {
         config.connect_timeout(Duration::from_secs(5));
     }
     config.keepalives_idle(Duration::from_secs(30));
+    config.keepalives_interval(Duration::from_secs(10));
+    config.keepalives_retries(3);
     config.application_name("backchannel-relay");
     Ok(config)
 }
@@ -124,12 +155,18 @@ pub fn parse_config(url: &str) -> Result<Config, StorageError> {
 /// Must be called outside an asynchronous context (the driver runs its own).
 pub(crate) fn connect(config: &Config) -> Result<Client, StorageError> {
     let mut client = config.connect(NoTls)?;
-    client.batch_execute(
-        "SET synchronous_commit = on;
-         SET default_transaction_isolation = 'read committed';",
-    )?;
+    client.batch_execute(SESSION)?;
     Ok(client)
 }
+
+/// Settings of every node connection. A node cut off in the middle of a
+/// transaction must not hold its locks for hours: statements, lock waits and idle
+/// transactions all have a bound.
+const SESSION: &str = "SET synchronous_commit = on;
+     SET default_transaction_isolation = 'read committed';
+     SET lock_timeout = '10s';
+     SET statement_timeout = '30s';
+     SET idle_in_transaction_session_timeout = '30s';";
 
 impl PostgresStorage {
     /// Connects to the database at `url` and brings its schema up to date.
@@ -139,10 +176,19 @@ impl PostgresStorage {
         let config = parse_config(url)?;
         let mut client = connect(&config)?;
         migrate(&mut client)?;
+        let offset_ms = clock_offset(&mut client)?;
         Ok(Self {
             config,
             client: Some(client),
+            offset_ms,
         })
+    }
+
+    /// A time of this node's clock on the database's.
+    fn db_time(&self, local_ms: u64) -> i64 {
+        i64::try_from(local_ms)
+            .unwrap_or(i64::MAX)
+            .saturating_add(self.offset_ms)
     }
 
     /// The connection settings.
@@ -158,7 +204,8 @@ impl PostgresStorage {
         match &mut self.client {
             Some(client) => Ok(client),
             slot @ None => {
-                let client = connect(&self.config)?;
+                let mut client = connect(&self.config)?;
+                self.offset_ms = clock_offset(&mut client)?;
                 Ok(slot.insert(client))
             }
         }
@@ -205,9 +252,13 @@ fn is_transient(e: &postgres::Error) -> bool {
 /// Applies the migrations the database lacks, under an advisory lock held for
 /// the whole migration (nodes starting together migrate one after the other).
 fn migrate(client: &mut Client) -> Result<(), StorageError> {
+    // A migration of a large table, or waiting for another node's, takes the time
+    // it takes.
+    client.batch_execute("SET lock_timeout = 0; SET statement_timeout = 0;")?;
     client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])?;
     let result = migrate_locked(client);
     client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])?;
+    client.batch_execute(SESSION)?;
     result
 }
 
@@ -338,8 +389,9 @@ impl PostgresStorage {
         batch: &[Append],
         quota: Quota,
         node: Option<&str>,
+        offset_ms: i64,
     ) -> Result<Vec<AppendOutcome>, StorageError> {
-        let now = now_ms() as i64;
+        let now = (now_ms() as i64).saturating_add(offset_ms);
         let mut send_ids: Vec<&[u8]> = batch.iter().map(|a| &a.send_id.0[..]).collect();
         send_ids.sort_unstable();
         send_ids.dedup();
@@ -437,8 +489,11 @@ impl PostgresStorage {
             }
             rows.mailbox.push(mailbox.key);
             rows.seq.push(mailbox.last_seq);
-            rows.expires_at
-                .push(i64::try_from(append.expires_at).unwrap_or(i64::MAX));
+            rows.expires_at.push(
+                i64::try_from(append.expires_at)
+                    .unwrap_or(i64::MAX)
+                    .saturating_add(offset_ms),
+            );
             rows.digest.push(&digest[..]);
             rows.blob.push(&append.blob[..]);
             outcomes.push(AppendOutcome::Stored {
@@ -507,7 +562,7 @@ impl RelayStorage for PostgresStorage {
         auth_key: &[u8; 32],
         now: u64,
     ) -> Result<(), StorageError> {
-        let now = now as i64;
+        let now = self.db_time(now);
         self.with_tx(|tx| {
             tx.execute(
                 "INSERT INTO mailboxes (send_id, read_id, auth_key, created_at, used_at)
@@ -542,7 +597,8 @@ impl RelayStorage for PostgresStorage {
         batch: &[Append],
         quota: Quota,
     ) -> Result<Vec<AppendOutcome>, StorageError> {
-        self.with_tx(|tx| Self::append_in(tx, batch, quota, None))
+        let offset = self.offset_ms;
+        self.with_tx(|tx| Self::append_in(tx, batch, quota, None, offset))
     }
 
     fn fetch(
@@ -613,7 +669,7 @@ impl RelayStorage for PostgresStorage {
     }
 
     fn expire(&mut self, now: u64) -> Result<u64, StorageError> {
-        let now = i64::try_from(now).unwrap_or(i64::MAX);
+        let now = self.db_time(now);
         let mut total = 0u64;
         loop {
             let deleted = self.with_tx(|tx| {
@@ -643,17 +699,13 @@ impl RelayStorage for PostgresStorage {
         }
         self.with_tx(|tx| {
             tx.execute("DELETE FROM delivered WHERE expires_at <= $1", &[&now])?;
-            tx.execute(
-                "DELETE FROM rendezvous WHERE opened_at <= $1::BIGINT - 86400000",
-                &[&now],
-            )?;
             Ok(())
         })?;
         Ok(total)
     }
 
     fn touch(&mut self, mailbox: MailboxKey, now: u64) -> Result<(), StorageError> {
-        let now = now as i64;
+        let now = self.db_time(now);
         let result = self.client()?.execute(
             "UPDATE mailboxes SET used_at = greatest(used_at, $2) WHERE key = $1",
             &[&mailbox, &now],
@@ -663,7 +715,7 @@ impl RelayStorage for PostgresStorage {
     }
 
     fn delete_unused(&mut self, before: u64) -> Result<u64, StorageError> {
-        let before = i64::try_from(before).unwrap_or(i64::MAX);
+        let before = self.db_time(before);
         self.with_tx(|tx| {
             let rows = tx.query(
                 "DELETE FROM mailboxes WHERE count = 0 AND used_at <= $1 RETURNING key",
@@ -728,8 +780,9 @@ impl RelayStorage for NodeStorage {
         quota: Quota,
     ) -> Result<Vec<AppendOutcome>, StorageError> {
         let node = self.node.as_str();
+        let offset = self.inner.offset_ms;
         self.inner
-            .with_tx(|tx| PostgresStorage::append_in(tx, batch, quota, Some(node)))
+            .with_tx(|tx| PostgresStorage::append_in(tx, batch, quota, Some(node), offset))
     }
     fn fetch(
         &mut self,
