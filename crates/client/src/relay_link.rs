@@ -102,7 +102,15 @@ impl Default for LinkTiming {
     }
 }
 
-/// Sends refused in a row as `Unavailable` before a link of a relay of several
+/// What a link reports when it leaves a host that cannot store.
+fn unusable_host(relay: &RelayAddr) -> LinkEvent {
+    LinkEvent::Down {
+        relay: relay.clone(),
+        error: "this host of the relay cannot reach its storage; trying the next".into(),
+    }
+}
+
+/// Sends (and subscriptions) refused in a row as `Unavailable` before a link of a relay of several
 /// hosts tries the next host.
 const UNAVAILABLE_BEFORE_FAILOVER: u32 = 3;
 
@@ -144,6 +152,8 @@ enum Internal {
     },
     /// A pause after "slow down" is over.
     Resume,
+    /// A subscription was refused because the relay's storage is away.
+    Unavailable,
 }
 
 /// The blobs of one link not yet stored, in the order they were asked for.
@@ -284,7 +294,7 @@ async fn run(
             }
         };
         for (read_id, key) in &subs {
-            subscribe(&client, *read_id, key.clone(), &events);
+            subscribe(&client, *read_id, key.clone(), &events, &internal_tx);
         }
         sends.restart();
         send_next(&mut sends);
@@ -350,13 +360,8 @@ async fn run(
                             if code == ErrorCode::Unavailable && hosts > 1 {
                                 unavailable += 1;
                                 if unavailable >= UNAVAILABLE_BEFORE_FAILOVER {
-                                    // This node cannot store (its database is away
-                                    // from it): another host of the relay may.
                                     start_at = host_index + 1;
-                                    let _ = events.send(LinkEvent::Down {
-                                        relay: relay.clone(),
-                                        error: "this host of the relay cannot store; trying the next".into(),
-                                    });
+                                    let _ = events.send(unusable_host(&relay));
                                     continue 'reconnect;
                                 }
                             }
@@ -375,6 +380,16 @@ async fn run(
                             continue 'reconnect;
                         }
                         Some(Internal::Resume) => sends.paused = false,
+                        Some(Internal::Unavailable) => {
+                            if hosts > 1 {
+                                unavailable += 1;
+                                if unavailable >= UNAVAILABLE_BEFORE_FAILOVER {
+                                    start_at = host_index + 1;
+                                    let _ = events.send(unusable_host(&relay));
+                                    continue 'reconnect;
+                                }
+                            }
+                        }
                         None => continue,
                     }
                     send_next(&mut sends);
@@ -386,7 +401,7 @@ async fn run(
                     }
                     Some(LinkCommand::Subscribe { read_id, key }) => {
                         subs.insert(read_id, key.clone());
-                        subscribe(&client, read_id, key, &events);
+                        subscribe(&client, read_id, key, &events, &internal_tx);
                     }
                     Some(LinkCommand::Forget { read_id }) => {
                         subs.remove(&read_id);
@@ -444,9 +459,11 @@ fn subscribe(
     read_id: MailboxId,
     key: SigningKey,
     events: &mpsc::UnboundedSender<LinkEvent>,
+    internal: &mpsc::UnboundedSender<Internal>,
 ) {
     let client = Arc::downgrade(client);
     let events = events.clone();
+    let internal = internal.clone();
     tokio::spawn(async move {
         // A relay whose storage is away for a moment (a database restarting) or
         // that is busy is asked again, as long as the link keeps this connection
@@ -458,8 +475,15 @@ fn subscribe(
             };
             match client.subscribe(read_id, &key).await {
                 Ok(backlog) => break LinkEvent::Subscribed { read_id, backlog },
-                Err(RelayClientError::Refused(ErrorCode::Unavailable | ErrorCode::RateLimited)) => {
+                Err(RelayClientError::Refused(
+                    code @ (ErrorCode::Unavailable | ErrorCode::RateLimited),
+                )) => {
                     drop(client);
+                    if code == ErrorCode::Unavailable {
+                        // Counted with refused sends: a node that cannot reach its
+                        // storage is left for another host of the relay.
+                        let _ = internal.send(Internal::Unavailable);
+                    }
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(5));
                 }

@@ -12,6 +12,8 @@
     clippy::indexing_slicing
 )]
 
+mod support;
+
 use std::time::Duration;
 
 use backchannel_client::relay::RelayClient;
@@ -361,6 +363,101 @@ async fn a_link_on_the_second_host_goes_back_to_the_first_once_it_answers() {
     alice.send_text("ops", "on the first host again").unwrap();
     alice.sync(T).await.unwrap();
     drop(alice);
+    one.shutdown().await;
+    two.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_leaves_a_node_that_cannot_reach_the_database_for_one_that_can() {
+    use backchannel_core::mls::Suite;
+    let Some(url) = database().await else { return };
+    // Node 1 reaches the database under a role of its own, which we can lock out.
+    let mut suffix = [0u8; 6];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut suffix);
+    let role = format!(
+        "node_{}",
+        suffix
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let admin_url = url.clone();
+    let mut admin = tokio::task::spawn_blocking(move || {
+        postgres::Client::connect(&admin_url, postgres::NoTls).unwrap()
+    })
+    .await
+    .unwrap();
+    admin = tokio::task::spawn_blocking({
+        let role = role.clone();
+        move || {
+            admin
+                .batch_execute(&format!("CREATE ROLE {role} LOGIN SUPERUSER"))
+                .unwrap();
+            admin
+        }
+    })
+    .await
+    .unwrap();
+    let node_one_url = url.replacen("postgres://postgres@", &format!("postgres://{role}@"), 1);
+    assert_ne!(node_one_url, url);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("relay");
+    let one = node(&dir, &node_one_url).await;
+    let two = node(&dir, &url).await;
+    let both = RelayAddr::with_hosts(
+        one.address.fingerprint,
+        &[
+            ("127.0.0.1", one.local_addr.port()),
+            ("127.0.0.1", two.local_addr.port()),
+        ],
+    )
+    .unwrap();
+    let (mut alice, mut bob) = (
+        support::client(tmp.path(), "alice"),
+        support::client(tmp.path(), "bob"),
+    );
+    alice
+        .create_channel("ops", "alice", Suite::Classic.into(), &both)
+        .await
+        .unwrap();
+    let kp = bob.key_package("bob", Suite::Classic, &both).await.unwrap();
+    let welcome = alice.add_members("ops", &[&kp]).unwrap();
+    bob.join(None, &welcome).unwrap();
+    alice.flush(T).await.unwrap();
+    bob.sync(T).await.unwrap();
+    // Node 1 loses the database (it still accepts clients).
+    let admin = tokio::task::spawn_blocking(move || {
+        admin
+            .batch_execute(&format!(
+                "ALTER ROLE {role} NOLOGIN;
+                 SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}';"
+            ))
+            .unwrap();
+        admin
+    })
+    .await
+    .unwrap();
+    alice
+        .send_text("ops", "through the node that can store")
+        .unwrap();
+    alice
+        .flush(Duration::from_secs(60))
+        .await
+        .expect("the sender's link never left the node without its database");
+    // Bob's link, refused its subscriptions on node 1, reads through node 2.
+    let mut read = Vec::new();
+    for _ in 0..30 {
+        let _ = bob.sync(Duration::from_secs(2)).await;
+        read.extend(support::texts(&mut bob));
+        if !read.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(read, ["through the node that can store"]);
+    // (The driver's runtime must not be dropped inside ours.)
+    tokio::task::spawn_blocking(move || drop(admin))
+        .await
+        .unwrap();
     one.shutdown().await;
     two.shutdown().await;
 }

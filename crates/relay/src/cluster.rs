@@ -32,6 +32,10 @@ use crate::storage::{MailboxKey, StorageError};
 /// How often a node looks for news it was not told of.
 const POLL_EVERY: Duration = Duration::from_secs(1);
 
+/// How long a node goes without reaching the database before it closes its
+/// connections (their clients go to another node).
+const LOST_AFTER: Duration = Duration::from_secs(3);
+
 /// How long a node waits before connecting again after the database failed.
 const RECONNECT_AFTER: Duration = Duration::from_millis(500);
 
@@ -45,11 +49,15 @@ pub(crate) fn node_name() -> String {
 /// Starts what a node of a cluster runs beside its storage threads: the
 /// database thread of rendezvous and the listener of news. Both end once the
 /// relay is gone (the hub and the rendezvous are dropped).
+///
+/// `reachable` is set to false when the node has not reached the database for
+/// [`LOST_AFTER`], and to true when it reaches it again.
 pub(crate) fn start(
     config: Config,
     node: String,
     ttl: Duration,
     hub: &Arc<Hub>,
+    reachable: tokio::sync::watch::Sender<bool>,
 ) -> std::io::Result<Arc<ClusterRendezvous>> {
     let rendezvous = ClusterRendezvous::start(config.clone(), node.clone(), ttl)?;
     let listener = Listener {
@@ -58,6 +66,7 @@ pub(crate) fn start(
         hub: Arc::downgrade(hub),
         rendezvous: Arc::downgrade(&rendezvous),
         seen: HashMap::new(),
+        reachable,
     };
     std::thread::Builder::new()
         .name("relay-listen".into())
@@ -74,15 +83,27 @@ struct Listener {
     rendezvous: Weak<ClusterRendezvous>,
     /// The last message number seen of each followed mailbox.
     seen: HashMap<MailboxKey, i64>,
+    /// Whether this node reaches the database.
+    reachable: tokio::sync::watch::Sender<bool>,
 }
 
 impl Listener {
     fn run(mut self) {
+        // Since when the database has not been reached (reset by `listen` once
+        // it is).
+        let mut down_since: Option<Instant> = None;
         while self.hub.strong_count() > 0 {
-            match self.listen() {
+            match self.listen(&mut down_since) {
                 Ok(()) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "lost the database's notifications; connecting again");
+                    let since = *down_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= LOST_AFTER && *self.reachable.borrow() {
+                        tracing::error!(
+                            "this node cannot reach the database; closing its connections"
+                        );
+                        self.reachable.send_replace(false);
+                    }
                     std::thread::sleep(RECONNECT_AFTER);
                 }
             }
@@ -90,12 +111,17 @@ impl Listener {
     }
 
     /// Listens until the relay is gone (`Ok`) or the connection fails.
-    fn listen(&mut self) -> Result<(), StorageError> {
+    fn listen(&mut self, down_since: &mut Option<Instant>) -> Result<(), StorageError> {
         let mut client = connect(&self.config)?;
         client.batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))?;
         // Whatever was missed while not listening is found by this first look.
         self.seen.clear();
         self.poll(&mut client)?;
+        if !*self.reachable.borrow() {
+            tracing::info!("this node reaches the database again");
+        }
+        self.reachable.send_replace(true);
+        *down_since = None;
         let mut last_poll = Instant::now();
         loop {
             let Some(hub) = self.hub.upgrade() else {

@@ -40,6 +40,11 @@ pub(crate) struct Shared {
     pub(crate) idle_timeout: Duration,
     pub(crate) message_ttl: Duration,
     pub(crate) rendezvous: Rendezvous,
+    /// False while this node cannot reach its storage (a node of a cluster that
+    /// lost its database): connections close, and their clients go elsewhere.
+    pub(crate) reachable: watch::Receiver<bool>,
+    /// Keeps `reachable` open on a relay whose storage is never away.
+    pub(crate) _reachable_tx: watch::Sender<bool>,
     pub(crate) shutdown: watch::Receiver<bool>,
     #[cfg(feature = "adversary")]
     pub(crate) adversary: Option<crate::adversary::AdversaryHandle>,
@@ -140,6 +145,9 @@ impl Connection {
         }
         let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
         let mut shutdown = self.shared.shutdown.clone();
+        let mut reachable = self.shared.reachable.clone();
+        // Only a change from now on closes the connection.
+        reachable.borrow_and_update();
         let mut deadline = tokio::time::Instant::now() + self.shared.idle_timeout;
         let end = loop {
             tokio::select! {
@@ -177,6 +185,11 @@ impl Connection {
                     }
                 }
                 () = tokio::time::sleep_until(deadline) => break End::Idle,
+                Ok(()) = reachable.changed() => {
+                    if !*reachable.borrow_and_update() {
+                        break End::StorageGone;
+                    }
+                }
                 _ = shutdown.changed() => break End::Shutdown,
             }
         };

@@ -211,6 +211,8 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
         messages: config.quota_messages,
         bytes: config.quota_bytes,
     };
+    // Whether the storage is reachable (a node of a cluster may lose its database).
+    let (reachable_tx, reachable) = watch::channel(true);
     let (storage, storage_thread, rendezvous) = match &config.postgres {
         None => {
             let db = config.data_dir.join(DATABASE_FILE);
@@ -259,7 +261,13 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
                 hub.clone(),
                 metrics.clone(),
             )?;
-            let cluster = cluster::start(pg_config, node, config.rendezvous_ttl, &hub)?;
+            let cluster = cluster::start(
+                pg_config,
+                node,
+                config.rendezvous_ttl,
+                &hub,
+                reachable_tx.clone(),
+            )?;
             tracing::info!("storing in PostgreSQL as a node of a cluster");
             (handle, thread, Rendezvous::Cluster(cluster))
         }
@@ -298,6 +306,8 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
         idle_timeout: config.idle_timeout,
         message_ttl: config.message_ttl,
         rendezvous,
+        reachable,
+        _reachable_tx: reachable_tx,
         shutdown: shutdown_rx.clone(),
         #[cfg(feature = "adversary")]
         adversary: config.adversary.clone(),
@@ -446,7 +456,9 @@ async fn upgrade(
     let Some(admitted) = admitted else {
         return StatusCode::TOO_MANY_REQUESTS.into_response();
     };
-    if *shared.shutdown.borrow() {
+    // Stopping, or a node of a cluster that cannot reach its database: the
+    // client goes to another host of the relay, or tries again later.
+    if *shared.shutdown.borrow() || !*shared.reachable.borrow() {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
     // Small buffers: an idle connection should cost little memory. Reads need one
