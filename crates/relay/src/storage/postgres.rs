@@ -64,8 +64,9 @@ const MIGRATIONS: &[(i32, &str)] = &[(
          PRIMARY KEY (mailbox, seq),
          UNIQUE (mailbox, digest)
      );
-     -- Blobs are ciphertext: compressing them gains nothing.
-     ALTER TABLE messages ALTER COLUMN blob SET STORAGE EXTERNAL;
+     -- Blobs are ciphertext, which does not compress, and fit in a page: kept in
+     -- the row, never in a TOAST table.
+     ALTER TABLE messages ALTER COLUMN blob SET STORAGE PLAIN;
      CREATE INDEX messages_by_expiry ON messages (expires_at);
      -- Digests of delivered messages, until they would have expired, so that a
      -- sender retrying a blob the relay already took is not stored twice.
@@ -633,26 +634,28 @@ impl RelayStorage for PostgresStorage {
             .collect();
         sorted.sort_unstable();
         sorted.dedup();
+        let (mailboxes, seqs): (Vec<i64>, Vec<i64>) = sorted.into_iter().unzip();
         self.with_tx(|tx| {
-            let delete = tx.prepare(
-                "WITH gone AS (DELETE FROM messages WHERE mailbox = $1 AND seq = $2
-                               RETURNING mailbox, digest, expires_at),
+            // One statement for the whole batch: the messages go, their digests
+            // are remembered, and the counts of their mailboxes come back.
+            let gone = tx.query(
+                "WITH wanted (mailbox, seq) AS (SELECT * FROM unnest($1::BIGINT[], $2::BIGINT[])),
+                      gone AS (DELETE FROM messages m USING wanted w
+                               WHERE m.mailbox = w.mailbox AND m.seq = w.seq
+                               RETURNING m.mailbox, m.digest, m.expires_at),
                       kept AS (INSERT INTO delivered (mailbox, digest, expires_at)
                                SELECT mailbox, digest, expires_at FROM gone
                                ON CONFLICT DO NOTHING)
-                 SELECT count(*) FROM gone",
+                 SELECT mailbox, count(*) FROM gone GROUP BY mailbox ORDER BY mailbox",
+                &[&mailboxes, &seqs],
             )?;
-            let mut gone: BTreeMap<MailboxKey, i64> = BTreeMap::new();
-            for (mailbox, seq) in &sorted {
-                let n: i64 = tx.query_one(&delete, &[mailbox, seq])?.get(0);
-                if n > 0 {
-                    *gone.entry(*mailbox).or_default() += n;
-                }
-            }
-            for (mailbox, n) in gone {
+            let keys: Vec<i64> = gone.iter().map(|r| r.get(0)).collect();
+            let counts: Vec<i64> = gone.iter().map(|r| r.get(1)).collect();
+            if !keys.is_empty() {
                 tx.execute(
-                    "UPDATE mailboxes SET count = count - $2 WHERE key = $1",
-                    &[&mailbox, &n],
+                    "UPDATE mailboxes m SET count = m.count - u.n
+                     FROM unnest($1::BIGINT[], $2::BIGINT[]) AS u (key, n) WHERE m.key = u.key",
+                    &[&keys, &counts],
                 )?;
             }
             Ok(())
