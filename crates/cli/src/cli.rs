@@ -453,6 +453,10 @@ pub(crate) struct ServeArgs {
     /// Store in PostgreSQL instead of SQLite (many relay nodes on one database).
     #[arg(long, value_name = "URL", env = "BACKCHANNEL_RELAY_POSTGRES")]
     pub(crate) postgres: Option<String>,
+    /// The certificate authorities (PEM) of the PostgreSQL server: given, the
+    /// connections to the database use TLS and check its certificate and name.
+    #[arg(long, value_name = "FILE", env = "BACKCHANNEL_RELAY_POSTGRES_CA")]
+    pub(crate) postgres_ca: Option<PathBuf>,
     /// A TOML configuration file (default: DIR/relay.toml if it exists).
     #[arg(long, value_name = "FILE", env = "BACKCHANNEL_RELAY_CONFIG")]
     pub(crate) config: Option<PathBuf>,

@@ -18,36 +18,36 @@ mod support;
 use std::time::Duration;
 
 use backchannel_relay::storage::postgres::{scratch_database, test_server};
-use support::{Person, Relay, follow, free_port, set_up_channel};
+use support::{Person, Relay, follow, free_port, parse_messages, set_up_channel};
 
-/// Two nodes on `url` sharing `data`, each printing the address of both.
+/// Two nodes on `url` sharing `data`, each printing the address of both; over
+/// TLS to the database when the test server has a certificate authority.
 fn start_node(data: &std::path::Path, port: u16, ports: (u16, u16), url: &str) -> Relay {
     let hosts = [
         format!("127.0.0.1:{}", ports.0),
         format!("127.0.0.1:{}", ports.1),
     ];
-    Relay::start_with(
-        data,
-        port,
-        &[
-            "--postgres",
-            url,
-            "--public-host",
-            &hosts[0],
-            "--public-host",
-            &hosts[1],
-        ],
-        &[],
-    )
+    let mut args = vec![
+        "--postgres".to_owned(),
+        url.to_owned(),
+        "--public-host".to_owned(),
+        hosts[0].clone(),
+        "--public-host".to_owned(),
+        hosts[1].clone(),
+    ];
+    if let Some(ca) = std::env::var_os("BACKCHANNEL_TEST_POSTGRES_CA") {
+        args.push("--postgres-ca".to_owned());
+        args.push(ca.to_string_lossy().into_owned());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Relay::start_with(data, port, &args, &[])
 }
 
 /// Texts of messages from others in `read --json` lines.
 fn texts(lines: &[String]) -> Vec<String> {
-    lines
-        .iter()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["you"] == false)
-        .filter_map(|v| v["text"].as_str().map(str::to_owned))
+    parse_messages(&lines.join("\n"))
+        .into_iter()
+        .map(|(_, text)| text)
         .collect()
 }
 

@@ -21,12 +21,12 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use backchannel_proto::addr::base32_encode;
+use postgres::Client;
 use postgres::fallible_iterator::FallibleIterator as _;
-use postgres::{Client, Config};
 
 use crate::hub::Hub;
 use crate::rendezvous::shared::ClusterRendezvous;
-use crate::storage::postgres::{NOTIFY_CHANNEL, connect};
+use crate::storage::postgres::{Database, NOTIFY_CHANNEL, connect};
 use crate::storage::{MailboxKey, StorageError};
 
 /// How often a node looks for news it was not told of.
@@ -53,7 +53,7 @@ pub(crate) fn node_name() -> String {
 /// `reachable` is set to false when the node has not reached the database for
 /// [`LOST_AFTER`], and to true when it reaches it again.
 pub(crate) fn start(
-    config: Config,
+    config: Database,
     node: String,
     ttl: Duration,
     hub: &Arc<Hub>,
@@ -77,7 +77,7 @@ pub(crate) fn start(
 /// The listener of news: `LISTEN`, and every second a look at the counters of
 /// followed mailboxes in case a notification was lost.
 struct Listener {
-    config: Config,
+    config: Database,
     node: String,
     hub: Weak<Hub>,
     rendezvous: Weak<ClusterRendezvous>,

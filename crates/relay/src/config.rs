@@ -51,6 +51,9 @@ pub struct RelayConfig {
     /// Store in this PostgreSQL database (a connection string) instead of SQLite in
     /// the data directory; several nodes may share it.
     pub postgres: Option<String>,
+    /// The certificate authorities (PEM) of the PostgreSQL server's certificate:
+    /// given, connections to the database use TLS and check it.
+    pub postgres_ca: Option<PathBuf>,
     /// A scripted hostile behaviour (tests only).
     #[cfg(feature = "adversary")]
     pub adversary: Option<crate::adversary::AdversaryHandle>,
@@ -77,6 +80,7 @@ impl RelayConfig {
             max_db_bytes: None,
             shutdown_grace: Duration::from_secs(10),
             postgres: None,
+            postgres_ca: None,
             #[cfg(feature = "adversary")]
             adversary: None,
         }
@@ -137,6 +141,7 @@ pub struct ConfigFile {
     window: Option<u16>,
     max_db_bytes: Option<u64>,
     postgres: Option<String>,
+    postgres_ca: Option<PathBuf>,
 }
 
 impl ConfigFile {
@@ -169,6 +174,9 @@ impl ConfigFile {
         }
         if self.postgres.is_some() {
             c.postgres = self.postgres;
+        }
+        if self.postgres_ca.is_some() {
+            c.postgres_ca = self.postgres_ca;
         }
         if let Some(s) = self.handshake_timeout_secs {
             c.handshake_timeout = Duration::from_secs(s);

@@ -28,7 +28,7 @@ use crate::limits::{self, Admission, Admitted};
 use crate::metrics::Metrics;
 use crate::rendezvous::{Registry, Rendezvous};
 use crate::storage::DATABASE_FILE;
-use crate::storage::postgres::{NodeStorage, PostgresStorage};
+use crate::storage::postgres::{Database, NodeStorage, PostgresStorage};
 use crate::storage::sqlite::SqliteStorage;
 use crate::storage::{Quota, StorageError};
 
@@ -239,14 +239,17 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
         }
         Some(url) => {
             let node = cluster::node_name();
-            let url = url.clone();
+            let database = Database::new(url, config.postgres_ca.as_deref())?;
             // The driver runs its own runtime: connect on a blocking thread.
             let (writer, reader) = tokio::task::spawn_blocking(move || {
-                Ok::<_, StorageError>((PostgresStorage::open(&url)?, PostgresStorage::open(&url)?))
+                Ok::<_, StorageError>((
+                    PostgresStorage::open_database(database.clone())?,
+                    PostgresStorage::open_database(database)?,
+                ))
             })
             .await
             .map_err(|e| RelayError::Io(std::io::Error::other(e)))??;
-            let pg_config = writer.config().clone();
+            let pg_config = writer.database().clone();
             let (handle, thread) = actor::spawn(
                 NodeStorage {
                     inner: writer,

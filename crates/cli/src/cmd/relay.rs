@@ -50,6 +50,9 @@ fn config(args: &ServeArgs) -> Result<RelayConfig, Failure> {
     if args.postgres.is_some() {
         config.postgres = args.postgres.clone();
     }
+    if args.postgres_ca.is_some() {
+        config.postgres_ca = args.postgres_ca.clone();
+    }
     if let Some(m) = args.metrics {
         config.metrics_listen = Some(m);
     }

@@ -22,12 +22,12 @@ use std::time::{Duration, Instant};
 
 use backchannel_proto::addr::{base32_decode, base32_encode};
 use backchannel_proto::frame::{ErrorCode, RendezvousEvent, ServerFrame};
-use postgres::{Client, Config};
+use postgres::Client;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{ConnId, Outbox, pick_nameplate};
 use crate::storage::StorageError;
-use crate::storage::postgres::{NOTIFY_CHANNEL, connect};
+use crate::storage::postgres::{Database, NOTIFY_CHANNEL, connect};
 
 /// The database's clock, in milliseconds since the Unix epoch.
 const DB_NOW: &str = "(extract(epoch from clock_timestamp()) * 1000)::BIGINT";
@@ -110,7 +110,11 @@ pub(crate) struct ClusterRendezvous {
 impl ClusterRendezvous {
     /// Starts the database thread of rendezvous; it ends when the returned
     /// rendezvous is dropped.
-    pub(crate) fn start(config: Config, node: String, ttl: Duration) -> std::io::Result<Arc<Self>> {
+    pub(crate) fn start(
+        config: Database,
+        node: String,
+        ttl: Duration,
+    ) -> std::io::Result<Arc<Self>> {
         let (db, commands) = mpsc::channel(1024);
         std::thread::Builder::new()
             .name("relay-rendezvous".into())
@@ -377,7 +381,7 @@ fn closed(nameplate: u32) -> ServerFrame {
 }
 
 /// The rendezvous database thread: one connection, made again when it breaks.
-fn run_commands(config: Config, ttl: Duration, mut commands: mpsc::Receiver<Command>) {
+fn run_commands(config: Database, ttl: Duration, mut commands: mpsc::Receiver<Command>) {
     let mut client: Option<Client> = None;
     let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
     while let Some(command) = commands.blocking_recv() {

@@ -35,6 +35,23 @@ pub struct Mailbox {
     pub count: u64,
 }
 
+impl Mailbox {
+    /// A mailbox from its stored columns.
+    pub(crate) fn from_columns(
+        key: MailboxKey,
+        auth_key: Vec<u8>,
+        count: i64,
+    ) -> Result<Self, StorageError> {
+        Ok(Self {
+            key,
+            auth_key: auth_key
+                .try_into()
+                .map_err(|_| StorageError::Corrupt("an authorisation key has the wrong size"))?,
+            count: count.max(0) as u64,
+        })
+    }
+}
+
 /// A message to store.
 pub struct Append {
     /// The mailbox's send identifier.

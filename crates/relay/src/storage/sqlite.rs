@@ -159,16 +159,8 @@ impl RelayStorage for SqliteStorage {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .optional()?;
-        row.map(|(key, auth_key, count)| {
-            Ok(Mailbox {
-                key,
-                auth_key: auth_key.try_into().map_err(|_| {
-                    StorageError::Corrupt("an authorisation key has the wrong size")
-                })?,
-                count: count.max(0) as u64,
-            })
-        })
-        .transpose()
+        row.map(|(key, auth_key, count)| Mailbox::from_columns(key, auth_key, count))
+            .transpose()
     }
 
     fn append_batch(

@@ -23,8 +23,10 @@ use std::time::Duration;
 
 use backchannel_proto::addr::MailboxId;
 use backchannel_proto::envelope::BLOB_LEN;
+use postgres::config::SslMode;
 use postgres::error::SqlState;
 use postgres::{Client, Config, NoTls, Transaction};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     Append, AppendOutcome, Counts, Fetched, Mailbox, MailboxKey, Quota, RelayStorage, StorageError,
@@ -96,7 +98,7 @@ const MIGRATION_LOCK: i64 = 0x6263_7265_6c61_7931;
 
 /// The PostgreSQL store of one node's storage thread.
 pub struct PostgresStorage {
-    config: Config,
+    database: Database,
     client: Option<Client>,
     /// The database's clock minus this node's (0 when they agree within
     /// [`CLOCK_TOLERANCE_MS`]): every time this node hands the database is moved by
@@ -131,31 +133,110 @@ impl std::fmt::Debug for PostgresStorage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresStorage")
             .field("connected", &self.client.is_some())
+            .field("tls", &self.database.uses_tls())
             .finish()
     }
 }
 
-/// Parses a connection string (`postgres://user@host:port/db` or
-/// `host=... dbname=...`), with a 5-second connection timeout unless it sets one.
-pub fn parse_config(url: &str) -> Result<Config, StorageError> {
-    let mut config: Config = url
-        .parse()
-        .map_err(|e: postgres::Error| StorageError::Config(e.to_string()))?;
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(Duration::from_secs(5));
+/// Where the database is and how to reach it: the connection settings and,
+/// when a certificate authority is given, TLS with the server's certificate
+/// checked against it.
+#[derive(Clone)]
+pub struct Database {
+    config: Config,
+    tls: Option<MakeRustlsConnect>,
+}
+
+impl std::fmt::Debug for Database {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Database")
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
     }
-    config.keepalives_idle(Duration::from_secs(30));
-    config.keepalives_interval(Duration::from_secs(10));
-    config.keepalives_retries(3);
-    config.application_name("backchannel-relay");
-    Ok(config)
+}
+
+impl Database {
+    /// Parses a connection string (`postgres://user@host:port/db` or
+    /// `host=... dbname=...`), with a 5-second connection timeout unless it sets
+    /// one. With `ca` (a PEM file of the certificate authorities to trust),
+    /// connections use TLS and check the server's certificate and name; without
+    /// it, a string that asks for TLS (`sslmode=require`) is refused, since there
+    /// would be nothing to check the server against.
+    pub fn new(url: &str, ca: Option<&std::path::Path>) -> Result<Self, StorageError> {
+        let mut config: Config = url
+            .parse()
+            .map_err(|e: postgres::Error| StorageError::Config(e.to_string()))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        config.keepalives_idle(Duration::from_secs(30));
+        config.keepalives_interval(Duration::from_secs(10));
+        config.keepalives_retries(3);
+        config.application_name("backchannel-relay");
+        let tls = match ca {
+            None if config.get_ssl_mode() == SslMode::Require => {
+                return Err(StorageError::Config(
+                    "the connection string asks for TLS: give the certificate authority of the \
+                     database's certificate (--postgres-ca FILE)"
+                        .into(),
+                ));
+            }
+            None => {
+                // Nothing to check a certificate against: no TLS rather than TLS
+                // that proves nothing.
+                config.ssl_mode(SslMode::Disable);
+                None
+            }
+            Some(ca) => {
+                // A certificate authority given means TLS, whatever the string says.
+                config.ssl_mode(SslMode::Require);
+                Some(rustls_connector(ca)?)
+            }
+        };
+        Ok(Self { config, tls })
+    }
+
+    /// Whether connections use TLS.
+    pub fn uses_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+}
+
+/// A TLS connector trusting the certificate authorities of the PEM file `ca`.
+fn rustls_connector(ca: &std::path::Path) -> Result<MakeRustlsConnect, StorageError> {
+    use rustls_pki_types::pem::PemObject as _;
+    let unreadable = |e: &dyn std::fmt::Display| {
+        StorageError::Config(format!(
+            "cannot read the certificate authorities in {}: {e}",
+            ca.display()
+        ))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca).map_err(|e| unreadable(&e))? {
+        roots
+            .add(cert.map_err(|e| unreadable(&e))?)
+            .map_err(|e| unreadable(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(unreadable(&"no certificate in the file"));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| unreadable(&e))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
 }
 
 /// Connects with the settings every node connection has.
 ///
 /// Must be called outside an asynchronous context (the driver runs its own).
-pub(crate) fn connect(config: &Config) -> Result<Client, StorageError> {
-    let mut client = config.connect(NoTls)?;
+pub(crate) fn connect(database: &Database) -> Result<Client, StorageError> {
+    let mut client = match &database.tls {
+        Some(tls) => database.config.connect(tls.clone())?,
+        None => database.config.connect(NoTls)?,
+    };
     client.batch_execute(SESSION)?;
     Ok(client)
 }
@@ -174,12 +255,18 @@ impl PostgresStorage {
     ///
     /// Must be called outside an asynchronous context (the driver runs its own).
     pub fn open(url: &str) -> Result<Self, StorageError> {
-        let config = parse_config(url)?;
-        let mut client = connect(&config)?;
+        Self::open_database(Database::new(url, None)?)
+    }
+
+    /// Connects to `database` and brings its schema up to date.
+    ///
+    /// Must be called outside an asynchronous context (the driver runs its own).
+    pub fn open_database(database: Database) -> Result<Self, StorageError> {
+        let mut client = connect(&database)?;
         migrate(&mut client)?;
         let offset_ms = clock_offset(&mut client)?;
         Ok(Self {
-            config,
+            database,
             client: Some(client),
             offset_ms,
         })
@@ -192,9 +279,9 @@ impl PostgresStorage {
             .saturating_add(self.offset_ms)
     }
 
-    /// The connection settings.
-    pub(crate) fn config(&self) -> &Config {
-        &self.config
+    /// The database's settings.
+    pub(crate) fn database(&self) -> &Database {
+        &self.database
     }
 
     /// The connection, made again if the last one broke.
@@ -205,7 +292,7 @@ impl PostgresStorage {
         match &mut self.client {
             Some(client) => Ok(client),
             slot @ None => {
-                let mut client = connect(&self.config)?;
+                let mut client = connect(&self.database)?;
                 self.offset_ms = clock_offset(&mut client)?;
                 Ok(slot.insert(client))
             }
@@ -304,7 +391,7 @@ fn migrate_locked(client: &mut Client) -> Result<(), StorageError> {
 
 /// The schema version of the database (the highest migration applied).
 pub fn schema_version(url: &str) -> Result<Option<i32>, StorageError> {
-    let mut client = connect(&parse_config(url)?)?;
+    let mut client = connect(&Database::new(url, None)?)?;
     Ok(client
         .query_one("SELECT max(version) FROM schema_migrations", &[])?
         .get(0))
@@ -319,7 +406,7 @@ pub fn latest_schema_version() -> i32 {
 /// URL of the form `postgres://.../NAME[?...]`). For tests and benchmarks: each
 /// gets a database of its own on one server.
 pub fn scratch_database(url: &str) -> Result<String, StorageError> {
-    let mut client = connect(&parse_config(url)?)?;
+    let mut client = connect(&Database::new(url, None)?)?;
     let mut suffix = [0u8; 8];
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut suffix);
     let name = format!(
@@ -358,6 +445,23 @@ pub fn test_server() -> Option<String> {
                 "BACKCHANNEL_REQUIRE_POSTGRES is set but BACKCHANNEL_TEST_POSTGRES is not"
             );
             eprintln!("skipped: BACKCHANNEL_TEST_POSTGRES is not set");
+            None
+        }
+    }
+}
+
+/// The certificate authority of the test server's TLS certificate, from
+/// `BACKCHANNEL_TEST_POSTGRES_CA`; `None` (the caller says it skips) when unset,
+/// unless `BACKCHANNEL_REQUIRE_POSTGRES` is set.
+pub fn test_ca() -> Option<std::path::PathBuf> {
+    match std::env::var_os("BACKCHANNEL_TEST_POSTGRES_CA") {
+        Some(path) if !path.is_empty() => Some(path.into()),
+        _ => {
+            assert!(
+                std::env::var_os("BACKCHANNEL_REQUIRE_POSTGRES").is_none(),
+                "BACKCHANNEL_REQUIRE_POSTGRES is set but BACKCHANNEL_TEST_POSTGRES_CA is not"
+            );
+            eprintln!("skipped: BACKCHANNEL_TEST_POSTGRES_CA is not set");
             None
         }
     }
@@ -580,17 +684,8 @@ impl RelayStorage for PostgresStorage {
             &[&&read_id.0[..]],
         );
         let row = self.keep_if_alive(result)?;
-        row.map(|row| {
-            let auth_key: Vec<u8> = row.get(1);
-            Ok(Mailbox {
-                key: row.get(0),
-                auth_key: auth_key.try_into().map_err(|_| {
-                    StorageError::Corrupt("an authorisation key has the wrong size")
-                })?,
-                count: row.get::<_, i64>(2).max(0) as u64,
-            })
-        })
-        .transpose()
+        row.map(|row| Mailbox::from_columns(row.get(0), row.get(1), row.get(2)))
+            .transpose()
     }
 
     fn append_batch(
@@ -816,164 +911,4 @@ impl RelayStorage for NodeStorage {
 }
 
 #[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
-    use super::*;
-    use crate::storage::conformance::{conformance_tests, numbered, stored};
-    use test_server as server;
-
-    fn open() -> Option<((), PostgresStorage)> {
-        let url = scratch_database(&server()?).unwrap();
-        Some(((), PostgresStorage::open(&url).unwrap()))
-    }
-
-    conformance_tests!(open());
-
-    #[test]
-    fn migrations_run_from_an_empty_database_once_even_when_nodes_start_together() {
-        let Some(server) = server() else { return };
-        let url = scratch_database(&server).unwrap();
-        assert!(
-            schema_version(&url).is_err(),
-            "an empty database has no schema"
-        );
-        let nodes: Vec<_> = (0..4)
-            .map(|_| {
-                let url = url.clone();
-                std::thread::spawn(move || PostgresStorage::open(&url).map(|_| ()))
-            })
-            .collect();
-        for node in nodes {
-            node.join().unwrap().unwrap();
-        }
-        assert_eq!(schema_version(&url).unwrap(), Some(latest_schema_version()));
-        let mut client = connect(&parse_config(&url).unwrap()).unwrap();
-        let applied: i64 = client
-            .query_one("SELECT count(*) FROM schema_migrations", &[])
-            .unwrap()
-            .get(0);
-        assert_eq!(applied, MIGRATIONS.len() as i64);
-        // A database from a newer relay is refused, not written.
-        client
-            .execute(
-                "INSERT INTO schema_migrations VALUES ($1, 0)",
-                &[&(latest_schema_version() + 1)],
-            )
-            .unwrap();
-        let error = PostgresStorage::open(&url).unwrap_err().to_string();
-        assert!(error.contains("upgrade the relay"), "{error}");
-    }
-
-    #[test]
-    fn two_nodes_filling_one_mailbox_never_pass_its_quota() {
-        let Some(server) = server() else { return };
-        let url = scratch_database(&server).unwrap();
-        let mut first = PostgresStorage::open(&url).unwrap();
-        let send = MailboxId([1; 16]);
-        first
-            .create_mailbox(&send, &MailboxId([2; 16]), &[3; 32], 0)
-            .unwrap();
-        let quota = Quota {
-            messages: 50,
-            bytes: u64::MAX,
-        };
-        let nodes: Vec<_> = (0..2u32)
-            .map(|node| {
-                let url = url.clone();
-                std::thread::spawn(move || {
-                    let mut s = PostgresStorage::open(&url).unwrap();
-                    let mut stored_here = 0;
-                    for round in 0..10u32 {
-                        let batch: Vec<Append> = (0..4u32)
-                            .map(|i| Append {
-                                send_id: send,
-                                blob: numbered(node * 1000 + round * 10 + i),
-                                expires_at: u64::MAX / 2,
-                                replay: false,
-                            })
-                            .collect();
-                        stored_here += stored(&s.append_batch(&batch, quota).unwrap()).len();
-                    }
-                    stored_here
-                })
-            })
-            .collect();
-        let total: usize = nodes.into_iter().map(|n| n.join().unwrap()).sum();
-        assert_eq!(total, 50, "80 offered, a quota of 50");
-        let mailbox = first.mailbox_by_read(&MailboxId([2; 16])).unwrap().unwrap();
-        assert_eq!(mailbox.count, 50);
-        let held = first.fetch(mailbox.key, 0, 1000).unwrap().messages;
-        let numbers: Vec<u64> = held.iter().map(|(n, _)| *n).collect();
-        assert_eq!(numbers, (1..=50).collect::<Vec<u64>>(), "no gap, no repeat");
-    }
-
-    #[test]
-    fn a_store_that_lost_its_server_connects_again_and_loses_nothing() {
-        let Some(server) = server() else { return };
-        let url = scratch_database(&server).unwrap();
-        let mut s = PostgresStorage::open(&url).unwrap();
-        let send = MailboxId([1; 16]);
-        s.create_mailbox(&send, &MailboxId([2; 16]), &[3; 32], 0)
-            .unwrap();
-        // The server ends this node's session (as a restart would).
-        let mut admin = connect(&parse_config(&url).unwrap()).unwrap();
-        let batch = |n: u32| Append {
-            send_id: send,
-            blob: numbered(n),
-            expires_at: u64::MAX / 2,
-            replay: false,
-        };
-        let quota = Quota {
-            messages: 100,
-            bytes: u64::MAX,
-        };
-        assert_eq!(stored(&s.append_batch(&[batch(1)], quota).unwrap()), [1]);
-        admin
-            .execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
-                &[],
-            )
-            .unwrap();
-        // Termination is asynchronous: wait until the session is gone.
-        while admin
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = current_database() AND pid <> pg_backend_pid()",
-                &[],
-            )
-            .unwrap()
-            .get::<_, i64>(0)
-            > 0
-        {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        // The call in flight fails, or the store reconnects first; never both a
-        // failure and a stored message.
-        let retried = match s.append_batch(&[batch(2)], quota) {
-            Ok(out) => out,
-            Err(_) => s.append_batch(&[batch(2)], quota).unwrap(),
-        };
-        assert_eq!(stored(&retried), [2]);
-        let key = s.mailbox_by_read(&MailboxId([2; 16])).unwrap().unwrap().key;
-        assert_eq!(s.fetch(key, 0, 10).unwrap().messages.len(), 2);
-    }
-
-    #[test]
-    fn notifications_name_the_mailboxes_and_stay_under_the_limit() {
-        let keys: Vec<MailboxKey> = (1_000_000_000..1_000_002_000).collect();
-        let payloads = mailbox_news("n1", &keys);
-        assert!(payloads.len() > 1);
-        assert!(
-            payloads
-                .iter()
-                .all(|p| p.len() < 8_000 && p.starts_with("m n1 "))
-        );
-        let parsed: Vec<MailboxKey> = payloads
-            .iter()
-            .flat_map(|p| p.split(' ').skip(2).map(|k| k.parse().unwrap()))
-            .collect();
-        assert_eq!(parsed, keys);
-        assert!(mailbox_news("n1", &[]).is_empty());
-    }
-}
+mod tests;
