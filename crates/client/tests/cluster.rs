@@ -215,7 +215,7 @@ async fn a_code_opened_on_one_node_is_joined_on_the_other() {
 async fn a_code_ends_for_both_parties_when_its_lifetime_from_opening_ends() {
     let Some(url) = database().await else { return };
     let tmp = tempfile::tempdir().unwrap();
-    let ttl = |c: &mut RelayConfig| c.rendezvous_ttl = Duration::from_millis(1500);
+    let ttl = |c: &mut RelayConfig| c.rendezvous_ttl = Duration::from_millis(3000);
     let one = node_with(tmp.path(), &url, ttl).await;
     let two = node_with(tmp.path(), &url, ttl).await;
     let opener = RelayClient::connect(&one.address, T).await.unwrap();
@@ -226,10 +226,10 @@ async fn a_code_ends_for_both_parties_when_its_lifetime_from_opening_ends() {
     // Joined late in the code's life: the joiner's end is over when the code's
     // is, not a lifetime after joining (else it could outlive the code and talk
     // into the next rendezvous given the same number).
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    tokio::time::sleep(Duration::from_millis(1800)).await;
     joiner.join_rendezvous(nameplate).await.unwrap();
     joiner.rendezvous_send(nameplate, vec![1]).await.unwrap();
-    let left = Duration::from_millis(1700).saturating_sub(opened.elapsed());
+    let left = Duration::from_millis(3300).saturating_sub(opened.elapsed());
     tokio::time::sleep(left).await;
     for (who, result) in [
         ("joiner", joiner.rendezvous_send(nameplate, vec![2]).await),
