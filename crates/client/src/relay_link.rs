@@ -110,9 +110,20 @@ fn unusable_host(relay: &RelayAddr) -> LinkEvent {
     }
 }
 
-/// Sends (and subscriptions) refused in a row as `Unavailable` before a link of a relay of several
-/// hosts tries the next host.
+/// A host of a relay of several hosts is left once it has refused sends or
+/// subscriptions as `Unavailable` this many times in a row ...
 const UNAVAILABLE_BEFORE_FAILOVER: u32 = 3;
+
+/// ... over at least this long (a blip shorter than the relay's own 3 s is
+/// waited out).
+const UNAVAILABLE_FOR: Duration = Duration::from_secs(3);
+
+/// Counts one refusal for want of storage; whether to leave the host now.
+fn give_up_on_host(unavailable: &mut Option<(tokio::time::Instant, u32)>) -> bool {
+    let (since, count) = unavailable.get_or_insert((tokio::time::Instant::now(), 0));
+    *count += 1;
+    *count >= UNAVAILABLE_BEFORE_FAILOVER && since.elapsed() >= UNAVAILABLE_FOR
+}
 
 /// Whether the first host of `relay` serves again: a whole handshake, with the
 /// certificate pinned, not only a TCP connection.
@@ -154,6 +165,8 @@ enum Internal {
     Resume,
     /// A subscription was refused because the relay's storage is away.
     Unavailable,
+    /// A subscription was taken.
+    Subscribed,
 }
 
 /// The blobs of one link not yet stored, in the order they were asked for.
@@ -236,10 +249,28 @@ async fn run(
     // The host to try first: the first of the address, unless the one we were on
     // kept refusing for want of storage, in which case the next.
     let mut start_at = 0;
+    // After leaving a host for want of storage, a pause before the next: doubled
+    // while every host refuses, so that a relay whose storage is away everywhere
+    // is not hammered by its clients going round its hosts.
+    let mut failover_pause: Option<Duration> = None;
+    let mut next_failover_pause = timing.backoff_min;
     'reconnect: loop {
         // Take every order that came in while disconnected.
         while let Ok(cmd) = commands.try_recv() {
             absorb(cmd, &mut sends, &mut subs, &mut waiting);
+        }
+        if let Some(pause) = failover_pause.take() {
+            let sleep = tokio::time::sleep(pause);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    () = &mut sleep => break,
+                    cmd = commands.recv() => match cmd {
+                        Some(cmd) => absorb(cmd, &mut sends, &mut subs, &mut waiting),
+                        None => return,
+                    },
+                }
+            }
         }
         let connected = RelayClient::connect_starting_at(&relay, start_at, timing.timeout).await;
         start_at = 0;
@@ -276,7 +307,9 @@ async fn run(
         let host_index = client.host_index();
         let on_first_host = host_index == 0;
         // Refusals in a row because the relay's storage is away.
-        let mut unavailable = 0u32;
+        // Since when, and how often, this host has refused for want of storage
+        // (reset by anything it stores or subscribes).
+        let mut unavailable: Option<(tokio::time::Instant, u32)> = None;
         let mut failback = tokio::time::interval_at(
             tokio::time::Instant::now() + timing.failback,
             timing.failback,
@@ -343,7 +376,8 @@ async fn run(
                 done = internal.recv() => {
                     match done {
                         Some(Internal::SendDone { id, result: Ok(()) }) => {
-                            unavailable = 0;
+                            unavailable = None;
+                            next_failover_pause = timing.backoff_min;
                             sends.stored(id);
                             let _ = events.send(LinkEvent::Stored { id });
                         }
@@ -357,13 +391,15 @@ async fn run(
                             let _ = events.send(LinkEvent::Refused { id, code });
                         }
                         Some(Internal::SendDone { id, result: Err(RelayClientError::Refused(code)) }) => {
-                            if code == ErrorCode::Unavailable && hosts > 1 {
-                                unavailable += 1;
-                                if unavailable >= UNAVAILABLE_BEFORE_FAILOVER {
-                                    start_at = host_index + 1;
-                                    let _ = events.send(unusable_host(&relay));
-                                    continue 'reconnect;
-                                }
+                            if code == ErrorCode::Unavailable
+                                && hosts > 1
+                                && give_up_on_host(&mut unavailable)
+                            {
+                                start_at = host_index + 1;
+                                failover_pause = Some(next_failover_pause);
+                                next_failover_pause = (next_failover_pause * 2).min(timing.backoff_max);
+                                let _ = events.send(unusable_host(&relay));
+                                continue 'reconnect;
                             }
                             // Full, busy or rate-limited: slow down, then go on.
                             if let Some(pause) = sends.slow_down(id) {
@@ -381,14 +417,17 @@ async fn run(
                         }
                         Some(Internal::Resume) => sends.paused = false,
                         Some(Internal::Unavailable) => {
-                            if hosts > 1 {
-                                unavailable += 1;
-                                if unavailable >= UNAVAILABLE_BEFORE_FAILOVER {
-                                    start_at = host_index + 1;
-                                    let _ = events.send(unusable_host(&relay));
-                                    continue 'reconnect;
-                                }
+                            if hosts > 1 && give_up_on_host(&mut unavailable) {
+                                start_at = host_index + 1;
+                                failover_pause = Some(next_failover_pause);
+                                next_failover_pause = (next_failover_pause * 2).min(timing.backoff_max);
+                                let _ = events.send(unusable_host(&relay));
+                                continue 'reconnect;
                             }
+                        }
+                        Some(Internal::Subscribed) => {
+                            unavailable = None;
+                            next_failover_pause = timing.backoff_min;
                         }
                         None => continue,
                     }
@@ -474,7 +513,10 @@ fn subscribe(
                 return;
             };
             match client.subscribe(read_id, &key).await {
-                Ok(backlog) => break LinkEvent::Subscribed { read_id, backlog },
+                Ok(backlog) => {
+                    let _ = internal.send(Internal::Subscribed);
+                    break LinkEvent::Subscribed { read_id, backlog };
+                }
                 Err(RelayClientError::Refused(
                     code @ (ErrorCode::Unavailable | ErrorCode::RateLimited),
                 )) => {

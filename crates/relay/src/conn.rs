@@ -146,8 +146,10 @@ impl Connection {
         let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
         let mut shutdown = self.shared.shutdown.clone();
         let mut reachable = self.shared.reachable.clone();
-        // Only a change from now on closes the connection.
-        reachable.borrow_and_update();
+        if !*reachable.borrow_and_update() {
+            // The storage went away between the upgrade and now.
+            return End::StorageGone;
+        }
         let mut deadline = tokio::time::Instant::now() + self.shared.idle_timeout;
         let end = loop {
             tokio::select! {

@@ -286,7 +286,7 @@ pub async fn start(config: RelayConfig) -> Result<RunningRelay, RelayError> {
             let app = Router::new()
                 .route("/metrics", get(metrics_page))
                 .route("/health", get(health_page))
-                .with_state(metrics.clone());
+                .with_state((metrics.clone(), reachable.clone()));
             let mut stop = shutdown_rx.clone();
             tokio::spawn(async move {
                 let _ = axum::serve(listener, app)
@@ -473,15 +473,20 @@ async fn upgrade(
         .on_upgrade(move |socket| conn::serve(socket, shared, admitted))
 }
 
-async fn metrics_page(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+/// What the metrics pages read: the counters, and whether the storage is reachable.
+type HealthState = (Arc<Metrics>, watch::Receiver<bool>);
+
+async fn metrics_page(State((metrics, _)): State<HealthState>) -> impl IntoResponse {
     (
         [("content-type", "text/plain; version=0.0.4")],
         metrics.render(),
     )
 }
 
-async fn health_page(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
-    if metrics.healthy.get() == 1 {
+async fn health_page(State((metrics, reachable)): State<HealthState>) -> impl IntoResponse {
+    if !*reachable.borrow() {
+        (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n")
+    } else if metrics.healthy.get() == 1 {
         (StatusCode::OK, "ok\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "storage failing\n")

@@ -172,6 +172,9 @@ impl Database {
         config.keepalives_idle(Duration::from_secs(30));
         config.keepalives_interval(Duration::from_secs(10));
         config.keepalives_retries(3);
+        // A network that silently drops packets fails a connection in 10 s, not
+        // after the minutes of TCP's retransmissions.
+        config.tcp_user_timeout(Duration::from_secs(10));
         config.application_name("backchannel-relay");
         let tls = match ca {
             None if config.get_ssl_mode() == SslMode::Require => {
