@@ -78,10 +78,17 @@ impl InviteLink {
         if version != 1 {
             return Err(DecodeError::UnknownVersion(version));
         }
-        let relay = r
-            .str8(255)?
+        let text = r.str8(255)?;
+        let relay = text
             .parse::<RelayAddr>()
             .map_err(|_| DecodeError::InvalidValue("relay address"))?;
+        // One encoding per link: the relay address in its canonical form only
+        // (lowercase, no leading or trailing space).
+        if relay.to_string() != text {
+            return Err(DecodeError::InvalidValue(
+                "relay address not in canonical form",
+            ));
+        }
         let mailbox = MailboxId(r.array()?);
         let suite = r.u16()?;
         let expires_at = r.u64()?;
@@ -188,6 +195,30 @@ mod tests {
             inviter_key: [3; 32],
             public_key: vec![5; 1216],
         }
+    }
+
+    #[test]
+    fn a_relay_address_not_in_canonical_form_is_refused() {
+        // Found by the fuzzer: an upper-case fingerprint parsed, and encoded back
+        // as lower case, so one link had two encodings.
+        let canonical = link().encode();
+        let relay = link().relay.to_string();
+        let mut upper = relay.clone();
+        upper.replace_range(6..7, &relay[6..7].to_ascii_uppercase());
+        assert_ne!(upper, relay);
+        let mut bytes = canonical.clone();
+        let at = bytes
+            .windows(relay.len())
+            .position(|w| w == relay.as_bytes())
+            .unwrap();
+        bytes[at..at + relay.len()].copy_from_slice(upper.as_bytes());
+        assert_eq!(
+            InviteLink::decode(&bytes),
+            Err(DecodeError::InvalidValue(
+                "relay address not in canonical form"
+            ))
+        );
+        assert_eq!(InviteLink::decode(&canonical).unwrap(), link());
     }
 
     #[test]
