@@ -125,6 +125,27 @@ fn give_up_on_host(unavailable: &mut Option<(tokio::time::Instant, u32)>) -> boo
     *count >= UNAVAILABLE_BEFORE_FAILOVER && since.elapsed() >= UNAVAILABLE_FOR
 }
 
+/// Waits `pause`, still taking orders; false if the link's owner is gone.
+async fn wait_taking_orders(
+    pause: Duration,
+    commands: &mut mpsc::UnboundedReceiver<LinkCommand>,
+    sends: &mut SendQueue,
+    subs: &mut HashMap<MailboxId, SigningKey>,
+    waiting: &mut Vec<LinkCommand>,
+) -> bool {
+    let sleep = tokio::time::sleep(pause);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            () = &mut sleep => return true,
+            cmd = commands.recv() => match cmd {
+                Some(cmd) => absorb(cmd, sends, subs, waiting),
+                None => return false,
+            },
+        }
+    }
+}
+
 /// Whether the first host of `relay` serves again: a whole handshake, with the
 /// certificate pinned, not only a TCP connection.
 async fn first_host_answers(relay: &RelayAddr, timeout: Duration) -> bool {
@@ -259,18 +280,10 @@ async fn run(
         while let Ok(cmd) = commands.try_recv() {
             absorb(cmd, &mut sends, &mut subs, &mut waiting);
         }
-        if let Some(pause) = failover_pause.take() {
-            let sleep = tokio::time::sleep(pause);
-            tokio::pin!(sleep);
-            loop {
-                tokio::select! {
-                    () = &mut sleep => break,
-                    cmd = commands.recv() => match cmd {
-                        Some(cmd) => absorb(cmd, &mut sends, &mut subs, &mut waiting),
-                        None => return,
-                    },
-                }
-            }
+        if let Some(pause) = failover_pause.take()
+            && !wait_taking_orders(pause, &mut commands, &mut sends, &mut subs, &mut waiting).await
+        {
+            return;
         }
         let connected = RelayClient::connect_starting_at(&relay, start_at, timing.timeout).await;
         start_at = 0;
@@ -285,16 +298,10 @@ async fn run(
                     fail(cmd, &e);
                 }
                 // Wait out the backoff, still taking orders.
-                let sleep = tokio::time::sleep(backoff);
-                tokio::pin!(sleep);
-                loop {
-                    tokio::select! {
-                        () = &mut sleep => break,
-                        cmd = commands.recv() => match cmd {
-                            Some(cmd) => absorb(cmd, &mut sends, &mut subs, &mut waiting),
-                            None => return,
-                        },
-                    }
+                if !wait_taking_orders(backoff, &mut commands, &mut sends, &mut subs, &mut waiting)
+                    .await
+                {
+                    return;
                 }
                 backoff = (backoff * 2).min(timing.backoff_max);
                 continue 'reconnect;

@@ -440,31 +440,27 @@ pub fn scratch_database(url: &str) -> Result<String, StorageError> {
 /// on a machine without PostgreSQL), unless `BACKCHANNEL_REQUIRE_POSTGRES` is
 /// set, as `.ci/run` does: then a missing server fails the test.
 pub fn test_server() -> Option<String> {
-    match std::env::var("BACKCHANNEL_TEST_POSTGRES") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            assert!(
-                std::env::var_os("BACKCHANNEL_REQUIRE_POSTGRES").is_none(),
-                "BACKCHANNEL_REQUIRE_POSTGRES is set but BACKCHANNEL_TEST_POSTGRES is not"
-            );
-            eprintln!("skipped: BACKCHANNEL_TEST_POSTGRES is not set");
-            None
-        }
-    }
+    test_setting("BACKCHANNEL_TEST_POSTGRES").map(|url| url.to_string_lossy().into_owned())
 }
 
 /// The certificate authority of the test server's TLS certificate, from
 /// `BACKCHANNEL_TEST_POSTGRES_CA`; `None` (the caller says it skips) when unset,
 /// unless `BACKCHANNEL_REQUIRE_POSTGRES` is set.
 pub fn test_ca() -> Option<std::path::PathBuf> {
-    match std::env::var_os("BACKCHANNEL_TEST_POSTGRES_CA") {
-        Some(path) if !path.is_empty() => Some(path.into()),
+    test_setting("BACKCHANNEL_TEST_POSTGRES_CA").map(Into::into)
+}
+
+/// A test setting from the environment: `None` (said, to skip) when unset or
+/// empty, and a failure instead when `BACKCHANNEL_REQUIRE_POSTGRES` is set.
+fn test_setting(name: &str) -> Option<std::ffi::OsString> {
+    match std::env::var_os(name) {
+        Some(value) if !value.is_empty() => Some(value),
         _ => {
             assert!(
                 std::env::var_os("BACKCHANNEL_REQUIRE_POSTGRES").is_none(),
-                "BACKCHANNEL_REQUIRE_POSTGRES is set but BACKCHANNEL_TEST_POSTGRES_CA is not"
+                "BACKCHANNEL_REQUIRE_POSTGRES is set but {name} is not"
             );
-            eprintln!("skipped: BACKCHANNEL_TEST_POSTGRES_CA is not set");
+            eprintln!("skipped: {name} is not set");
             None
         }
     }
