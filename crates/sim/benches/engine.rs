@@ -405,8 +405,79 @@ fn bench_messages(c: &mut Criterion, suite: Suite) {
     group.finish();
 }
 
+/// One message in a channel of `n`: the sender's cost (sealed once per member) and
+/// one member's cost to apply it.
+fn bench_large_messages(c: &mut Criterion, suite: Suite, n: usize) {
+    let text = "a message of ordinary length, about a hundred bytes long, as people write them.";
+    let (a_dir, b_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut alice = engine_at(a_dir.path());
+    let mut bob = engine_at(b_dir.path());
+    alice
+        .create_channel(Timestamp(0), "c", "alice", suite.into(), mailbox(255))
+        .unwrap();
+    let bob_kp = bob
+        .key_package(Timestamp(0), "bob", suite, mailbox(0))
+        .unwrap();
+    let donor_dir = tempfile::tempdir().unwrap();
+    let mut donor = engine_at(donor_dir.path());
+    let mut kps = vec![bob_kp];
+    for i in 1..n - 1 {
+        kps.push(
+            donor
+                .key_package(Timestamp(0), &format!("m{i}"), suite, mailbox(i as u8))
+                .unwrap(),
+        );
+    }
+    let all: Vec<&[u8]> = kps.iter().map(Vec::as_slice).collect();
+    let welcome = alice.add_members(Timestamp(0), "c", &all).unwrap();
+    let channel = bob.join(Timestamp(0), Some("c"), &welcome).unwrap();
+    drain(&mut alice);
+    drain(&mut bob);
+    let to_bob = |alice: &mut Engine<Store>| {
+        let mut blobs = Vec::new();
+        while let Some(out) = alice.poll_output() {
+            if let Output::Transmit(t) = out
+                && t.to == mailbox(0)
+            {
+                blobs.push(t.blob);
+            }
+        }
+        blobs
+    };
+
+    let mut group = c.benchmark_group(format!("channel-{n}/{}", suite.name()));
+    let clock = std::cell::Cell::new(1u64);
+    // First, while Bob has seen every message before the one he gets.
+    group.bench_function("receive", |b| {
+        b.iter_batched(
+            || {
+                clock.set(clock.get() + 1);
+                alice.send_text(Timestamp(clock.get()), "c", text).unwrap();
+                to_bob(&mut alice)
+            },
+            |blobs| {
+                for blob in &blobs {
+                    bob.handle_incoming(Timestamp(clock.get()), &channel, blob)
+                        .unwrap();
+                }
+                while bob.poll_output().is_some() {}
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("send", |b| {
+        b.iter(|| {
+            clock.set(clock.get() + 1);
+            alice.send_text(Timestamp(clock.get()), "c", text).unwrap();
+            to_bob(&mut alice)
+        })
+    });
+    group.finish();
+}
+
 fn benches(c: &mut Criterion) {
     for suite in Suite::ALL {
+        bench_large_messages(c, suite, 250);
         bench_create(c, suite);
         bench_messages(c, suite);
         bench_add(c, suite);

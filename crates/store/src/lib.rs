@@ -100,6 +100,9 @@ pub enum StoreError {
     /// A stored value could not be decoded.
     #[error("a stored value is malformed: {0}")]
     Malformed(#[from] serde_json::Error),
+    /// A stored value in the binary encoding could not be decoded.
+    #[error("a stored value is malformed: {0}")]
+    MalformedBinary(#[from] postcard::Error),
     /// A value that another refers to is missing.
     #[error("a stored {0} is missing")]
     Missing(&'static str),

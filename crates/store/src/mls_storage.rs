@@ -1,9 +1,16 @@
 //! OpenMLS's storage provider over the encrypted database.
 //!
-//! Every entity OpenMLS stores is kept in one table, `mls_kv (label, key, value)`,
-//! serialized with serde_json as OpenMLS's own providers do; lists (own leaf nodes,
-//! proposal references) are JSON arrays of serialized items. The layout follows
-//! `openmls_memory_storage` so that its semantics carry over method by method.
+//! Every entity OpenMLS stores is kept in one table, `mls_kv (label, key, value)`.
+//! Keys are serialized with serde_json, as OpenMLS's own providers do. Values are
+//! written in postcard's binary encoding behind a marker byte ([`BINARY`]); values
+//! written before it (JSON, which never starts with that byte) are still read.
+//! Binary matters at size: a group's message secrets keep the member list of each
+//! past epoch, and with X-Wing keys JSON made them ~3.5 times larger and slower to
+//! write, on every message sent or received. The join configuration stays JSON (its
+//! deletion policy is read with serde's `deserialize_any`, which postcard cannot
+//! do). Lists (own leaf nodes, proposal references) are lists of encoded items.
+//! The layout follows `openmls_memory_storage` so that its semantics carry over
+//! method by method.
 //! Contract: `Ok(None)` (or an empty list) means absent; `Err` means the store
 //! failed; a delete is irrevocable (`secure_delete` overwrites the freed bytes).
 
@@ -32,8 +39,37 @@ const RESUMPTION_PSK_STORE: &str = "resumption_psk_store";
 const SIGNATURE_KEY_PAIR: &str = "signature_key_pair";
 const TREE: &str = "tree";
 
+/// First byte of a value in the binary encoding. JSON text starts with `{`, `[`,
+/// `"`, a digit, `-`, `t`, `f`, `n` or white space, never with this byte.
+const BINARY: u8 = 0xB1;
+
 fn key<K: Serialize + ?Sized>(key: &K) -> Result<Vec<u8>, StoreError> {
     Ok(serde_json::to_vec(key)?)
+}
+
+/// A value in the binary encoding: [`BINARY`], then postcard.
+fn encode<V: Serialize + ?Sized>(value: &V) -> Result<Vec<u8>, StoreError> {
+    Ok(postcard::to_extend(value, vec![BINARY])?)
+}
+
+/// Reads a value in either encoding; trailing bytes are an error.
+fn decode<V: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<V, StoreError> {
+    match bytes.split_first() {
+        Some((&BINARY, rest)) => match postcard::take_from_bytes(rest)? {
+            (value, []) => Ok(value),
+            _ => Err(postcard::Error::DeserializeBadEncoding.into()),
+        },
+        _ => Ok(serde_json::from_slice(bytes)?),
+    }
+}
+
+/// How a label's values are written.
+fn encode_for<V: Serialize + ?Sized>(label: &str, value: &V) -> Result<Vec<u8>, StoreError> {
+    if label == JOIN_CONFIG {
+        Ok(serde_json::to_vec(value)?)
+    } else {
+        encode(value)
+    }
 }
 
 impl Store {
@@ -48,7 +84,7 @@ impl Store {
                 "INSERT INTO mls_kv (label, key, value) VALUES (?1, ?2, ?3)
              ON CONFLICT (label, key) DO UPDATE SET value = excluded.value",
             )?
-            .execute(params![label, key, serde_json::to_vec(value)?])?;
+            .execute(params![label, key, encode_for(label, value)?])?;
         Ok(())
     }
 
@@ -62,10 +98,7 @@ impl Store {
             .prepare_cached("SELECT value FROM mls_kv WHERE label = ?1 AND key = ?2")?
             .query_row(params![label, key], |r| r.get(0))
             .optional()?;
-        value
-            .map(|v| serde_json::from_slice(&v))
-            .transpose()
-            .map_err(Into::into)
+        value.map(|v| decode(&v)).transpose()
     }
 
     fn delete(&self, label: &str, key: &[u8]) -> Result<(), StoreError> {
@@ -86,7 +119,7 @@ impl Store {
         item: &V,
     ) -> Result<(), StoreError> {
         let mut list = self.list_raw(label, key)?;
-        list.push(serde_json::to_vec(item)?);
+        list.push(encode(item)?);
         self.write(label, key, &list)
     }
 
@@ -96,9 +129,13 @@ impl Store {
         key: &[u8],
         item: &V,
     ) -> Result<(), StoreError> {
-        let item = serde_json::to_vec(item)?;
+        // An item written before the binary encoding is still JSON.
+        let (binary, json) = (encode(item)?, serde_json::to_vec(item)?);
         let mut list = self.list_raw(label, key)?;
-        if let Some(pos) = list.iter().position(|stored| stored == &item) {
+        if let Some(pos) = list
+            .iter()
+            .position(|stored| stored == &binary || stored == &json)
+        {
             list.remove(pos);
         }
         self.write(label, key, &list)
@@ -111,7 +148,7 @@ impl Store {
     ) -> Result<Vec<V>, StoreError> {
         self.list_raw(label, key)?
             .iter()
-            .map(|bytes| serde_json::from_slice(bytes).map_err(Into::into))
+            .map(|bytes| decode(bytes))
             .collect()
     }
 }
@@ -654,5 +691,112 @@ impl StorageProvider<CURRENT_VERSION> for Store {
         psk_id: &PskKey,
     ) -> Result<(), Self::Error> {
         self.delete(PSK, &key(psk_id)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use openmls::prelude::{GroupId, LeafNodeIndex, MlsGroupJoinConfig};
+
+    use super::*;
+
+    fn store() -> (Store, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        (Store::create(dir.path(), b"mls storage").unwrap(), dir)
+    }
+
+    fn raw(store: &Store, label: &str, key: &[u8]) -> Vec<u8> {
+        store
+            .conn
+            .query_row(
+                "SELECT value FROM mls_kv WHERE label = ?1 AND key = ?2",
+                params![label, key],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    fn set_raw(store: &Store, label: &str, key: &[u8], value: &[u8]) {
+        store
+            .conn
+            .execute(
+                "UPDATE mls_kv SET value = ?3 WHERE label = ?1 AND key = ?2",
+                params![label, key, value],
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn values_are_written_binary_and_json_ones_are_still_read() {
+        let (store, _dir) = store();
+        let group = GroupId::from_slice(b"group");
+        let k = key(&group).unwrap();
+        store
+            .write_own_leaf_index(&group, &LeafNodeIndex::new(300))
+            .unwrap();
+        // Known answer: the marker, then postcard's varint of 300.
+        assert_eq!(raw(&store, OWN_LEAF_INDEX, &k), [BINARY, 0xAC, 0x02]);
+        let read: Option<LeafNodeIndex> = store.own_leaf_index(&group).unwrap();
+        assert_eq!(read, Some(LeafNodeIndex::new(300)));
+
+        // A value an earlier version wrote as JSON.
+        set_raw(&store, OWN_LEAF_INDEX, &k, b"301");
+        let read: Option<LeafNodeIndex> = store.own_leaf_index(&group).unwrap();
+        assert_eq!(read, Some(LeafNodeIndex::new(301)));
+    }
+
+    #[test]
+    fn a_malformed_value_is_an_error_not_a_panic() {
+        for bytes in [
+            &[BINARY][..],
+            &[BINARY, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF],
+            &[BINARY, 0x05, 0x00], // a trailing byte
+            b"{not json",
+            b"",
+        ] {
+            assert!(decode::<u32>(bytes).is_err(), "{bytes:?}");
+        }
+        assert_eq!(decode::<u32>(&[BINARY, 0x05]).unwrap(), 5);
+    }
+
+    #[test]
+    fn a_list_item_written_as_json_is_still_found_and_removed() {
+        let (store, _dir) = store();
+        let k = b"list".to_vec();
+        store.list_push(PROPOSAL_REFS, &k, "new").unwrap();
+        // The list as an earlier version wrote it: JSON around JSON items.
+        let legacy: Vec<Vec<u8>> = vec![b"\"old\"".to_vec(), encode("new").unwrap()];
+        set_raw(
+            &store,
+            PROPOSAL_REFS,
+            &k,
+            &serde_json::to_vec(&legacy).unwrap(),
+        );
+        let items: Vec<String> = store.list_read(PROPOSAL_REFS, &k).unwrap();
+        assert_eq!(items, ["old", "new"]);
+        store.list_remove(PROPOSAL_REFS, &k, "old").unwrap();
+        store.list_push(PROPOSAL_REFS, &k, "newer").unwrap();
+        let items: Vec<String> = store.list_read(PROPOSAL_REFS, &k).unwrap();
+        assert_eq!(items, ["new", "newer"]);
+        assert_eq!(raw(&store, PROPOSAL_REFS, &k).first(), Some(&BINARY));
+    }
+
+    #[test]
+    fn the_join_configuration_stays_json_and_reads_back() {
+        let (store, _dir) = store();
+        let group = GroupId::from_slice(b"group");
+        let config = MlsGroupJoinConfig::builder().max_past_epochs(4).build();
+        store.write_mls_join_config(&group, &config).unwrap();
+        assert_eq!(
+            raw(&store, JOIN_CONFIG, &key(&group).unwrap()).first(),
+            Some(&b'{')
+        );
+        let read: Option<MlsGroupJoinConfig> = store.mls_group_join_config(&group).unwrap();
+        assert_eq!(
+            serde_json::to_vec(&read.unwrap()).unwrap(),
+            serde_json::to_vec(&config).unwrap()
+        );
     }
 }
