@@ -80,7 +80,6 @@ static NEXT_CONN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::n
 pub(crate) async fn serve(mut ws: WebSocket, shared: Arc<Shared>, admitted: Admitted) {
     let mut nonce = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
-    let (rendezvous_tx, rendezvous_rx) = mpsc::channel(64);
     let mut conn = Connection {
         shared: shared.clone(),
         admitted,
@@ -92,8 +91,8 @@ pub(crate) async fn serve(mut ws: WebSocket, shared: Arc<Shared>, admitted: Admi
             shared.limits.requests_per_second.saturating_mul(2),
         ),
         id: NEXT_CONN.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        rendezvous_tx,
-        rendezvous_rx,
+        rendezvous_tx: None,
+        rendezvous_rx: None,
         rendezvous_bucket: Bucket::per_minute(
             shared.limits.rendezvous_per_minute,
             shared.limits.rendezvous_per_minute,
@@ -120,8 +119,10 @@ struct Connection {
     waker: Arc<Waker>,
     bucket: Bucket,
     id: ConnId,
-    rendezvous_tx: mpsc::Sender<ServerFrame>,
-    rendezvous_rx: mpsc::Receiver<ServerFrame>,
+    /// What the other party of a rendezvous passes; made at the first rendezvous
+    /// request (an idle connection should cost little memory).
+    rendezvous_tx: Option<mpsc::Sender<ServerFrame>>,
+    rendezvous_rx: Option<mpsc::Receiver<ServerFrame>>,
     rendezvous_bucket: Bucket,
 }
 
@@ -181,7 +182,12 @@ impl Connection {
                         break end;
                     }
                 }
-                Some(frame) = self.rendezvous_rx.recv() => {
+                Some(frame) = async {
+                    match self.rendezvous_rx.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
                     if self.send(ws, &frame).await.is_err() {
                         break End::Closed;
                     }
@@ -287,18 +293,29 @@ impl Connection {
     }
 
     /// A rendezvous request (codes): open, join, pass data, close.
-    async fn rendezvous(&self, request: Request) -> Response {
+    async fn rendezvous(&mut self, request: Request) -> Response {
+        let tx = match &self.rendezvous_tx {
+            Some(tx) => tx.clone(),
+            None => {
+                let (tx, rx) = mpsc::channel(64);
+                self.rendezvous_rx = Some(rx);
+                self.rendezvous_tx = Some(tx.clone());
+                tx
+            }
+        };
         let registry = &self.shared.rendezvous;
         let result = match request {
-            Request::RendezvousOpen => registry
-                .open(self.id, self.rendezvous_tx.clone())
-                .await
-                .map(|nameplate| Response::RendezvousOpened {
-                    nameplate,
-                    ttl_secs: u32::try_from(registry.ttl().as_secs()).unwrap_or(u32::MAX),
-                }),
+            Request::RendezvousOpen => {
+                registry
+                    .open(self.id, tx)
+                    .await
+                    .map(|nameplate| Response::RendezvousOpened {
+                        nameplate,
+                        ttl_secs: u32::try_from(registry.ttl().as_secs()).unwrap_or(u32::MAX),
+                    })
+            }
             Request::RendezvousJoin { nameplate } => registry
-                .join(nameplate, self.id, self.rendezvous_tx.clone())
+                .join(nameplate, self.id, tx)
                 .await
                 .map(|()| Response::RendezvousJoined),
             Request::RendezvousSend { nameplate, data } => registry

@@ -465,10 +465,11 @@ async fn upgrade(
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
     // Small buffers: an idle connection should cost little memory. Reads need one
-    // frame (plus the WebSocket header); writes go out frame by frame.
+    // frame plus the WebSocket header (at most 14 bytes): one read takes a whole
+    // frame; writes go out frame by frame.
     ws.max_message_size(FRAME_LEN)
         .max_frame_size(FRAME_LEN)
-        .read_buffer_size(2 * FRAME_LEN)
+        .read_buffer_size(FRAME_LEN + 14)
         .write_buffer_size(0)
         .on_upgrade(move |socket| conn::serve(socket, shared, admitted))
 }
