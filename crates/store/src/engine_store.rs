@@ -339,8 +339,15 @@ impl EngineStore for Store {
         if group_key.is_empty() {
             return Ok(());
         }
-        self.conn
-            .execute("DELETE FROM mls_kv WHERE instr(key, ?1) > 0", [group_key])?;
+        // Each row goes with the chunks only it refers to.
+        let rows: Vec<(String, Vec<u8>)> = self
+            .conn
+            .prepare("SELECT label, key FROM mls_kv WHERE instr(key, ?1) > 0")?
+            .query_map([group_key], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        for (label, key) in rows {
+            self.delete_value(&label, &key)?;
+        }
         Ok(())
     }
 

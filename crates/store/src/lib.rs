@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod chunks;
 mod client_tables;
 mod engine_store;
 pub use engine_store::{ALERTS_KEPT, OVERFLOW_KIND};

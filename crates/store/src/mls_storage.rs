@@ -9,13 +9,12 @@
 //! write, on every message sent or received. The join configuration stays JSON (its
 //! deletion policy is read with serde's `deserialize_any`, which postcard cannot
 //! do). Lists (own leaf nodes, proposal references) are lists of encoded items.
-//! The layout follows `openmls_memory_storage` so that its semantics carry over
-//! method by method.
+//! Large values are stored in chunks ([`crate::chunks`]). The layout follows
+//! `openmls_memory_storage` so that its semantics carry over method by method.
 //! Contract: `Ok(None)` (or an empty list) means absent; `Err` means the store
 //! failed; a delete is irrevocable (`secure_delete` overwrites the freed bytes).
 
 use openmls_traits::storage::{CURRENT_VERSION, StorageProvider, traits};
-use rusqlite::{OptionalExtension as _, params};
 use serde::Serialize;
 
 use crate::{Store, StoreError};
@@ -79,13 +78,7 @@ impl Store {
         key: &[u8],
         value: &V,
     ) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached(
-                "INSERT INTO mls_kv (label, key, value) VALUES (?1, ?2, ?3)
-             ON CONFLICT (label, key) DO UPDATE SET value = excluded.value",
-            )?
-            .execute(params![label, key, encode_for(label, value)?])?;
-        Ok(())
+        self.put_value(label, key, encode_for(label, value)?)
     }
 
     fn read<V: serde::de::DeserializeOwned>(
@@ -93,19 +86,11 @@ impl Store {
         label: &str,
         key: &[u8],
     ) -> Result<Option<V>, StoreError> {
-        let value: Option<Vec<u8>> = self
-            .conn
-            .prepare_cached("SELECT value FROM mls_kv WHERE label = ?1 AND key = ?2")?
-            .query_row(params![label, key], |r| r.get(0))
-            .optional()?;
-        value.map(|v| decode(&v)).transpose()
+        self.get_value(label, key)?.map(|v| decode(&v)).transpose()
     }
 
     fn delete(&self, label: &str, key: &[u8]) -> Result<(), StoreError> {
-        self.conn
-            .prepare_cached("DELETE FROM mls_kv WHERE label = ?1 AND key = ?2")?
-            .execute(params![label, key])?;
-        Ok(())
+        self.delete_value(label, key)
     }
 
     fn list_raw(&self, label: &str, key: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
@@ -699,6 +684,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use openmls::prelude::{GroupId, LeafNodeIndex, MlsGroupJoinConfig};
+    use rusqlite::params;
 
     use super::*;
 

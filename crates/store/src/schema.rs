@@ -5,7 +5,7 @@
 //! version. A database newer than this build is refused, never downgraded.
 
 /// Migrations, in order; `MIGRATIONS[n]` takes version `n` to `n + 1`.
-pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4, V5, V6, V7];
 
 /// The version this build writes.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -171,5 +171,14 @@ CREATE TABLE intro_steps (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     channel BLOB NOT NULL,
     record TEXT NOT NULL
+);
+";
+
+/// Large OpenMLS values in content-addressed chunks (see `chunks`).
+const V7: &str = "
+CREATE TABLE mls_chunk (
+    id BLOB PRIMARY KEY,
+    refs INTEGER NOT NULL,
+    data BLOB NOT NULL
 );
 ";

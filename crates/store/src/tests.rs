@@ -173,6 +173,7 @@ fn migration_from_an_empty_database_reaches_the_current_schema() {
         for table in [
             "settings",
             "mls_kv",
+            "mls_chunk",
             "channels",
             "members",
             "senders",
@@ -247,7 +248,7 @@ fn version_5_gives_introductions_a_table_and_drops_the_settings_that_held_them()
         store
             .connection()
             .execute_batch(
-                "DROP TABLE introductions; DROP TABLE intro_steps;
+                "DROP TABLE introductions; DROP TABLE intro_steps; DROP TABLE mls_chunk;
                  ALTER TABLE mailboxes DROP COLUMN purpose; PRAGMA user_version = 4;",
             )
             .unwrap();
@@ -288,6 +289,7 @@ fn version_3_moves_read_cursors_into_the_channel_settings() {
                  DROP TABLE pending_joins;
                  DROP TABLE introductions;
                  DROP TABLE intro_steps;
+                 DROP TABLE mls_chunk;
                  ALTER TABLE mailboxes DROP COLUMN purpose;
                  PRAGMA user_version = 2;",
             )
