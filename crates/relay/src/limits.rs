@@ -12,6 +12,25 @@ use std::time::Instant;
 
 use crate::metrics::Metrics;
 
+/// Raises this process's soft limit on open files to its hard limit (at most 2^20):
+/// each connection holds a descriptor, and most systems start processes at 1,024.
+/// Returns the limit in force afterwards.
+pub fn raise_open_files_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let wanted = limit.maximum.unwrap_or(1 << 20).min(1 << 20);
+    if limit.current.is_some_and(|current| current < wanted) {
+        let raised = Rlimit {
+            current: Some(wanted),
+            maximum: limit.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            return Some(wanted);
+        }
+    }
+    limit.current
+}
+
 /// A token bucket: `rate` tokens per second, up to `burst`.
 #[derive(Clone, Debug)]
 pub(crate) struct Bucket {
@@ -275,6 +294,18 @@ impl Admission {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_limit() {
+        use rustix::process::{Resource, getrlimit};
+        let before = getrlimit(Resource::Nofile);
+        let now = raise_open_files_limit();
+        let after = getrlimit(Resource::Nofile);
+        assert_eq!(now, after.current);
+        assert!(after.current >= before.current);
+        let hard = before.maximum.unwrap_or(1 << 20).min(1 << 20);
+        assert_eq!(after.current, Some(hard.max(before.current.unwrap_or(0))));
+    }
 
     #[test]
     fn bucket_refills_at_its_rate() {

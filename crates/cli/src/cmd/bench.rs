@@ -374,6 +374,14 @@ async fn idle(g: &Global, relay: &str, pid: u32, connections: usize) -> Result<(
     let address: RelayAddr = relay
         .parse()
         .map_err(|e| Failure::new(format!("bad relay address: {e}")))?;
+    // This process holds every connection open too.
+    let open_files = backchannel_relay::limits::raise_open_files_limit().unwrap_or(u64::MAX);
+    if open_files < connections as u64 + 64 {
+        return Err(Failure::new(format!(
+            "{connections} connections need as many open files; the limit is {open_files} \
+             (raise it with ulimit -n)"
+        )));
+    }
     let before = rss_kib(pid)?;
     let mut held = Vec::with_capacity(connections);
     for _ in 0..connections {

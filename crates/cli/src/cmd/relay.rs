@@ -80,6 +80,17 @@ fn config(args: &ServeArgs) -> Result<RelayConfig, Failure> {
 async fn serve(args: ServeArgs) -> Result<(), Failure> {
     init_logging();
     let config = config(&args)?;
+    // Each connection is a descriptor; a relay below its connection cap for want
+    // of descriptors would refuse people for no reason it could say.
+    let open_files = backchannel_relay::limits::raise_open_files_limit();
+    let wanted = config.limits.max_connections as u64 + 64;
+    if let Some(limit) = open_files.filter(|&l| l < wanted) {
+        tracing::warn!(
+            limit,
+            max_connections = config.limits.max_connections,
+            "the open-files limit is below the connection cap; raise it (ulimit -n, LimitNOFILE)"
+        );
+    }
     let relay = backchannel_relay::start(config)
         .await
         .map_err(|e| Failure::new(e.to_string()))?;
