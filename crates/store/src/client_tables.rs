@@ -587,22 +587,4 @@ impl Store {
             .execute(params![purpose.code(), &read_id.0[..]])?;
         Ok(())
     }
-
-    /// Runs `f` entirely or not at all (inside a transaction already open, or on
-    /// its own).
-    fn atomically(&self, f: impl FnOnce() -> Result<(), StoreError>) -> Result<(), StoreError> {
-        self.conn.execute_batch("SAVEPOINT atomically")?;
-        match f() {
-            Ok(()) => {
-                self.conn.execute_batch("RELEASE atomically")?;
-                Ok(())
-            }
-            Err(e) => {
-                let _ = self
-                    .conn
-                    .execute_batch("ROLLBACK TO atomically; RELEASE atomically");
-                Err(e)
-            }
-        }
-    }
 }

@@ -352,6 +352,7 @@ impl EngineStore for Store {
     }
 
     fn scrub(&self) -> Result<(), StoreError> {
+        self.repair_chunks()?;
         self.checkpoint()
     }
 

@@ -330,6 +330,12 @@ impl Store {
         };
         store.integrity_check()?;
         store.migrate()?;
+        // Reference counts of MLS chunks checked at every opening (see
+        // `repair_chunks`): cheap, and a leak must not outlive a session.
+        store.repair_chunks().map_err(|e| match e {
+            StoreError::Sql(e) => OpenError::Sql(e),
+            other => OpenError::Damaged(other.to_string()),
+        })?;
         Ok(store)
     }
 
@@ -469,6 +475,24 @@ impl Store {
             params![&channel.0[..], key, value],
         )?;
         Ok(())
+    }
+
+    /// Runs `f` entirely or not at all: in a savepoint, which nests inside a
+    /// transaction already open and is a transaction of its own otherwise. An error,
+    /// of `f` or of the release itself, undoes what `f` did.
+    pub(crate) fn atomically(
+        &self,
+        f: impl FnOnce() -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        self.conn.execute_batch("SAVEPOINT atomically")?;
+        let result = f().and_then(|()| Ok(self.conn.execute_batch("RELEASE atomically")?));
+        if result.is_err() {
+            // Left open, the savepoint would swallow every later write.
+            let _ = self
+                .conn
+                .execute_batch("ROLLBACK TO atomically; RELEASE atomically");
+        }
+        result
     }
 
     /// Moves everything from the write-ahead log into the database and truncates the
