@@ -431,7 +431,7 @@ mod tests {
     #[test]
     fn scrubbing_repairs_counts_and_drops_orphan_chunks() {
         use backchannel_core::store::EngineStore as _;
-        let (store, _dir) = store();
+        let (store, dir) = store();
         let value = [noise(50_000, 6), noise(50_000, 6)].concat();
         store.put_value("tree", b"k", value.clone()).unwrap();
         let good = chunk_rows(&store);
@@ -454,6 +454,17 @@ mod tests {
         assert_eq!(chunk_rows(&store), good);
         assert_eq!(store.repair_chunks().unwrap(), 0);
         assert_eq!(store.get_value("tree", b"k").unwrap().unwrap(), value);
+        // Opening the store repairs too.
+        store
+            .conn
+            .execute(
+                "INSERT INTO mls_chunk (id, refs, data) VALUES (?1, 2, ?2)",
+                params![&[8u8; 32][..], b"another old secret"],
+            )
+            .unwrap();
+        drop(store);
+        let store = Store::open(dir.path(), b"chunks").unwrap();
+        assert_eq!(chunk_rows(&store), good);
     }
 
     #[test]

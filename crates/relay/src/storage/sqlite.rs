@@ -1,6 +1,7 @@
 //! SQLite storage: WAL journal, `synchronous = FULL` (every commit is fsynced),
 //! `secure_delete` (deleted blobs are overwritten).
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use backchannel_proto::addr::MailboxId;
@@ -279,12 +280,17 @@ impl RelayStorage for SqliteStorage {
                 tx.prepare_cached("DELETE FROM messages WHERE mailbox = ?1 AND seq = ?2")?;
             let mut count =
                 tx.prepare_cached("UPDATE mailboxes SET count = count - ?1 WHERE key = ?2")?;
+            // One counter update per mailbox, not per message.
+            let mut deleted_from: HashMap<MailboxKey, i64> = HashMap::new();
             for (mailbox, message_id) in messages {
                 remember.execute(params![mailbox, *message_id as i64])?;
                 let deleted = delete.execute(params![mailbox, *message_id as i64])?;
                 if deleted > 0 {
-                    count.execute(params![deleted as i64, mailbox])?;
+                    *deleted_from.entry(*mailbox).or_default() += deleted as i64;
                 }
+            }
+            for (mailbox, deleted) in deleted_from {
+                count.execute(params![deleted, mailbox])?;
             }
         }
         tx.commit()?;
