@@ -19,7 +19,7 @@
 use std::time::Duration;
 
 use backchannel_core::mls::{Backend, Suite};
-use backchannel_core::{Engine, EngineConfig, Output, Timestamp};
+use backchannel_core::{ChannelId, Engine, EngineConfig, Output, Timestamp};
 use backchannel_proto::addr::{Fingerprint, MailboxAddr, MailboxId, RelayAddr};
 use backchannel_store::Store;
 use criterion::{BatchSize, BenchmarkId, Criterion, criterion_group, criterion_main};
@@ -54,6 +54,44 @@ fn drain(engine: &mut Engine<Store>) -> Vec<Vec<u8>> {
         }
     }
     blobs
+}
+
+/// The blobs of the transmits waiting in `engine` that go to `to`.
+fn blobs_to(engine: &mut Engine<Store>, to: &MailboxAddr) -> Vec<Vec<u8>> {
+    let mut blobs = Vec::new();
+    while let Some(out) = engine.poll_output() {
+        if let Output::Transmit(t) = out
+            && t.to == *to
+        {
+            blobs.push(t.blob);
+        }
+    }
+    blobs
+}
+
+/// Each iteration: Alice sends one message (not measured), Bob applies it.
+fn receive_each(
+    b: &mut criterion::Bencher<'_>,
+    clock: &std::cell::Cell<u64>,
+    (alice, bob): (&mut Engine<Store>, &mut Engine<Store>),
+    (channel, bob_box): (&ChannelId, &MailboxAddr),
+    text: &str,
+) {
+    b.iter_batched(
+        || {
+            clock.set(clock.get() + 1);
+            alice.send_text(Timestamp(clock.get()), "c", text).unwrap();
+            blobs_to(alice, bob_box)
+        },
+        |blobs| {
+            for blob in &blobs {
+                bob.handle_incoming(Timestamp(clock.get()), channel, blob)
+                    .unwrap();
+            }
+            while bob.poll_output().is_some() {}
+        },
+        BatchSize::SmallInput,
+    )
 }
 
 fn copy_dir(from: &std::path::Path) -> tempfile::TempDir {
@@ -361,20 +399,12 @@ fn bench_messages(c: &mut Criterion, suite: Suite) {
     let mut group = c.benchmark_group(format!("decrypt/{}", suite.name()));
     group.bench_function("engine", |b| {
         let clock = std::cell::Cell::new(t);
-        b.iter_batched(
-            || {
-                clock.set(clock.get() + 1);
-                alice.send_text(Timestamp(clock.get()), "c", text).unwrap();
-                drain(&mut alice)
-            },
-            |blobs| {
-                for blob in &blobs {
-                    bob.handle_incoming(Timestamp(clock.get()), &channel, blob)
-                        .unwrap();
-                }
-                while bob.poll_output().is_some() {}
-            },
-            BatchSize::SmallInput,
+        receive_each(
+            b,
+            &clock,
+            (&mut alice, &mut bob),
+            (&channel, &mailbox(2)),
+            text,
         )
     });
     fn raw_decrypt<P: OpenMlsProvider>(
@@ -433,43 +463,23 @@ fn bench_large_messages(c: &mut Criterion, suite: Suite, n: usize) {
     let channel = bob.join(Timestamp(0), Some("c"), &welcome).unwrap();
     drain(&mut alice);
     drain(&mut bob);
-    let to_bob = |alice: &mut Engine<Store>| {
-        let mut blobs = Vec::new();
-        while let Some(out) = alice.poll_output() {
-            if let Output::Transmit(t) = out
-                && t.to == mailbox(0)
-            {
-                blobs.push(t.blob);
-            }
-        }
-        blobs
-    };
-
     let mut group = c.benchmark_group(format!("channel-{n}/{}", suite.name()));
     let clock = std::cell::Cell::new(1u64);
     // First, while Bob has seen every message before the one he gets.
     group.bench_function("receive", |b| {
-        b.iter_batched(
-            || {
-                clock.set(clock.get() + 1);
-                alice.send_text(Timestamp(clock.get()), "c", text).unwrap();
-                to_bob(&mut alice)
-            },
-            |blobs| {
-                for blob in &blobs {
-                    bob.handle_incoming(Timestamp(clock.get()), &channel, blob)
-                        .unwrap();
-                }
-                while bob.poll_output().is_some() {}
-            },
-            BatchSize::SmallInput,
+        receive_each(
+            b,
+            &clock,
+            (&mut alice, &mut bob),
+            (&channel, &mailbox(0)),
+            text,
         )
     });
     group.bench_function("send", |b| {
         b.iter(|| {
             clock.set(clock.get() + 1);
             alice.send_text(Timestamp(clock.get()), "c", text).unwrap();
-            to_bob(&mut alice)
+            blobs_to(&mut alice, &mailbox(0))
         })
     });
     group.finish();
