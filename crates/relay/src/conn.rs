@@ -91,8 +91,7 @@ pub(crate) async fn serve(mut ws: WebSocket, shared: Arc<Shared>, admitted: Admi
             shared.limits.requests_per_second.saturating_mul(2),
         ),
         id: NEXT_CONN.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        rendezvous_tx: None,
-        rendezvous_rx: None,
+        rendezvous: None,
         rendezvous_bucket: Bucket::per_minute(
             shared.limits.rendezvous_per_minute,
             shared.limits.rendezvous_per_minute,
@@ -121,8 +120,7 @@ struct Connection {
     id: ConnId,
     /// What the other party of a rendezvous passes; made at the first rendezvous
     /// request (an idle connection should cost little memory).
-    rendezvous_tx: Option<mpsc::Sender<ServerFrame>>,
-    rendezvous_rx: Option<mpsc::Receiver<ServerFrame>>,
+    rendezvous: Option<(mpsc::Sender<ServerFrame>, mpsc::Receiver<ServerFrame>)>,
     rendezvous_bucket: Bucket,
 }
 
@@ -183,8 +181,8 @@ impl Connection {
                     }
                 }
                 Some(frame) = async {
-                    match self.rendezvous_rx.as_mut() {
-                        Some(rx) => rx.recv().await,
+                    match self.rendezvous.as_mut() {
+                        Some((_, rx)) => rx.recv().await,
                         None => std::future::pending().await,
                     }
                 } => {
@@ -294,15 +292,11 @@ impl Connection {
 
     /// A rendezvous request (codes): open, join, pass data, close.
     async fn rendezvous(&mut self, request: Request) -> Response {
-        let tx = match &self.rendezvous_tx {
-            Some(tx) => tx.clone(),
-            None => {
-                let (tx, rx) = mpsc::channel(64);
-                self.rendezvous_rx = Some(rx);
-                self.rendezvous_tx = Some(tx.clone());
-                tx
-            }
-        };
+        let tx = self
+            .rendezvous
+            .get_or_insert_with(|| mpsc::channel(64))
+            .0
+            .clone();
         let registry = &self.shared.rendezvous;
         let result = match request {
             Request::RendezvousOpen => {

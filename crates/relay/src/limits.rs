@@ -31,6 +31,18 @@ pub fn raise_open_files_limit() -> Option<u64> {
     limit.current
 }
 
+/// Descriptors a process needs beyond one per connection (files, listeners, logs).
+const SPARE_FILES: u64 = 64;
+
+/// Raises the open-files limit ([`raise_open_files_limit`]) and says whether it
+/// allows `connections` connections: `Err` carries the limit in force when not.
+pub fn open_files_for(connections: usize) -> Result<(), u64> {
+    match raise_open_files_limit() {
+        Some(limit) if limit < connections as u64 + SPARE_FILES => Err(limit),
+        _ => Ok(()),
+    }
+}
+
 /// A token bucket: `rate` tokens per second, up to `burst`.
 #[derive(Clone, Debug)]
 pub(crate) struct Bucket {

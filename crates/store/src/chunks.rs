@@ -158,12 +158,7 @@ impl Store {
 
     /// Reads an encoded value from `mls_kv`, joining its chunks.
     pub(crate) fn get_value(&self, label: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let stored: Option<Vec<u8>> = self
-            .conn
-            .prepare_cached("SELECT value FROM mls_kv WHERE label = ?1 AND key = ?2")?
-            .query_row(params![label, key], |r| r.get(0))
-            .optional()?;
-        let Some(stored) = stored else {
+        let Some(stored) = self.stored_row(label, key)? else {
             return Ok(None);
         };
         if stored.first() != Some(&CHUNKED) {
@@ -243,15 +238,18 @@ impl Store {
         Ok(fixed)
     }
 
-    fn stored_ids(&self, label: &str, key: &[u8]) -> Result<Vec<[u8; 32]>, StoreError> {
-        let stored: Option<Vec<u8>> = self
+    /// A value's row as stored: the value, or [`CHUNKED`] and its chunk ids.
+    fn stored_row(&self, label: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
             .conn
-            .prepare_cached(
-                "SELECT value FROM mls_kv WHERE label = ?1 AND key = ?2 AND substr(value, 1, 1) = ?3",
-            )?
-            .query_row(params![label, key, &[CHUNKED][..]], |r| r.get(0))
-            .optional()?;
-        stored.map_or(Ok(Vec::new()), |s| ids_of(&s))
+            .prepare_cached("SELECT value FROM mls_kv WHERE label = ?1 AND key = ?2")?
+            .query_row(params![label, key], |r| r.get(0))
+            .optional()?)
+    }
+
+    fn stored_ids(&self, label: &str, key: &[u8]) -> Result<Vec<[u8; 32]>, StoreError> {
+        self.stored_row(label, key)?
+            .map_or(Ok(Vec::new()), |row| ids_of(&row))
     }
 
     /// Counts references: +1 for each id of `new`, -1 for each of `old`. Chunks
@@ -428,6 +426,17 @@ mod tests {
         );
     }
 
+    /// A chunk no value refers to, as a leaked count would leave.
+    fn stray_chunk(store: &Store, id: u8, refs: i64, data: &[u8]) {
+        store
+            .conn
+            .execute(
+                "INSERT INTO mls_chunk (id, refs, data) VALUES (?1, ?2, ?3)",
+                params![&[id; 32][..], refs, data],
+            )
+            .unwrap();
+    }
+
     #[test]
     fn scrubbing_repairs_counts_and_drops_orphan_chunks() {
         use backchannel_core::store::EngineStore as _;
@@ -436,13 +445,7 @@ mod tests {
         store.put_value("tree", b"k", value.clone()).unwrap();
         let good = chunk_rows(&store);
         // An orphan (as a leaked count would leave) and a count set wrong.
-        store
-            .conn
-            .execute(
-                "INSERT INTO mls_chunk (id, refs, data) VALUES (?1, 1, ?2)",
-                params![&[7u8; 32][..], b"an old secret"],
-            )
-            .unwrap();
+        stray_chunk(&store, 7, 1, b"an old secret");
         store
             .conn
             .execute(
@@ -455,13 +458,7 @@ mod tests {
         assert_eq!(store.repair_chunks().unwrap(), 0);
         assert_eq!(store.get_value("tree", b"k").unwrap().unwrap(), value);
         // Opening the store repairs too.
-        store
-            .conn
-            .execute(
-                "INSERT INTO mls_chunk (id, refs, data) VALUES (?1, 2, ?2)",
-                params![&[8u8; 32][..], b"another old secret"],
-            )
-            .unwrap();
+        stray_chunk(&store, 8, 2, b"another old secret");
         drop(store);
         let store = Store::open(dir.path(), b"chunks").unwrap();
         assert_eq!(chunk_rows(&store), good);

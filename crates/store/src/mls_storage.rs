@@ -89,10 +89,6 @@ impl Store {
         self.get_value(label, key)?.map(|v| decode(&v)).transpose()
     }
 
-    fn delete(&self, label: &str, key: &[u8]) -> Result<(), StoreError> {
-        self.delete_value(label, key)
-    }
-
     fn list_raw(&self, label: &str, key: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
         Ok(self.read(label, key)?.unwrap_or_default())
     }
@@ -542,84 +538,84 @@ impl StorageProvider<CURRENT_VERSION> for Store {
         proposal_ref: &ProposalRef,
     ) -> Result<(), Self::Error> {
         self.list_remove(PROPOSAL_REFS, &key(group_id)?, proposal_ref)?;
-        self.delete(QUEUED_PROPOSAL, &key(&(group_id, proposal_ref))?)
+        self.delete_value(QUEUED_PROPOSAL, &key(&(group_id, proposal_ref))?)
     }
 
     fn delete_own_leaf_nodes<GroupId: traits::GroupId<CURRENT_VERSION>>(
         &self,
         group_id: &GroupId,
     ) -> Result<(), Self::Error> {
-        self.delete(OWN_LEAF_NODES, &key(group_id)?)
+        self.delete_value(OWN_LEAF_NODES, &key(group_id)?)
     }
 
     fn delete_group_config<GroupId: traits::GroupId<CURRENT_VERSION>>(
         &self,
         group_id: &GroupId,
     ) -> Result<(), Self::Error> {
-        self.delete(JOIN_CONFIG, &key(group_id)?)
+        self.delete_value(JOIN_CONFIG, &key(group_id)?)
     }
 
     fn delete_tree<GroupId: traits::GroupId<CURRENT_VERSION>>(
         &self,
         group_id: &GroupId,
     ) -> Result<(), Self::Error> {
-        self.delete(TREE, &key(group_id)?)
+        self.delete_value(TREE, &key(group_id)?)
     }
 
     fn delete_confirmation_tag<GroupId: traits::GroupId<CURRENT_VERSION>>(
         &self,
         group_id: &GroupId,
     ) -> Result<(), Self::Error> {
-        self.delete(CONFIRMATION_TAG, &key(group_id)?)
+        self.delete_value(CONFIRMATION_TAG, &key(group_id)?)
     }
 
     fn delete_group_state<GroupId: traits::GroupId<CURRENT_VERSION>>(
         &self,
         group_id: &GroupId,
     ) -> Result<(), Self::Error> {
-        self.delete(GROUP_STATE, &key(group_id)?)
+        self.delete_value(GROUP_STATE, &key(group_id)?)
     }
 
     fn delete_context<GroupId: traits::GroupId<CURRENT_VERSION>>(
         &self,
         group_id: &GroupId,
     ) -> Result<(), Self::Error> {
-        self.delete(GROUP_CONTEXT, &key(group_id)?)
+        self.delete_value(GROUP_CONTEXT, &key(group_id)?)
     }
 
     fn delete_interim_transcript_hash<GroupId: traits::GroupId<CURRENT_VERSION>>(
         &self,
         group_id: &GroupId,
     ) -> Result<(), Self::Error> {
-        self.delete(INTERIM_TRANSCRIPT_HASH, &key(group_id)?)
+        self.delete_value(INTERIM_TRANSCRIPT_HASH, &key(group_id)?)
     }
 
     fn delete_message_secrets<GroupId: traits::GroupId<CURRENT_VERSION>>(
         &self,
         group_id: &GroupId,
     ) -> Result<(), Self::Error> {
-        self.delete(MESSAGE_SECRETS, &key(group_id)?)
+        self.delete_value(MESSAGE_SECRETS, &key(group_id)?)
     }
 
     fn delete_all_resumption_psk_secrets<GroupId: traits::GroupId<CURRENT_VERSION>>(
         &self,
         group_id: &GroupId,
     ) -> Result<(), Self::Error> {
-        self.delete(RESUMPTION_PSK_STORE, &key(group_id)?)
+        self.delete_value(RESUMPTION_PSK_STORE, &key(group_id)?)
     }
 
     fn delete_own_leaf_index<GroupId: traits::GroupId<CURRENT_VERSION>>(
         &self,
         group_id: &GroupId,
     ) -> Result<(), Self::Error> {
-        self.delete(OWN_LEAF_INDEX, &key(group_id)?)
+        self.delete_value(OWN_LEAF_INDEX, &key(group_id)?)
     }
 
     fn delete_group_epoch_secrets<GroupId: traits::GroupId<CURRENT_VERSION>>(
         &self,
         group_id: &GroupId,
     ) -> Result<(), Self::Error> {
-        self.delete(GROUP_EPOCH_SECRETS, &key(group_id)?)
+        self.delete_value(GROUP_EPOCH_SECRETS, &key(group_id)?)
     }
 
     fn clear_proposal_queue<
@@ -631,9 +627,9 @@ impl StorageProvider<CURRENT_VERSION> for Store {
     ) -> Result<(), Self::Error> {
         let refs: Vec<ProposalRef> = self.list_read(PROPOSAL_REFS, &key(group_id)?)?;
         for proposal_ref in refs {
-            self.delete(QUEUED_PROPOSAL, &key(&(group_id, &proposal_ref))?)?;
+            self.delete_value(QUEUED_PROPOSAL, &key(&(group_id, &proposal_ref))?)?;
         }
-        self.delete(PROPOSAL_REFS, &key(group_id)?)
+        self.delete_value(PROPOSAL_REFS, &key(group_id)?)
     }
 
     fn delete_signature_key_pair<
@@ -642,14 +638,14 @@ impl StorageProvider<CURRENT_VERSION> for Store {
         &self,
         public_key: &SignaturePublicKey,
     ) -> Result<(), Self::Error> {
-        self.delete(SIGNATURE_KEY_PAIR, &key(public_key)?)
+        self.delete_value(SIGNATURE_KEY_PAIR, &key(public_key)?)
     }
 
     fn delete_encryption_key_pair<EncryptionKey: traits::EncryptionKey<CURRENT_VERSION>>(
         &self,
         public_key: &EncryptionKey,
     ) -> Result<(), Self::Error> {
-        self.delete(ENCRYPTION_KEY_PAIR, &key(public_key)?)
+        self.delete_value(ENCRYPTION_KEY_PAIR, &key(public_key)?)
     }
 
     fn delete_encryption_epoch_key_pairs<
@@ -661,21 +657,21 @@ impl StorageProvider<CURRENT_VERSION> for Store {
         epoch: &EpochKey,
         leaf_index: u32,
     ) -> Result<(), Self::Error> {
-        self.delete(EPOCH_KEY_PAIRS, &key(&(group_id, epoch, leaf_index))?)
+        self.delete_value(EPOCH_KEY_PAIRS, &key(&(group_id, epoch, leaf_index))?)
     }
 
     fn delete_key_package<KeyPackageRef: traits::HashReference<CURRENT_VERSION>>(
         &self,
         hash_ref: &KeyPackageRef,
     ) -> Result<(), Self::Error> {
-        self.delete(KEY_PACKAGE, &key(hash_ref)?)
+        self.delete_value(KEY_PACKAGE, &key(hash_ref)?)
     }
 
     fn delete_psk<PskKey: traits::PskId<CURRENT_VERSION>>(
         &self,
         psk_id: &PskKey,
     ) -> Result<(), Self::Error> {
-        self.delete(PSK, &key(psk_id)?)
+        self.delete_value(PSK, &key(psk_id)?)
     }
 }
 

@@ -375,10 +375,9 @@ async fn idle(g: &Global, relay: &str, pid: u32, connections: usize) -> Result<(
         .parse()
         .map_err(|e| Failure::new(format!("bad relay address: {e}")))?;
     // This process holds every connection open too.
-    let open_files = backchannel_relay::limits::raise_open_files_limit().unwrap_or(u64::MAX);
-    if open_files < connections as u64 + 64 {
+    if let Err(limit) = backchannel_relay::limits::open_files_for(connections) {
         return Err(Failure::new(format!(
-            "{connections} connections need as many open files; the limit is {open_files} \
+            "{connections} connections need as many open files; the limit is {limit} \
              (raise it with ulimit -n)"
         )));
     }

@@ -82,9 +82,7 @@ async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let config = config(&args)?;
     // Each connection is a descriptor; a relay below its connection cap for want
     // of descriptors would refuse people for no reason it could say.
-    let open_files = backchannel_relay::limits::raise_open_files_limit();
-    let wanted = config.limits.max_connections as u64 + 64;
-    if let Some(limit) = open_files.filter(|&l| l < wanted) {
+    if let Err(limit) = backchannel_relay::limits::open_files_for(config.limits.max_connections) {
         tracing::warn!(
             limit,
             max_connections = config.limits.max_connections,
