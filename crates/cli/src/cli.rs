@@ -9,13 +9,21 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// A secure channel between people who trust neither the network, nor the relays,
 /// nor each other's facilities.
 #[derive(Parser, Debug)]
-#[command(name = "backchannel", version)]
+#[command(name = "backchannel", version = VERSION)]
 pub(crate) struct Cli {
     #[command(flatten)]
     pub(crate) global: Global,
     #[command(subcommand)]
     pub(crate) command: Command,
 }
+
+/// `--version`: the release and the commit it was built from.
+pub(crate) const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BACKCHANNEL_COMMIT"),
+    ")"
+);
 
 /// Options every command takes.
 #[derive(Args, Debug, Clone)]
@@ -253,6 +261,15 @@ pub(crate) enum Command {
         #[arg(long)]
         clear: bool,
     },
+    /// Keep the profile open and its relays connected, and answer programs:
+    /// JSON-RPC 2.0 on a Unix socket, one object per line (see docs/daemon.md).
+    /// Other backchannel commands on this profile go through it meanwhile.
+    Daemon {
+        /// The socket to listen on (made with mode 0600; default: daemon.sock in
+        /// the profile directory).
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+    },
     /// Run or inspect a relay.
     #[command(subcommand)]
     Relay(RelayCommand),
@@ -261,6 +278,18 @@ pub(crate) enum Command {
     /// Load generators and measurements.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Print the shell completion script (for example
+    /// `backchannel completions bash > ~/.local/share/bash-completion/completions/backchannel`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (one per command) into a directory.
+    Man {
+        /// Where to write them (made if missing).
+        #[arg(long, value_name = "DIR")]
+        out_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -10,8 +10,10 @@
 mod cli;
 mod cmd;
 mod error;
+mod lock;
 mod output;
 mod profile;
+mod rpc;
 mod session;
 
 use std::process::ExitCode;

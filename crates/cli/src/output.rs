@@ -73,37 +73,59 @@ pub(crate) enum Sender<'a> {
     Introduced(&'a str),
 }
 
-/// One message, as a line for people or a JSON object.
-pub(crate) fn message(channel: &str, m: &MessageRecord, sender: Sender, json: bool) -> String {
-    let text = String::from_utf8_lossy(&m.body);
-    if json {
-        json!({
-            "channel": channel,
-            "from": m.sender_name,
-            "you": matches!(sender, Sender::Own),
-            "verified": matches!(sender, Sender::Own | Sender::Verified),
-            "introduced_by": match sender {
-                Sender::Introduced(by) => Some(by),
+/// One message as programs see it: the fields of `read --json`, and of the
+/// daemon's `read` and `message` notifications.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct MessageView {
+    pub(crate) channel: String,
+    pub(crate) from: String,
+    pub(crate) you: bool,
+    pub(crate) verified: bool,
+    pub(crate) introduced_by: Option<String>,
+    pub(crate) seq: u64,
+    pub(crate) text: String,
+    pub(crate) sent_at: String,
+    pub(crate) received_at: String,
+    pub(crate) late: bool,
+}
+
+impl MessageView {
+    pub(crate) fn new(channel: &str, m: &MessageRecord, sender: Sender) -> Self {
+        Self {
+            channel: channel.to_owned(),
+            from: m.sender_name.clone(),
+            you: matches!(sender, Sender::Own),
+            verified: matches!(sender, Sender::Own | Sender::Verified),
+            introduced_by: match sender {
+                Sender::Introduced(by) => Some(by.to_owned()),
                 _ => None,
             },
-            "seq": m.seq,
-            "text": text,
-            "sent_at": rfc3339(m.sent_at),
-            "received_at": rfc3339(m.received_at),
-            "late": m.late,
-        })
-        .to_string()
-    } else {
-        let who = match sender {
-            Sender::Own => format!("{} (you)", m.sender_name),
-            Sender::Verified => m.sender_name.clone(),
-            Sender::Unverified => format!("{} (unverified)", m.sender_name),
-            Sender::Introduced(by) => format!("{} (introduced by {by})", m.sender_name),
+            seq: m.seq,
+            text: String::from_utf8_lossy(&m.body).into_owned(),
+            sent_at: rfc3339(m.sent_at),
+            received_at: rfc3339(m.received_at),
+            late: m.late,
+        }
+    }
+
+    /// The line people read: sender (and what we know of them), time, text, made
+    /// safe for the terminal and wrapped to it.
+    pub(crate) fn line(&self) -> String {
+        let who = if self.you {
+            format!("{} (you)", self.from)
+        } else if let Some(by) = &self.introduced_by {
+            format!("{} (introduced by {by})", self.from)
+        } else if self.verified {
+            self.from.clone()
+        } else {
+            format!("{} (unverified)", self.from)
         };
-        let late = if m.late { "  [arrived late]" } else { "" };
+        let late = if self.late { "  [arrived late]" } else { "" };
         let who = for_terminal(&who, "");
-        let text = for_terminal(&text, CONTINUATION);
-        let line = format!("[{}] {who}: {text}{late}", short_time(m.sent_at));
+        let text = for_terminal(&self.text, CONTINUATION);
+        let when = self.sent_at.get(..16).map(|s| s.replace('T', " "));
+        let when = when.as_deref().unwrap_or(&self.sent_at);
+        let line = format!("[{}] {who}: {text}{late}", for_terminal(when, ""));
         wrap(&line, line_width(), CONTINUATION)
     }
 }

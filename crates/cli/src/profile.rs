@@ -75,6 +75,9 @@ pub(crate) fn open_store(g: &Global) -> Result<Store, Failure> {
                 .hint("create one with `backchannel init`, or pass --home"),
         );
     }
+    // One process writes a profile at a time; others wait (or go through the
+    // daemon that has it, see `cmd::daemon::forward`).
+    crate::lock::acquire(&home)?;
     let pass = passphrase(false)?;
     Store::open(&home, pass.as_bytes()).map_err(open_failure)
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use backchannel_client::{Client, ClientError, LinkAnswer, Notice};
 use backchannel_core::introduction::{IntroEvent, short_id};
+use backchannel_core::store::MessageKind;
 use backchannel_core::{Actor, ChannelId, ChannelSummary, Erasure, Event, Pending};
 use backchannel_proto::addr::RelayAddr;
 use serde_json::json;
@@ -334,6 +335,106 @@ pub(crate) fn show_pending(
         }
     }
     Ok(pending)
+}
+
+/// The most a message read from standard input may have, in bytes (a text message's
+/// limit is about 64 KiB).
+const STDIN_LIMIT: u64 = 64 * 1024;
+
+/// The message of `send`: the argument, or else standard input to its end.
+pub(crate) fn message_text(text: Option<String>) -> Result<String, Failure> {
+    use std::io::{IsTerminal as _, Read as _};
+    if let Some(text) = text {
+        return Ok(text);
+    }
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!("Type the message, then Ctrl-D on a line of its own:");
+    }
+    let mut bytes = Vec::new();
+    stdin
+        .lock()
+        .take(STDIN_LIMIT + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Failure::new(format!("cannot read the message from standard input: {e}")))?;
+    if bytes.len() as u64 > STDIN_LIMIT {
+        return Err(Failure::new(format!(
+            "the message on standard input is longer than {STDIN_LIMIT} bytes"
+        )));
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|_| Failure::new("the message on standard input is not UTF-8 text"))?;
+    // One trailing newline is how a line ends, not part of the message.
+    let text = text.strip_suffix('\n').unwrap_or(&text).to_owned();
+    if text.trim().is_empty() {
+        return Err(Failure::new("the message is empty; nothing was sent"));
+    }
+    Ok(text)
+}
+
+/// The channel setting that holds the position of the last message shown.
+const READ_CURSOR: &str = "read-cursor";
+
+/// The text messages of a channel after history position `after`, as the reader
+/// sees them (who sent each, and what we know of them), and the last position
+/// seen.
+pub(crate) fn messages_after(
+    client: &Client,
+    name: &str,
+    after: u64,
+) -> Result<(Vec<output::MessageView>, u64), Failure> {
+    let summary = client.engine().channel(name)?;
+    let mut views = Vec::new();
+    let mut last = after;
+    loop {
+        let batch = client.engine().history(name, last, 500)?;
+        if batch.is_empty() {
+            break;
+        }
+        for m in &batch {
+            last = m.position;
+            if m.kind != MessageKind::Text {
+                continue;
+            }
+            let introducer = client.introduced_by(&summary.id, &m.sender);
+            let sender = if m.sender == summary.own_member {
+                output::Sender::Own
+            } else if summary.verified.contains(&m.sender) {
+                output::Sender::Verified
+            } else if let Some(by) = &introducer {
+                output::Sender::Introduced(by)
+            } else {
+                output::Sender::Unverified
+            };
+            views.push(output::MessageView::new(name, m, sender));
+        }
+    }
+    Ok((views, last))
+}
+
+/// Where a channel's reader stopped (0: nothing read yet).
+pub(crate) fn read_cursor(client: &Client, id: &ChannelId) -> Result<u64, Failure> {
+    Ok(client
+        .store()
+        .channel_setting(id, READ_CURSOR)?
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0))
+}
+
+/// The messages not read yet (all of them with `all`), moving the read cursor
+/// past them.
+pub(crate) fn take_unread(
+    client: &Client,
+    name: &str,
+    all: bool,
+) -> Result<Vec<output::MessageView>, Failure> {
+    let id = client.engine().channel_id(name)?;
+    let cursor = if all { 0 } else { read_cursor(client, &id)? };
+    let (views, last) = messages_after(client, name, cursor)?;
+    client
+        .store()
+        .set_channel_setting(&id, READ_CURSOR, &last.to_string())?;
+    Ok(views)
 }
 
 /// Prints (and marks shown) a channel's unshown alerts; returns how many.

@@ -103,6 +103,39 @@ pub struct Invitation {
     pub expires_in: Duration,
 }
 
+impl Invitation {
+    /// Waits (at most `wait`, and no longer than the code lives) for someone to
+    /// come with the code. Needs no client: a program that keeps the profile open
+    /// waits here beside its other work, then hands the arrival to
+    /// [`Client::admit_arrived`].
+    pub async fn arrival(self, wait: Duration) -> Result<Arrival, InviteError> {
+        let code = self.code;
+        let mut line = Line {
+            relay: self.relay,
+            events: self.events,
+            nameplate: code.nameplate,
+        };
+        let deadline = Instant::now() + wait.min(self.expires_in);
+        loop {
+            match line.event(deadline).await {
+                Ok(RendezvousEvent::Joined) => return Ok(Arrival { line, code }),
+                Ok(RendezvousEvent::Closed) => return Err(InviteError::Expired),
+                Ok(_) => {}
+                Err(e) => {
+                    line.close().await;
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// Someone came to an invitation; not yet proven to know the code.
+pub struct Arrival {
+    line: Line,
+    code: InviteCode,
+}
+
 /// One side's end of the rendezvous.
 struct Line {
     relay: RelayClient,
@@ -289,25 +322,20 @@ impl Client {
         invitation: Invitation,
         wait: Duration,
     ) -> Result<String, InviteError> {
+        let arrival = invitation.arrival(wait).await?;
+        self.admit_arrived(channel, arrival).await
+    }
+
+    /// Admits the joiner who came to an invitation (see [`Invitation::arrival`]):
+    /// the exchange that proves they know the code, then the add. Takes a few
+    /// round trips through the relay.
+    pub async fn admit_arrived(
+        &mut self,
+        channel: &str,
+        arrival: Arrival,
+    ) -> Result<String, InviteError> {
         let summary = self.engine().channel(channel).map_err(ClientError::from)?;
-        let code = invitation.code;
-        let mut line = Line {
-            relay: invitation.relay,
-            events: invitation.events,
-            nameplate: code.nameplate,
-        };
-        let deadline = Instant::now() + wait.min(invitation.expires_in);
-        loop {
-            match line.event(deadline).await {
-                Ok(RendezvousEvent::Joined) => break,
-                Ok(RendezvousEvent::Closed) => return Err(InviteError::Expired),
-                Ok(_) => {}
-                Err(e) => {
-                    line.close().await;
-                    return Err(e);
-                }
-            }
-        }
+        let Arrival { mut line, code } = arrival;
         let step = || Instant::now() + STEP;
         let theirs = match line.next(step(), || InviteError::Abandoned).await? {
             Wire::Pake(m) => m,

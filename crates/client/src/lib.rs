@@ -22,6 +22,6 @@ mod relay_link;
 pub use arrived::{LinkAnswer, Notice};
 pub use backchannel_core::introduction::{IntroProgress, PendingIntroduction};
 pub use driver::{Client, ClientConfig, ClientError, STATUS_INTERVAL, now};
-pub use invite::{Invitation, InviteError};
+pub use invite::{Arrival, Invitation, InviteError};
 pub use invite_link::{JoinRequestView, LinkRequest};
 pub use relay_link::LinkTiming;

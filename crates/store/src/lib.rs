@@ -598,8 +598,10 @@ fn open_database(path: &Path, key: &[u8; 32], create: bool) -> Result<Connection
     Ok(conn)
 }
 
-/// The files a profile may leave, the header first.
-const PROFILE_FILES: [&str; 7] = [
+/// The files a profile may leave, the header first (then those of the programs
+/// that open it: the lock naming the process that has it, and where a daemon
+/// listens).
+const PROFILE_FILES: [&str; 9] = [
     HEADER_FILE,
     HEADER_JOURNAL,
     "profile.tmp",
@@ -607,6 +609,8 @@ const PROFILE_FILES: [&str; 7] = [
     "profile.db-shm",
     "profile.db-journal",
     DATABASE_FILE,
+    "profile.lock",
+    "daemon.json",
 ];
 
 /// Overwrites every file of the profile in `dir` with random bytes, syncs and

@@ -184,7 +184,7 @@ fn rules(c: &ChannelSummary) -> Vec<String> {
     out
 }
 
-fn status_word(s: ChannelStatus) -> &'static str {
+pub(crate) fn status_word(s: ChannelStatus) -> &'static str {
     match s {
         ChannelStatus::Active => "active",
         ChannelStatus::Leaving => "leaving",

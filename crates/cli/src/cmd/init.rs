@@ -28,6 +28,7 @@ pub(crate) async fn init(
         .map_err(|e| Failure::new(format!("invalid name: {e}")))?;
     let pass = profile::passphrase(true)?;
     let store = Store::create(&home, pass.as_bytes()).map_err(profile::open_failure)?;
+    crate::lock::acquire(&home)?;
     store.set_setting("name", &name)?;
     if let Some(relay) = &relay {
         store.set_setting(RELAY_SETTING, &relay.to_string())?;

@@ -3,51 +3,17 @@
 use std::time::Duration;
 
 use backchannel_client::Client;
-use backchannel_core::store::{ChannelStatus, MessageKind};
+use backchannel_core::store::ChannelStatus;
 use serde_json::json;
 
+use super::daemon::{Service, Work};
 use crate::cli::Global;
 use crate::error::Failure;
-use crate::output;
 use crate::profile::open_client;
 use crate::session::{
-    RELAY_LIMIT, catch_up, deliver, print, report_changes, retire_erased, show_alerts, show_pending,
+    RELAY_LIMIT, catch_up, deliver, message_text, print, report_changes, retire_erased,
+    show_alerts, show_pending, take_unread,
 };
-
-/// The most a message read from standard input may have, in bytes (a text message's
-/// limit is about 64 KiB).
-const STDIN_LIMIT: u64 = 64 * 1024;
-
-/// The message of `send`: the argument, or else standard input to its end.
-fn message_text(text: Option<String>) -> Result<String, Failure> {
-    use std::io::{IsTerminal as _, Read as _};
-    if let Some(text) = text {
-        return Ok(text);
-    }
-    let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        eprintln!("Type the message, then Ctrl-D on a line of its own:");
-    }
-    let mut bytes = Vec::new();
-    stdin
-        .lock()
-        .take(STDIN_LIMIT + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| Failure::new(format!("cannot read the message from standard input: {e}")))?;
-    if bytes.len() as u64 > STDIN_LIMIT {
-        return Err(Failure::new(format!(
-            "the message on standard input is longer than {STDIN_LIMIT} bytes"
-        )));
-    }
-    let text = String::from_utf8(bytes)
-        .map_err(|_| Failure::new("the message on standard input is not UTF-8 text"))?;
-    // One trailing newline is how a line ends, not part of the message.
-    let text = text.strip_suffix('\n').unwrap_or(&text).to_owned();
-    if text.trim().is_empty() {
-        return Err(Failure::new("the message is empty; nothing was sent"));
-    }
-    Ok(text)
-}
 
 pub(crate) async fn send(g: &Global, name: &str, text: Option<String>) -> Result<(), Failure> {
     let text = &message_text(text)?;
@@ -77,53 +43,30 @@ fn pending_alerts(client: &Client, name: &str) -> Result<usize, Failure> {
     Ok(client.store().unshown_alerts(&id)?.len())
 }
 
-/// The channel setting that holds the position of the last message shown.
-const READ_CURSOR: &str = "read-cursor";
-
 /// Prints what is new in a channel: messages after the read cursor and alerts not
 /// yet shown. Returns how many alerts were shown.
 fn show_new(g: &Global, client: &Client, name: &str, all: bool) -> Result<usize, Failure> {
-    let id = client.engine().channel_id(name)?;
-    let store = client.store();
-    let cursor: u64 = if all {
-        0
-    } else {
-        store
-            .channel_setting(&id, READ_CURSOR)?
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0)
-    };
-    let summary = client.engine().channel(name)?;
-    let me = Some(summary.own_member);
-    let mut last = cursor;
-    loop {
-        let batch = client.engine().history(name, last, 500)?;
-        if batch.is_empty() {
-            break;
-        }
-        for m in &batch {
-            last = m.position;
-            if m.kind == MessageKind::Text {
-                let introducer = client.introduced_by(&id, &m.sender);
-                let sender = if Some(m.sender) == me {
-                    output::Sender::Own
-                } else if summary.verified.contains(&m.sender) {
-                    output::Sender::Verified
-                } else if let Some(by) = &introducer {
-                    output::Sender::Introduced(by)
-                } else {
-                    output::Sender::Unverified
-                };
-                println!("{}", output::message(name, m, sender, g.json));
-            }
+    for view in take_unread(client, name, all)? {
+        if g.json {
+            println!("{}", serde_json::to_string(&view).unwrap_or_default());
+        } else {
+            println!("{}", view.line());
         }
     }
-    store.set_channel_setting(&id, READ_CURSOR, &last.to_string())?;
     let alerts = show_alerts(g, client, name)?;
-    if summary.status == ChannelStatus::Closed && !g.json && !all {
+    let status = client.engine().channel(name)?.status;
+    if status == ChannelStatus::Closed && !g.json && !all {
         println!("(You are no longer a member of '{name}'.)");
     }
     Ok(alerts)
+}
+
+/// The service's next work, or never without one.
+async fn next_work(service: Option<&mut Service>) -> Option<Work> {
+    match service {
+        Some(service) => service.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 pub(crate) async fn read(g: &Global, name: &str, follow: bool, all: bool) -> Result<(), Failure> {
@@ -135,12 +78,30 @@ pub(crate) async fn read(g: &Global, name: &str, follow: bool, all: bool) -> Res
     let mut alerts = show_new(g, &client, name, all)?;
     let mut waiting = show_pending(g, &client, name, None)?;
     if follow {
+        // While this runs it holds the profile; other commands (`send` in another
+        // terminal) go through it, as through the daemon.
+        let mut service = match Service::start(g, &client, None).await {
+            Ok(service) => Some(service),
+            Err(e) => {
+                eprintln!(
+                    "note: other commands on this profile wait until this stops ({})",
+                    e.message
+                );
+                None
+            }
+        };
         loop {
             tokio::select! {
                 stepped = client.step(Duration::from_millis(500)) => {
                     if stepped? {
-                        let events = client.drain_events();
-                        if report_changes(g, &mut client, &events).iter().any(|n| n == name) {
+                        let gone = match service.as_mut() {
+                            Some(service) => service.after_step(g, &mut client),
+                            None => {
+                                let events = client.drain_events();
+                                report_changes(g, &mut client, &events)
+                            }
+                        };
+                        if gone.iter().any(|n| n == name) {
                             // Send the receipt, and delete our mailboxes for it.
                             let _ = client.flush(RELAY_LIMIT).await;
                             retire_erased(&mut client).await;
@@ -150,7 +111,23 @@ pub(crate) async fn read(g: &Global, name: &str, follow: bool, all: bool) -> Res
                     }
                     waiting = show_pending(g, &client, name, Some(&waiting))?;
                 }
+                work = next_work(service.as_mut()) => {
+                    // None: the profile was erased (`panic`).
+                    let (Some(work), Some(service)) = (work, service.as_mut()) else {
+                        break;
+                    };
+                    service.handle(g, &mut client, work).await;
+                    // A send through us shows here as it does in the sender's channel.
+                    alerts += show_new(g, &client, name, false)?;
+                }
                 _ = tokio::signal::ctrl_c() => break,
+            }
+        }
+        if let Some(service) = service {
+            let erased = service.erased;
+            service.close();
+            if erased {
+                return Ok(());
             }
         }
     }

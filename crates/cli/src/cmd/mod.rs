@@ -5,12 +5,14 @@
 mod bench;
 mod bench_channel;
 mod channel;
+mod daemon;
 mod demo;
 mod ending;
 mod init;
 mod intro;
 mod invite;
 mod links;
+mod manual;
 mod message;
 mod relay;
 mod trust;
@@ -20,6 +22,10 @@ use crate::error::Failure;
 
 /// Runs one command.
 pub(crate) async fn run(g: Global, command: Command) -> Result<(), Failure> {
+    // A daemon holding the profile answers what it serves.
+    if let Some(result) = daemon::forward(&g, &command).await {
+        return result;
+    }
     match command {
         Command::Init { name, relay } => init::init(&g, name, relay).await,
         Command::Channel(ChannelCommand::Create {
@@ -99,5 +105,8 @@ pub(crate) async fn run(g: Global, command: Command) -> Result<(), Failure> {
         Command::Relay(cmd) => relay::run(&g, cmd).await,
         Command::Demo => demo::run(&g).await,
         Command::Bench(cmd) => bench::run(&g, cmd).await,
+        Command::Daemon { socket } => daemon::run(&g, socket).await,
+        Command::Completions { shell } => manual::completions(shell),
+        Command::Man { out_dir } => manual::man(&out_dir),
     }
 }

@@ -1,0 +1,591 @@
+//! `backchannel daemon`: one process keeps the profile open and its relays
+//! connected, and answers programs over JSON-RPC 2.0 (see `docs/daemon.md`).
+//! `read --follow` serves the same calls while it runs, so that other commands
+//! on the profile go through it ([`forward`]) instead of waiting for the lock.
+//!
+//! Every method is a thin layer over the client, as the commands are: the same
+//! functions choose relays, read and mark messages and alerts, and word notices.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use backchannel_client::{Arrival, Client, InviteError};
+use backchannel_core::ChannelId;
+use backchannel_proto::code::InviteCode;
+use backchannel_proto::link::InviteLink;
+use serde_json::{Map, Value, json};
+use tokio::task::JoinSet;
+
+use crate::cli::{ChannelCommand, Command, Global};
+use crate::error::Failure;
+use crate::output;
+use crate::profile::{home, open_client, own_name};
+use crate::rpc::{self, Call, Host, RpcError, code, flag, required, text_param};
+use crate::session::{
+    catch_up, chosen_relay, introduction_text, invitation_relay, joiner_mailbox_relay,
+    messages_after, notice_text, relay_addr, report_changes, retire_erased, take_unread,
+};
+
+/// How long a send waits for the relay before answering that it is queued.
+const SEND_WAIT: Duration = Duration::from_secs(5);
+
+/// What the owner of the profile keeps for its callers: where each channel's
+/// notifications stand, the alerts already told, invitations waiting.
+pub(crate) struct Service {
+    host: Host,
+    home: PathBuf,
+    /// Looks whether the profile is still on disk (`panic` erases it under us).
+    watch: tokio::time::Interval,
+    /// It was erased: stop at once, sending nothing.
+    pub(crate) erased: bool,
+    seen: HashMap<ChannelId, u64>,
+    told: HashSet<u64>,
+    invitations: JoinSet<(String, Result<Arrival, InviteError>)>,
+}
+
+/// Something for the owner to do.
+pub(crate) enum Work {
+    Call(Call),
+    Arrived(String, Result<Arrival, InviteError>),
+}
+
+impl Service {
+    /// Listens at `socket` (default: `daemon.sock` in the profile directory).
+    /// Notifications start from what the profile holds now.
+    pub(crate) async fn start(
+        g: &Global,
+        client: &Client,
+        socket: Option<PathBuf>,
+    ) -> Result<Self, Failure> {
+        let home = home(g)?;
+        let socket = socket.unwrap_or_else(|| home.join(rpc::DEFAULT_SOCKET));
+        let host = Host::start(&home, &socket).await?;
+        let mut service = Self {
+            host,
+            home,
+            watch: tokio::time::interval(Duration::from_millis(500)),
+            erased: false,
+            seen: HashMap::new(),
+            told: HashSet::new(),
+            invitations: JoinSet::new(),
+        };
+        for c in client.engine().channels() {
+            let (_, last) = messages_after(client, &c.name, 0)?;
+            service.seen.insert(c.id, last);
+            for a in client.store().unshown_alerts(&c.id)? {
+                service.told.insert(a.id);
+            }
+        }
+        Ok(service)
+    }
+
+    /// Stops listening. After an erasure, removes the profile's directory if
+    /// our socket was all that was left in it.
+    pub(crate) fn close(self) {
+        let Self {
+            host, home, erased, ..
+        } = self;
+        drop(host);
+        if erased {
+            let _ = std::fs::remove_dir(&home);
+        }
+    }
+
+    pub(crate) fn socket(&self) -> &std::path::Path {
+        self.host.socket()
+    }
+
+    /// The next thing to do (cancel-safe). None when the profile was erased (or
+    /// the listener is gone): time to stop.
+    pub(crate) async fn next(&mut self) -> Option<Work> {
+        loop {
+            tokio::select! {
+                _ = self.watch.tick() => {
+                    if !backchannel_store::Store::exists(&self.home) {
+                        eprintln!("The profile was erased; stopping.");
+                        self.erased = true;
+                        return None;
+                    }
+                }
+                call = self.host.next() => return call.map(Work::Call),
+                Some(done) = self.invitations.join_next(), if !self.invitations.is_empty() => {
+                    return Some(match done {
+                        Ok((channel, arrival)) => Work::Arrived(channel, arrival),
+                        Err(_) => Work::Arrived(String::new(), Err(InviteError::Expired)),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Does it.
+    pub(crate) async fn handle(&mut self, g: &Global, client: &mut Client, work: Work) {
+        match work {
+            Work::Call(call) => {
+                let result = self.answer(g, client, &call.method, &call.params).await;
+                call.answer(result);
+                // What the call changed (a send, a join) is told to subscribers.
+                self.tell(client);
+            }
+            Work::Arrived(channel, arrival) => {
+                let result = match arrival {
+                    Ok(arrival) => client.admit_arrived(&channel, arrival).await,
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(member) => {
+                        let _ = client.flush(SEND_WAIT).await;
+                        self.host
+                            .notify("joined", json!({"channel": channel, "member": member}));
+                    }
+                    Err(e) => self.host.notify(
+                        "invite_failed",
+                        json!({"channel": channel, "reason": e.to_string()}),
+                    ),
+                }
+                self.tell(client);
+            }
+        }
+    }
+
+    /// After the client handled relay events: tells subscribers what arrived (new
+    /// messages, alerts, notices, erasures).
+    pub(crate) fn after_step(&mut self, g: &Global, client: &mut Client) -> Vec<String> {
+        let events = client.drain_events();
+        // Notices are told to subscribers here and written to standard error as
+        // every command does.
+        for notice in client.take_notices() {
+            let text = notice_text(client, &notice);
+            eprintln!("{}", output::for_terminal(&text, "  "));
+            self.host.notify("notice", json!({"text": text}));
+        }
+        if self.host.has_subscribers() {
+            for event in &events {
+                if let backchannel_core::Event::Introduction(step) = event {
+                    self.host
+                        .notify("notice", json!({"text": introduction_text(client, step)}));
+                }
+            }
+        }
+        let gone = report_changes(g, client, &events);
+        for name in &gone {
+            self.host.notify("erased", json!({"channel": name}));
+        }
+        self.tell(client);
+        gone
+    }
+
+    /// Notifies new messages and alerts of every channel.
+    fn tell(&mut self, client: &Client) {
+        for c in client.engine().channels() {
+            let after = self.seen.get(&c.id).copied().unwrap_or(0);
+            let Ok((views, last)) = messages_after(client, &c.name, after) else {
+                continue;
+            };
+            self.seen.insert(c.id, last);
+            for view in views {
+                self.host
+                    .notify("message", serde_json::to_value(&view).unwrap_or_default());
+            }
+            let Ok(alerts) = client.store().unshown_alerts(&c.id) else {
+                continue;
+            };
+            for a in alerts {
+                if self.told.insert(a.id) {
+                    let line = output::alert(&c.name, &a, true);
+                    self.host
+                        .notify("alert", serde_json::from_str(&line).unwrap_or_default());
+                }
+            }
+        }
+    }
+
+    async fn answer(
+        &mut self,
+        g: &Global,
+        client: &mut Client,
+        method: &str,
+        params: &Map<String, Value>,
+    ) -> Result<Value, RpcError> {
+        match method {
+            "channels" => channels(client),
+            "send" => send(client, params).await,
+            "read" => read(client, params),
+            "members" => members(client, params),
+            "verify" => verify(client, params),
+            "invite" => self.invite(client, params).await,
+            "join" => join(g, client, params).await,
+            "burn" => burn(client, params).await,
+            other => Err(RpcError::new(
+                code::METHOD_NOT_FOUND,
+                format!("no method '{other}'"),
+            )
+            .with_hint("the methods: channels, send, read, subscribe, members, verify, invite, join, burn")),
+        }
+    }
+
+    /// `invite {channel}`: answers with the code at once; the joiner is admitted
+    /// when they come, while other calls go on (`joined` or `invite_failed` is
+    /// notified).
+    async fn invite(
+        &mut self,
+        client: &mut Client,
+        params: &Map<String, Value>,
+    ) -> Result<Value, RpcError> {
+        let name = channel_param(client, params)?;
+        let summary = client.engine().channel(&name).map_err(failed)?;
+        if !summary.admin {
+            return Err(RpcError::new(
+                code::FAILED,
+                format!("only the administrator of '{name}' can invite to it"),
+            ));
+        }
+        let relay = match text_param(params, "relay")? {
+            Some(r) => relay_addr(r)?,
+            None => invitation_relay(&summary, None)?,
+        };
+        let invitation = client.open_invitation(&relay).await.map_err(failed)?;
+        let code = invitation.code.to_string();
+        let expires_in = invitation.expires_in;
+        self.invitations
+            .spawn(async move { (name, invitation.arrival(expires_in).await) });
+        Ok(json!({
+            "code": code,
+            "relay": relay.to_string(),
+            "expires_in_secs": expires_in.as_secs(),
+        }))
+    }
+}
+
+fn failed(e: impl std::fmt::Display) -> RpcError {
+    RpcError::new(code::FAILED, e.to_string())
+}
+
+/// The `channel` parameter, naming a channel of the profile.
+fn channel_param(client: &Client, params: &Map<String, Value>) -> Result<String, RpcError> {
+    let name = backchannel_proto::member::normalize_name(required(params, "channel")?);
+    if client.engine().channel(name.as_str()).is_err() {
+        return Err(RpcError::new(
+            code::NO_CHANNEL,
+            format!("there is no channel '{name}'"),
+        ));
+    }
+    Ok(name)
+}
+
+fn channels(client: &Client) -> Result<Value, RpcError> {
+    let mut list = Vec::new();
+    for c in client.engine().channels() {
+        let cursor = crate::session::read_cursor(client, &c.id)?;
+        let unread = messages_after(client, &c.name, cursor)?.0.len();
+        let alerts = client.store().unshown_alerts(&c.id).map_err(failed)?.len();
+        let waiting = client
+            .engine()
+            .pending(c.name.as_str())
+            .map(|p| !p.is_empty())
+            .unwrap_or(false);
+        list.push(json!({
+            "name": c.name,
+            "status": super::channel::status_word(c.status),
+            "members": c.members.len(),
+            "admin": c.admin,
+            "suite": c.suite.name(),
+            "unread": unread,
+            "alerts": alerts,
+            "waiting": waiting,
+        }));
+    }
+    Ok(Value::Array(list))
+}
+
+async fn send(client: &mut Client, params: &Map<String, Value>) -> Result<Value, RpcError> {
+    let name = channel_param(client, params)?;
+    if params.contains_key("file") {
+        return Err(RpcError::params(
+            "attachments are not available yet: send text",
+        ));
+    }
+    let text = required(params, "text")?;
+    if text.trim().is_empty() {
+        return Err(RpcError::params("the text is empty; nothing was sent"));
+    }
+    client.send_text(&name, text).map_err(failed)?;
+    let queued = client.flush(SEND_WAIT).await.is_err();
+    Ok(json!({"channel": name, "sent": true, "queued": queued}))
+}
+
+fn read(client: &Client, params: &Map<String, Value>) -> Result<Value, RpcError> {
+    let name = channel_param(client, params)?;
+    let messages = take_unread(client, &name, flag(params, "all")?)?;
+    let id = client.engine().channel_id(name.as_str()).map_err(failed)?;
+    let store = client.store();
+    let alerts = store.unshown_alerts(&id).map_err(failed)?;
+    let ids: Vec<u64> = alerts.iter().map(|a| a.id).collect();
+    store.mark_alerts_shown(&ids).map_err(failed)?;
+    let alerts: Vec<Value> = alerts
+        .iter()
+        .filter_map(|a| serde_json::from_str(&output::alert(&name, a, true)).ok())
+        .collect();
+    let pending = client.engine().pending(name.as_str()).map_err(failed)?;
+    let waiting: Vec<String> = output::pending(&name, &pending, false)
+        .map(|t| t.lines().map(str::to_owned).collect())
+        .unwrap_or_default();
+    let pending = output::pending(&name, &pending, true)
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| v.get("pending").cloned());
+    Ok(json!({
+        "channel": name,
+        "messages": messages,
+        "alerts": alerts,
+        "waiting": waiting,
+        "pending": pending,
+    }))
+}
+
+fn members(client: &Client, params: &Map<String, Value>) -> Result<Value, RpcError> {
+    let name = channel_param(client, params)?;
+    let summary = client.engine().channel(name.as_str()).map_err(failed)?;
+    let list: Vec<Value> = summary
+        .members
+        .iter()
+        .map(|m| {
+            json!({
+                "name": m.name,
+                "you": m.is_self,
+                "admin": m.admin,
+                "verified": m.is_self || summary.verified.contains(&m.member),
+                "introduced_by": client.introduced_by(&summary.id, &m.member),
+                "relay": m.mailbox.relay.to_string(),
+            })
+        })
+        .collect();
+    Ok(json!({"channel": name, "members": list}))
+}
+
+fn verify(client: &mut Client, params: &Map<String, Value>) -> Result<Value, RpcError> {
+    let name = channel_param(client, params)?;
+    let member = backchannel_proto::member::normalize_name(required(params, "member")?);
+    let number = client
+        .engine()
+        .safety_number(name.as_str(), &member)
+        .map_err(failed)?;
+    if flag(params, "confirm")? {
+        client.confirm_verified(&name, &member).map_err(failed)?;
+    }
+    let summary = client.engine().channel(name.as_str()).map_err(failed)?;
+    let verified = summary
+        .members
+        .iter()
+        .any(|m| m.name == member && summary.verified.contains(&m.member));
+    Ok(json!({
+        "channel": name,
+        "member": member,
+        "safety_number": number,
+        "verified": verified,
+    }))
+}
+
+async fn join(
+    g: &Global,
+    client: &mut Client,
+    params: &Map<String, Value>,
+) -> Result<Value, RpcError> {
+    let local = text_param(params, "name")?.map(backchannel_proto::member::normalize_name);
+    let me = own_name(client)?;
+    if let Some(text) = text_param(params, "link")? {
+        let link: InviteLink = text
+            .parse()
+            .map_err(|e| RpcError::params(format!("that invite link cannot be read: {e}")))?;
+        let mailbox_relay = joiner_mailbox_relay(client, &link.relay)?;
+        let request = client
+            .request_to_join(&link, &me, local.as_deref(), &mailbox_relay)
+            .await
+            .map_err(failed)?;
+        let _ = client.flush(SEND_WAIT).await;
+        // The answer comes as a notice when the inviter decides.
+        return Ok(json!({"requested": true, "safety_number": request.safety_number}));
+    }
+    let code: InviteCode = required(params, "code")?
+        .parse()
+        .map_err(|e| RpcError::params(format!("that code cannot be read: {e}")))?;
+    let relay = chosen_relay(client, text_param(params, "relay")?)?;
+    let mailbox_relay = joiner_mailbox_relay(client, &relay)?;
+    let (id, inviter) = client
+        .join_with_code(&relay, &mailbox_relay, &code, &me, local.as_deref())
+        .await
+        .map_err(failed)?;
+    let summary = crate::session::channel_by_id(client, id)?;
+    catch_up(g, client).await;
+    Ok(json!({
+        "channel": summary.name,
+        "invited_by": inviter,
+        "members": summary.members.iter().map(|m| m.name.clone()).collect::<Vec<_>>(),
+    }))
+}
+
+async fn burn(client: &mut Client, params: &Map<String, Value>) -> Result<Value, RpcError> {
+    let name = channel_param(client, params)?;
+    client.burn(&name).map_err(failed)?;
+    let queued = client.flush(SEND_WAIT).await.is_err();
+    // Receipts come as the members' devices erase it; the channel's erasure here
+    // is notified (`erased`) once every member confirmed.
+    Ok(json!({"channel": name, "burning": true, "queued": queued}))
+}
+
+/// `backchannel daemon`.
+pub(crate) async fn run(g: &Global, socket: Option<PathBuf>) -> Result<(), Failure> {
+    let mut client = open_client(g).await?;
+    catch_up(g, &mut client).await;
+    let mut service = Service::start(g, &client, socket).await?;
+    // The socket first, alone on its line, for scripts that start the daemon.
+    crate::session::print(
+        g,
+        format!("Listening on {}", service.socket().display()),
+        json!({"socket": service.socket()}),
+    );
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Failure::new(format!("cannot watch for signals: {e}")))?;
+    loop {
+        tokio::select! {
+            stepped = client.step(Duration::from_millis(500)) => {
+                match stepped {
+                    Ok(true) => {
+                        if !service.after_step(g, &mut client).is_empty() {
+                            let _ = client.flush(SEND_WAIT).await;
+                            retire_erased(&mut client).await;
+                        }
+                    }
+                    Ok(false) => {}
+                    // The store failed: say so and keep serving (the message comes
+                    // again, unacknowledged).
+                    Err(e) => eprintln!("warning: {e}"),
+                }
+            }
+            work = service.next() => match work {
+                Some(work) => service.handle(g, &mut client, work).await,
+                None => break,
+            },
+            _ = tokio::signal::ctrl_c() => break,
+            _ = terminate.recv() => break,
+        }
+    }
+    // What is queued goes out if the relays take it now; else next time.
+    if !service.erased {
+        let _ = client.flush(SEND_WAIT).await;
+    }
+    service.close();
+    Ok(())
+}
+
+/// Runs a command through the daemon (or `read --follow`) that holds the
+/// profile, if one does and the command is one it serves. None: run it here
+/// (waiting for the profile if it is held).
+pub(crate) async fn forward(g: &Global, command: &Command) -> Option<Result<(), Failure>> {
+    let home = home(g).ok()?;
+    if !crate::lock::busy(&home) {
+        return None;
+    }
+    let socket = rpc::advertised(&home)?;
+    Some(match command {
+        Command::Send { name, text } => forward_send(g, &socket, name, text.clone()).await,
+        Command::Read {
+            name,
+            follow: false,
+            all,
+        } => forward_read(g, &socket, name, *all).await,
+        Command::Channel(ChannelCommand::List) if g.json => {
+            match rpc::call(&socket, "channels", json!({})).await {
+                Ok(Value::Array(list)) => {
+                    for c in list {
+                        println!("{c}");
+                    }
+                    Ok(())
+                }
+                Ok(_) => Err(Failure::new("the daemon answered something unexpected")),
+                Err(e) => Err(e),
+            }
+        }
+        _ => return None,
+    })
+}
+
+async fn forward_send(
+    g: &Global,
+    socket: &std::path::Path,
+    name: &str,
+    text: Option<String>,
+) -> Result<(), Failure> {
+    let text = crate::session::message_text(text)?;
+    let result = rpc::call(socket, "send", json!({"channel": name, "text": text})).await?;
+    let queued = result
+        .get("queued")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    crate::session::print(
+        g,
+        if queued {
+            format!("Queued for '{name}': it goes out when the relay answers (through the daemon).")
+        } else {
+            format!("Sent to '{name}'.")
+        },
+        json!({"channel": name, "sent": true, "queued": queued}),
+    );
+    Ok(())
+}
+
+async fn forward_read(
+    g: &Global,
+    socket: &std::path::Path,
+    name: &str,
+    all: bool,
+) -> Result<(), Failure> {
+    let result = rpc::call(socket, "read", json!({"channel": name, "all": all})).await?;
+    let list = |key: &str| {
+        result
+            .get(key)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    };
+    for m in list("messages") {
+        let Ok(view) = serde_json::from_value::<output::MessageView>(m) else {
+            continue;
+        };
+        if g.json {
+            println!("{}", serde_json::to_string(&view).unwrap_or_default());
+        } else {
+            println!("{}", view.line());
+        }
+    }
+    let alerts = list("alerts");
+    for a in &alerts {
+        if g.json {
+            println!("{a}");
+        } else {
+            let text = a.get("message").and_then(Value::as_str).unwrap_or_default();
+            eprintln!(
+                "!! SECURITY ALERT in {name}: {}",
+                output::for_terminal(text, "   ")
+            );
+        }
+    }
+    if g.json {
+        if let Some(p) = result.get("pending").filter(|p| !p.is_null()) {
+            println!("{}", json!({"channel": name, "pending": p}));
+        }
+    } else {
+        for w in list("waiting") {
+            if let Some(w) = w.as_str() {
+                eprintln!("{w}");
+            }
+        }
+    }
+    if !alerts.is_empty() {
+        return Err(Failure::alert(format!(
+            "{} security alert(s) in '{name}' (shown above); do not trust what they concern",
+            alerts.len()
+        )));
+    }
+    Ok(())
+}
