@@ -45,6 +45,15 @@ pub(crate) fn busy(home: &Path) -> bool {
     matches!(file.try_lock(), Err(TryLockError::WouldBlock))
 }
 
+/// The process id written in the lock file by its holder.
+pub(crate) fn holder(home: &Path) -> Option<u32> {
+    std::fs::read_to_string(home.join(LOCK_FILE))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 fn is_held(home: &Path) -> bool {
     held().lock().map(|h| h.contains_key(home)).unwrap_or(false)
 }
@@ -78,7 +87,10 @@ pub(crate) fn acquire(home: &Path) -> Result<(), Failure> {
             return Err(Failure::new(format!("cannot lock the profile: {e}")));
         }
     }
-    // Ours now: say who holds it.
+    // Ours now. What a process that died left naming its socket is stale: gone,
+    // so that no command follows it to whatever listens there now.
+    let _ = std::fs::remove_file(home.join(crate::rpc::DAEMON_FILE));
+    // Say who holds it.
     let _ = file.set_len(0);
     let _ = file.rewind();
     let _ = write!(file, "{}", std::process::id());

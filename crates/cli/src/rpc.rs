@@ -132,10 +132,27 @@ pub(crate) fn notification(method: &str, params: Value) -> String {
 /// A request as read: its id (None for a notification), method and params.
 pub(crate) type Request = (Option<Value>, String, Map<String, Value>);
 
-/// Reads a request line.
-pub(crate) fn parse(line: &[u8]) -> Result<Request, RpcError> {
-    let value: Value = serde_json::from_slice(line)
-        .map_err(|e| RpcError::new(code::PARSE_ERROR, format!("not JSON: {e}")))?;
+/// Reads a request line. An error comes with the request's id when it had a
+/// readable one (else null).
+pub(crate) fn parse(line: &[u8]) -> Result<Request, (Value, RpcError)> {
+    let value: Value = serde_json::from_slice(line).map_err(|e| {
+        (
+            Value::Null,
+            RpcError::new(code::PARSE_ERROR, format!("not JSON: {e}")),
+        )
+    })?;
+    let id = match &value {
+        Value::Object(o) => o
+            .get("id")
+            .filter(|id| id.is_string() || id.is_number())
+            .cloned()
+            .unwrap_or(Value::Null),
+        _ => Value::Null,
+    };
+    parse_request(value).map_err(|e| (id, e))
+}
+
+fn parse_request(value: Value) -> Result<Request, RpcError> {
     let Value::Object(mut request) = value else {
         return Err(RpcError::new(
             code::INVALID_REQUEST,
@@ -221,13 +238,8 @@ impl Host {
     /// Listens at `socket` and says so in the profile directory `home`. A socket
     /// left by a process that is gone is replaced; one that answers is not.
     pub(crate) async fn start(home: &Path, socket: &Path) -> Result<Self, Failure> {
-        let listener = bind_private(socket).await?;
-        let owner = {
-            use std::os::unix::fs::MetadataExt as _;
-            std::fs::metadata(socket)
-                .map_err(|e| Failure::new(format!("cannot read {}: {e}", socket.display())))?
-                .uid()
-        };
+        let owner = own_uid().map_err(|e| Failure::new(format!("cannot tell who we are: {e}")))?;
+        let listener = bind_private(socket, owner).await?;
         let socket = std::path::absolute(socket).unwrap_or_else(|_| socket.to_path_buf());
         let advert = home.join(DAEMON_FILE);
         let text = json!({"socket": socket, "pid": std::process::id()}).to_string();
@@ -292,9 +304,24 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 /// Binds a socket that only its owner may connect to: under a temporary name in
 /// the same directory, restricted to 0600, then renamed into place, so that it
 /// is never reachable at its name with wider permissions.
-async fn bind_private(socket: &Path) -> Result<UnixListener, Failure> {
-    use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
+async fn bind_private(socket: &Path, owner: u32) -> Result<UnixListener, Failure> {
+    use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
     let shown = socket.display();
+    // Only in a directory no one else can write to: nobody can then swap the path,
+    // take the temporary name first, or reach the socket before it is restricted.
+    let parent = match socket.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let private = std::fs::metadata(&parent)
+        .is_ok_and(|m| m.is_dir() && m.uid() == owner && m.mode() & 0o022 == 0);
+    if !private {
+        return Err(Failure::new(format!(
+            "{} is not a directory only you can write to",
+            parent.display()
+        ))
+        .hint("put the socket in such a directory, like $XDG_RUNTIME_DIR or the profile's (the default)"));
+    }
     if let Ok(meta) = std::fs::symlink_metadata(socket) {
         if !meta.file_type().is_socket() {
             return Err(Failure::new(format!("{shown} exists and is not a socket"))
@@ -329,13 +356,23 @@ async fn bind_private(socket: &Path) -> Result<UnixListener, Failure> {
     Ok(listener)
 }
 
+/// Most connections at once; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 64;
+/// How long an answer may wait for a peer that does not read before the
+/// connection is dropped.
+const WRITE_LIMIT: Duration = Duration::from_secs(30);
+
 async fn accept_loop(
     listener: UnixListener,
     owner: u32,
     calls: mpsc::Sender<Call>,
     events: broadcast::Sender<std::sync::Arc<str>>,
 ) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let Ok((stream, _)) = listener.accept().await else {
             // Out of descriptors, for instance: try again shortly.
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -346,7 +383,11 @@ async fn accept_loop(
         if !stream.peer_cred().is_ok_and(|c| c.uid() == owner) {
             continue;
         }
-        tokio::spawn(connection(stream, calls.clone(), events.clone()));
+        let (calls, events) = (calls.clone(), events.clone());
+        tokio::spawn(async move {
+            connection(stream, calls, events).await;
+            drop(slot);
+        });
     }
 }
 
@@ -361,10 +402,10 @@ async fn connection(
     let mut read = BufReader::new(read);
     let (lines_tx, mut lines) = mpsc::channel::<String>(QUEUED_CALLS);
     let writer = tokio::spawn(async move {
-        while let Some(line) = lines.recv().await {
-            if write.write_all(line.as_bytes()).await.is_err()
-                || write.write_all(b"\n").await.is_err()
-            {
+        while let Some(mut line) = lines.recv().await {
+            line.push('\n');
+            let written = tokio::time::timeout(WRITE_LIMIT, write.write_all(line.as_bytes())).await;
+            if !matches!(written, Ok(Ok(()))) {
                 break;
             }
         }
@@ -397,8 +438,8 @@ async fn connection(
         }
         let (id, method, params) = match parse(line) {
             Ok(request) => request,
-            Err(e) => {
-                if lines_tx.send(response(&Value::Null, Err(e))).await.is_err() {
+            Err((id, e)) => {
+                if lines_tx.send(response(&id, Err(e))).await.is_err() {
                     break;
                 }
                 continue;
@@ -488,18 +529,38 @@ async fn forward_events(
     }
 }
 
-/// The socket of the process holding the profile at `home`, if it serves one.
-pub(crate) fn advertised(home: &Path) -> Option<PathBuf> {
+/// The socket of the process holding the profile at `home`, if it serves one:
+/// the process the advertisement names must be the one the lock names.
+pub(crate) fn advertised(home: &Path, holder: u32) -> Option<Daemon> {
     let text = std::fs::read_to_string(home.join(DAEMON_FILE)).ok()?;
     let value: Value = serde_json::from_str(&text).ok()?;
-    value.get("socket")?.as_str().map(PathBuf::from)
+    let pid = u32::try_from(value.get("pid")?.as_u64()?).ok()?;
+    if pid != holder {
+        return None;
+    }
+    let socket = value.get("socket")?.as_str().map(PathBuf::from)?;
+    Some(Daemon { socket, pid })
+}
+
+/// A daemon to call: where it listens, and the process that must answer there.
+pub(crate) struct Daemon {
+    pub(crate) socket: PathBuf,
+    pub(crate) pid: u32,
+}
+
+/// This process's effective user id (the owner of its /proc entry).
+pub(crate) fn own_uid() -> std::io::Result<u32> {
+    use std::os::unix::fs::MetadataExt as _;
+    Ok(std::fs::metadata("/proc/self")?.uid())
 }
 
 /// How long a command waits for the daemon's answer (a send waits for the relay).
 const CALL_LIMIT: Duration = Duration::from_secs(60);
 
-/// Calls `method` on the daemon at `socket` and returns its result.
-pub(crate) async fn call(socket: &Path, method: &str, params: Value) -> Result<Value, Failure> {
+/// Calls `method` on the daemon and returns its result. Whoever listens on the
+/// socket must be that daemon: our user, the process the lock names.
+pub(crate) async fn call(daemon: &Daemon, method: &str, params: Value) -> Result<Value, Failure> {
+    let socket = &daemon.socket;
     let unreachable = |e: std::io::Error| {
         Failure::new(format!(
             "cannot reach the daemon at {}: {e}",
@@ -508,6 +569,13 @@ pub(crate) async fn call(socket: &Path, method: &str, params: Value) -> Result<V
     };
     let exchange = async {
         let stream = UnixStream::connect(socket).await.map_err(unreachable)?;
+        let peer = stream.peer_cred().map_err(unreachable)?;
+        if Some(peer.uid()) != own_uid().ok() || peer.pid() != i32::try_from(daemon.pid).ok() {
+            return Err(Failure::new(format!(
+                "{} is not the socket of the process that has the profile; nothing was sent",
+                socket.display()
+            )));
+        }
         let (read, mut write) = stream.into_split();
         let request = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
         write
@@ -595,7 +663,7 @@ mod tests {
                 code::INVALID_PARAMS,
             ),
         ] {
-            assert_eq!(parse(line).unwrap_err().code, expected, "{line:?}");
+            assert_eq!(parse(line).unwrap_err().1.code, expected, "{line:?}");
         }
         let params =
             parse(br#"{"jsonrpc":"2.0","id":1,"method":"x","params":{"all":"yes","channel":5}}"#)

@@ -375,23 +375,27 @@ pub(crate) fn message_text(text: Option<String>) -> Result<String, Failure> {
 /// The channel setting that holds the position of the last message shown.
 const READ_CURSOR: &str = "read-cursor";
 
-/// The text messages of a channel after history position `after`, as the reader
-/// sees them (who sent each, and what we know of them), and the last position
-/// seen.
+/// Text messages of a channel after history position `after`, at most `limit`
+/// of them, as the reader sees them (who sent each, and what we know of them),
+/// and the last position looked at (`after` when there is nothing more).
 pub(crate) fn messages_after(
     client: &Client,
     name: &str,
     after: u64,
+    limit: usize,
 ) -> Result<(Vec<output::MessageView>, u64), Failure> {
     let summary = client.engine().channel(name)?;
     let mut views = Vec::new();
     let mut last = after;
-    loop {
+    while views.len() < limit {
         let batch = client.engine().history(name, last, 500)?;
         if batch.is_empty() {
             break;
         }
         for m in &batch {
+            if views.len() >= limit {
+                break;
+            }
             last = m.position;
             if m.kind != MessageKind::Text {
                 continue;
@@ -412,6 +416,24 @@ pub(crate) fn messages_after(
     Ok((views, last))
 }
 
+/// The last history position of a channel, and how many text messages come
+/// after `after` (in batches: a long history is never all in memory).
+pub(crate) fn history_end(
+    client: &Client,
+    name: &str,
+    after: u64,
+) -> Result<(u64, usize), Failure> {
+    let (mut last, mut texts) = (after, 0);
+    loop {
+        let batch = client.engine().history(name, last, 500)?;
+        let Some(end) = batch.last() else {
+            return Ok((last, texts));
+        };
+        last = end.position;
+        texts += batch.iter().filter(|m| m.kind == MessageKind::Text).count();
+    }
+}
+
 /// Where a channel's reader stopped (0: nothing read yet).
 pub(crate) fn read_cursor(client: &Client, id: &ChannelId) -> Result<u64, Failure> {
     Ok(client
@@ -421,16 +443,21 @@ pub(crate) fn read_cursor(client: &Client, id: &ChannelId) -> Result<u64, Failur
         .unwrap_or(0))
 }
 
-/// The messages not read yet (all of them with `all`), moving the read cursor
-/// past them.
+/// Messages not read yet (from the first with `all`), at most `limit`, moving
+/// the read cursor past them. Empty when there is no more.
 pub(crate) fn take_unread(
     client: &Client,
     name: &str,
-    all: bool,
+    from_start: bool,
+    limit: usize,
 ) -> Result<Vec<output::MessageView>, Failure> {
     let id = client.engine().channel_id(name)?;
-    let cursor = if all { 0 } else { read_cursor(client, &id)? };
-    let (views, last) = messages_after(client, name, cursor)?;
+    let cursor = if from_start {
+        0
+    } else {
+        read_cursor(client, &id)?
+    };
+    let (views, last) = messages_after(client, name, cursor, limit)?;
     client
         .store()
         .set_channel_setting(&id, READ_CURSOR, &last.to_string())?;

@@ -256,6 +256,30 @@ fn programs_talk_through_the_daemon_while_the_command_line_goes_on() {
         parse_messages(&out.stdout).contains(&("bob".into(), "read by the command line".into())),
         "{out:?}"
     );
+    // Someone rewrites the advertisement to name their own socket: the command
+    // line checks who answers there and sends them nothing.
+    let advert = alice.home.join("daemon.json");
+    let genuine = std::fs::read_to_string(&advert).unwrap();
+    let trap = tmp.path().join("trap.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&trap).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let mut forged: Value = serde_json::from_str(&genuine).unwrap();
+    forged["socket"] = json!(trap);
+    std::fs::write(&advert, forged.to_string()).unwrap();
+    let out = alice.run(&["send", "ops", "for the trap"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("nothing was sent"), "{out:?}");
+    if let Ok((mut stolen, _)) = listener.accept() {
+        stolen.set_nonblocking(false).unwrap();
+        stolen
+            .set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut got = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stolen, &mut got);
+        assert!(got.is_empty(), "the trap received {got:?}");
+    }
+    std::fs::write(&advert, genuine).unwrap();
+
     // The Python example of docs/daemon.md, as written there.
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/daemon.md"))
         .unwrap();
@@ -385,6 +409,23 @@ fn panic_erases_the_profile_and_stops_its_daemon() {
     alice
         .run(&["channel", "create", "ops", "--relay", &relay.address])
         .ok();
+    // A socket in a directory others can write to is refused.
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let refused = alice.run(&[
+        "daemon",
+        "--socket",
+        shared.join("d.sock").to_str().unwrap(),
+    ]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(
+        refused.stderr.contains("only you can write to"),
+        "{refused:?}"
+    );
     // The default socket, in the profile directory.
     let socket = alice.home.join("daemon.sock");
     let mut daemon = Daemon::start(&alice, &socket);

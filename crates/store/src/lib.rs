@@ -628,6 +628,18 @@ fn wipe(dir: &Path) -> std::io::Result<()> {
             first_error.get_or_insert(e);
         }
     }
+    // A daemon's socket (and a temporary one a crash left) holds no data and
+    // cannot be overwritten: removed, so that no trace of a profile is left.
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name == "daemon.sock" || (name.starts_with("daemon.sock.") && name.ends_with(".tmp"))
+            {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
     let _ = fs::remove_dir(dir);
     if let Some(parent) = dir.parent().filter(|p| p.exists()) {
         let _ = fs::File::open(parent).and_then(|f| f.sync_all());

@@ -23,9 +23,16 @@ use crate::output;
 use crate::profile::{home, open_client, own_name};
 use crate::rpc::{self, Call, Host, RpcError, code, flag, required, text_param};
 use crate::session::{
-    catch_up, chosen_relay, introduction_text, invitation_relay, joiner_mailbox_relay,
+    catch_up, chosen_relay, history_end, introduction_text, invitation_relay, joiner_mailbox_relay,
     messages_after, notice_text, relay_addr, report_changes, retire_erased, take_unread,
 };
+
+/// Most messages one `read` answers with (`more` says to ask again): an answer
+/// stays a few MiB at most.
+const READ_PAGE: usize = 200;
+
+/// Most invitations waiting for their joiner at once.
+const MAX_INVITATIONS: usize = 8;
 
 /// How long a send waits for the relay before answering that it is queued.
 const SEND_WAIT: Duration = Duration::from_secs(5);
@@ -71,7 +78,7 @@ impl Service {
             invitations: JoinSet::new(),
         };
         for c in client.engine().channels() {
-            let (_, last) = messages_after(client, &c.name, 0)?;
+            let (last, _) = history_end(client, &c.name, 0)?;
             service.seen.insert(c.id, last);
             for a in client.store().unshown_alerts(&c.id)? {
                 service.told.insert(a.id);
@@ -179,15 +186,18 @@ impl Service {
     /// Notifies new messages and alerts of every channel.
     fn tell(&mut self, client: &Client) {
         for c in client.engine().channels() {
-            let after = self.seen.get(&c.id).copied().unwrap_or(0);
-            let Ok((views, last)) = messages_after(client, &c.name, after) else {
-                continue;
-            };
-            self.seen.insert(c.id, last);
-            for view in views {
-                self.host
-                    .notify("message", serde_json::to_value(&view).unwrap_or_default());
+            let mut after = self.seen.get(&c.id).copied().unwrap_or(0);
+            while let Ok((views, last)) = messages_after(client, &c.name, after, 500) {
+                if last == after {
+                    break;
+                }
+                after = last;
+                for view in views {
+                    self.host
+                        .notify("message", serde_json::to_value(&view).unwrap_or_default());
+                }
             }
+            self.seen.insert(c.id, after);
             let Ok(alerts) = client.store().unshown_alerts(&c.id) else {
                 continue;
             };
@@ -245,6 +255,13 @@ impl Service {
             Some(r) => relay_addr(r)?,
             None => invitation_relay(&summary, None)?,
         };
+        if self.invitations.len() >= MAX_INVITATIONS {
+            return Err(RpcError::new(
+                code::FAILED,
+                format!("{MAX_INVITATIONS} invitations are open already"),
+            )
+            .with_hint("wait until one is used or expires"));
+        }
         let invitation = client.open_invitation(&relay).await.map_err(failed)?;
         let code = invitation.code.to_string();
         let expires_in = invitation.expires_in;
@@ -278,7 +295,7 @@ fn channels(client: &Client) -> Result<Value, RpcError> {
     let mut list = Vec::new();
     for c in client.engine().channels() {
         let cursor = crate::session::read_cursor(client, &c.id)?;
-        let unread = messages_after(client, &c.name, cursor)?.0.len();
+        let (_, unread) = history_end(client, &c.name, cursor)?;
         let alerts = client.store().unshown_alerts(&c.id).map_err(failed)?.len();
         let waiting = client
             .engine()
@@ -317,7 +334,8 @@ async fn send(client: &mut Client, params: &Map<String, Value>) -> Result<Value,
 
 fn read(client: &Client, params: &Map<String, Value>) -> Result<Value, RpcError> {
     let name = channel_param(client, params)?;
-    let messages = take_unread(client, &name, flag(params, "all")?)?;
+    let messages = take_unread(client, &name, flag(params, "all")?, READ_PAGE)?;
+    let more = messages.len() == READ_PAGE;
     let id = client.engine().channel_id(name.as_str()).map_err(failed)?;
     let store = client.store();
     let alerts = store.unshown_alerts(&id).map_err(failed)?;
@@ -337,6 +355,7 @@ fn read(client: &Client, params: &Map<String, Value>) -> Result<Value, RpcError>
     Ok(json!({
         "channel": name,
         "messages": messages,
+        "more": more,
         "alerts": alerts,
         "waiting": waiting,
         "pending": pending,
@@ -444,8 +463,15 @@ pub(crate) async fn run(g: &Global, socket: Option<PathBuf>) -> Result<(), Failu
         format!("Listening on {}", service.socket().display()),
         json!({"socket": service.socket()}),
     );
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| Failure::new(format!("cannot watch for signals: {e}")))?;
+    // Made once, so that a signal that comes while a call runs is not lost.
+    use tokio::signal::unix::{SignalKind, signal};
+    let watch =
+        |kind| signal(kind).map_err(|e| Failure::new(format!("cannot watch for signals: {e}")));
+    let (mut terminate, mut interrupt, mut hangup) = (
+        watch(SignalKind::terminate())?,
+        watch(SignalKind::interrupt())?,
+        watch(SignalKind::hangup())?,
+    );
     loop {
         tokio::select! {
             stepped = client.step(Duration::from_millis(500)) => {
@@ -466,12 +492,13 @@ pub(crate) async fn run(g: &Global, socket: Option<PathBuf>) -> Result<(), Failu
                 Some(work) => service.handle(g, &mut client, work).await,
                 None => break,
             },
-            _ = tokio::signal::ctrl_c() => break,
             _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            _ = hangup.recv() => break,
         }
     }
     // What is queued goes out if the relays take it now; else next time.
-    if !service.erased {
+    if !service.erased && backchannel_store::Store::exists(&home(g)?) {
         let _ = client.flush(SEND_WAIT).await;
     }
     service.close();
@@ -486,7 +513,7 @@ pub(crate) async fn forward(g: &Global, command: &Command) -> Option<Result<(), 
     if !crate::lock::busy(&home) {
         return None;
     }
-    let socket = rpc::advertised(&home)?;
+    let socket = rpc::advertised(&home, crate::lock::holder(&home)?)?;
     Some(match command {
         Command::Send { name, text } => forward_send(g, &socket, name, text.clone()).await,
         Command::Read {
@@ -512,7 +539,7 @@ pub(crate) async fn forward(g: &Global, command: &Command) -> Option<Result<(), 
 
 async fn forward_send(
     g: &Global,
-    socket: &std::path::Path,
+    socket: &rpc::Daemon,
     name: &str,
     text: Option<String>,
 ) -> Result<(), Failure> {
@@ -536,11 +563,40 @@ async fn forward_send(
 
 async fn forward_read(
     g: &Global,
-    socket: &std::path::Path,
+    socket: &rpc::Daemon,
     name: &str,
     all: bool,
 ) -> Result<(), Failure> {
-    let result = rpc::call(socket, "read", json!({"channel": name, "all": all})).await?;
+    let mut result = rpc::call(socket, "read", json!({"channel": name, "all": all})).await?;
+    let mut alerts = Vec::new();
+    loop {
+        for m in result
+            .get("messages")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+        {
+            let Ok(view) = serde_json::from_value::<output::MessageView>(m) else {
+                continue;
+            };
+            if g.json {
+                println!("{}", serde_json::to_string(&view).unwrap_or_default());
+            } else {
+                println!("{}", view.line());
+            }
+        }
+        alerts.extend(
+            result
+                .get("alerts")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default(),
+        );
+        if result.get("more") != Some(&Value::Bool(true)) {
+            break;
+        }
+        result = rpc::call(socket, "read", json!({"channel": name})).await?;
+    }
     let list = |key: &str| {
         result
             .get(key)
@@ -548,17 +604,6 @@ async fn forward_read(
             .cloned()
             .unwrap_or_default()
     };
-    for m in list("messages") {
-        let Ok(view) = serde_json::from_value::<output::MessageView>(m) else {
-            continue;
-        };
-        if g.json {
-            println!("{}", serde_json::to_string(&view).unwrap_or_default());
-        } else {
-            println!("{}", view.line());
-        }
-    }
-    let alerts = list("alerts");
     for a in &alerts {
         if g.json {
             println!("{a}");

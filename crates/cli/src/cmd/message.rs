@@ -46,11 +46,19 @@ fn pending_alerts(client: &Client, name: &str) -> Result<usize, Failure> {
 /// Prints what is new in a channel: messages after the read cursor and alerts not
 /// yet shown. Returns how many alerts were shown.
 fn show_new(g: &Global, client: &Client, name: &str, all: bool) -> Result<usize, Failure> {
-    for view in take_unread(client, name, all)? {
-        if g.json {
-            println!("{}", serde_json::to_string(&view).unwrap_or_default());
-        } else {
-            println!("{}", view.line());
+    let mut from_start = all;
+    loop {
+        let page = take_unread(client, name, from_start, 500)?;
+        if page.is_empty() {
+            break;
+        }
+        from_start = false;
+        for view in page {
+            if g.json {
+                println!("{}", serde_json::to_string(&view).unwrap_or_default());
+            } else {
+                println!("{}", view.line());
+            }
         }
     }
     let alerts = show_alerts(g, client, name)?;
