@@ -171,14 +171,27 @@ pub(crate) enum Command {
         #[arg(long, default_value_t = 60)]
         wait: u64,
     },
-    /// Send a message.
+    /// Send a message, or a file (--file).
     Send {
         /// The channel.
         #[arg(value_parser = typed_name)]
         name: String,
         /// The text. Without it the message is read from standard input, to its end
         /// (so it never sits in the process list or the shell history).
+        #[arg(conflicts_with = "file")]
         text: Option<String>,
+        /// Send this file (up to 100 MiB): stored once, encrypted, on your relay;
+        /// members fetch it from there.
+        #[arg(long, value_name = "PATH")]
+        file: Option<PathBuf>,
+        /// With --file: how long the relay keeps it, like 12h or 7d.
+        #[arg(
+            long,
+            requires = "file",
+            default_value = "48h",
+            value_name = "DURATION"
+        )]
+        expires_in: String,
     },
     /// Show new messages (and any security alert).
     Read {
@@ -191,6 +204,10 @@ pub(crate) enum Command {
         /// Show the whole history, not only what is new.
         #[arg(long)]
         all: bool,
+        /// Where files sent in the channel are saved (default: downloads/ in the
+        /// profile directory).
+        #[arg(long, value_name = "DIR")]
+        save_dir: Option<PathBuf>,
     },
     /// Remove a member from a channel you administer.
     Remove {

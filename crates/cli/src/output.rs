@@ -1,6 +1,6 @@
 //! Printing for people and for programs.
 
-use backchannel_core::store::MessageRecord;
+use backchannel_core::store::{MessageKind, MessageRecord};
 use backchannel_core::{Pending, Timestamp};
 use backchannel_store::AlertRecord;
 use serde_json::json;
@@ -87,11 +87,71 @@ pub(crate) struct MessageView {
     pub(crate) sent_at: String,
     pub(crate) received_at: String,
     pub(crate) late: bool,
+    /// A file, for a message that carries one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub(crate) attachment: Option<AttachmentView>,
+    /// Where the message is in the profile's history (for the reader's own use).
+    #[serde(skip)]
+    pub(crate) position: u64,
+    /// The file's descriptor, to fetch it.
+    #[serde(skip)]
+    pub(crate) descriptor: Option<backchannel_proto::attachment::Descriptor>,
+}
+
+/// A file a message carries, and what became of it here.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct AttachmentView {
+    /// Its name as the sender gave it.
+    pub(crate) name: String,
+    /// Bytes.
+    pub(crate) size: u64,
+    /// Until when the relay keeps it.
+    pub(crate) expires_at: String,
+    /// Where it was saved.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub(crate) saved_to: Option<String>,
+    /// Why it could not be.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub(crate) error: Option<String>,
+}
+
+/// `1.2 MiB`, for people.
+pub(crate) fn size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["bytes", "KiB", "MiB", "GiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    let name = UNITS.get(unit).copied().unwrap_or("bytes");
+    if unit == 0 {
+        format!("{bytes} {name}")
+    } else {
+        format!("{value:.1} {name}")
+    }
 }
 
 impl MessageView {
     pub(crate) fn new(channel: &str, m: &MessageRecord, sender: Sender) -> Self {
+        let descriptor = (m.kind == MessageKind::Attachment)
+            .then(|| backchannel_proto::attachment::Descriptor::decode(&m.body).ok())
+            .flatten();
+        let text = match (m.kind, &descriptor) {
+            (MessageKind::Attachment, None) => "[a file this version cannot read]".to_owned(),
+            (MessageKind::Attachment, Some(_)) => String::new(),
+            _ => String::from_utf8_lossy(&m.body).into_owned(),
+        };
         Self {
+            attachment: descriptor.as_ref().map(|d| AttachmentView {
+                name: d.name.clone(),
+                size: d.size,
+                expires_at: rfc3339(Timestamp(d.expires_at)),
+                saved_to: None,
+                error: None,
+            }),
+            position: m.position,
+            descriptor,
             channel: channel.to_owned(),
             from: m.sender_name.clone(),
             you: matches!(sender, Sender::Own),
@@ -101,7 +161,7 @@ impl MessageView {
                 _ => None,
             },
             seq: m.seq,
-            text: String::from_utf8_lossy(&m.body).into_owned(),
+            text,
             sent_at: rfc3339(m.sent_at),
             received_at: rfc3339(m.received_at),
             late: m.late,
@@ -122,7 +182,23 @@ impl MessageView {
         };
         let late = if self.late { "  [arrived late]" } else { "" };
         let who = for_terminal(&who, "");
-        let text = for_terminal(&self.text, CONTINUATION);
+        let mut text = for_terminal(&self.text, CONTINUATION);
+        if let Some(a) = &self.attachment {
+            let name = for_terminal(&a.name, "");
+            text = match (&a.saved_to, &a.error) {
+                (Some(path), _) => format!(
+                    "[file] {name} ({}), saved to {}",
+                    size(a.size),
+                    for_terminal(path, "")
+                ),
+                (None, Some(e)) => format!(
+                    "[file] {name} ({}), not saved: {}",
+                    size(a.size),
+                    for_terminal(e, "")
+                ),
+                (None, None) => format!("[file] {name} ({})", size(a.size)),
+            };
+        }
         let when = self.sent_at.get(..16).map(|s| s.replace('T', " "));
         let when = when.as_deref().unwrap_or(&self.sent_at);
         let line = format!("[{}] {who}: {text}{late}", for_terminal(when, ""));

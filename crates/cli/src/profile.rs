@@ -108,6 +108,24 @@ pub(crate) async fn open_client(g: &Global) -> Result<Client, Failure> {
     Ok(client)
 }
 
+/// Where received files go: the directory given, or `downloads/` in the profile
+/// (made with mode 0700: only its owner reads what others sent).
+pub(crate) fn save_dir(g: &Global, given: Option<&std::path::Path>) -> Result<PathBuf, Failure> {
+    let dir = match given {
+        Some(d) => d.to_path_buf(),
+        None => home(g)?.join("downloads"),
+    };
+    if !dir.exists() {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| Failure::new(format!("cannot make {}: {e}", dir.display())))?;
+    }
+    Ok(dir)
+}
+
 /// The profile's display name.
 pub(crate) fn own_name(client: &Client) -> Result<String, Failure> {
     Ok(client

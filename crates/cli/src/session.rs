@@ -397,7 +397,7 @@ pub(crate) fn messages_after(
                 break;
             }
             last = m.position;
-            if m.kind != MessageKind::Text {
+            if !matches!(m.kind, MessageKind::Text | MessageKind::Attachment) {
                 continue;
             }
             let introducer = client.introduced_by(&summary.id, &m.sender);
@@ -430,8 +430,93 @@ pub(crate) fn history_end(
             return Ok((last, texts));
         };
         last = end.position;
-        texts += batch.iter().filter(|m| m.kind == MessageKind::Text).count();
+        texts += batch
+            .iter()
+            .filter(|m| matches!(m.kind, MessageKind::Text | MessageKind::Attachment))
+            .count();
     }
+}
+
+/// A progress bar on standard error for `total` bytes, when it is a terminal
+/// (and the output is for people); the callback the transfer reports to.
+pub(crate) fn progress(
+    g: &Global,
+    what: &str,
+    total: u64,
+) -> (
+    backchannel_client::attachment::Progress,
+    Option<indicatif::ProgressBar>,
+) {
+    use std::io::IsTerminal as _;
+    if g.json || !std::io::stderr().is_terminal() {
+        return (std::sync::Arc::new(|_| {}), None);
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(output::for_terminal(what, ""));
+    let shown = bar.clone();
+    (std::sync::Arc::new(move |n| shown.inc(n)), Some(bar))
+}
+
+/// Fetches and saves the files that messages carry (not our own, not those saved
+/// before), into `dir`. A file altered or withheld on the way raises an alert.
+pub(crate) async fn save_attachments(
+    g: &Global,
+    client: &Client,
+    channel: &str,
+    views: &mut [output::MessageView],
+    dir: &std::path::Path,
+) -> Result<(), Failure> {
+    let id = client.engine().channel_id(channel)?;
+    for view in views.iter_mut() {
+        let (Some(descriptor), Some(shown)) = (view.descriptor.as_ref(), view.attachment.as_mut())
+        else {
+            continue;
+        };
+        if view.you {
+            continue;
+        }
+        let key = format!("attachment-saved:{}", view.position);
+        if let Some(path) = client.store().channel_setting(&id, &key)?
+            && std::path::Path::new(&path).exists()
+        {
+            shown.saved_to = Some(path);
+            continue;
+        }
+        let (report, bar) = progress(g, &descriptor.name, descriptor.size);
+        let fetched = backchannel_client::attachment::download(descriptor, dir, report).await;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        match fetched {
+            Ok(path) => {
+                let path = path.display().to_string();
+                client.store().set_channel_setting(&id, &key, &path)?;
+                shown.saved_to = Some(path);
+            }
+            Err(e) => {
+                if e.is_tampering() {
+                    let text = format!(
+                        "the file '{}' from {} was altered or withheld on the way: {e}",
+                        descriptor.name, view.from
+                    );
+                    backchannel_core::store::EngineStore::add_alert(
+                        client.store(),
+                        &id,
+                        backchannel_client::now(),
+                        "attachment_altered",
+                        &text,
+                    )?;
+                }
+                shown.error = Some(e.to_string());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Where a channel's reader stopped (0: nothing read yet).

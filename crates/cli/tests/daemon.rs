@@ -317,6 +317,28 @@ fn programs_talk_through_the_daemon_while_the_command_line_goes_on() {
     let _ = python.kill();
     let _ = python.wait();
 
+    // A file, by its path.
+    let brief = tmp.path().join("brief.txt");
+    std::fs::write(&brief, "for the program's eyes only\n".repeat(100)).unwrap();
+    assert_eq!(
+        conn.error_code("send", json!({"channel": "ops", "file": "brief.txt"})),
+        -32602,
+        "a relative path is refused"
+    );
+    let sent = conn.result("send", json!({"channel": "ops", "file": brief}));
+    assert_eq!(sent["file"], "brief.txt", "{sent}");
+    let out = bob.run(&["--json", "read", "ops"]).ok();
+    let saved = out
+        .stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find_map(|l| l["attachment"]["saved_to"].as_str().map(PathBuf::from))
+        .unwrap_or_else(|| panic!("{}", out.stdout));
+    assert_eq!(
+        std::fs::read(saved).unwrap(),
+        std::fs::read(&brief).unwrap()
+    );
+
     // A command the daemon does not serve waits for the profile, and says so.
     let mut waiting = Command::new(support::bin())
         .arg("--home")

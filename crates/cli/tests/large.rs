@@ -66,3 +66,45 @@ fn a_post_quantum_channel_of_100_members_across_two_relays_stays_whole() {
     assert!(add_blobs <= 2 * (members as u64 - 1), "{summary}");
     drop((a, b));
 }
+
+#[test]
+#[ignore = "100 MiB through a relay: .ci/run runs it on the release build"]
+fn a_file_of_100_mib_reaches_every_member_intact() {
+    use rand::RngCore as _;
+    use std::time::Instant;
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&tmp.path().join("relay"), free_port());
+    let alice = support::Person::new(tmp.path(), "alice");
+    let bob = support::Person::new(tmp.path(), "bob");
+    let carol = support::Person::new(tmp.path(), "carol");
+    support::set_up_channel(
+        tmp.path(),
+        "ops",
+        &alice,
+        &relay.address,
+        &[(&bob, &relay.address), (&carol, &relay.address)],
+    );
+    let size = 100usize << 20;
+    let mut content = vec![0u8; size];
+    rand::rngs::OsRng.fill_bytes(&mut content);
+    let source = tmp.path().join("archive.tar");
+    std::fs::write(&source, &content).unwrap();
+    let started = Instant::now();
+    alice
+        .run(&["send", "ops", "--file", source.to_str().unwrap()])
+        .ok();
+    println!("upload of 100 MiB: {:?}", started.elapsed());
+    for person in [&bob, &carol] {
+        let started = Instant::now();
+        let out = person.run(&["--json", "read", "ops"]).ok();
+        println!("a download of 100 MiB: {:?}", started.elapsed());
+        let line = out
+            .stdout
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|l| l.get("attachment").is_some())
+            .unwrap_or_else(|| panic!("{}", out.stdout));
+        let saved = line["attachment"]["saved_to"].as_str().unwrap();
+        assert!(std::fs::read(saved).unwrap() == content, "a copy differs");
+    }
+}

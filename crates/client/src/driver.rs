@@ -51,6 +51,9 @@ pub enum ClientError {
     /// An invite link could not be made or used.
     #[error("{0}")]
     Link(String),
+    /// An attachment could not be sent.
+    #[error(transparent)]
+    Attachment(#[from] crate::attachment::AttachmentError),
 }
 
 /// How the client behaves.
@@ -400,6 +403,39 @@ impl Client {
         self.engine.send_text(now(), channel, text)?;
         self.pump();
         Ok(())
+    }
+
+    /// Sends a file: stored once on the relay of our mailbox in the channel
+    /// (expiring after `expires_in`), then its descriptor to every member.
+    pub async fn send_attachment(
+        &mut self,
+        channel: &str,
+        path: &std::path::Path,
+        expires_in: Duration,
+        progress: crate::attachment::Progress,
+    ) -> Result<backchannel_proto::attachment::Descriptor, ClientError> {
+        let summary = self.engine.channel(channel)?;
+        // Refused before anything is uploaded (a removed member, a closed channel).
+        if summary.status != backchannel_core::store::ChannelStatus::Active {
+            return Err(CommandError::NotActive.into());
+        }
+        let Some(relay) = summary
+            .members
+            .iter()
+            .find(|m| m.is_self)
+            .map(|m| m.mailbox.relay.clone())
+        else {
+            return Err(CommandError::NotActive.into());
+        };
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let descriptor =
+            crate::attachment::upload(&relay, path, &name, expires_in, now().0, progress).await?;
+        self.engine.send_attachment(now(), channel, &descriptor)?;
+        self.pump();
+        Ok(descriptor)
     }
 
     /// Moves the engine's outputs: blobs to their relays, events to the queue.

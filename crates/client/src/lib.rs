@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 mod arrived;
+pub mod attachment;
 mod driver;
 pub mod intro;
 pub mod invite;

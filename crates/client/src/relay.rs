@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use backchannel_proto::addr::{MailboxId, RelayAddr};
 use backchannel_proto::frame::{
-    Blob, ClientFrame, ErrorCode, FRAME_LEN, KIND_DELETE_MAILBOX, KIND_SUBSCRIBE, RendezvousEvent,
-    Request, Response, ServerFrame, auth_message,
+    Blob, ClientFrame, ErrorCode, FRAME_LEN, KIND_DELETE_MAILBOX, KIND_FETCH, KIND_SUBSCRIBE,
+    RendezvousEvent, Request, Response, ServerFrame, auth_message,
 };
 use ed25519_dalek::{Signer as _, SigningKey};
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -484,6 +484,73 @@ impl RelayClient {
             Response::Subscribed { backlog } => Ok(backlog),
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// Reads up to `limit` messages of a mailbox after the relay's message id
+    /// `after`, without deleting them (others may read them too). Returns them in
+    /// order, and the id to continue after (`after` itself once there is no more).
+    /// Uses this connection's deliveries: not for a connection with subscriptions.
+    pub async fn fetch(
+        &mut self,
+        read_id: MailboxId,
+        key: &SigningKey,
+        after: u64,
+        limit: u16,
+    ) -> Result<(Vec<(u64, Blob)>, u64), RelayClientError> {
+        let limit = limit.min(self.window).min(MAX_WINDOW);
+        self.outstanding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(read_id, 0);
+        let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let signature = key
+            .sign(&auth_message(&self.nonce, KIND_FETCH, request_id, &read_id))
+            .to_bytes();
+        let request = Request::Fetch {
+            read_id,
+            signature,
+            after,
+            limit,
+        };
+        let (count, last) = match self.request_with_id(request_id, request).await? {
+            Response::Fetched { count, last } => (count, last),
+            other => return Err(unexpected(&other)),
+        };
+        // The deliveries came before the answer, and the reader queued each before
+        // reading the next frame.
+        let Some(deliveries) = self.deliveries.as_mut() else {
+            return Err(RelayClientError::Protocol(
+                "this connection's deliveries are taken".into(),
+            ));
+        };
+        let mut out = Vec::with_capacity(usize::from(count));
+        while out.len() < usize::from(count) {
+            match deliveries.try_recv() {
+                Ok(d) if d.read_id == read_id && d.message_id > after && d.message_id <= last => {
+                    out.push((d.message_id, d.blob));
+                }
+                Ok(_) => {
+                    return Err(RelayClientError::Protocol(
+                        "a delivery outside the fetch".into(),
+                    ));
+                }
+                Err(_) => {
+                    return Err(RelayClientError::Protocol(format!(
+                        "the relay announced {count} messages and delivered {}",
+                        out.len()
+                    )));
+                }
+            }
+        }
+        if last < after {
+            return Err(RelayClientError::Protocol("a fetch went backwards".into()));
+        }
+        self.outstanding
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&read_id);
+        out.sort_by_key(|(id, _)| *id);
+        Ok((out, last))
     }
 
     /// Deletes a delivered message.

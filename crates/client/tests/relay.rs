@@ -848,3 +848,43 @@ async fn empty_mailboxes_nobody_uses_for_the_message_lifetime_are_deleted() {
     drop(client);
     relay.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fetch_reads_in_pages_for_every_reader_and_deletes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let relay = relay_with(tmp.path(), |_| {}).await;
+    let sender = connect(&relay).await;
+    let owner = key();
+    let (send_id, read_id) = sender.create_mailbox(&owner).await.unwrap();
+    for n in 0..150 {
+        sender.send(send_id, 0, blob(n)).await.unwrap();
+    }
+    // Two readers, each all of it, in pages no larger than the relay's window.
+    for _ in 0..2 {
+        let mut reader = connect(&relay).await;
+        let window = u64::from(reader.window());
+        let (mut after, mut got) = (0, Vec::new());
+        loop {
+            let (page, last) = reader.fetch(read_id, &owner, after, 1000).await.unwrap();
+            assert!(page.len() as u64 <= window);
+            if last == after {
+                assert!(page.is_empty());
+                break;
+            }
+            got.extend(page.iter().map(|(_, b)| number(b)));
+            after = last;
+        }
+        assert_eq!(got, (0..150).collect::<Vec<_>>());
+    }
+    // Without the owner's key, nothing.
+    let mut stranger = connect(&relay).await;
+    match stranger.fetch(read_id, &key(), 0, 10).await {
+        Err(RelayClientError::Refused(ErrorCode::Unauthorized)) => {}
+        other => panic!("{other:?}"),
+    }
+    // An unknown mailbox says so (an attachment that expired).
+    match stranger.fetch(MailboxId([9; 16]), &owner, 0, 10).await {
+        Err(RelayClientError::Refused(ErrorCode::UnknownMailbox)) => {}
+        other => panic!("{other:?}"),
+    }
+}

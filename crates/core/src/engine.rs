@@ -552,10 +552,31 @@ impl<S: Storage> Engine<S> {
         channel: impl Into<ChannelRef<'a>>,
         text: &str,
     ) -> Result<MessageRecord, CommandError> {
+        self.send_for_people(now, channel, PayloadKind::Text, text.as_bytes().to_vec())
+    }
+
+    /// Sends a file's descriptor (the file itself is on a relay already) to every
+    /// other member.
+    pub fn send_attachment<'a>(
+        &mut self,
+        now: Timestamp,
+        channel: impl Into<ChannelRef<'a>>,
+        descriptor: &backchannel_proto::attachment::Descriptor,
+    ) -> Result<MessageRecord, CommandError> {
+        self.send_for_people(now, channel, PayloadKind::Attachment, descriptor.encode())
+    }
+
+    fn send_for_people<'a>(
+        &mut self,
+        now: Timestamp,
+        channel: impl Into<ChannelRef<'a>>,
+        kind: PayloadKind,
+        body: Vec<u8>,
+    ) -> Result<MessageRecord, CommandError> {
         let id = self.channel_id(channel)?;
         self.transact(now, |engine| {
             let (ch, mut ctx) = engine.channel_ctx(&id, now)?;
-            let record = ch.send_payload(&mut ctx, PayloadKind::Text, text.as_bytes().to_vec())?;
+            let record = ch.send_payload(&mut ctx, kind, body)?;
             // Now and then, our view of the channel goes along.
             let due =
                 ch.record.integrity.last_status_at.is_none_or(|t| {

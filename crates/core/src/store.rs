@@ -418,6 +418,9 @@ pub enum MessageKind {
     Text,
     /// A control message.
     Control,
+    /// A file for people: the body is its descriptor
+    /// (`backchannel_proto::attachment::Descriptor`).
+    Attachment,
 }
 
 /// One message in a channel's history.

@@ -98,6 +98,21 @@ pub enum Request {
         /// The rendezvous.
         nameplate: u32,
     },
+    /// Reads messages of a mailbox without deleting them: up to `limit` (at most
+    /// the window) with a relay message id above `after` come as deliveries, then
+    /// the answer [`Response::Fetched`]. Signed like a subscription; keeps no
+    /// state at the relay. Several readers can so read one mailbox (a file
+    /// uploaded once for every member).
+    Fetch {
+        /// The mailbox.
+        read_id: MailboxId,
+        /// The owner's signature (see [`auth_message`]).
+        signature: [u8; 64],
+        /// Deliver messages with an id above this.
+        after: u64,
+        /// At most this many.
+        limit: u16,
+    },
 }
 
 /// Most bytes in one [`Request::RendezvousSend`].
@@ -162,6 +177,13 @@ pub enum Response {
     Forwarded,
     /// The rendezvous is closed.
     RendezvousClosed,
+    /// The answer to [`Request::Fetch`], after its deliveries.
+    Fetched {
+        /// How many deliveries came before this answer.
+        count: u16,
+        /// The highest message id delivered (`after` when none was).
+        last: u64,
+    },
     /// The request failed.
     Error(ErrorCode),
 }
@@ -304,6 +326,8 @@ pub fn auth_message(nonce: &[u8; 32], kind: u8, request_id: u32, read_id: &Mailb
 pub const KIND_SUBSCRIBE: u8 = RequestKind::Subscribe as u8;
 /// Kind byte of [`Request::DeleteMailbox`], as covered by its signature.
 pub const KIND_DELETE_MAILBOX: u8 = RequestKind::DeleteMailbox as u8;
+/// Kind byte of [`Request::Fetch`], as covered by its signature.
+pub const KIND_FETCH: u8 = RequestKind::Fetch as u8;
 
 /// What a request asks for: the byte that follows the version in a client frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -330,6 +354,8 @@ pub enum RequestKind {
     RendezvousSend = 9,
     /// [`Request::RendezvousClose`].
     RendezvousClose = 10,
+    /// [`Request::Fetch`].
+    Fetch = 11,
 }
 
 impl RequestKind {
@@ -346,6 +372,7 @@ impl RequestKind {
             8 => Self::RendezvousJoin,
             9 => Self::RendezvousSend,
             10 => Self::RendezvousClose,
+            11 => Self::Fetch,
             _ => return None,
         })
     }
@@ -365,6 +392,7 @@ impl Request {
             Request::RendezvousJoin { .. } => RequestKind::RendezvousJoin,
             Request::RendezvousSend { .. } => RequestKind::RendezvousSend,
             Request::RendezvousClose { .. } => RequestKind::RendezvousClose,
+            Request::Fetch { .. } => RequestKind::Fetch,
         }
     }
 }
@@ -458,6 +486,17 @@ impl ClientFrame {
             Request::RendezvousClose { nameplate } => {
                 w.u32(*nameplate);
             }
+            Request::Fetch {
+                read_id,
+                signature,
+                after,
+                limit,
+            } => {
+                w.put(&read_id.0);
+                w.put(signature);
+                w.u64(*after);
+                w.u16(*limit);
+            }
         }
         finish_frame(w)
     }
@@ -501,6 +540,12 @@ impl ClientFrame {
             },
             RequestKind::RendezvousClose => Request::RendezvousClose {
                 nameplate: r.u32()?,
+            },
+            RequestKind::Fetch => Request::Fetch {
+                read_id: MailboxId(r.array()?),
+                signature: r.array()?,
+                after: r.u64()?,
+                limit: r.u16()?,
             },
         };
         end_frame(r)?;
@@ -557,6 +602,11 @@ impl ServerFrame {
                     Response::RendezvousJoined => w.u8(9),
                     Response::Forwarded => w.u8(10),
                     Response::RendezvousClosed => w.u8(11),
+                    Response::Fetched { count, last } => {
+                        w.u8(12);
+                        w.u16(*count);
+                        w.u64(*last);
+                    }
                 }
             }
             ServerFrame::Deliver {
@@ -614,6 +664,10 @@ impl ServerFrame {
                     9 => Response::RendezvousJoined,
                     10 => Response::Forwarded,
                     11 => Response::RendezvousClosed,
+                    12 => Response::Fetched {
+                        count: r.u16()?,
+                        last: r.u64()?,
+                    },
                     other => return Err(DecodeError::UnknownKind(other)),
                 };
                 ServerFrame::Response {
@@ -684,13 +738,19 @@ mod tests {
                 data: vec![],
             },
             Request::RendezvousClose { nameplate: 17 },
+            Request::Fetch {
+                read_id: MailboxId([10; 16]),
+                signature: [11; 64],
+                after: u64::MAX - 1,
+                limit: 64,
+            },
         ]
     }
 
     #[test]
     fn each_request_kind_keeps_its_byte() {
         // The wire numbers, written out: changing one breaks every deployed relay.
-        let expected = [1u8, 2, 3, 4, 5, 6, 7, 8, 9, 9, 10];
+        let expected = [1u8, 2, 3, 4, 5, 6, 7, 8, 9, 9, 10, 11];
         for (request, byte) in requests().into_iter().zip(expected) {
             let frame = ClientFrame {
                 request_id: 3,
@@ -702,7 +762,7 @@ mod tests {
             assert_eq!(ClientFrame::decode(&bytes).ok(), Some(frame));
         }
         assert_eq!(RequestKind::from_byte(0), None);
-        assert_eq!(RequestKind::from_byte(11), None);
+        assert_eq!(RequestKind::from_byte(12), None);
     }
 
     fn server_frames() -> Vec<ServerFrame> {
@@ -737,6 +797,10 @@ mod tests {
             },
             Response::Stored,
             Response::Subscribed { backlog: 12 },
+            Response::Fetched {
+                count: 64,
+                last: 1 << 40,
+            },
             Response::Acked,
             Response::Deleted,
             Response::Error(ErrorCode::Malformed),

@@ -15,6 +15,7 @@
 mod codec;
 
 pub mod addr;
+pub mod attachment;
 pub mod code;
 pub mod control;
 pub mod envelope;

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! u8   version (1)
-//! u8   kind (1 text, 2 control)
+//! u8   kind (1 text, 2 control, 3 attachment)
 //! u64  seq            per-sender sequence number, from 1
 //! [32] prev_hash      chain hash of the sender's previous payload (zeros for seq 1)
 //! u64  sent_at        sender's clock, milliseconds since the Unix epoch
@@ -46,6 +46,8 @@ pub enum PayloadKind {
     Text,
     /// A message for the clients (channel life cycle, integrity); see `control`.
     Control,
+    /// A file for people: the body is an attachment descriptor (see `attachment`).
+    Attachment,
 }
 
 /// One sender's received high-water mark for another member, so that
@@ -102,6 +104,7 @@ impl Payload {
         w.u8(match self.kind {
             PayloadKind::Text => 1,
             PayloadKind::Control => 2,
+            PayloadKind::Attachment => 3,
         });
         w.u64(self.seq);
         w.put(&self.prev_hash);
@@ -137,6 +140,7 @@ impl Payload {
         let kind = match r.u8()? {
             1 => PayloadKind::Text,
             2 => PayloadKind::Control,
+            3 => PayloadKind::Attachment,
             other => return Err(DecodeError::UnknownKind(other)),
         };
         let seq = r.u64()?;

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::extract::ws::{Message, WebSocket};
 use backchannel_proto::addr::MailboxId;
 use backchannel_proto::frame::{
-    Blob, ClientFrame, ErrorCode, FRAME_LEN, KIND_DELETE_MAILBOX, KIND_SUBSCRIBE, Request,
-    Response, ServerFrame, auth_message,
+    Blob, ClientFrame, ErrorCode, FRAME_LEN, KIND_DELETE_MAILBOX, KIND_FETCH, KIND_SUBSCRIBE,
+    Request, Response, ServerFrame, auth_message,
 };
 use ed25519_dalek::{Signature, VerifyingKey};
 use futures_util::StreamExt as _;
@@ -374,6 +374,15 @@ impl Connection {
             Request::Subscribe { read_id, signature } => {
                 self.subscribe(id, read_id, signature).await?
             }
+            Request::Fetch {
+                read_id,
+                signature,
+                after,
+                limit,
+            } => {
+                self.fetch(ws, id, read_id, signature, (after, limit))
+                    .await?
+            }
             Request::Ack {
                 read_id,
                 message_id,
@@ -486,6 +495,55 @@ impl Connection {
         self.waker.wake(mailbox);
         self.shared.storage.touch(mailbox, now_ms());
         Ok(Response::Subscribed { backlog })
+    }
+
+    /// Delivers up to `limit` messages after `after` without deleting them, then
+    /// answers how many came. Nothing is kept for the connection.
+    async fn fetch(
+        &mut self,
+        ws: &mut WebSocket,
+        request_id: u32,
+        read_id: MailboxId,
+        signature: [u8; 64],
+        (after, limit): (u64, u16),
+    ) -> Result<Response, End> {
+        let mailbox = match self
+            .authorise(KIND_FETCH, request_id, read_id, signature)
+            .await?
+        {
+            Ok(m) => m.key,
+            Err(code) => return Ok(Response::Error(code)),
+        };
+        let limit = usize::from(limit.min(self.shared.window));
+        let fetched = match self.shared.storage.fetch(mailbox, after, limit).await {
+            Ok(Ok(f)) => f,
+            Ok(Err(_)) => return Ok(Response::Error(ErrorCode::Unavailable)),
+            Err(_) => return Err(End::StorageGone),
+        };
+        for id in fetched.damaged {
+            self.shared.metrics.damaged.inc();
+            let _ = self.shared.storage.delete(mailbox, id).await;
+        }
+        let (mut count, mut last) = (0u16, after);
+        for (message_id, blob) in fetched.messages {
+            last = last.max(message_id);
+            #[cfg(feature = "adversary")]
+            if let Some(a) = &self.shared.adversary
+                && !a.0.on_deliver(read_id, &blob)
+            {
+                continue;
+            }
+            let frame = ServerFrame::Deliver {
+                read_id,
+                message_id,
+                blob,
+            };
+            self.send(ws, &frame).await.map_err(|()| End::Closed)?;
+            self.shared.metrics.delivered.inc();
+            count = count.saturating_add(1);
+        }
+        self.shared.storage.touch(mailbox, now_ms());
+        Ok(Response::Fetched { count, last })
     }
 
     /// Frees the window slot at once and deletes in the background (acknowledgements

@@ -20,11 +20,12 @@ use tokio::task::JoinSet;
 use crate::cli::{ChannelCommand, Command, Global};
 use crate::error::Failure;
 use crate::output;
-use crate::profile::{home, open_client, own_name};
+use crate::profile::{home, open_client, own_name, save_dir};
 use crate::rpc::{self, Call, Host, RpcError, code, flag, required, text_param};
 use crate::session::{
     catch_up, chosen_relay, history_end, introduction_text, invitation_relay, joiner_mailbox_relay,
-    messages_after, notice_text, relay_addr, report_changes, retire_erased, take_unread,
+    messages_after, notice_text, parse_duration, relay_addr, report_changes, retire_erased,
+    save_attachments, take_unread,
 };
 
 /// Most messages one `read` answers with (`more` says to ask again): an answer
@@ -221,7 +222,7 @@ impl Service {
         match method {
             "channels" => channels(client),
             "send" => send(client, params).await,
-            "read" => read(client, params),
+            "read" => read(g, client, params).await,
             "members" => members(client, params),
             "verify" => verify(client, params),
             "invite" => self.invite(client, params).await,
@@ -318,10 +319,29 @@ fn channels(client: &Client) -> Result<Value, RpcError> {
 
 async fn send(client: &mut Client, params: &Map<String, Value>) -> Result<Value, RpcError> {
     let name = channel_param(client, params)?;
-    if params.contains_key("file") {
-        return Err(RpcError::params(
-            "attachments are not available yet: send text",
-        ));
+    if let Some(file) = text_param(params, "file")? {
+        let expires_in = match text_param(params, "expires_in")? {
+            Some(d) => Duration::from_secs(parse_duration(d)?.max(1)),
+            None => backchannel_client::attachment::DEFAULT_EXPIRY,
+        };
+        let path = std::path::Path::new(file);
+        if !path.is_absolute() {
+            return Err(RpcError::params("\"file\" must be an absolute path"));
+        }
+        let quiet: backchannel_client::attachment::Progress = std::sync::Arc::new(|_| {});
+        let descriptor = client
+            .send_attachment(&name, path, expires_in, quiet)
+            .await
+            .map_err(failed)?;
+        let queued = client.flush(SEND_WAIT).await.is_err();
+        return Ok(json!({
+            "channel": name,
+            "sent": true,
+            "queued": queued,
+            "file": descriptor.name,
+            "size": descriptor.size,
+            "expires_at": output::rfc3339(backchannel_core::Timestamp(descriptor.expires_at)),
+        }));
     }
     let text = required(params, "text")?;
     if text.trim().is_empty() {
@@ -332,9 +352,11 @@ async fn send(client: &mut Client, params: &Map<String, Value>) -> Result<Value,
     Ok(json!({"channel": name, "sent": true, "queued": queued}))
 }
 
-fn read(client: &Client, params: &Map<String, Value>) -> Result<Value, RpcError> {
+async fn read(g: &Global, client: &Client, params: &Map<String, Value>) -> Result<Value, RpcError> {
     let name = channel_param(client, params)?;
-    let messages = take_unread(client, &name, flag(params, "all")?, READ_PAGE)?;
+    let dir = save_dir(g, text_param(params, "save_dir")?.map(std::path::Path::new))?;
+    let mut messages = take_unread(client, &name, flag(params, "all")?, READ_PAGE)?;
+    save_attachments(g, client, &name, &mut messages, &dir).await?;
     let more = messages.len() == READ_PAGE;
     let id = client.engine().channel_id(name.as_str()).map_err(failed)?;
     let store = client.store();
@@ -515,12 +537,27 @@ pub(crate) async fn forward(g: &Global, command: &Command) -> Option<Result<(), 
     }
     let socket = rpc::advertised(&home, crate::lock::holder(&home)?)?;
     Some(match command {
-        Command::Send { name, text } => forward_send(g, &socket, name, text.clone()).await,
+        Command::Send {
+            name,
+            text,
+            file: None,
+            ..
+        } => forward_send(g, &socket, name, text.clone()).await,
+        Command::Send {
+            name,
+            file: Some(path),
+            expires_in,
+            ..
+        } => {
+            let path = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+            forward_file(g, &socket, name, &path, expires_in).await
+        }
         Command::Read {
             name,
             follow: false,
             all,
-        } => forward_read(g, &socket, name, *all).await,
+            save_dir,
+        } => forward_read(g, &socket, name, *all, save_dir.as_deref()).await,
         Command::Channel(ChannelCommand::List) if g.json => {
             match rpc::call(&socket, "channels", json!({})).await {
                 Ok(Value::Array(list)) => {
@@ -561,13 +598,51 @@ async fn forward_send(
     Ok(())
 }
 
+async fn forward_file(
+    g: &Global,
+    socket: &rpc::Daemon,
+    name: &str,
+    path: &std::path::Path,
+    expires_in: &str,
+) -> Result<(), Failure> {
+    let params = json!({"channel": name, "file": path, "expires_in": expires_in});
+    let result = rpc::call(socket, "send", params).await?;
+    let file = result
+        .get("file")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let size = result
+        .get("size")
+        .and_then(Value::as_u64)
+        .unwrap_or_default();
+    crate::session::print(
+        g,
+        format!(
+            "Sent {} ({}) to '{name}' (through the daemon).",
+            output::for_terminal(file, ""),
+            output::size(size)
+        ),
+        result.clone(),
+    );
+    Ok(())
+}
+
 async fn forward_read(
     g: &Global,
     socket: &rpc::Daemon,
     name: &str,
     all: bool,
+    save_dir: Option<&std::path::Path>,
 ) -> Result<(), Failure> {
-    let mut result = rpc::call(socket, "read", json!({"channel": name, "all": all})).await?;
+    // The daemon saves files where this command would have.
+    let dir = std::path::absolute(crate::profile::save_dir(g, save_dir)?)
+        .map_err(|e| Failure::new(format!("cannot use the save directory: {e}")))?;
+    let mut result = rpc::call(
+        socket,
+        "read",
+        json!({"channel": name, "all": all, "save_dir": dir}),
+    )
+    .await?;
     let mut alerts = Vec::new();
     loop {
         for m in result
@@ -595,7 +670,7 @@ async fn forward_read(
         if result.get("more") != Some(&Value::Bool(true)) {
             break;
         }
-        result = rpc::call(socket, "read", json!({"channel": name})).await?;
+        result = rpc::call(socket, "read", json!({"channel": name, "save_dir": dir})).await?;
     }
     let list = |key: &str| {
         result

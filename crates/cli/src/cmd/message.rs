@@ -1,5 +1,6 @@
 //! `send` and `read`: messages, with what waits and what went wrong.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use backchannel_client::Client;
@@ -11,8 +12,8 @@ use crate::cli::Global;
 use crate::error::Failure;
 use crate::profile::open_client;
 use crate::session::{
-    RELAY_LIMIT, catch_up, deliver, message_text, print, report_changes, retire_erased,
-    show_alerts, show_pending, take_unread,
+    RELAY_LIMIT, catch_up, deliver, message_text, parse_duration, print, progress, report_changes,
+    retire_erased, save_attachments, show_alerts, show_pending, take_unread,
 };
 
 pub(crate) async fn send(g: &Global, name: &str, text: Option<String>) -> Result<(), Failure> {
@@ -38,21 +39,73 @@ pub(crate) async fn send(g: &Global, name: &str, text: Option<String>) -> Result
     Ok(())
 }
 
+pub(crate) async fn send_file(
+    g: &Global,
+    name: &str,
+    path: &Path,
+    expires_in: &str,
+) -> Result<(), Failure> {
+    let expires_in = Duration::from_secs(parse_duration(expires_in)?.max(1));
+    let size = std::fs::metadata(path)
+        .map_err(|e| Failure::new(format!("cannot read {}: {e}", path.display())))?
+        .len();
+    let mut client = open_client(g).await?;
+    client.engine().channel(name)?;
+    catch_up(g, &mut client).await;
+    let shown = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (report, bar) = progress(g, &shown, size);
+    let sent = client.send_attachment(name, path, expires_in, report).await;
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let descriptor = sent?;
+    deliver(&mut client).await?;
+    let until = crate::output::rfc3339(backchannel_core::Timestamp(descriptor.expires_at));
+    print(
+        g,
+        format!(
+            "Sent {} ({}) to '{name}'; the relay keeps it until {} UTC.",
+            crate::output::for_terminal(&descriptor.name, ""),
+            crate::output::size(descriptor.size),
+            until.get(..16).unwrap_or(&until).replace('T', " ")
+        ),
+        json!({
+            "channel": name,
+            "sent": true,
+            "file": descriptor.name,
+            "size": descriptor.size,
+            "expires_at": until,
+        }),
+    );
+    Ok(())
+}
+
 fn pending_alerts(client: &Client, name: &str) -> Result<usize, Failure> {
     let id = client.engine().channel_id(name)?;
     Ok(client.store().unshown_alerts(&id)?.len())
 }
 
-/// Prints what is new in a channel: messages after the read cursor and alerts not
-/// yet shown. Returns how many alerts were shown.
-fn show_new(g: &Global, client: &Client, name: &str, all: bool) -> Result<usize, Failure> {
+/// Prints what is new in a channel: messages after the read cursor (saving the
+/// files they carry into `dir`) and alerts not yet shown. Returns how many alerts
+/// were shown.
+async fn show_new(
+    g: &Global,
+    client: &Client,
+    name: &str,
+    all: bool,
+    dir: &Path,
+) -> Result<usize, Failure> {
     let mut from_start = all;
     loop {
-        let page = take_unread(client, name, from_start, 500)?;
+        let mut page = take_unread(client, name, from_start, 500)?;
         if page.is_empty() {
             break;
         }
         from_start = false;
+        save_attachments(g, client, name, &mut page, dir).await?;
         for view in page {
             if g.json {
                 println!("{}", serde_json::to_string(&view).unwrap_or_default());
@@ -77,13 +130,20 @@ async fn next_work(service: Option<&mut Service>) -> Option<Work> {
     }
 }
 
-pub(crate) async fn read(g: &Global, name: &str, follow: bool, all: bool) -> Result<(), Failure> {
+pub(crate) async fn read(
+    g: &Global,
+    name: &str,
+    follow: bool,
+    all: bool,
+    save_dir: Option<PathBuf>,
+) -> Result<(), Failure> {
+    let dir = crate::profile::save_dir(g, save_dir.as_deref())?;
     let mut client = open_client(g).await?;
     client.engine().channel(name)?;
     if catch_up(g, &mut client).await.iter().any(|n| n == name) {
         return Ok(());
     }
-    let mut alerts = show_new(g, &client, name, all)?;
+    let mut alerts = show_new(g, &client, name, all, &dir).await?;
     let mut waiting = show_pending(g, &client, name, None)?;
     if follow {
         // While this runs it holds the profile; other commands (`send` in another
@@ -115,7 +175,7 @@ pub(crate) async fn read(g: &Global, name: &str, follow: bool, all: bool) -> Res
                             retire_erased(&mut client).await;
                             break;
                         }
-                        alerts += show_new(g, &client, name, false)?;
+                        alerts += show_new(g, &client, name, false, &dir).await?;
                     }
                     waiting = show_pending(g, &client, name, Some(&waiting))?;
                 }
@@ -126,7 +186,7 @@ pub(crate) async fn read(g: &Global, name: &str, follow: bool, all: bool) -> Res
                     };
                     service.handle(g, &mut client, work).await;
                     // A send through us shows here as it does in the sender's channel.
-                    alerts += show_new(g, &client, name, false)?;
+                    alerts += show_new(g, &client, name, false, &dir).await?;
                 }
                 _ = tokio::signal::ctrl_c() => break,
             }

@@ -88,8 +88,19 @@ pub(crate) async fn run(g: Global, command: Command) -> Result<(), Failure> {
             name,
             wait,
         } => channel::join(&g, code, welcome, relay, name, wait).await,
-        Command::Send { name, text } => message::send(&g, &name, text).await,
-        Command::Read { name, follow, all } => message::read(&g, &name, follow, all).await,
+        Command::Send {
+            name,
+            file: Some(path),
+            expires_in,
+            ..
+        } => message::send_file(&g, &name, &path, &expires_in).await,
+        Command::Send { name, text, .. } => message::send(&g, &name, text).await,
+        Command::Read {
+            name,
+            follow,
+            all,
+            save_dir,
+        } => message::read(&g, &name, follow, all, save_dir).await,
         Command::Remove { name, member } => channel::remove(&g, &name, &member).await,
         Command::Leave { name } => channel::leave(&g, &name).await,
         Command::Update { name } => channel::update(&g, &name).await,

@@ -682,6 +682,7 @@ impl Channel {
         }
         let kind = match payload.kind {
             PayloadKind::Control => MessageKind::Control,
+            PayloadKind::Attachment => MessageKind::Attachment,
             _ => MessageKind::Text,
         };
         let record = MessageRecord {

@@ -75,7 +75,7 @@ impl Channel {
         body: Vec<u8>,
     ) -> Result<MessageRecord, CommandError> {
         self.live()?;
-        let ttl_secs = if kind == PayloadKind::Text {
+        let ttl_secs = if kind != PayloadKind::Control {
             self.check_sendable(ctx)?;
             self.text_ttl_secs()
         } else {
@@ -119,6 +119,7 @@ impl Channel {
             seq: payload.seq,
             kind: match kind {
                 PayloadKind::Control => MessageKind::Control,
+                PayloadKind::Attachment => MessageKind::Attachment,
                 _ => MessageKind::Text,
             },
             sent_at: ctx.now,
