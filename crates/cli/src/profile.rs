@@ -123,6 +123,14 @@ pub(crate) fn save_dir(g: &Global, given: Option<&std::path::Path>) -> Result<Pa
             .create(&dir)
             .map_err(|e| Failure::new(format!("cannot make {}: {e}", dir.display())))?;
     }
+    // Files from others are written there: no one else may swap names in it.
+    if !crate::rpc::is_private_dir(&dir) {
+        return Err(Failure::new(format!(
+            "{} is not a directory of yours that only you can write to",
+            dir.display()
+        ))
+        .hint("save files in such a directory (the default, downloads/ in the profile, is)"));
+    }
     Ok(dir)
 }
 

@@ -548,14 +548,26 @@ pub(crate) struct Daemon {
     pub(crate) pid: u32,
 }
 
+/// Whether `dir` is a directory of ours that no one else can write to (so no one
+/// can swap, add or take names in it).
+pub(crate) fn is_private_dir(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(uid) = own_uid() else {
+        return false;
+    };
+    std::fs::metadata(dir).is_ok_and(|m| m.is_dir() && m.uid() == uid && m.mode() & 0o022 == 0)
+}
+
 /// This process's effective user id (the owner of its /proc entry).
 pub(crate) fn own_uid() -> std::io::Result<u32> {
     use std::os::unix::fs::MetadataExt as _;
     Ok(std::fs::metadata("/proc/self")?.uid())
 }
 
-/// How long a command waits for the daemon's answer (a send waits for the relay).
+/// How long a command waits for the daemon's answer (a send waits for the relay);
+/// a call that moves a file waits as long as a download may take.
 const CALL_LIMIT: Duration = Duration::from_secs(60);
+const FILE_CALL_LIMIT: Duration = Duration::from_secs(30 * 60);
 
 /// Calls `method` on the daemon and returns its result. Whoever listens on the
 /// socket must be that daemon: our user, the process the lock names.
@@ -623,7 +635,12 @@ pub(crate) async fn call(daemon: &Daemon, method: &str, params: Value) -> Result
             return Err(failure);
         }
     };
-    tokio::time::timeout(CALL_LIMIT, exchange)
+    let limit = if method == "read" || params.get("file").is_some() {
+        FILE_CALL_LIMIT
+    } else {
+        CALL_LIMIT
+    };
+    tokio::time::timeout(limit, exchange)
         .await
         .unwrap_or_else(|_| Err(Failure::new("the daemon did not answer in time")))
 }

@@ -220,35 +220,43 @@ pub(crate) fn introduction_text(client: &Client, event: &IntroEvent) -> String {
     }
 }
 
-/// Tells the person what changed about their channels: erased (burned by a member,
-/// or past their end date), or given new rules. Returns the names of those erased.
-pub(crate) fn report_changes(g: &Global, client: &mut Client, events: &[Event]) -> Vec<String> {
-    // Join requests that arrived, answers to ours, introductions: for the person,
-    // not for scripts.
-    for notice in client.take_notices() {
-        eprintln!(
-            "{}",
-            output::for_terminal(&notice_text(client, &notice), "  ")
-        );
-    }
-    let mut gone = Vec::new();
+/// One change to tell the person about, in words and for programs.
+pub(crate) struct Change {
+    /// The sentence.
+    pub(crate) human: String,
+    /// The JSON object; None for notices meant for people only.
+    pub(crate) machine: Option<serde_json::Value>,
+    /// The channel, when the change erased it.
+    pub(crate) erased: Option<String>,
+}
+
+/// What changed about the person's channels, in words: notices (join requests,
+/// answers), introductions, erasures (burned by a member, or past their end
+/// date) and new rules.
+pub(crate) fn describe_changes(client: &mut Client, events: &[Event]) -> Vec<Change> {
+    let notice = |human: String| Change {
+        human,
+        machine: None,
+        erased: None,
+    };
+    let mut changes: Vec<Change> = client
+        .take_notices()
+        .iter()
+        .map(|n| notice(notice_text(client, n)))
+        .collect();
     for event in events {
         match event {
-            Event::Introduction(step) => eprintln!(
-                "{}",
-                output::for_terminal(&introduction_text(client, step), "  ")
-            ),
+            Event::Introduction(step) => changes.push(notice(introduction_text(client, step))),
             Event::Erased { name, why, .. } => {
                 let (reason, by) = match why {
                     Erasure::Burned { by } => ("burned", Some(by.to_string())),
                     _ => ("expired", None),
                 };
-                print(
-                    g,
-                    erasure_notice(name, why),
-                    json!({"channel": name, "erased": reason, "by": by}),
-                );
-                gone.push(name.clone());
+                changes.push(Change {
+                    human: erasure_notice(name, why),
+                    machine: Some(json!({"channel": name, "erased": reason, "by": by})),
+                    erased: Some(name.clone()),
+                });
             }
             Event::PolicyChanged {
                 channel,
@@ -267,19 +275,34 @@ pub(crate) fn report_changes(g: &Global, client: &mut Client, events: &[Event]) 
                     None => String::new(),
                     Some(t) => format!("; it ends {} UTC", output::short_time(*t)),
                 };
-                print(
-                    g,
-                    format!("{} changed the rules of '{name}': {timer}{end}.", who(by)),
-                    json!({
+                changes.push(Change {
+                    human: format!("{} changed the rules of '{name}': {timer}{end}.", who(by)),
+                    machine: Some(json!({
                         "channel": name,
                         "rules_changed_by": by.to_string(),
                         "disappearing_secs": disappearing_secs,
                         "expires_at": expires_at.map(output::rfc3339),
-                    }),
-                );
+                    })),
+                    erased: None,
+                });
             }
             _ => {}
         }
+    }
+    changes
+}
+
+/// Tells the person what changed about their channels (notices and
+/// introductions on standard error, for people only; erasures and new rules as
+/// output). Returns the names of the channels erased.
+pub(crate) fn report_changes(g: &Global, client: &mut Client, events: &[Event]) -> Vec<String> {
+    let mut gone = Vec::new();
+    for change in describe_changes(client, events) {
+        match change.machine {
+            None => eprintln!("{}", output::for_terminal(&change.human, "  ")),
+            Some(machine) => print(g, change.human, machine),
+        }
+        gone.extend(change.erased);
     }
     gone
 }
@@ -478,6 +501,30 @@ pub(crate) async fn save_attachments(
             continue;
         };
         if view.you {
+            continue;
+        }
+        // A file is fetched only from the relay its sender receives at: a
+        // descriptor naming another would make us connect wherever a member says.
+        let sender_relay = client
+            .engine()
+            .channel(channel)?
+            .members
+            .iter()
+            .find(|m| m.name == view.from)
+            .map(|m| m.mailbox.relay.to_string());
+        if sender_relay.as_deref() != Some(descriptor.relay.as_str()) {
+            let text = format!(
+                "{} sent a file ('{}') kept on a relay that is not theirs; it was not fetched",
+                view.from, descriptor.name
+            );
+            backchannel_core::store::EngineStore::add_alert(
+                client.store(),
+                &id,
+                backchannel_client::now(),
+                "attachment_altered",
+                &text,
+            )?;
+            shown.error = Some("kept on a relay that is not the sender's; not fetched".into());
             continue;
         }
         let key = format!("attachment-saved:{}", view.position);

@@ -45,6 +45,9 @@ const UPLOAD_PACE: Duration = Duration::from_micros(2_100);
 const DOWNLOAD_CONNECTIONS: usize = 4;
 /// Blobs asked for per fetch (a relay gives at most its window).
 const FETCH_PAGE: u16 = 256;
+/// The longest a download may take in all (100 MiB at a slow 1 Mbit/s is about 15
+/// minutes).
+const DOWNLOAD_LIMIT: Duration = Duration::from_secs(30 * 60);
 /// Connecting and each request.
 const RELAY_LIMIT: Duration = Duration::from_secs(20);
 
@@ -88,6 +91,13 @@ impl AttachmentError {
     }
 }
 
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn random<const N: usize>() -> [u8; N] {
     let mut bytes = [0u8; N];
     rand::rngs::OsRng.fill_bytes(&mut bytes);
@@ -106,6 +116,10 @@ pub async fn upload(
     progress: Progress,
 ) -> Result<Descriptor, AttachmentError> {
     let unreadable = |e| AttachmentError::Read(path.to_owned(), e);
+    // A regular file only (opening a pipe would wait for a writer forever).
+    if !std::fs::metadata(path).map_err(unreadable)?.is_file() {
+        return Err(unreadable(std::io::Error::other("not a regular file")));
+    }
     let mut file = File::open(path).map_err(unreadable)?;
     let size = file.metadata().map_err(unreadable)?.len();
     if size > MAX_SIZE {
@@ -265,6 +279,9 @@ pub async fn download(
         .relay
         .parse()
         .map_err(|e| AttachmentError::Address(format!("{e}")))?;
+    if now_ms() >= descriptor.expires_at {
+        return Err(AttachmentError::Gone);
+    }
     let count = descriptor.blobs();
     let partial = dir.join(format!(".{}.part", hex::encode(random::<8>())));
     let file = {
@@ -278,15 +295,29 @@ pub async fn download(
             .map_err(AttachmentError::Write)?
     };
     let file = Arc::new(file);
-    let result = fetch_into(descriptor, &relay, count, &file, progress).await;
+    // A removal guard: whatever ends the download early (an error, a dropped
+    // future), the partial file goes.
+    let guard = Partial(partial.clone());
+    let fetched = fetch_into(descriptor, &relay, count, &file, progress);
+    let result = match tokio::time::timeout(DOWNLOAD_LIMIT, fetched).await {
+        Ok(result) => result,
+        Err(_) => Err(AttachmentError::Relay(RelayClientError::Timeout)),
+    };
     let result = match result {
         Ok(()) => finish(descriptor, &file, &partial, dir),
         Err(e) => Err(e),
     };
-    if result.is_err() {
-        let _ = std::fs::remove_file(&partial);
-    }
+    drop(guard);
     result
+}
+
+/// Removes a partial download when dropped.
+struct Partial(PathBuf);
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 async fn fetch_into(
@@ -311,6 +342,7 @@ async fn fetch_into(
             };
             let job = Job {
                 relay,
+                expires_at: descriptor.expires_at,
                 key: &descriptor.key,
                 size: descriptor.size,
                 count,
@@ -329,6 +361,7 @@ async fn fetch_into(
 /// What fetching one segment needs.
 struct Job<'a> {
     relay: &'a RelayAddr,
+    expires_at: u64,
     key: &'a [u8; 32],
     size: u64,
     count: u64,
@@ -343,14 +376,27 @@ impl Job<'_> {
         let mut after = 0u64;
         let mut got = 0u64;
         let mut have = vec![false; usize::try_from(segment.blobs).unwrap_or(0)];
-        loop {
+        // Every page must bring pieces: a relay that answers with empty pages
+        // (or moves on without delivering) is done, not waited for.
+        while got < u64::from(segment.blobs) {
             let (blobs, last) = match client.fetch(segment.read_id, &key, after, FETCH_PAGE).await {
                 Ok(page) => page,
                 Err(RelayClientError::Refused(ErrorCode::UnknownMailbox)) => {
-                    return Err(AttachmentError::Gone);
+                    // Gone before its time: someone deleted it (any member could).
+                    return Err(if now_ms() < self.expires_at {
+                        AttachmentError::Tampered("it was deleted before it expired".into())
+                    } else {
+                        AttachmentError::Gone
+                    });
                 }
+                // A relay that answers a fetch with something else than it asked
+                // for is not to be believed about the file either.
+                Err(RelayClientError::Protocol(e)) => return Err(AttachmentError::Tampered(e)),
                 Err(e) => return Err(e.into()),
             };
+            if blobs.is_empty() || last <= after {
+                break;
+            }
             for (_, blob) in &blobs {
                 let (index, piece) = open_piece(self.key, self.count, blob)
                     .ok_or_else(|| AttachmentError::Tampered("a piece does not open".into()))?;
@@ -386,9 +432,6 @@ impl Job<'_> {
                     .map_err(AttachmentError::Write)?;
                 got += 1;
                 (self.progress)(data.len() as u64);
-            }
-            if last == after {
-                break;
             }
             after = last;
         }
@@ -469,7 +512,14 @@ pub fn safe_name(name: &str) -> String {
         .chars()
         .filter(|&c| !c.is_control() && !backchannel_proto::member::is_hidden(c))
         .collect();
-    let trimmed = kept.trim().trim_start_matches('.').trim();
+    let mut trimmed = kept.as_str();
+    loop {
+        let next = trimmed.trim().trim_start_matches('.');
+        if next == trimmed {
+            break;
+        }
+        trimmed = next;
+    }
     let mut end = trimmed.len().min(200);
     while !trimmed.is_char_boundary(end) {
         end -= 1;
@@ -492,6 +542,8 @@ mod tests {
             ("..\\..\\win.ini", "win.ini"),
             ("/abs/path/x.txt", "x.txt"),
             (".bashrc", "bashrc"),
+            (". .bashrc", "bashrc"),
+            (" . . .profile", "profile"),
             ("..", "attachment"),
             ("", "attachment"),
             ("dir/", "attachment"),

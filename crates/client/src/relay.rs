@@ -512,12 +512,33 @@ impl RelayClient {
             after,
             limit,
         };
-        let (count, last) = match self.request_with_id(request_id, request).await? {
-            Response::Fetched { count, last } => (count, last),
-            other => return Err(unexpected(&other)),
+        let answer = self.request_with_id(request_id, request).await;
+        let forget = || {
+            self.outstanding
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&read_id);
+        };
+        let (count, last) = match answer {
+            Ok(Response::Fetched { count, last }) if count <= limit => (count, last),
+            Ok(Response::Fetched { count, .. }) => {
+                forget();
+                return Err(RelayClientError::Protocol(format!(
+                    "{count} messages for a fetch of {limit}"
+                )));
+            }
+            Ok(other) => {
+                forget();
+                return Err(unexpected(&other));
+            }
+            Err(e) => {
+                forget();
+                return Err(e);
+            }
         };
         // The deliveries came before the answer, and the reader queued each before
         // reading the next frame.
+        forget();
         let Some(deliveries) = self.deliveries.as_mut() else {
             return Err(RelayClientError::Protocol(
                 "this connection's deliveries are taken".into(),
@@ -545,10 +566,6 @@ impl RelayClient {
         if last < after {
             return Err(RelayClientError::Protocol("a fetch went backwards".into()));
         }
-        self.outstanding
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&read_id);
         out.sort_by_key(|(id, _)| *id);
         Ok((out, last))
     }

@@ -515,6 +515,8 @@ impl Connection {
             Err(code) => return Ok(Response::Error(code)),
         };
         let limit = usize::from(limit.min(self.shared.window));
+        // Message ids are SQL integers: nothing is above i64::MAX.
+        let after = after.min(i64::MAX as u64);
         let fetched = match self.shared.storage.fetch(mailbox, after, limit).await {
             Ok(Ok(f)) => f,
             Ok(Err(_)) => return Ok(Response::Error(ErrorCode::Unavailable)),

@@ -321,7 +321,14 @@ async fn send(client: &mut Client, params: &Map<String, Value>) -> Result<Value,
     let name = channel_param(client, params)?;
     if let Some(file) = text_param(params, "file")? {
         let expires_in = match text_param(params, "expires_in")? {
-            Some(d) => Duration::from_secs(parse_duration(d)?.max(1)),
+            Some(d) => match parse_duration(d)? {
+                0 => {
+                    return Err(RpcError::params(
+                        "\"expires_in\" must be a positive duration",
+                    ));
+                }
+                secs => Duration::from_secs(secs),
+            },
             None => backchannel_client::attachment::DEFAULT_EXPIRY,
         };
         let path = std::path::Path::new(file);
@@ -354,7 +361,11 @@ async fn send(client: &mut Client, params: &Map<String, Value>) -> Result<Value,
 
 async fn read(g: &Global, client: &Client, params: &Map<String, Value>) -> Result<Value, RpcError> {
     let name = channel_param(client, params)?;
-    let dir = save_dir(g, text_param(params, "save_dir")?.map(std::path::Path::new))?;
+    let given = text_param(params, "save_dir")?.map(std::path::Path::new);
+    if given.is_some_and(|d| !d.is_absolute()) {
+        return Err(RpcError::params("\"save_dir\" must be an absolute path"));
+    }
+    let dir = save_dir(g, given)?;
     let mut messages = take_unread(client, &name, flag(params, "all")?, READ_PAGE)?;
     save_attachments(g, client, &name, &mut messages, &dir).await?;
     let more = messages.len() == READ_PAGE;

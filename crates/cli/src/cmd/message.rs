@@ -45,7 +45,13 @@ pub(crate) async fn send_file(
     path: &Path,
     expires_in: &str,
 ) -> Result<(), Failure> {
-    let expires_in = Duration::from_secs(parse_duration(expires_in)?.max(1));
+    let expires_in = match parse_duration(expires_in)? {
+        0 => {
+            return Err(Failure::new("a file must stay on the relay for some time")
+                .hint("give --expires-in a duration, like 12h or 7d"));
+        }
+        secs => Duration::from_secs(secs),
+    };
     let size = std::fs::metadata(path)
         .map_err(|e| Failure::new(format!("cannot read {}: {e}", path.display())))?
         .len();
