@@ -287,6 +287,9 @@ pub(crate) enum Command {
         #[arg(long, value_name = "PATH")]
         socket: Option<PathBuf>,
     },
+    /// The terminal chat: channels, conversations as they arrive, the composer;
+    /// verify, invite, status and burn on keys (? for help).
+    Tui,
     /// Run or inspect a relay.
     #[command(subcommand)]
     Relay(RelayCommand),

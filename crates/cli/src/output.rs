@@ -171,6 +171,11 @@ impl MessageView {
     /// The line people read: sender (and what we know of them), time, text, made
     /// safe for the terminal and wrapped to it.
     pub(crate) fn line(&self) -> String {
+        self.line_for(line_width())
+    }
+
+    /// The same, wrapped to `width` columns.
+    pub(crate) fn line_for(&self, width: usize) -> String {
         let who = if self.you {
             format!("{} (you)", self.from)
         } else if let Some(by) = &self.introduced_by {
@@ -202,7 +207,7 @@ impl MessageView {
         let when = self.sent_at.get(..16).map(|s| s.replace('T', " "));
         let when = when.as_deref().unwrap_or(&self.sent_at);
         let line = format!("[{}] {who}: {text}{late}", for_terminal(when, ""));
-        wrap(&line, line_width(), CONTINUATION)
+        wrap(&line, width.max(CONTINUATION.len() + 10), CONTINUATION)
     }
 }
 

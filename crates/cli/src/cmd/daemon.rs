@@ -23,9 +23,8 @@ use crate::output;
 use crate::profile::{home, open_client, own_name, save_dir};
 use crate::rpc::{self, Call, Host, RpcError, code, flag, required, text_param};
 use crate::session::{
-    catch_up, chosen_relay, history_end, introduction_text, invitation_relay, joiner_mailbox_relay,
-    messages_after, notice_text, parse_duration, relay_addr, report_changes, retire_erased,
-    save_attachments, take_unread,
+    catch_up, chosen_relay, history_end, invitation_relay, joiner_mailbox_relay, messages_after,
+    parse_duration, relay_addr, retire_erased, save_attachments, take_unread,
 };
 
 /// Most messages one `read` answers with (`more` says to ask again): an answer
@@ -127,61 +126,78 @@ impl Service {
         }
     }
 
-    /// Does it.
-    pub(crate) async fn handle(&mut self, g: &Global, client: &mut Client, work: Work) {
+    /// Does it. Returns what a person should hear of it (someone joined, or an
+    /// invitation failed).
+    pub(crate) async fn handle(
+        &mut self,
+        g: &Global,
+        client: &mut Client,
+        work: Work,
+    ) -> Option<String> {
         match work {
             Work::Call(call) => {
                 let result = self.answer(g, client, &call.method, &call.params).await;
                 call.answer(result);
                 // What the call changed (a send, a join) is told to subscribers.
                 self.tell(client);
+                None
             }
             Work::Arrived(channel, arrival) => {
                 let result = match arrival {
                     Ok(arrival) => client.admit_arrived(&channel, arrival).await,
                     Err(e) => Err(e),
                 };
-                match result {
+                let said = match result {
                     Ok(member) => {
                         let _ = client.flush(SEND_WAIT).await;
                         self.host
                             .notify("joined", json!({"channel": channel, "member": member}));
+                        format!("{member} joined '{channel}' with the code")
                     }
-                    Err(e) => self.host.notify(
-                        "invite_failed",
-                        json!({"channel": channel, "reason": e.to_string()}),
-                    ),
-                }
+                    Err(e) => {
+                        self.host.notify(
+                            "invite_failed",
+                            json!({"channel": channel, "reason": e.to_string()}),
+                        );
+                        format!("the invitation to '{channel}' failed: {e}")
+                    }
+                };
                 self.tell(client);
+                Some(said)
             }
         }
     }
 
     /// After the client handled relay events: tells subscribers what arrived (new
-    /// messages, alerts, notices, erasures).
+    /// messages, alerts, notices, erasures) and prints it as every command does.
+    /// Returns the channels erased.
     pub(crate) fn after_step(&mut self, g: &Global, client: &mut Client) -> Vec<String> {
-        let events = client.drain_events();
-        // Notices are told to subscribers here and written to standard error as
-        // every command does.
-        for notice in client.take_notices() {
-            let text = notice_text(client, &notice);
-            eprintln!("{}", output::for_terminal(&text, "  "));
-            self.host.notify("notice", json!({"text": text}));
+        let mut gone = Vec::new();
+        for change in self.absorb(client) {
+            match change.machine {
+                None => eprintln!("{}", output::for_terminal(&change.human, "  ")),
+                Some(machine) => crate::session::print(g, change.human, machine),
+            }
+            gone.extend(change.erased);
         }
-        if self.host.has_subscribers() {
-            for event in &events {
-                if let backchannel_core::Event::Introduction(step) = event {
-                    self.host
-                        .notify("notice", json!({"text": introduction_text(client, step)}));
+        gone
+    }
+
+    /// The same without printing: the changes, for a caller that shows them itself.
+    pub(crate) fn absorb(&mut self, client: &mut Client) -> Vec<crate::session::Change> {
+        let events = client.drain_events();
+        let changes = crate::session::describe_changes(client, &events);
+        for change in &changes {
+            match &change.erased {
+                Some(name) => self.host.notify("erased", json!({"channel": name})),
+                None if change.machine.is_none() => {
+                    self.host.notify("notice", json!({"text": change.human}));
                 }
+                None => {}
             }
         }
-        let gone = report_changes(g, client, &events);
-        for name in &gone {
-            self.host.notify("erased", json!({"channel": name}));
-        }
         self.tell(client);
-        gone
+        changes
     }
 
     /// Notifies new messages and alerts of every channel.
@@ -212,7 +228,8 @@ impl Service {
         }
     }
 
-    async fn answer(
+    /// Answers one call (the terminal chat calls the same methods).
+    pub(crate) async fn answer(
         &mut self,
         g: &Global,
         client: &mut Client,
@@ -522,7 +539,11 @@ pub(crate) async fn run(g: &Global, socket: Option<PathBuf>) -> Result<(), Failu
                 }
             }
             work = service.next() => match work {
-                Some(work) => service.handle(g, &mut client, work).await,
+                Some(work) => {
+                    if let Some(said) = service.handle(g, &mut client, work).await {
+                        eprintln!("{}", output::for_terminal(&said, "  "));
+                    }
+                }
                 None => break,
             },
             _ = terminate.recv() => break,

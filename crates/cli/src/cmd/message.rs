@@ -190,7 +190,9 @@ pub(crate) async fn read(
                     let (Some(work), Some(service)) = (work, service.as_mut()) else {
                         break;
                     };
-                    service.handle(g, &mut client, work).await;
+                    if let Some(said) = service.handle(g, &mut client, work).await {
+                        eprintln!("{}", crate::output::for_terminal(&said, "  "));
+                    }
                     // A send through us shows here as it does in the sender's channel.
                     alerts += show_new(g, &client, name, false, &dir).await?;
                 }

@@ -16,6 +16,7 @@ mod manual;
 mod message;
 mod relay;
 mod trust;
+mod tui;
 
 use crate::cli::{ChannelCommand, Command, Global};
 use crate::error::Failure;
@@ -117,6 +118,7 @@ pub(crate) async fn run(g: Global, command: Command) -> Result<(), Failure> {
         Command::Demo => demo::run(&g).await,
         Command::Bench(cmd) => bench::run(&g, cmd).await,
         Command::Daemon { socket } => daemon::run(&g, socket).await,
+        Command::Tui => tui::run(&g).await,
         Command::Completions { shell } => manual::completions(shell),
         Command::Man { out_dir } => manual::man(&out_dir),
     }
