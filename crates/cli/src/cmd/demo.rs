@@ -40,14 +40,67 @@ async fn start_relay(dir: &Path) -> Result<RunningRelay, Failure> {
         .map_err(|e| Failure::new(format!("cannot start an embedded relay: {e}")))
 }
 
+/// How long the demo's clients wait for a missing message before it is an alert
+/// (a real client waits two minutes).
+const DEMO_GAP_GRACE: Duration = Duration::from_secs(3);
+
+const PASSPHRASE: &[u8] = b"demo passphrase";
+
+fn demo_config() -> ClientConfig {
+    let mut config = ClientConfig::default();
+    config.engine.gap_grace_ms = DEMO_GAP_GRACE.as_millis() as u64;
+    config
+}
+
 fn person(dir: &Path, name: &'static str) -> Result<Person, Failure> {
-    let store = Store::create(&dir.join(name), b"demo passphrase")?;
+    let store = Store::create(&dir.join(name), PASSPHRASE)?;
     store.set_setting("name", name)?;
     Ok(Person {
         name,
-        client: Client::open(store, ClientConfig::default())?,
+        client: Client::open(store, demo_config())?,
         shown: 0,
     })
+}
+
+/// The person's device comes back online (their profile opened again).
+fn back_online(dir: &Path, name: &'static str, shown: u64) -> Result<Person, Failure> {
+    let store = Store::open(&dir.join(name), PASSPHRASE)
+        .map_err(|e| Failure::new(format!("cannot reopen {name}'s profile: {e}")))?;
+    Ok(Person {
+        name,
+        client: Client::open(store, demo_config())?,
+        shown,
+    })
+}
+
+/// The relay's newest record id (what an operator sees).
+fn newest_record(relay_dir: &Path) -> Result<i64, Failure> {
+    let db = rusqlite::Connection::open(relay_dir.join(backchannel_relay::DATABASE_FILE))?;
+    Ok(
+        db.query_row("SELECT coalesce(max(id), 0) FROM messages", [], |r| {
+            r.get(0)
+        })?,
+    )
+}
+
+/// The operator deletes (or, with `alter`, scrambles) every record stored since
+/// `after`; returns how many.
+fn tamper(relay_dir: &Path, after: i64, alter: bool) -> Result<usize, Failure> {
+    let db = rusqlite::Connection::open(relay_dir.join(backchannel_relay::DATABASE_FILE))?;
+    if alter {
+        return Ok(db.execute(
+            "UPDATE messages SET blob = randomblob(length(blob)) WHERE id > ?1",
+            [after],
+        )?);
+    }
+    // A careful operator also corrects the mailbox's count, so that the relay's
+    // own numbers give nothing away.
+    db.execute(
+        "UPDATE mailboxes SET count = count - (SELECT count(*) FROM messages m
+            WHERE m.mailbox = mailboxes.key AND m.id > ?1)",
+        [after],
+    )?;
+    Ok(db.execute("DELETE FROM messages WHERE id > ?1", [after])?)
 }
 
 /// Syncs a person and prints what they newly see in the channel.
@@ -68,8 +121,18 @@ async fn read(p: &mut Person) -> Result<Vec<String>, Failure> {
         }
     }
     let id = p.client.engine().channel_id(CHANNEL)?;
-    for alert in p.client.store().unshown_alerts(&id)? {
+    let alerts = p.client.store().unshown_alerts(&id)?;
+    for alert in &alerts {
         say(format!("{} sees a SECURITY ALERT: {}", p.name, alert.text));
+    }
+    let ids: Vec<u64> = alerts.iter().map(|a| a.id).collect();
+    p.client.store().mark_alerts_shown(&ids)?;
+    if let Some(waiting) =
+        crate::output::pending(CHANNEL, &p.client.engine().pending(CHANNEL)?, false)
+    {
+        for line in waiting.lines() {
+            say(format!("{} sees: {line}", p.name));
+        }
     }
     Ok(seen)
 }
@@ -208,6 +271,47 @@ async fn story(dir: &Path) -> Result<(), Failure> {
 
     step(
         5,
+        "Dana joins by a code Alice reads to her on the phone, then they compare safety numbers.",
+    );
+    let mut dana = person(dir, "dana")?;
+    let invitation = alice.client.open_invitation(&relay_a.address).await?;
+    let code = invitation.code;
+    say(format!(
+        "alice's code: {code} (it works once, for ten minutes)"
+    ));
+    let (admitted, joined) = tokio::join!(
+        alice.client.admit(CHANNEL, invitation, LIMIT),
+        dana.client.join_with_code(
+            &relay_a.address,
+            &relay_a.address,
+            &code,
+            "dana",
+            Some(CHANNEL)
+        ),
+    );
+    let admitted = admitted?;
+    joined?;
+    alice.client.flush(LIMIT).await?;
+    say(format!(
+        "{admitted} is in: a wrong code would have failed on both sides, and been burnt"
+    ));
+    dana.client.sync(LIMIT).await?;
+    let alice_sees = alice.client.engine().safety_number(CHANNEL, "dana")?;
+    let dana_sees = dana.client.engine().safety_number(CHANNEL, "alice")?;
+    say(format!("alice's screen: {alice_sees}"));
+    say(format!("dana's screen:  {dana_sees}"));
+    if alice_sees != dana_sees {
+        return Err(Failure::alert(
+            "the safety numbers differ: someone is in between",
+        ));
+    }
+    alice.client.confirm_verified(CHANNEL, "dana")?;
+    dana.client.confirm_verified(CHANNEL, "alice")?;
+    say("the same: nobody is in between; each marks the other verified");
+    read(&mut dana).await?;
+
+    step(
+        6,
         "They talk. Every message is sealed once per recipient and sent to that recipient's relay.",
     );
     send(&mut alice, "Opening position: 120, delivery in March.").await?;
@@ -221,7 +325,7 @@ async fn story(dir: &Path) -> Result<(), Failure> {
     read(&mut bob).await?;
 
     step(
-        6,
+        7,
         "Alice removes Carol. The channel moves to new keys that Carol never receives.",
     );
     alice.client.sync(LIMIT).await?;
@@ -247,7 +351,40 @@ async fn story(dir: &Path) -> Result<(), Failure> {
     }
     read(&mut alice).await?;
 
-    step(7, "What the relays saw.");
+    step(
+        8,
+        "Relay B's operator turns hostile: drops one stored message to Bob, alters another.",
+    );
+    let relay_b_dir = dir.join("relay-b");
+    let bob_shown = bob.shown;
+    drop(bob);
+    say("bob's laptop is closed: what comes for him waits on relay B");
+    let before = newest_record(&relay_b_dir)?;
+    send(&mut alice, "Final offer: 111, delivery in March.").await?;
+    let dropped = tamper(&relay_b_dir, before, false)?;
+    say(format!(
+        "the operator deletes what was stored for bob ({dropped} record(s))"
+    ));
+    send(&mut alice, "Please confirm by noon.").await?;
+    let kept = newest_record(&relay_b_dir)?;
+    send(&mut alice, "Signed copy follows.").await?;
+    let altered = tamper(&relay_b_dir, kept, true)?;
+    say(format!("and scrambles the next ({altered} record(s))"));
+    send(&mut alice, "Call me when you can.").await?;
+    let mut bob = back_online(dir, "bob", bob_shown)?;
+    say("bob opens his laptop");
+    read(&mut bob).await?;
+    say(format!(
+        "bob waits {} seconds for the missing message (two minutes outside the demo)...",
+        DEMO_GAP_GRACE.as_secs()
+    ));
+    bob.client
+        .idle(DEMO_GAP_GRACE + Duration::from_secs(1))
+        .await?;
+    read(&mut bob).await?;
+    say("(these alerts are expected: the demo attacked its own relay)");
+
+    step(9, "What the relays saw.");
     relay_view(&dir.join("relay-a"), "relay A")?;
     relay_view(&dir.join("relay-b"), "relay B")?;
     say("the relays stored and forwarded fixed-size sealed blobs, acknowledged them only once on");
@@ -256,10 +393,56 @@ async fn story(dir: &Path) -> Result<(), Failure> {
     );
 
     step(
-        8,
+        10,
+        "Alice burns the channel: every member's device erases it and confirms.",
+    );
+    alice.client.sync(LIMIT).await?;
+    alice.client.burn(CHANNEL)?;
+    alice.client.flush(LIMIT).await?;
+    for p in [&mut bob, &mut dana] {
+        p.client.sync(LIMIT).await?;
+        let gone = p.client.engine().channel(CHANNEL).is_err();
+        p.client.flush(LIMIT).await?;
+        say(format!(
+            "{}'s device {}",
+            p.name,
+            if gone {
+                "erased it and sent its receipt"
+            } else {
+                "still has it (!)"
+            }
+        ));
+    }
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    let mut erased = false;
+    while !erased && tokio::time::Instant::now() < deadline {
+        alice.client.step(Duration::from_millis(200)).await?;
+        for event in alice.client.drain_events() {
+            match event {
+                backchannel_core::Event::BurnProgress { confirmed, .. }
+                    if !confirmed.is_empty() =>
+                {
+                    say(format!("alice has receipts from: {}", confirmed.join(", ")));
+                }
+                backchannel_core::Event::Erased { .. } => erased = true,
+                _ => {}
+            }
+        }
+    }
+    if !erased {
+        return Err(Failure::new("the burn did not complete in time"));
+    }
+    say("every member confirmed; alice's device erased it too");
+    for p in [&mut alice, &mut bob, &mut dana] {
+        p.client.retire_closed().await?;
+    }
+    relay_view(&dir.join("relay-a"), "relay A after the burn")?;
+
+    step(
+        11,
         "Done. The relays stop and the temporary directory is removed.",
     );
-    drop((alice, bob, carol));
+    drop((alice, bob, carol, dana));
     relay_a.shutdown().await;
     relay_b.shutdown().await;
     println!(
