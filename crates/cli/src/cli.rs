@@ -386,6 +386,16 @@ pub(crate) enum BenchCommand {
     },
     /// Build a channel of N members on real relays and measure adds and messages.
     Channel(ChannelArgs),
+    /// Measure the round trip of a call to a running daemon (`channels`, on one
+    /// connection).
+    Daemon {
+        /// The daemon's socket.
+        #[arg(long, value_name = "PATH")]
+        socket: PathBuf,
+        /// Calls to make.
+        #[arg(long, default_value_t = 2000)]
+        calls: usize,
+    },
     /// Measure a relay's memory per idle connection.
     Idle {
         /// The relay.

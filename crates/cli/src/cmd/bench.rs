@@ -40,7 +40,38 @@ pub(crate) async fn run(g: &Global, cmd: BenchCommand) -> Result<(), Failure> {
             pid,
             connections,
         } => idle(g, &relay, pid, connections).await,
+        BenchCommand::Daemon { socket, calls } => daemon(g, &socket, calls).await,
     }
+}
+
+/// Round trips of `channels` to a daemon, one at a time on one connection.
+async fn daemon(g: &Global, socket: &std::path::Path, calls: usize) -> Result<(), Failure> {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let failed = |e: std::io::Error| Failure::new(format!("the daemon at {}: {e}", socket.display()));
+    let stream = tokio::net::UnixStream::connect(socket).await.map_err(failed)?;
+    let (read, mut write) = stream.into_split();
+    let mut lines = tokio::io::BufReader::new(read).lines();
+    let mut took = Vec::with_capacity(calls);
+    for id in 0..calls {
+        let request = format!("{{\"jsonrpc\":\"2.0\",\"id\":{id},\"method\":\"channels\"}}\n");
+        let started = Instant::now();
+        write.write_all(request.as_bytes()).await.map_err(failed)?;
+        let Some(line) = lines.next_line().await.map_err(failed)? else {
+            return Err(Failure::new("the daemon closed the connection"));
+        };
+        took.push(started.elapsed().as_secs_f64() * 1000.0);
+        if !line.contains("\"result\"") {
+            return Err(Failure::new(format!("the daemon answered: {line}")));
+        }
+    }
+    took.sort_by(f64::total_cmp);
+    let (p50, p99) = (percentile(&took, 50.0), percentile(&took, 99.0));
+    crate::session::print(
+        g,
+        format!("{calls} calls of `channels`: round trip p50 {p50:.3} ms, p99 {p99:.3} ms"),
+        json!({"calls": calls, "p50_ms": p50, "p99_ms": p99}),
+    );
+    Ok(())
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
