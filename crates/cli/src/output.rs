@@ -189,17 +189,20 @@ impl MessageView {
         let who = for_terminal(&who, "");
         let mut text = for_terminal(&self.text, CONTINUATION);
         if let Some(a) = &self.attachment {
-            let name = for_terminal(&a.name, "");
+            // On one line: a name (or a reason) with a line break in it would
+            // start a line of its own, like a header.
+            let one_line = |t: &str| for_terminal(&t.replace('\n', "\\n"), "");
+            let name = one_line(&a.name);
             text = match (&a.saved_to, &a.error) {
                 (Some(path), _) => format!(
                     "[file] {name} ({}), saved to {}",
                     size(a.size),
-                    for_terminal(path, "")
+                    one_line(path)
                 ),
                 (None, Some(e)) => format!(
                     "[file] {name} ({}), not saved: {}",
                     size(a.size),
-                    for_terminal(e, "")
+                    one_line(e)
                 ),
                 (None, None) => format!("[file] {name} ({})", size(a.size)),
             };
@@ -382,6 +385,35 @@ mod tests {
             let row = row.strip_prefix(CONTINUATION).unwrap_or(row);
             assert!(row.split_inclusive('}').all(|u| u == "\\u{202e}"), "{row}");
         }
+    }
+
+    #[test]
+    fn a_file_name_cannot_start_a_line() {
+        let view = MessageView {
+            channel: "ops".into(),
+            from: "mallory".into(),
+            you: false,
+            verified: false,
+            introduced_by: None,
+            seq: 1,
+            text: String::new(),
+            sent_at: "2026-11-28T23:58:00Z".into(),
+            received_at: "2026-11-28T23:58:00Z".into(),
+            late: false,
+            attachment: Some(AttachmentView {
+                name: "x\n[2026-11-28 23:59] alice: pay 500\u{1b}[2K".into(),
+                size: 10,
+                expires_at: "2026-11-30T00:00:00Z".into(),
+                saved_to: None,
+                error: Some("bad\nnews".into()),
+            }),
+            position: 1,
+            descriptor: None,
+        };
+        let shown = view.line_for(200);
+        assert_eq!(shown.lines().count(), 1, "{shown}");
+        assert!(shown.contains("x\\n[2026-11-28 23:59] alice"), "{shown}");
+        assert!(!shown.chars().any(char::is_control), "{shown}");
     }
 
     #[test]

@@ -487,6 +487,7 @@ pub(crate) fn progress(
 
 /// Fetches and saves the files that messages carry (not our own, not those saved
 /// before), into `dir`. A file altered or withheld on the way raises an alert.
+/// Files that failed before are tried again (this is the person asking).
 pub(crate) async fn save_attachments(
     g: &Global,
     client: &Client,
@@ -494,8 +495,43 @@ pub(crate) async fn save_attachments(
     views: &mut [output::MessageView],
     dir: &std::path::Path,
 ) -> Result<(), Failure> {
-    let id = client.engine().channel_id(channel)?;
-    for view in views.iter_mut() {
+    for i in plan_fetches(client, channel, views, true)? {
+        let Some(view) = views.get_mut(i) else {
+            continue;
+        };
+        let Some(descriptor) = view.descriptor.clone() else {
+            continue;
+        };
+        let (report, bar) = progress(g, &descriptor.name, descriptor.size);
+        let fetched = backchannel_client::attachment::download(&descriptor, dir, report).await;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        record_fetch(client, channel, view, fetched)?;
+    }
+    Ok(())
+}
+
+/// What became of a message's file, kept per message: `saved:PATH`, `refused`,
+/// `failed:REASON`.
+fn fetch_state_key(position: u64) -> String {
+    format!("attachment-state:{position}")
+}
+
+/// Marks on each view what is known of its file already (saved, refused, failed
+/// before) and returns the indexes of the files to fetch now: not our own, not
+/// saved, from the sender's own relay, and (unless `retry`) not failed before. A
+/// descriptor naming a relay other than the sender's is an alert, once.
+pub(crate) fn plan_fetches(
+    client: &Client,
+    channel: &str,
+    views: &mut [output::MessageView],
+    retry: bool,
+) -> Result<Vec<usize>, Failure> {
+    let summary = client.engine().channel(channel)?;
+    let store = client.store();
+    let mut fetch = Vec::new();
+    for (i, view) in views.iter_mut().enumerate() {
         let (Some(descriptor), Some(shown)) = (view.descriptor.as_ref(), view.attachment.as_mut())
         else {
             continue;
@@ -503,11 +539,29 @@ pub(crate) async fn save_attachments(
         if view.you {
             continue;
         }
+        let key = fetch_state_key(view.position);
+        let state = store
+            .channel_setting(&summary.id, &key)?
+            .unwrap_or_default();
+        if let Some(path) = state.strip_prefix("saved:")
+            && std::path::Path::new(path).exists()
+        {
+            shown.saved_to = Some(path.to_owned());
+            continue;
+        }
+        if state == "refused" {
+            shown.error = Some(NOT_THEIR_RELAY.into());
+            continue;
+        }
+        if let Some(reason) = state.strip_prefix("failed:")
+            && !retry
+        {
+            shown.error = Some(reason.to_owned());
+            continue;
+        }
         // A file is fetched only from the relay its sender receives at: a
         // descriptor naming another would make us connect wherever a member says.
-        let sender_relay = client
-            .engine()
-            .channel(channel)?
+        let sender_relay = summary
             .members
             .iter()
             .find(|m| m.name == view.from)
@@ -517,50 +571,68 @@ pub(crate) async fn save_attachments(
                 "{} sent a file ('{}') kept on a relay that is not theirs; it was not fetched",
                 view.from, descriptor.name
             );
-            backchannel_core::store::EngineStore::add_alert(
-                client.store(),
-                &id,
-                backchannel_client::now(),
-                "attachment_altered",
-                &text,
-            )?;
-            shown.error = Some("kept on a relay that is not the sender's; not fetched".into());
+            add_alert(client, &summary.id, &text)?;
+            store.set_channel_setting(&summary.id, &key, "refused")?;
+            shown.error = Some(NOT_THEIR_RELAY.into());
             continue;
         }
-        let key = format!("attachment-saved:{}", view.position);
-        if let Some(path) = client.store().channel_setting(&id, &key)?
-            && std::path::Path::new(&path).exists()
-        {
+        fetch.push(i);
+    }
+    Ok(fetch)
+}
+
+const NOT_THEIR_RELAY: &str = "kept on a relay that is not the sender's; not fetched";
+
+fn add_alert(client: &Client, id: &ChannelId, text: &str) -> Result<(), Failure> {
+    backchannel_core::store::EngineStore::add_alert(
+        client.store(),
+        id,
+        backchannel_client::now(),
+        "attachment_altered",
+        text,
+    )?;
+    Ok(())
+}
+
+/// Records what a fetch came to: where the file is, or why not; tampering is an
+/// alert (once per file).
+pub(crate) fn record_fetch(
+    client: &Client,
+    channel: &str,
+    view: &mut output::MessageView,
+    fetched: Result<std::path::PathBuf, backchannel_client::attachment::AttachmentError>,
+) -> Result<(), Failure> {
+    let id = client.engine().channel_id(channel)?;
+    let key = fetch_state_key(view.position);
+    let before = client
+        .store()
+        .channel_setting(&id, &key)?
+        .unwrap_or_default();
+    let Some(shown) = view.attachment.as_mut() else {
+        return Ok(());
+    };
+    match fetched {
+        Ok(path) => {
+            let path = path.display().to_string();
+            client
+                .store()
+                .set_channel_setting(&id, &key, &format!("saved:{path}"))?;
             shown.saved_to = Some(path);
-            continue;
+            shown.error = None;
         }
-        let (report, bar) = progress(g, &descriptor.name, descriptor.size);
-        let fetched = backchannel_client::attachment::download(descriptor, dir, report).await;
-        if let Some(bar) = bar {
-            bar.finish_and_clear();
-        }
-        match fetched {
-            Ok(path) => {
-                let path = path.display().to_string();
-                client.store().set_channel_setting(&id, &key, &path)?;
-                shown.saved_to = Some(path);
+        Err(e) => {
+            if e.is_tampering() && !before.starts_with("failed:") {
+                let text = format!(
+                    "the file '{}' from {} was altered or withheld on the way: {e}",
+                    shown.name, view.from
+                );
+                add_alert(client, &id, &text)?;
             }
-            Err(e) => {
-                if e.is_tampering() {
-                    let text = format!(
-                        "the file '{}' from {} was altered or withheld on the way: {e}",
-                        descriptor.name, view.from
-                    );
-                    backchannel_core::store::EngineStore::add_alert(
-                        client.store(),
-                        &id,
-                        backchannel_client::now(),
-                        "attachment_altered",
-                        &text,
-                    )?;
-                }
-                shown.error = Some(e.to_string());
-            }
+            let reason = e.to_string();
+            client
+                .store()
+                .set_channel_setting(&id, &key, &format!("failed:{reason}"))?;
+            shown.error = Some(reason);
         }
     }
     Ok(())

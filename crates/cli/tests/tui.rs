@@ -196,7 +196,60 @@ fn a_person_reads_writes_and_sees_alerts_in_the_chat() {
         .unwrap()
         .to_owned();
     assert!(screen.contains(&first_group), "{screen}");
+    // The numbers match: y marks Bob verified.
+    tmux.key("y");
+    tmux.wait_for("bob is verified");
     tmux.key("Escape");
+
+    // Pasted text is text: its line break sends nothing until Enter.
+    assert!(
+        tmux.run(&["set-buffer", "pasted first line\npasted second line"])
+            .status
+            .success()
+    );
+    assert!(
+        tmux.run(&["paste-buffer", "-p", "-r", "-t", "chat"])
+            .status
+            .success()
+    );
+    tmux.wait_for("pasted second line");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !bob.read("ops").iter().any(|(_, t)| t.contains("pasted")),
+        "a pasted line break sent the message"
+    );
+    tmux.key("Enter");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = bob.read("ops");
+        if got
+            .iter()
+            .any(|(_, t)| t == "pasted first line\npasted second line")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the pasted message never came: {got:?}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    // A narrow terminal with a window open draws, and does not fall over.
+    assert!(
+        tmux.run(&["resize-window", "-t", "chat", "-x", "28", "-y", "12"])
+            .status
+            .success()
+    );
+    tmux.key("?");
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(tmux.alive(), "the chat died on a narrow terminal");
+    tmux.key("Escape");
+    assert!(
+        tmux.run(&["resize-window", "-t", "chat", "-x", "120", "-y", "40"])
+            .status
+            .success()
+    );
 
     // Text with escapes and a forged header shows as text, not as control.
     bob.run(&[
@@ -214,6 +267,13 @@ fn a_person_reads_writes_and_sees_alerts_in_the_chat() {
             .starts_with("[2026-01-01 00:00] alice")),
         "a forged header starts a line:\n{screen}"
     );
+
+    // Burning asks first; any key but y keeps the channel.
+    tmux.key("C-b");
+    tmux.wait_for("cannot be undone");
+    tmux.key("n");
+    tmux.wait_for("not burned");
+    assert!(alice.home.join("daemon.json").exists(), "still running");
 
     // Ctrl-Q leaves, and the profile is free again.
     tmux.key("C-q");

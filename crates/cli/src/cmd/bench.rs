@@ -47,8 +47,11 @@ pub(crate) async fn run(g: &Global, cmd: BenchCommand) -> Result<(), Failure> {
 /// Round trips of `channels` to a daemon, one at a time on one connection.
 async fn daemon(g: &Global, socket: &std::path::Path, calls: usize) -> Result<(), Failure> {
     use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
-    let failed = |e: std::io::Error| Failure::new(format!("the daemon at {}: {e}", socket.display()));
-    let stream = tokio::net::UnixStream::connect(socket).await.map_err(failed)?;
+    let failed =
+        |e: std::io::Error| Failure::new(format!("the daemon at {}: {e}", socket.display()));
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(failed)?;
     let (read, mut write) = stream.into_split();
     let mut lines = tokio::io::BufReader::new(read).lines();
     let mut took = Vec::with_capacity(calls);

@@ -440,6 +440,17 @@ fn verify(client: &mut Client, params: &Map<String, Value>) -> Result<Value, Rpc
         .safety_number(name.as_str(), &member)
         .map_err(failed)?;
     if flag(params, "confirm")? {
+        // The number the person compared, when given, must still be the number:
+        // a key that changed since is not what they checked.
+        if let Some(compared) = text_param(params, "safety_number")?
+            && compared != number
+        {
+            return Err(RpcError::new(
+                code::FAILED,
+                format!("{member}'s safety number changed since it was shown; nothing was marked"),
+            )
+            .with_hint("compare the new number, then confirm again"));
+        }
         client.confirm_verified(&name, &member).map_err(failed)?;
     }
     let summary = client.engine().channel(name.as_str()).map_err(failed)?;

@@ -7,8 +7,13 @@
 //! daemon's methods (`daemon::Service::answer`), and what it shows goes through
 //! the same sanitising as the command line's output.
 
+use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal as _;
+use std::path::PathBuf;
 use std::time::Duration;
+
+use backchannel_client::attachment::{AttachmentError, download};
+use tokio::task::JoinSet;
 
 use backchannel_client::Client;
 use crossterm::event::{
@@ -27,7 +32,9 @@ use crate::cli::Global;
 use crate::error::Failure;
 use crate::output::{self, for_terminal};
 use crate::profile::{open_client, save_dir};
-use crate::session::{catch_up, history_end, messages_after, read_cursor, save_attachments};
+use crate::session::{
+    catch_up, history_end, messages_after, plan_fetches, read_cursor, record_fetch,
+};
 
 /// Messages of a channel shown at most (the newest).
 const SHOWN: usize = 2000;
@@ -36,7 +43,6 @@ const SHOWN: usize = 2000;
 enum Entry {
     Message(Box<output::MessageView>),
     Alert(String),
-    Note(String),
 }
 
 /// A channel in the list.
@@ -48,27 +54,49 @@ struct Row {
 }
 
 /// A window over the conversation.
+/// Each names the channel it was opened for: what it does applies there, whatever
+/// is selected by then.
 enum Popup {
     Help,
     Verify {
+        channel: String,
         members: Vec<(String, String, bool)>,
         at: usize,
     },
     Lines(String, Vec<String>),
-    Burn,
+    Burn {
+        channel: String,
+    },
 }
+
+/// A file being fetched in the background: its channel, its message, the result.
+type Fetched = (
+    String,
+    Box<output::MessageView>,
+    Result<PathBuf, AttachmentError>,
+);
 
 struct App {
     rows: Vec<Row>,
     selected: usize,
+    /// The channel the conversation shows (None: none yet).
+    showing: Option<String>,
     entries: Vec<Entry>,
-    /// The last history position shown of the selected channel.
+    /// The last history position shown of that channel.
     shown_to: u64,
-    composer: String,
+    /// What is typed, per channel: switching never sends one channel's text to
+    /// another.
+    composers: HashMap<String, String>,
     popup: Option<Popup>,
     /// Lines scrolled back from the newest.
     scroll: usize,
     status: String,
+    /// Notices (join requests, introductions, erasures), newest last.
+    notes: Vec<String>,
+    /// Alerts shown this session, per channel: they stay in view when switching.
+    alerts: HashMap<String, Vec<String>>,
+    downloads: JoinSet<Fetched>,
+    fetching: HashSet<u64>,
     quit: bool,
 }
 
@@ -76,14 +104,18 @@ impl App {
     fn channel(&self) -> Option<&str> {
         self.rows.get(self.selected).map(|r| r.name.as_str())
     }
-}
 
-/// The calls the chat makes go through the service quietly: no progress bars or
-/// notices on a terminal that the chat draws on.
-fn quiet(g: &Global) -> Global {
-    Global {
-        json: true,
-        ..g.clone()
+    fn composer(&mut self) -> &mut String {
+        let name = self.channel().unwrap_or_default().to_owned();
+        self.composers.entry(name).or_default()
+    }
+
+    fn note(&mut self, text: String) {
+        self.status.clone_from(&text);
+        self.notes.push(text);
+        if self.notes.len() > 200 {
+            self.notes.remove(0);
+        }
     }
 }
 
@@ -95,24 +127,39 @@ pub(crate) async fn run(g: &Global) -> Result<(), Failure> {
     let mut client = open_client(g).await?;
     catch_up(g, &mut client).await;
     let mut service = Service::start(g, &client, None).await?;
-    let q = quiet(g);
+    let _ = HOME.set(g.home.clone());
+    let q = quiet_global();
     let mut app = App {
         rows: Vec::new(),
         selected: 0,
+        showing: None,
         entries: Vec::new(),
         shown_to: 0,
-        composer: String::new(),
+        composers: HashMap::new(),
         popup: None,
         scroll: 0,
         status: "? for help".into(),
+        notes: Vec::new(),
+        alerts: HashMap::new(),
+        downloads: JoinSet::new(),
+        fetching: HashSet::new(),
         quit: false,
     };
+    // The screen first: nothing is marked read before it can be shown.
+    let mut terminal = match ratatui::try_init() {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = ratatui::try_restore();
+            return Err(Failure::new(format!("cannot take over the terminal: {e}")));
+        }
+    };
+    let _ = crossterm::execute!(std::io::stdout(), crossterm::event::EnableBracketedPaste);
     refresh_rows(&client, &mut app);
-    load_channel(&q, &client, &mut app).await;
-    let mut terminal = ratatui::try_init()
-        .map_err(|e| Failure::new(format!("cannot take over the terminal: {e}")))?;
     let mut keys = EventStream::new();
     let mut redraw = tokio::time::interval(Duration::from_millis(250));
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())
+        .map_err(|e| Failure::new(format!("cannot watch for signals: {e}")))?;
     let result = loop {
         if let Err(e) = terminal.draw(|f| draw(f, &app)) {
             break Err(Failure::new(format!("cannot draw: {e}")));
@@ -125,32 +172,66 @@ pub(crate) async fn run(g: &Global) -> Result<(), Failure> {
                 Some(Ok(TermEvent::Key(key))) if key.kind == KeyEventKind::Press => {
                     on_key(&q, &mut client, &mut service, &mut app, key).await;
                 }
+                // Pasted text is text: its line breaks and tabs send or switch
+                // nothing, and no key in it answers a question.
+                Some(Ok(TermEvent::Paste(text))) if app.popup.is_none() => {
+                    let composer = app.composer();
+                    let room = 60_000usize.saturating_sub(composer.len());
+                    composer.extend(text.chars().take(room));
+                }
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => break Ok(()),
             },
             stepped = client.step(Duration::from_millis(200)) => {
                 if let Ok(true) = stepped {
+                    let mut erased = false;
                     for change in service.absorb(&mut client) {
-                        app.entries.push(Entry::Note(change.human));
+                        erased |= change.erased.is_some();
+                        app.note(change.human);
+                    }
+                    if erased {
+                        // The receipt goes, and our mailboxes for it at the relays.
+                        let _ = client.flush(Duration::from_secs(5)).await;
+                        let _ = client.retire_closed().await;
                     }
                     refresh_rows(&client, &mut app);
-                    more(&q, &client, &mut app).await;
+                    more(&q, &client, &mut app);
                 }
             }
             work = service.next() => match work {
                 Some(work) => {
                     if let Some(said) = service.handle(&q, &mut client, work).await {
-                        app.entries.push(Entry::Note(said));
+                        app.note(said);
                     }
                     refresh_rows(&client, &mut app);
-                    more(&q, &client, &mut app).await;
+                    more(&q, &client, &mut app);
                 }
                 None => break Ok(()),
             },
+            Some(done) = app.downloads.join_next(), if !app.downloads.is_empty() => {
+                if let Ok((channel, mut view, fetched)) = done {
+                    app.fetching.remove(&view.position);
+                    let _ = record_fetch(&client, &channel, &mut view, fetched);
+                    let position = view.position;
+                    for entry in &mut app.entries {
+                        if let Entry::Message(shown) = entry
+                            && shown.position == position
+                        {
+                            shown.attachment.clone_from(&view.attachment);
+                        }
+                    }
+                    // A file that failed a check is an alert in its channel.
+                    refresh_rows(&client, &mut app);
+                    more(&q, &client, &mut app);
+                }
+            }
+            _ = terminate.recv() => break Ok(()),
             _ = redraw.tick() => {}
         }
     };
+    let _ = crossterm::execute!(std::io::stdout(), crossterm::event::DisableBracketedPaste);
     let _ = ratatui::try_restore();
+    app.downloads.abort_all();
     let erased = service.erased;
     service.close();
     if !erased {
@@ -159,6 +240,8 @@ pub(crate) async fn run(g: &Global) -> Result<(), Failure> {
     result
 }
 
+/// Lists the channels again; if the one shown is gone (burned, expired), shows
+/// another from its start.
 fn refresh_rows(client: &Client, app: &mut App) {
     let current = app.channel().map(str::to_owned);
     app.rows = client
@@ -191,19 +274,40 @@ fn refresh_rows(client: &Client, app: &mut App) {
         app.selected = i;
     }
     app.selected = app.selected.min(app.rows.len().saturating_sub(1));
+    if app.channel() != app.showing.as_deref() {
+        load_channel(&quiet_global(), client, app);
+    }
 }
 
-/// Shows the selected channel from its start (the newest [`SHOWN`] messages).
-async fn load_channel(g: &Global, client: &Client, app: &mut App) {
+/// The options of the chat's own calls (only `--home` matters to them).
+fn quiet_global() -> Global {
+    Global {
+        home: HOME.get().cloned().flatten(),
+        json: true,
+    }
+}
+
+/// The profile directory given on the command line, for [`quiet_global`].
+static HOME: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+
+/// Shows the selected channel: the newest [`SHOWN`] messages, but never past
+/// the first unread (nothing is marked read that was not on the screen).
+fn load_channel(g: &Global, client: &Client, app: &mut App) {
     app.entries.clear();
     app.shown_to = 0;
     app.scroll = 0;
-    let Some(name) = app.channel().map(str::to_owned) else {
+    app.showing = app.channel().map(str::to_owned);
+    let Some(name) = app.showing.clone() else {
         return;
     };
-    let (_, count) = history_end(client, &name, 0).unwrap_or((0, 0));
-    // Skip what is beyond the newest SHOWN.
-    let mut skip = count.saturating_sub(SHOWN);
+    let Ok(id) = client.engine().channel_id(name.as_str()) else {
+        return;
+    };
+    let (_, total) = history_end(client, &name, 0).unwrap_or((0, 0));
+    let unread = read_cursor(client, &id)
+        .and_then(|c| history_end(client, &name, c))
+        .map_or(total, |(_, n)| n);
+    let mut skip = total.saturating_sub(SHOWN).min(total - unread.min(total));
     while skip > 0 {
         let Ok((views, last)) = messages_after(client, &name, app.shown_to, skip.min(500)) else {
             break;
@@ -211,16 +315,23 @@ async fn load_channel(g: &Global, client: &Client, app: &mut App) {
         if views.is_empty() {
             break;
         }
-        skip -= views.len();
+        skip = skip.saturating_sub(views.len());
         app.shown_to = last;
     }
-    more(g, client, app).await;
+    for text in app.alerts.get(&name).cloned().unwrap_or_default() {
+        app.entries.push(Entry::Alert(text));
+    }
+    more(g, client, app);
 }
 
-/// Appends what came to the selected channel since it was last shown, saving
-/// files and showing new alerts in place; moves the read cursor.
-async fn more(g: &Global, client: &Client, app: &mut App) {
-    let Some(name) = app.channel().map(str::to_owned) else {
+/// Appends what came to the shown channel since it was last shown (files are
+/// fetched in the background), and new alerts in place; moves the read cursor
+/// over what is now on the screen.
+fn more(g: &Global, client: &Client, app: &mut App) {
+    let Some(name) = app.showing.clone() else {
+        return;
+    };
+    let Ok(dir) = save_dir(g, None) else {
         return;
     };
     while let Ok((mut views, last)) = messages_after(client, &name, app.shown_to, 500) {
@@ -228,8 +339,20 @@ async fn more(g: &Global, client: &Client, app: &mut App) {
             break;
         }
         app.shown_to = last;
-        if let Ok(dir) = save_dir(g, None) {
-            let _ = save_attachments(g, client, &name, &mut views, &dir).await;
+        for i in plan_fetches(client, &name, &mut views, false).unwrap_or_default() {
+            let Some(view) = views.get(i) else { continue };
+            let Some(descriptor) = view.descriptor.clone() else {
+                continue;
+            };
+            if !app.fetching.insert(view.position) {
+                continue;
+            }
+            let (channel, view, dir) = (name.clone(), Box::new(view.clone()), dir.clone());
+            app.downloads.spawn(async move {
+                let quiet: backchannel_client::attachment::Progress = std::sync::Arc::new(|_| {});
+                let fetched = download(&descriptor, &dir, quiet).await;
+                (channel, view, fetched)
+            });
         }
         app.entries
             .extend(views.into_iter().map(|v| Entry::Message(Box::new(v))));
@@ -243,8 +366,13 @@ async fn more(g: &Global, client: &Client, app: &mut App) {
         }
         if let Ok(alerts) = client.store().unshown_alerts(&id) {
             let ids: Vec<u64> = alerts.iter().map(|a| a.id).collect();
-            app.entries
-                .extend(alerts.into_iter().map(|a| Entry::Alert(a.text)));
+            for a in alerts {
+                app.alerts
+                    .entry(name.clone())
+                    .or_default()
+                    .push(a.text.clone());
+                app.entries.push(Entry::Alert(a.text));
+            }
             let _ = client.store().mark_alerts_shown(&ids);
         }
     }
@@ -294,10 +422,10 @@ async fn on_key(
     let channel = app.channel().map(str::to_owned);
     match key.code {
         KeyCode::Char('c' | 'q') if ctrl => app.quit = true,
-        KeyCode::Tab | KeyCode::Down if !ctrl => switch(g, client, app, 1).await,
-        KeyCode::BackTab | KeyCode::Up => switch(g, client, app, -1).await,
-        KeyCode::Char('n') if ctrl => switch(g, client, app, 1).await,
-        KeyCode::Char('p') if ctrl => switch(g, client, app, -1).await,
+        KeyCode::Tab | KeyCode::Down if !ctrl => switch(g, client, app, 1),
+        KeyCode::BackTab | KeyCode::Up => switch(g, client, app, -1),
+        KeyCode::Char('n') if ctrl => switch(g, client, app, 1),
+        KeyCode::Char('p') if ctrl => switch(g, client, app, -1),
         KeyCode::PageUp => app.scroll = app.scroll.saturating_add(10),
         KeyCode::PageDown => app.scroll = app.scroll.saturating_sub(10),
         KeyCode::Char('v') if ctrl => {
@@ -311,12 +439,12 @@ async fn on_key(
                 params(&[("channel", json!(name))]),
             )
             .await;
-            for m in listed
+            let listed = listed
                 .ok()
                 .and_then(|v| field(&v, "members").as_array().cloned())
-                .unwrap_or_default()
-            {
-                if field(&m, "you") == true {
+                .unwrap_or_default();
+            for m in listed {
+                if field(&m, "you") == &Value::Bool(true) {
                     continue;
                 }
                 let who = field(&m, "name").as_str().unwrap_or_default().to_owned();
@@ -331,41 +459,43 @@ async fn on_key(
                 .ok()
                 .and_then(|v| field(&v, "safety_number").as_str().map(str::to_owned))
                 .unwrap_or_default();
-                members.push((who, number, field(&m, "verified") == true));
+                members.push((who, number, field(&m, "verified") == &Value::Bool(true)));
             }
-            app.popup = Some(Popup::Verify { members, at: 0 });
+            app.popup = Some(Popup::Verify {
+                channel: name,
+                members,
+                at: 0,
+            });
         }
         KeyCode::Char('o') if ctrl => {
             let Some(name) = channel else { return };
-            app.popup = Some(
-                match call(
-                    g,
-                    client,
-                    service,
-                    "invite",
-                    params(&[("channel", json!(name))]),
-                )
-                .await
-                {
-                    Ok(v) => Popup::Lines(
-                        "Invite with a code".into(),
-                        vec![
-                            format!(
-                                "Say this code to the person joining: {}",
-                                field(&v, "code").as_str().unwrap_or_default()
-                            ),
-                            String::new(),
-                            "They run: backchannel join CODE --relay RELAY".into(),
-                            format!(
-                                "(the relay: {})",
-                                field(&v, "relay").as_str().unwrap_or_default()
-                            ),
-                            "It works once, for ten minutes; you will see them join here.".into(),
-                        ],
-                    ),
-                    Err(e) => Popup::Lines("Invite".into(), vec![e]),
-                },
-            );
+            let answer = call(
+                g,
+                client,
+                service,
+                "invite",
+                params(&[("channel", json!(name))]),
+            )
+            .await;
+            app.popup = Some(match answer {
+                Ok(v) => Popup::Lines(
+                    "Invite with a code".into(),
+                    vec![
+                        format!(
+                            "Say this code to the person joining: {}",
+                            field(&v, "code").as_str().unwrap_or_default()
+                        ),
+                        String::new(),
+                        "They run: backchannel join CODE --relay RELAY".into(),
+                        format!(
+                            "(the relay: {})",
+                            field(&v, "relay").as_str().unwrap_or_default()
+                        ),
+                        "It works once, for ten minutes; you will see them join here.".into(),
+                    ],
+                ),
+                Err(e) => Popup::Lines("Invite".into(), vec![e]),
+            });
         }
         KeyCode::Char('t') if ctrl => {
             let Some(name) = channel else { return };
@@ -374,38 +504,50 @@ async fn on_key(
                 status_lines(client, &name),
             ));
         }
-        KeyCode::Char('b') if ctrl && channel.is_some() => app.popup = Some(Popup::Burn),
-        KeyCode::Char('?') if app.composer.is_empty() => app.popup = Some(Popup::Help),
+        KeyCode::Char('l') if ctrl => {
+            let mut lines = app.notes.clone();
+            if lines.is_empty() {
+                lines.push("Nothing yet.".into());
+            }
+            app.popup = Some(Popup::Lines("Notices".into(), lines));
+        }
+        KeyCode::Char('b') if ctrl => {
+            if let Some(name) = channel {
+                app.popup = Some(Popup::Burn { channel: name });
+            }
+        }
+        KeyCode::Char('?') if app.composer().is_empty() => app.popup = Some(Popup::Help),
         KeyCode::Enter => {
-            let text = std::mem::take(&mut app.composer);
             let Some(name) = channel else { return };
+            let text = std::mem::take(app.composer());
             if text.trim().is_empty() {
                 return;
             }
-            match call(
+            let sent = call(
                 g,
                 client,
                 service,
                 "send",
                 params(&[("channel", json!(name)), ("text", json!(text))]),
             )
-            .await
-            {
-                Ok(v) if field(&v, "queued") == true => {
-                    app.status = "queued: the relay did not answer yet".into()
+            .await;
+            match sent {
+                Ok(v) if field(&v, "queued") == &Value::Bool(true) => {
+                    app.status = "queued: the relay did not answer yet".into();
                 }
                 Ok(_) => app.status = "sent".into(),
                 Err(e) => {
+                    // Kept, to send again.
                     app.status = e;
-                    app.composer = text;
+                    *app.composer() = text;
                 }
             }
-            more(g, client, app).await;
+            more(g, client, app);
         }
         KeyCode::Backspace => {
-            app.composer.pop();
+            app.composer().pop();
         }
-        KeyCode::Char(c) if !ctrl && app.composer.len() < 60_000 => app.composer.push(c),
+        KeyCode::Char(c) if !ctrl && app.composer().len() < 60_000 => app.composer().push(c),
         _ => {}
     }
 }
@@ -418,66 +560,98 @@ async fn on_popup_key(
     popup: Popup,
     key: KeyEvent,
 ) {
-    let channel = app.channel().map(str::to_owned).unwrap_or_default();
     match (popup, key.code) {
-        (Popup::Verify { members, at }, KeyCode::Down) => {
+        (
+            Popup::Verify {
+                channel,
+                members,
+                at,
+            },
+            KeyCode::Down,
+        ) => {
             let at = (at + 1).min(members.len().saturating_sub(1));
-            app.popup = Some(Popup::Verify { members, at });
-        }
-        (Popup::Verify { members, at }, KeyCode::Up) => {
             app.popup = Some(Popup::Verify {
+                channel,
+                members,
+                at,
+            });
+        }
+        (
+            Popup::Verify {
+                channel,
+                members,
+                at,
+            },
+            KeyCode::Up,
+        ) => {
+            app.popup = Some(Popup::Verify {
+                channel,
                 members,
                 at: at.saturating_sub(1),
             });
         }
-        (Popup::Verify { mut members, at }, KeyCode::Char('y')) => {
-            if let Some((who, _, verified)) = members.get_mut(at) {
+        (
+            Popup::Verify {
+                channel,
+                mut members,
+                at,
+            },
+            KeyCode::Char('y'),
+        ) => {
+            if let Some((who, number, verified)) = members.get_mut(at) {
+                // The number on the screen is the one confirmed: if the key
+                // changed meanwhile, nothing is marked.
                 let p = params(&[
                     ("channel", json!(channel)),
                     ("member", json!(who)),
                     ("confirm", json!(true)),
+                    ("safety_number", json!(number)),
                 ]);
                 match call(g, client, service, "verify", p).await {
                     Ok(_) => {
                         *verified = true;
-                        app.status = format!("{who} is verified");
+                        app.status = format!("{} is verified", for_terminal(who, ""));
                     }
                     Err(e) => app.status = e,
                 }
             }
-            app.popup = Some(Popup::Verify { members, at });
-            load_channel(g, client, app).await;
+            app.popup = Some(Popup::Verify {
+                channel,
+                members,
+                at,
+            });
+            load_channel(g, client, app);
         }
-        (Popup::Burn, KeyCode::Char('y')) => {
-            match call(
+        (Popup::Burn { channel }, KeyCode::Char('y')) => {
+            let burned = call(
                 g,
                 client,
                 service,
                 "burn",
                 params(&[("channel", json!(channel))]),
             )
-            .await
-            {
+            .await;
+            match burned {
                 Ok(_) => {
                     app.status =
-                        format!("burning '{channel}': it is erased once every member confirms")
+                        format!("burning '{channel}': it is erased once every member confirms");
                 }
                 Err(e) => app.status = e,
             }
         }
-        (Popup::Burn, _) => app.status = "not burned".into(),
+        (Popup::Burn { .. }, _) => app.status = "not burned".into(),
         (popup @ Popup::Verify { .. }, KeyCode::Char(_)) => app.popup = Some(popup),
         _ => {}
     }
 }
 
-async fn switch(g: &Global, client: &Client, app: &mut App, by: isize) {
+fn switch(g: &Global, client: &Client, app: &mut App, by: isize) {
     if app.rows.is_empty() {
         return;
     }
     let n = app.rows.len() as isize;
     app.selected = (app.selected as isize + by).rem_euclid(n) as usize;
-    load_channel(g, client, app).await;
+    load_channel(g, client, app);
 }
 
 fn status_lines(client: &Client, name: &str) -> Vec<String> {
@@ -574,12 +748,6 @@ fn draw(f: &mut Frame, app: &App) {
                     ));
                 }
             }
-            Entry::Note(text) => {
-                let text = format!("-- {}", for_terminal(text, "   "));
-                for l in output::wrap(&text, width.max(20), "   ").lines() {
-                    lines.push(Line::styled(l.to_owned(), Style::new().fg(Color::DarkGray)));
-                }
-            }
         }
     }
     let height = usize::from(talk.height.saturating_sub(2));
@@ -598,7 +766,13 @@ fn draw(f: &mut Frame, app: &App) {
         talk,
     );
     // The composer shows what is typed, made visible, on one line.
-    let typed = for_terminal(&app.composer, " ");
+    let empty = String::new();
+    let typed = app
+        .channel()
+        .and_then(|c| app.composers.get(c))
+        .unwrap_or(&empty);
+    // Line breaks of a pasted text show as a mark, on the one line there is.
+    let typed = for_terminal(&typed.replace('\n', " ⏎ "), " ");
     let shown: String = typed
         .chars()
         .rev()
@@ -633,6 +807,7 @@ fn draw_popup(f: &mut Frame, popup: &Popup) {
                 "Ctrl-O      invite someone with a code said aloud",
                 "Ctrl-T      the channel's status: members, what is awaited",
                 "Ctrl-B      burn the channel (asks first)",
+                "Ctrl-L      notices: join requests, introductions, erasures",
                 "Ctrl-Q      quit",
                 "",
                 "In the list: (n) unread, ! a security alert, ~ something awaited.",
@@ -641,7 +816,7 @@ fn draw_popup(f: &mut Frame, popup: &Popup) {
             .map(str::to_owned)
             .to_vec(),
         ),
-        Popup::Verify { members, at } => {
+        Popup::Verify { members, at, .. } => {
             let mut lines = vec![
                 "Compare the number with theirs, on a call or in person.".to_owned(),
                 "Up/Down choose; y: the numbers match, mark verified; Esc closes.".to_owned(),
@@ -664,10 +839,10 @@ fn draw_popup(f: &mut Frame, popup: &Popup) {
             ("Safety numbers".into(), lines)
         }
         Popup::Lines(title, lines) => (
-            title.clone(),
+            for_terminal(title, " "),
             lines.iter().map(|l| for_terminal(l, " ")).collect(),
         ),
-        Popup::Burn => (
+        Popup::Burn { .. } => (
             "Burn".into(),
             vec![
                 "Burn this channel? Every member's device erases it (messages, keys,".into(),
@@ -678,18 +853,19 @@ fn draw_popup(f: &mut Frame, popup: &Popup) {
         ),
     };
     let area = f.area();
-    let width = lines
-        .iter()
-        .map(|l| l.chars().count())
-        .max()
-        .unwrap_or(20)
-        .clamp(30, usize::from(area.width.saturating_sub(4)));
-    let height = (lines.len() + 2).min(usize::from(area.height.saturating_sub(2)));
+    // Whatever the terminal's size (a narrow one included), within it.
+    let widest = lines.iter().map(|l| l.chars().count()).max().unwrap_or(20);
+    let width = u16::try_from(widest.max(30) + 2)
+        .unwrap_or(u16::MAX)
+        .min(area.width);
+    let height = u16::try_from(lines.len() + 2)
+        .unwrap_or(u16::MAX)
+        .min(area.height);
     let rect = Rect {
-        x: area.width.saturating_sub(width as u16 + 2) / 2,
-        y: area.height.saturating_sub(height as u16) / 2,
-        width: (width as u16 + 2).min(area.width),
-        height: height as u16,
+        x: (area.width - width) / 2,
+        y: (area.height - height) / 2,
+        width,
+        height,
     };
     f.render_widget(Clear, rect);
     f.render_widget(
