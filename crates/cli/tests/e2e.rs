@@ -338,17 +338,7 @@ fn a_replay_by_the_relay_shows_as_an_alert_and_read_exits_3() {
     );
     alice.run(&["send", "ops", "transfer 100"]).ok();
     // The relay's operator stores the message a second time.
-    let db = rusqlite::Connection::open(data.join("relay.db")).unwrap();
-    db.execute_batch(
-        "INSERT INTO messages (mailbox, expires_at, digest, blob, seq)
-             SELECT mailbox, expires_at, randomblob(16), blob,
-                 (SELECT last_seq + 1 FROM mailboxes WHERE key = m.mailbox)
-             FROM messages m WHERE id = (SELECT max(id) FROM messages);
-         UPDATE mailboxes SET count = count + 1, last_seq = last_seq + 1
-             WHERE key = (SELECT mailbox FROM messages WHERE id = (SELECT max(id) FROM messages));",
-    )
-    .unwrap();
-    drop(db);
+    support::replay_newest(&data);
     let out = bob.run(&["--json", "read", "ops"]);
     assert_eq!(out.code, 3, "{out:?}");
     let lines: Vec<serde_json::Value> = out

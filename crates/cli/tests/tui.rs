@@ -134,17 +134,7 @@ fn a_person_reads_writes_and_sees_alerts_in_the_chat() {
     );
     bob.run(&["send", "ops", "transfer 100"]).ok();
     // The relay's operator stores Bob's message a second time: a replay.
-    let db = rusqlite::Connection::open(data.join("relay.db")).unwrap();
-    db.execute_batch(
-        "INSERT INTO messages (mailbox, expires_at, digest, blob, seq)
-             SELECT mailbox, expires_at, randomblob(16), blob,
-                 (SELECT last_seq + 1 FROM mailboxes WHERE key = m.mailbox)
-             FROM messages m WHERE id = (SELECT max(id) FROM messages);
-         UPDATE mailboxes SET count = count + 1, last_seq = last_seq + 1
-             WHERE key = (SELECT mailbox FROM messages WHERE id = (SELECT max(id) FROM messages));",
-    )
-    .unwrap();
-    drop(db);
+    support::replay_newest(&data);
 
     let home = alice.home.to_str().unwrap().to_owned();
     let tmux = Tmux::start(&[

@@ -468,15 +468,7 @@ impl RelayClient {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(read_id, 0);
-        let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let signature = key
-            .sign(&auth_message(
-                &self.nonce,
-                KIND_SUBSCRIBE,
-                request_id,
-                &read_id,
-            ))
-            .to_bytes();
+        let (request_id, signature) = self.signed(key, KIND_SUBSCRIBE, &read_id);
         match self
             .request_with_id(request_id, Request::Subscribe { read_id, signature })
             .await?
@@ -502,10 +494,7 @@ impl RelayClient {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(read_id, 0);
-        let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let signature = key
-            .sign(&auth_message(&self.nonce, KIND_FETCH, request_id, &read_id))
-            .to_bytes();
+        let (request_id, signature) = self.signed(key, KIND_FETCH, &read_id);
         let request = Request::Fetch {
             read_id,
             signature,
@@ -596,19 +585,19 @@ impl RelayClient {
         read_id: MailboxId,
         key: &SigningKey,
     ) -> Result<(), RelayClientError> {
-        let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let signature = key
-            .sign(&auth_message(
-                &self.nonce,
-                KIND_DELETE_MAILBOX,
-                request_id,
-                &read_id,
-            ))
-            .to_bytes();
+        let (request_id, signature) = self.signed(key, KIND_DELETE_MAILBOX, &read_id);
         let response = self
             .request_with_id(request_id, Request::DeleteMailbox { read_id, signature })
             .await?;
         expect(response, |r| matches!(r, Response::Deleted))
+    }
+
+    /// A fresh request id, and the owner's signature of a request of `kind` with
+    /// it on `read_id`, over this connection's nonce.
+    fn signed(&self, key: &SigningKey, kind: u8, read_id: &MailboxId) -> (u32, [u8; 64]) {
+        let request_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let message = auth_message(&self.nonce, kind, request_id, read_id);
+        (request_id, key.sign(&message).to_bytes())
     }
 
     /// The nonce the relay chose for this connection (signatures cover it).
